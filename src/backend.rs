@@ -1,0 +1,239 @@
+//! Backends: what the user typed, resolved once, dialled with a timeout.
+//!
+//! The Go tutorial dials `"localhost:4444"` on every request, which resolves the name each time
+//! and panics when the dial fails. Here an address is validated when the flag is parsed (a typo
+//! is a one-line error at start-up, not a failure on the first request), resolved once at
+//! start-up like HAProxy does by default, and a failed dial costs one client its connection.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::net;
+
+/// How long we wait for a backend to accept a TCP connection (and, for TLS backends, to finish
+/// the handshake) before giving up on it for this client.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `host:port` as typed, checked but not resolved: `127.0.0.1:4444`, `localhost:4444`,
+/// `[::1]:4444`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostPort {
+    /// A DNS name or an IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{port}` in `{s}` is not a port number (0-65535)"))?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner
+                .strip_suffix(']')
+                .ok_or_else(|| format!("unbalanced `[` in `{s}`"))?,
+            // An IPv6 address must be bracketed, or `::1:80` would be ambiguous.
+            None if host.contains(':') => {
+                return Err(format!(
+                    "write an IPv6 address in brackets: `[{host}]:{port}`"
+                ));
+            }
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        Ok(HostPort {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A backend as given on the command line: `HOST:PORT` for plain TCP, `tls://HOST:PORT` for a
+/// backend we must speak TLS to (chapter 7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: HostPort,
+    pub tls: bool,
+}
+
+impl FromStr for BackendSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tls, rest) = match s.split_once("://") {
+            None => (false, s),
+            Some(("tls", rest)) => (true, rest),
+            Some(("tcp", rest)) => (false, rest),
+            Some((scheme, _)) => {
+                return Err(format!("unknown scheme `{scheme}://` (use tls:// or none)"));
+            }
+        };
+        Ok(BackendSpec {
+            addr: rest.parse()?,
+            tls,
+        })
+    }
+}
+
+impl fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            write!(f, "tls://{}", self.addr)
+        } else {
+            write!(f, "{}", self.addr)
+        }
+    }
+}
+
+/// A backend ready to dial: its addresses resolved, its TLS server name checked.
+#[derive(Debug)]
+pub struct Backend {
+    spec: BackendSpec,
+    addrs: Vec<SocketAddr>,
+    /// `Some` for a TLS backend: the name its certificate must carry.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Backend {
+    /// Resolves `spec` (a DNS lookup for names). A TLS backend's certificate is checked against
+    /// `sni` if given, else against the host as typed (`localhost`, or an IP address, which
+    /// rustls matches against the certificate's IP SANs).
+    pub async fn resolve(spec: BackendSpec, sni: Option<&str>) -> anyhow::Result<Backend> {
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host((spec.addr.host.as_str(), spec.addr.port))
+                .await
+                .with_context(|| format!("cannot resolve backend {spec}"))?
+                .collect();
+        if addrs.is_empty() {
+            anyhow::bail!("backend {spec} resolves to no address");
+        }
+        let server_name = if spec.tls {
+            let name = sni.unwrap_or(&spec.addr.host).to_owned();
+            Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|_| anyhow::anyhow!("`{name}` is not a valid TLS server name"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Backend {
+            spec,
+            addrs,
+            server_name,
+        })
+    }
+
+    /// A backend at a known socket address, no lookup needed (tests, benches, built-in servers).
+    pub fn from_addr(addr: SocketAddr, tls: bool) -> Backend {
+        let spec = BackendSpec {
+            addr: HostPort {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            tls,
+        };
+        let server_name = tls.then(|| ServerName::IpAddress(addr.ip().into()));
+        Backend {
+            spec,
+            addrs: vec![addr],
+            server_name,
+        }
+    }
+
+    pub fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    /// `Some(name to verify)` when this backend speaks TLS.
+    pub fn server_name(&self) -> Option<&ServerName<'static>> {
+        self.server_name.as_ref()
+    }
+
+    /// Dials the backend's addresses in turn (a name such as `localhost` may resolve to `::1`
+    /// and `127.0.0.1` while the server listens on only one of them), each with `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> io::Result<TcpStream> {
+        let mut last = None;
+        for &addr in &self.addrs {
+            match net::connect(addr, timeout).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.spec.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_users_type() {
+        let p: HostPort = "localhost:4444".parse().unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("localhost", 4444));
+        let p: HostPort = "[::1]:80".parse().unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.to_string()),
+            ("::1", 80, "[::1]:80".into())
+        );
+        let b: BackendSpec = "tls://127.0.0.1:4446".parse().unwrap();
+        assert!(b.tls);
+        assert_eq!(b.to_string(), "tls://127.0.0.1:4446");
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_dialled() {
+        for bad in [
+            "4444",
+            "host:",
+            "host:99999",
+            ":80",
+            "::1:80",
+            "[::1:80",
+            "http://a:1",
+        ] {
+            assert!(
+                bad.parse::<BackendSpec>().is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+}

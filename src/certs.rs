@@ -1,0 +1,144 @@
+//! A local certificate authority and a `localhost` certificate signed by it, made with rcgen.
+//!
+//! # Why not the Go tutorial's openssl recipe
+//!
+//! The gist the Go tutorial follows runs `openssl req -new -x509 -key server.key -out
+//! server.crt`: one *self-signed* certificate with only a Common Name. rustls (through webpki)
+//! refuses it twice over:
+//!
+//! * **No subjectAltName.** Matching a host name against the Common Name was deprecated in 2000
+//!   (RFC 2818) and is not done by rustls, Chrome or Go since 1.15; only the SAN counts, so the
+//!   certificate is valid for no name at all: `invalid peer certificate: NotValidForName`.
+//! * **A CA certificate used as a server certificate.** `openssl req -x509` marks the result
+//!   `CA:TRUE`, and trusting it as a root while the server presents it as its own certificate is
+//!   refused: `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`.
+//!
+//! What works, and what real deployments look like, is two certificates: a CA (kept
+//! private, trusted by clients) and a leaf for the server, signed by the CA, naming the server
+//! in its SANs and marked as *not* a CA. That is what [`generate`] makes.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{RootCertStore, ServerConfig};
+use time::{Duration, OffsetDateTime};
+
+/// The names the tutorial's certificate is valid for: every way a learner may reach the
+/// balancer on this machine.
+pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// A CA and a leaf certificate signed by it, with their keys.
+pub struct Bundle {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub leaf_cert_pem: String,
+    pub leaf_key_pem: String,
+    ca_der: CertificateDer<'static>,
+    leaf_der: CertificateDer<'static>,
+    leaf_key_der: Vec<u8>,
+}
+
+/// Makes a fresh CA (valid 10 years) and a leaf for `names` (DNS names or IP addresses, valid
+/// 1 year), both on ECDSA P-256 keys: fast handshakes and small certificates.
+pub fn generate(names: &[String]) -> Result<Bundle, rcgen::Error> {
+    let now = OffsetDateTime::now_utc();
+    // Backdated a day so that a clock slightly behind on another machine still accepts them.
+    let yesterday = now - Duration::days(1);
+
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "tcp-lb tutorial CA");
+    ca.distinguished_name
+        .push(DnType::OrganizationName, "tcp-lb tutorial");
+    // Path length 0: this CA may sign leaves, not other CAs.
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = yesterday;
+    ca.not_after = now + Duration::days(3650);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_cert_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let mut leaf = CertificateParams::new(names.to_vec())?;
+    let common_name = names.first().map_or("localhost", String::as_str);
+    leaf.distinguished_name
+        .push(DnType::CommonName, common_name);
+    // Says "CA:FALSE" explicitly, the opposite of the openssl recipe.
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = yesterday;
+    leaf.not_after = now + Duration::days(365);
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+
+    Ok(Bundle {
+        ca_cert_pem,
+        ca_key_pem,
+        leaf_cert_pem: leaf_cert.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
+        ca_der: ca_cert.der().clone(),
+        leaf_der: leaf_cert.der().clone(),
+        leaf_key_der: leaf_key.serialize_der(),
+    })
+}
+
+/// [`generate`] for [`DEFAULT_NAMES`].
+pub fn generate_localhost() -> Result<Bundle, rcgen::Error> {
+    let names: Vec<String> = DEFAULT_NAMES.iter().map(|n| n.to_string()).collect();
+    generate(&names)
+}
+
+impl Bundle {
+    /// A server config presenting the leaf, for in-process TLS servers.
+    pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()));
+        crate::tls::server_config(vec![self.leaf_der.clone()], key)
+    }
+
+    /// A root store trusting only this CA.
+    pub fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        // Cannot fail: the certificate was made just above, by rcgen.
+        let _ = roots.add(self.ca_der.clone());
+        roots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier as _;
+
+    #[test]
+    fn the_leaf_verifies_against_the_ca_for_every_default_name() {
+        let bundle = generate_localhost().unwrap();
+        let roots = Arc::new(bundle.roots());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            crate::tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        for name in DEFAULT_NAMES {
+            let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            verifier
+                .verify_server_cert(&bundle.leaf_der, &[], &server_name, &[], now)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let other = rustls::pki_types::ServerName::try_from("example.com").unwrap();
+        assert!(
+            verifier
+                .verify_server_cert(&bundle.leaf_der, &[], &other, &[], now)
+                .is_err()
+        );
+    }
+}

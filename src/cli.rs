@@ -1,0 +1,82 @@
+//! What every binary does before and after its real work: flags, logs, and errors a human reads.
+//!
+//! The contract (see `DESIGN.md`): a start-up problem is *one* line `error: …` on stderr and a
+//! non-zero exit, never a panic and never a screen of usage text; logs go to stderr through
+//! `tracing`, so stdout carries only the `listening on ADDR` lines and what a chapter prints.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Parses the command line; on a mistake prints clap's one-line diagnosis and exits with 2.
+///
+/// clap would also print a usage block; we keep its first line (`error: invalid value 'x' for
+/// '--listen <ADDR>': invalid socket address syntax`) so scripts and tests see one line.
+/// `--help` and `--version` are printed in full, as usual.
+pub fn parse<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Turns the outcome of `main`'s work into the process exit code, printing `error: …` on one
+/// line: anyhow's `{:#}` joins the chain of contexts with `: `, e.g.
+/// `error: cannot listen on 127.0.0.1:3000: Address already in use (os error 98)`.
+pub fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

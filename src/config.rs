@@ -1,0 +1,152 @@
+//! The configuration file of chapter 7, in TOML.
+//!
+//! The Go tutorial hard-codes its servers in a `type Server struct` literal and recompiles to
+//! change them. A file lets an operator change backends without a build, and keeping the same
+//! names as the flags (`listen`, `strategy`, `ca`, …) means one mental model for both; flags
+//! given on the command line override the file.
+//!
+//! ```toml
+//! listen = "127.0.0.1:3000"
+//! strategy = "round-robin"      # or random, least-called
+//! ca = "certs/ca.pem"           # verifies TLS backends
+//! insecure = false
+//! [tls]                         # optional: terminate TLS on the listener
+//! cert = "certs/localhost.pem"
+//! key = "certs/localhost-key.pem"
+//! [[backend]]
+//! address = "127.0.0.1:4444"
+//! tls = true
+//! [[backend]]
+//! address = "127.0.0.1:4445"
+//! ```
+//!
+//! Relative paths are relative to the working directory, as for the flags. Unknown keys are
+//! errors: a misspelt `stratgy` silently ignored is worse than a refusal to start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::backend::{BackendSpec, HostPort};
+use crate::strategy::StrategyKind;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub listen: Option<SocketAddr>,
+    pub strategy: Option<StrategyKind>,
+    /// CA certificates (PEM) that TLS backends must chain to.
+    pub ca: Option<PathBuf>,
+    /// Skip verifying TLS backends (see `tls::danger`).
+    pub insecure: Option<bool>,
+    /// Seconds allowed to dial a backend.
+    pub connect_timeout: Option<f64>,
+    /// Seconds allowed for a client's TLS handshake.
+    pub handshake_timeout: Option<f64>,
+    pub tls: Option<ListenerTls>,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendEntry>,
+}
+
+/// `[tls]`: terminate TLS on the listener with this certificate chain and key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One `[[backend]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackendEntry {
+    pub address: HostPort,
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the backend's certificate must carry, if not the host of `address`.
+    pub sni: Option<String>,
+}
+
+impl BackendEntry {
+    pub fn spec(&self) -> BackendSpec {
+        BackendSpec {
+            addr: self.address.clone(),
+            tls: self.tls,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`. Errors are one line: `FILE:LINE:COLUMN: what is wrong`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+    }
+
+    /// Parses TOML text; the error starts with `LINE:COLUMN: `.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // toml's own Display quotes the offending line over several lines; we want one.
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((1, 1));
+            let message = e.message().trim().replace('\n', " ");
+            format!("{line}:{column}: {message}")
+        })?;
+        for (key, value) in [
+            ("connect-timeout", config.connect_timeout),
+            ("handshake-timeout", config.handshake_timeout),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0 && v < 1e9)
+            {
+                return Err(format!(
+                    "{key} must be a positive number of seconds, not {v}"
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = "listen = \"127.0.0.1:3000\"\nstrategy = \"round-robin\"\nca = \"certs/ca.pem\"\n\
+                    insecure = false\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+                    [[backend]]\naddress = \"127.0.0.1:4444\"\ntls = true\n\
+                    [[backend]]\naddress = \"127.0.0.1:4445\"\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:3000".parse().unwrap()));
+        assert_eq!(c.strategy, Some(StrategyKind::RoundRobin));
+        assert_eq!(c.backends.len(), 2);
+        assert!(c.backends[0].tls && !c.backends[1].tls);
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = Config::parse("listen = \"127.0.0.1:3000\"\nstratgy = \"random\"\n").unwrap_err();
+        assert!(e.starts_with("2:1: unknown field `stratgy`"), "{e}");
+        let e = Config::parse("[[backend]]\naddress = \"nope\"\n").unwrap_err();
+        assert!(e.starts_with("2:11: ") && e.contains("HOST:PORT"), "{e}");
+        let e = Config::parse("strategy = \"fastest\"\n").unwrap_err();
+        assert!(e.starts_with("1:12: ") && e.contains("fastest"), "{e}");
+        let e = Config::parse("connect-timeout = -1\n").unwrap_err();
+        assert!(e.contains("connect-timeout"), "{e}");
+        assert!(!Config::parse("listen = [\n").unwrap_err().contains('\n'));
+    }
+}

@@ -1,0 +1,263 @@
+//! The dummy backend of the tutorial: a small HTTP/1.1 server that says who it is.
+//!
+//! The Go tutorial's dummy server prints which server it is, how many times it was called and
+//! the headers it received. This one does the same on every path, plus two endpoints for
+//! checking a proxy: `GET /bytes/N` answers N bytes of a fixed pseudo-random pattern (so a
+//! test can check every byte that came through), and `/echo` streams the request body back.
+//!
+//! It is built on hyper rather than by hand: keep-alive, pipelining, chunked bodies and
+//! slow-client timeouts are exactly what a hand-written test server gets subtly wrong, and a
+//! dummy server that is itself buggy makes every proxy test lie.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::net;
+use crate::proxy::Conn;
+use crate::tls::DEFAULT_HANDSHAKE_TIMEOUT;
+
+/// The header every response carries, naming the server that produced it.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// One dummy server: a name, a hit counter, and optionally TLS.
+pub struct DummyServer {
+    name: String,
+    header: HeaderValue,
+    hits: AtomicU64,
+    tls: Option<TlsAcceptor>,
+}
+
+impl DummyServer {
+    /// Fails if `name` cannot be sent as a header value (control characters, non-ASCII).
+    pub fn new(name: &str) -> anyhow::Result<DummyServer> {
+        let header = HeaderValue::from_str(name)
+            .map_err(|_| anyhow::anyhow!("server name `{name}` cannot be sent in a header"))?;
+        Ok(DummyServer {
+            name: name.to_owned(),
+            header,
+            hits: AtomicU64::new(0),
+            tls: None,
+        })
+    }
+
+    /// Serve HTTPS with `config` instead of plain HTTP.
+    pub fn with_tls(mut self, config: Arc<ServerConfig>) -> DummyServer {
+        self.tls = Some(TlsAcceptor::from(config));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Serves `listener` until `shutdown` resolves, each connection in its own task.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let this = Arc::new(self);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                (stream, peer) = net::accept(&listener) => {
+                    let this = Arc::clone(&this);
+                    tokio::spawn(async move {
+                        let io = match &this.tls {
+                            None => Conn::Plain(stream),
+                            Some(acceptor) => {
+                                let handshake = acceptor.accept(stream);
+                                match tokio::time::timeout(DEFAULT_HANDSHAKE_TIMEOUT, handshake).await {
+                                    Ok(Ok(tls)) => Conn::TlsServer(Box::new(tls)),
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(server = %this.name, client = %peer, "TLS handshake failed: {e}");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::warn!(server = %this.name, client = %peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        this.serve_connection(io, peer).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, io: Conn, peer: SocketAddr) {
+        let this = Arc::clone(&self);
+        let service = hyper::service::service_fn(move |req| {
+            let this = Arc::clone(&this);
+            async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer)) }
+        });
+        let result = hyper::server::conn::http1::Builder::new()
+            // A client that opens a connection and sends half a request head is dropped
+            // after this long instead of holding the connection forever.
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(server = %self.name, client = %peer, "connection ended: {e}");
+        }
+    }
+
+    fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
+        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(server = %self.name, client = %peer, hits, "{} {}", req.method(), req.uri());
+        let path = req.uri().path();
+        let (status, body) = if let Some(n) = path.strip_prefix("/bytes/") {
+            match n.parse::<u64>() {
+                Ok(len) => (StatusCode::OK, DummyBody::Pattern { sent: 0, len }),
+                Err(_) => (
+                    StatusCode::BAD_REQUEST,
+                    DummyBody::text(format!("`{n}` is not a byte count\n")),
+                ),
+            }
+        } else if path == "/echo" {
+            (StatusCode::OK, DummyBody::Echo(req.into_body()))
+        } else {
+            (StatusCode::OK, DummyBody::text(self.describe(&req, hits)))
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(SERVED_BY, self.header.clone());
+        let content_type = if matches!(response.body(), DummyBody::Text(_)) {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/octet-stream"
+        };
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+
+    /// `server: NAME`, `hits: N`, then the request line and headers as received.
+    fn describe(&self, req: &Request<Incoming>, hits: u64) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "server: {}\nhits: {hits}\n{} {} {:?}\n",
+            self.name,
+            req.method(),
+            req.uri(),
+            req.version()
+        );
+        for (name, value) in req.headers() {
+            let _ = writeln!(out, "{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+        }
+        out
+    }
+}
+
+/// Starts `server` on an ephemeral port of 127.0.0.1 in a background task, for as long as the
+/// runtime lives; returns the address. Tests, benchmarks and the built-in backends of
+/// `cargo run` use this.
+pub fn spawn_on_loopback(server: DummyServer) -> io::Result<SocketAddr> {
+    let listener = net::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(server.run(listener, std::future::pending()));
+    Ok(addr)
+}
+
+/// The period of the `/bytes/N` pattern. Not a power of two, so that a proxy that dropped or
+/// repeated a power-of-two-sized buffer cannot line up with it by accident.
+pub const PATTERN_PERIOD: usize = 65_521;
+
+fn pattern() -> &'static Bytes {
+    static PATTERN: OnceLock<Bytes> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        // xorshift32: cheap, deterministic, and no byte value repeats in any obvious rhythm.
+        let mut x: u32 = 0x9E37_79B9;
+        let bytes: Vec<u8> = (0..PATTERN_PERIOD)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect();
+        Bytes::from(bytes)
+    })
+}
+
+/// The bytes `GET /bytes/N` sends at positions `offset..offset + len`, to compare against.
+pub fn pattern_bytes(offset: u64, len: usize) -> Vec<u8> {
+    let p = pattern();
+    (0..len as u64)
+        .map(|i| p[((offset + i) % PATTERN_PERIOD as u64) as usize])
+        .collect()
+}
+
+/// The three kinds of response body, streamed without holding more than one chunk.
+pub enum DummyBody {
+    Text(Option<Bytes>),
+    Pattern { sent: u64, len: u64 },
+    Echo(Incoming),
+}
+
+impl DummyBody {
+    fn text(s: String) -> DummyBody {
+        DummyBody::Text(Some(Bytes::from(s)))
+    }
+}
+
+impl Body for DummyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            DummyBody::Text(text) => Poll::Ready(text.take().map(|b| Ok(Frame::data(b)))),
+            DummyBody::Pattern { sent, len } => {
+                if *sent == *len {
+                    return Poll::Ready(None);
+                }
+                // Slices of one shared buffer: no copy, no allocation per chunk.
+                let start = (*sent % PATTERN_PERIOD as u64) as usize;
+                let n = ((*len - *sent) as usize).min(PATTERN_PERIOD - start);
+                *sent += n as u64;
+                Poll::Ready(Some(Ok(Frame::data(pattern().slice(start..start + n)))))
+            }
+            DummyBody::Echo(incoming) => Pin::new(incoming).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DummyBody::Text(text) => text.is_none(),
+            DummyBody::Pattern { sent, len } => sent == len,
+            DummyBody::Echo(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DummyBody::Text(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            DummyBody::Pattern { sent, len } => SizeHint::with_exact(len - sent),
+            DummyBody::Echo(incoming) => incoming.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The library behind every chapter of the tutorial.
+//!
+//! Each step binary in `steps/` is a thin `main.rs` that parses its flags and hands the work to
+//! the pieces here, so that tests, benchmarks and later chapters run *the same code* the learner
+//! reads. A piece enters the library in the chapter that introduces it:
+//!
+//! | module | introduced by | what it holds |
+//! |---|---|---|
+//! | [`net`] | 01-ping | binding with a real backlog, the `listening on` line, an accept loop that never spins |
+//! | [`cli`] | 01-ping | one-line start-up errors, logging set-up |
+//! | [`dummy`] | dummy-server | the HTTP backend the tutorial balances over |
+//! | [`proxy`] | 02-forward | copying bytes both ways with half-close |
+//! | [`backend`] | 02-forward | a backend address, resolved once, dialled with a timeout |
+//! | [`strategy`] | 03-round-robin | the `Strategy` trait and its implementations |
+//! | [`balancer`] | 03-round-robin | accept, pick, dial, forward, log: the load balancer itself |
+//! | [`certs`] | certs | a local CA and a `localhost` certificate, made with rcgen |
+//! | [`tls`] | 05-tls-termination | PEM loading, server and client configs, the `danger` verifier |
+//! | [`config`] | 07-final | the TOML configuration file |
+
+pub mod backend;
+pub mod balancer;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod dummy;
+pub mod net;
+pub mod proxy;
+pub mod strategy;
+pub mod tls;
+
+/// The three servers of the Go tutorial (`SERVER1`..`SERVER3`), on the IPv4 loopback.
+pub const TUTORIAL_BACKENDS: [&str; 3] = ["127.0.0.1:4444", "127.0.0.1:4445", "127.0.0.1:4446"];
+
+/// Where every load balancer listens unless told otherwise, as in the Go tutorial.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";

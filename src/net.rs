@@ -1,0 +1,105 @@
+//! Listening and accepting: the parts every step shares.
+//!
+//! Two habits start here, in chapter 1, because they cost nothing now and a lot to retrofit:
+//!
+//! * **A real listen backlog.** `tokio::net::TcpListener::bind` asks the kernel for a queue of
+//!   128 connections that have finished the TCP handshake but were not yet accepted. A burst of
+//!   clients beyond that is dropped or delayed by the kernel before our code ever sees it. We bind
+//!   through [`TcpSocket`] and ask for [`BACKLOG`] instead.
+//! * **`TCP_NODELAY` on every socket we forward.** A proxy relays whatever it has at once; Nagle's
+//!   algorithm would hold small writes back while an acknowledgement is outstanding, which adds
+//!   up to 40 ms to request/response traffic (the delayed-ACK interaction).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Connections the kernel may queue for us before we call `accept`.
+pub const BACKLOG: u32 = 1024;
+
+/// Binds a listener with [`BACKLOG`] and `SO_REUSEADDR` (so a restart does not wait for old
+/// connections in `TIME_WAIT`; a port held by a *live* listener still fails, as it should).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// [`bind`], with an error that names the address: the message a user sees at start-up.
+pub fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    bind(addr).with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Prints the contract line `listening on ADDR` on stdout with the address really bound
+/// (so `--listen 127.0.0.1:0` tells tests and users which port the kernel chose).
+pub fn announce(listener: &TcpListener) -> io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    // `println!` goes through a line-buffered stdout: the line is flushed as soon as it is
+    // complete, even when stdout is a pipe read by a test.
+    println!("listening on {addr}");
+    Ok(addr)
+}
+
+/// Waits for the next client, sets `TCP_NODELAY` on it, and never gives up.
+///
+/// `accept` fails for two kinds of reasons. Some concern one connection only (the client reset
+/// it while it sat in the backlog): skip it. Others concern the whole process, typically running
+/// out of file descriptors (`EMFILE`): retrying at once would spin a core at 100% while nothing
+/// can change, so we back off, doubling from 10 ms up to 1 s, and log each failure once per try.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+                }
+                return (stream, peer);
+            }
+            Err(e) if is_per_connection(&e) => {
+                tracing::debug!("accept: a client went away before we took it: {e}");
+            }
+            Err(e) => {
+                tracing::error!("accept failed, retrying in {backoff:?}: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Dials `addr` with `TCP_NODELAY`, giving up after `timeout`.
+///
+/// Without a timeout, a backend host that silently drops packets (a firewall, a machine that
+/// is off) keeps the client waiting for the kernel's SYN retries, over two minutes on Linux.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ));
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}

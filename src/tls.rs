@@ -1,0 +1,203 @@
+//! TLS with rustls: loading PEM files, and building each configuration once per process.
+//!
+//! Three rules from the chapters 5–7:
+//!
+//! * **One crypto provider.** rustls can run on `ring` or `aws-lc-rs`; each crate that depends
+//!   on rustls may enable its own default, and two providers in one build make
+//!   `ServerConfig::builder()` panic at the first connection. Every config here is built with
+//!   [`provider`] explicitly, and `Cargo.toml` turns the defaults off everywhere.
+//! * **Build configs once.** Parsing certificates and keys, building the root store and the
+//!   session caches costs far more than a handshake; a `ServerConfig`/`ClientConfig` is built at
+//!   start-up and shared behind an `Arc` by every connection. Sharing the client config is also
+//!   what lets the balancer *resume* TLS sessions to its backends.
+//! * **Verification is on unless asked off.** `--insecure` goes through [`danger`], whose name
+//!   says what it is, and the binaries warn about it at every start.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// The certificate chain `cargo run --bin certs` writes, presented by our TLS listeners.
+pub const DEFAULT_CERT: &str = "certs/localhost.pem";
+/// Its private key.
+pub const DEFAULT_KEY: &str = "certs/localhost-key.pem";
+/// The CA that signed it, which our TLS clients trust.
+pub const DEFAULT_CA: &str = "certs/ca.pem";
+
+/// How long a client may take to complete its TLS handshake. Without a limit, a client that
+/// connects and says nothing holds a task and a file descriptor forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The crypto provider of the whole build (`ring`: it compiles fast and has no C toolchain
+/// requirements beyond the C compiler).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::NotFound {
+            " (run `cargo run --bin certs` to create the tutorial's certificates)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot read {what} {}: {e}{hint}", path.display())
+    })
+}
+
+/// Every certificate in a PEM file, in order (leaf first for a chain).
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = read(path, "certificate file")?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot parse certificate file {}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate found in {}", path.display());
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = read(path, "private key file")?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("no usable private key in {}", path.display()))
+}
+
+/// A server config presenting `certs` (leaf first), with rustls' safe defaults: TLS 1.2 and 1.3,
+/// no client certificates, an in-memory session cache for resumption.
+pub fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not form a usable pair")?;
+    Ok(Arc::new(config))
+}
+
+/// [`server_config`] from PEM files.
+pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config(load_certs(cert)?, load_key(key)?)
+        .with_context(|| format!("{} and {}", cert.display(), key.display()))
+}
+
+/// The trust anchors in a PEM file: the CAs whose signatures we accept from backends.
+pub fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("unusable CA certificate in {}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// A client config that verifies servers against `roots`.
+pub fn client_config(roots: RootCertStore) -> anyhow::Result<Arc<ClientConfig>> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A client config that accepts any server certificate. See [`danger`].
+pub fn insecure_client_config() -> anyhow::Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(danger::NoCertificateVerification::new(
+            provider,
+        )))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The warning every binary prints at start when `--insecure` is on.
+pub const INSECURE_WARNING: &str = "--insecure: backend certificates are NOT verified; anyone \
+     on the path to a backend can read and change the traffic. Use it only to test.";
+
+/// Turning certificate verification off, for tests against backends with throw-away certificates.
+///
+/// What this skips: checking that the backend's certificate chains to a CA we trust, that it
+/// is valid now, and that it names the server we meant to reach. What it keeps: the handshake
+/// signature checks, so the session is still encrypted to whoever holds the presented key. That
+/// stops a passive eavesdropper and nobody else: an active attacker simply presents their own.
+pub mod danger {
+    use std::sync::Arc;
+
+    use rustls::DigitallySignedStruct;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    /// Accepts any certificate; still verifies handshake signatures.
+    #[derive(Debug)]
+    pub struct NoCertificateVerification {
+        provider: Arc<CryptoProvider>,
+    }
+
+    impl NoCertificateVerification {
+        pub fn new(provider: Arc<CryptoProvider>) -> Self {
+            NoCertificateVerification { provider }
+        }
+    }
+
+    impl ServerCertVerifier for NoCertificateVerification {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}
