@@ -195,6 +195,18 @@ impl Backend {
     }
 }
 
+/// Resolves every spec, in order; the first failure names its backend.
+pub async fn resolve_all(
+    specs: impl IntoIterator<Item = BackendSpec>,
+    sni: Option<&str>,
+) -> anyhow::Result<Vec<Backend>> {
+    let mut backends = Vec::new();
+    for spec in specs {
+        backends.push(Backend::resolve(spec, sni).await?);
+    }
+    Ok(backends)
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.spec.fmt(f)

@@ -104,7 +104,7 @@ impl DummyServer {
         let this = Arc::clone(&self);
         let service = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
-            async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer)) }
+            async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer).await) }
         });
         let result = hyper::server::conn::http1::Builder::new()
             // A client that opens a connection and sends half a request head is dropped
@@ -118,7 +118,7 @@ impl DummyServer {
         }
     }
 
-    fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
+    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
         let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(server = %self.name, client = %peer, hits, "{} {}", req.method(), req.uri());
         let path = req.uri().path();
@@ -131,7 +131,24 @@ impl DummyServer {
                 ),
             }
         } else if path == "/echo" {
-            (StatusCode::OK, DummyBody::Echo(req.into_body()))
+            // Wait for the first piece of the body before answering: reading it is what makes
+            // hyper send `100 Continue` to a client that asked for it (curl does, for bodies
+            // over 1 MiB), instead of the client waiting a second for permission to send.
+            let mut body = req.into_body();
+            let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            match first {
+                Some(Err(e)) => (
+                    StatusCode::BAD_REQUEST,
+                    DummyBody::text(format!("cannot read the request body: {e}\n")),
+                ),
+                first => (
+                    StatusCode::OK,
+                    DummyBody::Echo {
+                        first: first.and_then(Result::ok),
+                        rest: body,
+                    },
+                ),
+            }
         } else {
             (StatusCode::OK, DummyBody::text(self.describe(&req, hits)))
         };
@@ -177,6 +194,27 @@ pub fn spawn_on_loopback(server: DummyServer) -> io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Starts one in-process dummy server per entry (name, and a TLS config for HTTPS) on loopback
+/// ports the kernel picks, and returns them as backends: what `cargo run` balances over when no
+/// backend was configured.
+pub fn start_builtin(
+    servers: &[(&str, Option<Arc<ServerConfig>>)],
+) -> anyhow::Result<Vec<crate::backend::Backend>> {
+    let mut backends = Vec::new();
+    for (name, tls) in servers {
+        let mut server = DummyServer::new(name)?;
+        if let Some(config) = tls {
+            server = server.with_tls(config.clone());
+        }
+        let addr = spawn_on_loopback(server)
+            .map_err(|e| anyhow::anyhow!("cannot start built-in backend {name}: {e}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("started built-in dummy backend {name} at {scheme}://{addr}");
+        backends.push(crate::backend::Backend::from_addr(addr, tls.is_some()));
+    }
+    Ok(backends)
+}
+
 /// The period of the `/bytes/N` pattern. Not a power of two, so that a proxy that dropped or
 /// repeated a power-of-two-sized buffer cannot line up with it by accident.
 pub const PATTERN_PERIOD: usize = 65_521;
@@ -209,8 +247,14 @@ pub fn pattern_bytes(offset: u64, len: usize) -> Vec<u8> {
 /// The three kinds of response body, streamed without holding more than one chunk.
 pub enum DummyBody {
     Text(Option<Bytes>),
-    Pattern { sent: u64, len: u64 },
-    Echo(Incoming),
+    Pattern {
+        sent: u64,
+        len: u64,
+    },
+    Echo {
+        first: Option<Frame<Bytes>>,
+        rest: Incoming,
+    },
 }
 
 impl DummyBody {
@@ -239,7 +283,10 @@ impl Body for DummyBody {
                 *sent += n as u64;
                 Poll::Ready(Some(Ok(Frame::data(pattern().slice(start..start + n)))))
             }
-            DummyBody::Echo(incoming) => Pin::new(incoming).poll_frame(cx),
+            DummyBody::Echo { first, rest } => match first.take() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
@@ -247,7 +294,7 @@ impl Body for DummyBody {
         match self {
             DummyBody::Text(text) => text.is_none(),
             DummyBody::Pattern { sent, len } => sent == len,
-            DummyBody::Echo(incoming) => incoming.is_end_stream(),
+            DummyBody::Echo { first, rest } => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -257,7 +304,20 @@ impl Body for DummyBody {
                 SizeHint::with_exact(text.as_ref().map_or(0, |b| b.len() as u64))
             }
             DummyBody::Pattern { sent, len } => SizeHint::with_exact(len - sent),
-            DummyBody::Echo(incoming) => incoming.size_hint(),
+            DummyBody::Echo { first, rest } => {
+                let buffered = first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let rest = rest.size_hint();
+                // Built from scratch: `set_lower` on `rest` would panic when lower passes upper.
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + buffered);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
         }
     }
 }
