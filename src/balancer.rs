@@ -145,13 +145,13 @@ impl Balancer {
         };
 
         let result = proxy::forward(&mut client, &mut upstream).await;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let duration = started.elapsed();
         match result {
             Ok((up, down)) => {
-                tracing::info!(client = %peer, %backend, up, down, ms, "connection closed");
+                tracing::info!(client = %peer, %backend, up, down, ?duration, "connection closed");
             }
             Err(e) => {
-                tracing::info!(client = %peer, %backend, ms, "connection ended by error: {e}");
+                tracing::info!(client = %peer, %backend, ?duration, "connection ended by error: {e}");
             }
         }
     }
