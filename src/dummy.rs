@@ -111,6 +111,9 @@ impl DummyServer {
             // after this long instead of holding the connection forever.
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
+            // A client that half-closes after its request (as proxies' tests do) still gets the
+            // whole answer; hyper's default would close as soon as it reads the EOF.
+            .half_close(true)
             .serve_connection(TokioIo::new(io), service)
             .await;
         if let Err(e) = result {

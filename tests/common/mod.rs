@@ -1,0 +1,393 @@
+//! Shared test helpers: run the real binaries, wait for readiness, speak raw TCP, HTTP and TLS.
+//!
+//! Everything here blocks on a real event (a line printed, a byte received, a process exit),
+//! each bounded by a generous timeout so a broken build fails instead of hanging. Nothing sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The path of one of this package's binaries, e.g. `bin!("02-forward")`.
+#[macro_export]
+macro_rules! bin {
+    ($name:literal) => {
+        env!(concat!("CARGO_BIN_EXE_", $name))
+    };
+}
+
+/// How long any single wait may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Text a child wrote so far, with a way to wait for more.
+#[derive(Default)]
+struct Output {
+    text: Mutex<String>,
+    changed: Condvar,
+}
+
+impl Output {
+    fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut text = self.text.lock().unwrap();
+        loop {
+            if pred(&text) {
+                return Some(text.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            text = self.changed.wait_timeout(text, left).unwrap().0;
+        }
+    }
+}
+
+/// A running binary, killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// The addresses of its `listening on` lines, in order.
+    pub addrs: Vec<SocketAddr>,
+    stdout: Arc<Output>,
+    stderr: Arc<Output>,
+}
+
+impl Proc {
+    /// Starts `bin` with `args` and waits until it printed `listeners` `listening on` lines.
+    pub fn start(bin: &str, args: &[&str], listeners: usize) -> Proc {
+        Self::start_in(bin, args, listeners, None)
+    }
+
+    /// [`Proc::start`] in the working directory `dir`.
+    pub fn start_in(bin: &str, args: &[&str], listeners: usize, dir: Option<&Path>) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stdout = Arc::new(Output::default());
+        let stderr = Arc::new(Output::default());
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let sink = Arc::clone(&stdout);
+        // Drain stdout for the whole life of the child: a full pipe would block it.
+        thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                if let Some(addr) = text.trim_end().strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                sink.text.lock().unwrap().push_str(&text);
+                sink.changed.notify_all();
+                line.clear();
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut reader = BufReader::new(err);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                sink.text.lock().unwrap().push_str(&String::from_utf8_lossy(&line));
+                sink.changed.notify_all();
+                line.clear();
+            }
+        });
+        let mut addrs = Vec::new();
+        for _ in 0..listeners {
+            match rx.recv_timeout(PATIENCE) {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = stderr.text.lock().unwrap().clone();
+                    panic!("{bin} {args:?} did not print `listening on`; stderr:\n{log}");
+                }
+            }
+        }
+        Proc {
+            child,
+            addrs,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.text.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.text.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle` `times` times; panics with the log otherwise.
+    pub fn wait_stderr(&self, needle: &str, times: usize) -> String {
+        self.stderr
+            .wait_for(|t| t.matches(needle).count() >= times, PATIENCE)
+            .unwrap_or_else(|| panic!("stderr never showed {times}× {needle:?}:\n{}", self.stderr()))
+    }
+
+    /// Waits until stdout contains `needle`.
+    pub fn wait_stdout(&self, needle: &str) -> String {
+        self.stdout
+            .wait_for(|t| t.contains(needle), PATIENCE)
+            .unwrap_or_else(|| panic!("stdout never showed {needle:?}:\n{}", self.stdout()))
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bin` to completion; returns (exit code, stdout, stderr).
+pub fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a start-up failure: non-zero exit, and exactly one line on stderr that starts with
+/// `error:` and contains every one of `words`.
+pub fn assert_one_line_error(bin: &str, args: &[&str], words: &[&str]) {
+    let (code, _, stderr) = run(bin, args);
+    assert_ne!(code, 0, "{bin} {args:?} should fail; stderr: {stderr}");
+    assert!(code != 101, "{bin} {args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{bin} {args:?}: expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for w in words {
+        assert!(lines[0].contains(w), "{:?} lacks {w:?}", lines[0]);
+    }
+}
+
+/// A TCP connection with timeouts, so a test that goes wrong fails instead of hanging.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// A loopback port that was free a moment ago (nothing listens on it now).
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A fresh, empty folder under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tcp-lb-{label}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Deterministic, non-repeating test data, different for each `seed`.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// A one-response-per-request HTTP/1.1 reply: status line, headers (lowercase names), body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn served_by(&self) -> String {
+        self.header("x-served-by").unwrap_or("<none>").to_owned()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response that carries `content-length` (the dummy server always sends it).
+pub fn read_reply(r: &mut impl Read) -> Reply {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match r.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("connection ended inside a response head ({other:?}): {head:?}"),
+        }
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("content-length");
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends `GET path` on `stream` (keeping the connection open) and reads the reply.
+pub fn get_on(stream: &mut (impl Read + Write), path: &str) -> Reply {
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+    stream.flush().unwrap();
+    read_reply(stream)
+}
+
+/// One `GET path` on a new plain connection to `addr`.
+pub fn get(addr: SocketAddr, path: &str) -> Reply {
+    let mut s = connect(addr);
+    get_on(&mut s, path)
+}
+
+/// True when the peer closes `stream` (EOF or reset) without sending anything.
+pub fn closed_without_data(stream: &mut impl Read) -> bool {
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// Writes `data` from a second thread while reading everything back on this one, then
+/// half-closes; returns what came back. Reading and writing at once is required: an echo
+/// through a proxy would otherwise deadlock once every socket buffer on the path is full.
+pub fn echo_through(stream: TcpStream, data: Arc<Vec<u8>>) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let to_send = Arc::clone(&data);
+    let w = thread::spawn(move || {
+        writer.write_all(&to_send).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::with_capacity(data.len());
+    let mut reader = stream;
+    reader.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    back
+}
+
+/// A raw TCP echo server on loopback (one thread per connection): it copies until the client
+/// half-closes, then closes its side. A byte proxy's tests want a backend with no HTTP in it.
+pub fn spawn_echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            thread::spawn(move || {
+                let mut buf = [0u8; 32 * 1024];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = conn.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A raw TCP server that answers only after the client half-closed: it reads everything, then
+/// sends `reply` followed by the number of bytes it read, and closes. It proves the half-close
+/// reached the backend *and* that the answer still came back.
+pub fn spawn_answer_after_eof_server(reply: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                if conn.read_to_end(&mut got).is_ok() {
+                    let _ = conn.write_all(reply);
+                    let _ = write!(conn, " after {} bytes", got.len());
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The tutorial's certificates, written by the real `certs` binary into a fresh folder.
+pub fn make_certs(label: &str) -> PathBuf {
+    let dir = temp_dir(label);
+    let (code, _, stderr) = run(bin!("certs"), &["--out", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "certs failed: {stderr}");
+    dir
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
