@@ -56,6 +56,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Bound first: a port in use fails before anything else starts.
+    let listener = net::listen(args.listen)?;
     let backends = if args.backends.is_empty() {
         tracing::info!("no --backend given: balancing over three built-in dummy servers");
         dummy::start_builtin(&[("server1", None), ("server2", None), ("server3", None)])?
@@ -68,7 +70,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let strategy = args.strategy.build(backends.len());
     let balancer = Balancer::new(backends, strategy, Options::default())?;
-    let listener = net::listen(args.listen)?;
     net::announce(&listener)?;
     tracing::info!("strategy: {}", args.strategy);
     balancer.run(listener, cli::shutdown_signal()).await;

@@ -25,7 +25,8 @@
 //! terminal 2:  for i in 1 2 3; do curl -s localhost:3000 | head -1; done
 //!
 //! with files:  cargo run --bin certs
-//!              cargo run --bin dummy-server -- --tls --listen 127.0.0.1:4444 --listen 127.0.0.1:4446
+//!              cargo run --bin dummy-server -- --tls --listen 127.0.0.1:4444 --name server1 \
+//!                --listen 127.0.0.1:4446 --name server3
 //!              cargo run --bin dummy-server -- --listen 127.0.0.1:4445 --name server2
 //!              cargo run --bin 07-final -- --config examples/07-final.toml
 //!              curl --cacert certs/ca.pem https://localhost:3000
@@ -128,6 +129,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if insecure {
         tracing::warn!("{}", tls::INSECURE_WARNING);
     }
+    // Bound before the built-in backends start: a port in use fails the start on its own.
+    let listener = net::listen(listen)?;
 
     let backends: Vec<Backend> = if !args.backends.is_empty() {
         backend::resolve_all(args.backends, None).await?
@@ -164,7 +167,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener_is_tls = options.listener_tls.is_some();
     let picker = strategy.build(backends.len());
     let balancer = Balancer::new(backends, picker, options)?;
-    let listener = net::listen(listen)?;
     net::announce(&listener)?;
     tracing::info!(
         "strategy {strategy}, {} listener, backends: {}",
