@@ -50,8 +50,10 @@ pub fn generate(names: &[String]) -> Result<Bundle, rcgen::Error> {
     let yesterday = now - Duration::days(1);
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "tcp-lb tutorial CA");
+    // A random suffix makes every CA's name unique: a client holding the CA of an earlier run
+    // then reports `UnknownIssuer` (clear) instead of `BadSignature` (same name, other key).
+    let ca_name = format!("tcp-lb tutorial CA {:08x}", rand::random::<u32>());
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
     ca.distinguished_name
         .push(DnType::OrganizationName, "tcp-lb tutorial");
     // Path length 0: this CA may sign leaves, not other CAs.
