@@ -12,20 +12,24 @@ use tracing_subscriber::EnvFilter;
 
 /// Parses the command line; on a mistake prints clap's one-line diagnosis and exits with 2.
 ///
-/// clap would also print a usage block; we keep its first line (`error: invalid value 'x' for
-/// '--listen <ADDR>': invalid socket address syntax`) so scripts and tests see one line.
+/// clap would also print a usage block; we keep its diagnosis on one line (`error: invalid
+/// value 'x' for '--listen <ADDR>': invalid socket address syntax`) so scripts and tests see
+/// one line.
 /// `--help` and `--version` are printed in full, as usual.
 pub fn parse<T: Parser>() -> T {
     match T::try_parse() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
+            // The diagnosis is the first paragraph (some errors continue it on indented
+            // lines, e.g. the list of missing arguments); usage and hints come after a blank.
             let rendered = e.render().to_string();
-            let first = rendered
+            let diagnosis: Vec<&str> = rendered
                 .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first}");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", diagnosis.join(" "));
             std::process::exit(2)
         }
     }

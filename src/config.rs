@@ -138,6 +138,15 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_in_examples_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/07-final.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.backends.len(), 3);
+        assert_eq!(c.backends[2].spec().to_string(), "tls://localhost:4446");
+        assert_eq!(c.handshake_timeout, Some(10.0));
+    }
+
+    #[test]
     fn errors_name_line_and_column() {
         let e = Config::parse("listen = \"127.0.0.1:3000\"\nstratgy = \"random\"\n").unwrap_err();
         assert!(e.starts_with("2:1: unknown field `stratgy`"), "{e}");

@@ -124,6 +124,14 @@ pub fn insecure_client_config() -> anyhow::Result<Arc<ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// Checks that `name` can be sent as a TLS server name (a DNS name or an IP address), for
+/// flags such as `--sni`, so a typo fails when the flag is parsed.
+pub fn check_server_name(name: &str) -> Result<String, String> {
+    rustls::pki_types::ServerName::try_from(name)
+        .map(|_| name.to_owned())
+        .map_err(|_| format!("`{name}` is not a valid TLS server name"))
+}
+
 /// The warning every binary prints at start when `--insecure` is on.
 pub const INSECURE_WARNING: &str = "--insecure: backend certificates are NOT verified; anyone \
      on the path to a backend can read and change the traffic. Use it only to test.";

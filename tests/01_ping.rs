@@ -48,5 +48,9 @@ fn bad_input_is_a_one_line_error() {
     assert_one_line_error(bin!("01-ping"), &["--bogus"], &["--bogus"]);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    assert_one_line_error(bin!("01-ping"), &["--listen", &addr], &["cannot listen on", &addr]);
+    assert_one_line_error(
+        bin!("01-ping"),
+        &["--listen", &addr],
+        &["cannot listen on", &addr],
+    );
 }

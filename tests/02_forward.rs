@@ -11,7 +11,11 @@ use common::*;
 
 fn forward_to(backend: std::net::SocketAddr) -> Proc {
     let backend = backend.to_string();
-    Proc::start(bin!("02-forward"), &["--listen", "127.0.0.1:0", "--backend", &backend], 1)
+    Proc::start(
+        bin!("02-forward"),
+        &["--listen", "127.0.0.1:0", "--backend", &backend],
+        1,
+    )
 }
 
 /// Megabytes in both directions arrive byte-exact (the Go version stops at 1024 bytes).
@@ -52,7 +56,10 @@ fn concurrent_clients_never_see_each_others_bytes() {
         })
         .collect();
     for c in clients {
-        assert!(c.join().unwrap(), "a client got bytes that were not its own");
+        assert!(
+            c.join().unwrap(),
+            "a client got bytes that were not its own"
+        );
     }
 }
 
@@ -99,7 +106,11 @@ fn bad_input_is_a_one_line_error() {
     assert_one_line_error(b, &["--listen", "127.0.0.1"], &["--listen"]);
     assert_one_line_error(b, &["--backend", "nowhere"], &["--backend", "HOST:PORT"]);
     assert_one_line_error(b, &["--backend", "127.0.0.1:99999"], &["port"]);
-    assert_one_line_error(b, &["--connect-timeout", "0"], &["--connect-timeout", "positive"]);
+    assert_one_line_error(
+        b,
+        &["--connect-timeout", "0"],
+        &["--connect-timeout", "positive"],
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     assert_one_line_error(b, &["--listen", &addr], &["cannot listen on", &addr]);

@@ -8,7 +8,14 @@ use common::*;
 fn three_backends() -> (Proc, Vec<String>) {
     let dummy = Proc::start(
         bin!("dummy-server"),
-        &["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         3,
     );
     let args = dummy
@@ -42,12 +49,25 @@ fn rotates_in_exact_order() {
 /// A backend that is down fails only the connections sent to it; the rotation goes on.
 #[test]
 fn a_backend_down_costs_only_its_turn() {
-    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"], 2);
+    let dummy = Proc::start(
+        bin!("dummy-server"),
+        &["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        2,
+    );
     let down = free_port().to_string();
     let (a, b) = (dummy.addrs[0].to_string(), dummy.addrs[1].to_string());
     let mut lb = Proc::start(
         bin!("03-round-robin"),
-        &["--listen", "127.0.0.1:0", "--backend", &a, "--backend", &down, "--backend", &b],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &a,
+            "--backend",
+            &down,
+            "--backend",
+            &b,
+        ],
         1,
     );
     for _ in 0..2 {
@@ -64,7 +84,11 @@ fn a_backend_down_costs_only_its_turn() {
 fn bad_input_is_a_one_line_error() {
     let b = bin!("03-round-robin");
     assert_one_line_error(b, &["--backend", "127.0.0.1:1", "--backend", "x"], &["`x`"]);
-    assert_one_line_error(b, &["--backend", "no-such-host.invalid:80"], &["cannot resolve backend"]);
+    assert_one_line_error(
+        b,
+        &["--backend", "no-such-host.invalid:80"],
+        &["cannot resolve backend"],
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     assert_one_line_error(b, &["--listen", &addr], &["cannot listen on", &addr]);

@@ -12,7 +12,14 @@ use common::*;
 fn random_spreads_connections_roughly_evenly() {
     let dummy = Proc::start(
         bin!("dummy-server"),
-        &["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         3,
     );
     let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
@@ -26,16 +33,28 @@ fn random_spreads_connections_roughly_evenly() {
         *counts.entry(get(lb.addr(), "/").served_by()).or_default() += 1;
     }
     assert_eq!(counts.len(), 3, "{counts:?}");
-    assert!(counts.values().all(|&n| (60..=140).contains(&n)), "{counts:?}");
+    assert!(
+        counts.values().all(|&n| (60..=140).contains(&n)),
+        "{counts:?}"
+    );
 }
 
 /// `--strategy round-robin` rotates exactly; with no `--backend` the binary starts its own
 /// three dummy servers and says so.
 #[test]
 fn strategy_flag_and_built_in_backends() {
-    let lb = Proc::start(bin!("04-random"), &["--listen", "127.0.0.1:0", "--strategy", "round-robin"], 1);
+    let lb = Proc::start(
+        bin!("04-random"),
+        &["--listen", "127.0.0.1:0", "--strategy", "round-robin"],
+        1,
+    );
     let seen: Vec<String> = (0..6).map(|_| get(lb.addr(), "/").served_by()).collect();
-    assert_eq!(seen, ["server1", "server2", "server3", "server1", "server2", "server3"]);
+    assert_eq!(
+        seen,
+        [
+            "server1", "server2", "server3", "server1", "server2", "server3"
+        ]
+    );
     lb.wait_stderr("built-in dummy", 1);
 }
 

@@ -11,7 +11,11 @@ use common::tls as tlsc;
 use common::*;
 
 fn terminate(certs: &Path, backend: std::net::SocketAddr, extra: &[&str]) -> Proc {
-    let (cert, key, backend) = (certs.join("localhost.pem"), certs.join("localhost-key.pem"), backend.to_string());
+    let (cert, key, backend) = (
+        certs.join("localhost.pem"),
+        certs.join("localhost-key.pem"),
+        backend.to_string(),
+    );
     let mut args = vec!["--listen", "127.0.0.1:0", "--backend", &backend];
     args.extend(["--cert", path_str(&cert), "--key", path_str(&key)]);
     args.extend(extra);
@@ -25,12 +29,22 @@ fn curl_with_the_right_ca() {
     let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
     let lb = terminate(&certs, dummy.addr(), &[]);
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert", path_str(&certs.join("ca.pem"))])
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            path_str(&certs.join("ca.pem")),
+        ])
         .arg(format!("https://localhost:{}/", lb.addr().port()))
         .output()
         .expect("curl is needed for this test");
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(body.starts_with("server: server1\nhits: 1\n"), "{body}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        body.starts_with("server: server1\nhits: 1\n"),
+        "{body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Megabytes each way through termination arrive byte-exact, and a client's half-close
@@ -67,9 +81,13 @@ fn a_client_with_the_wrong_ca_refuses() {
     let certs = make_certs("t05-right");
     let other = make_certs("t05-other");
     let lb = terminate(&certs, spawn_echo_server(), &[]);
-    let err = tlsc::connect(lb.addr(), tlsc::config_trusting(&other.join("ca.pem")), "localhost")
-        .err()
-        .expect("handshake must fail");
+    let err = tlsc::connect(
+        lb.addr(),
+        tlsc::config_trusting(&other.join("ca.pem")),
+        "localhost",
+    )
+    .err()
+    .expect("handshake must fail");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }
 
@@ -83,7 +101,9 @@ fn plaintext_garbage_and_silence_are_dropped() {
     let mut silent = connect(lb.addr());
 
     let mut plain = connect(lb.addr());
-    plain.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
     let mut sink = Vec::new();
     let _ = plain.read_to_end(&mut sink); // an alert, then EOF
     let mut garbage = connect(lb.addr());
@@ -108,9 +128,21 @@ fn plaintext_garbage_and_silence_are_dropped() {
 #[test]
 fn missing_files_are_named() {
     let b = bin!("05-tls-termination");
-    assert_one_line_error(b, &["--listen", "127.0.0.1:0", "--cert", "/nope/cert.pem"], &["/nope/cert.pem"]);
+    assert_one_line_error(
+        b,
+        &["--listen", "127.0.0.1:0", "--cert", "/nope/cert.pem"],
+        &["/nope/cert.pem"],
+    );
     let certs = make_certs("t05-missing");
     let cert = certs.join("localhost.pem");
-    assert_one_line_error(b, &["--cert", path_str(&cert), "--key", "/nope/key.pem"], &["/nope/key.pem"]);
-    assert_one_line_error(b, &["--cert", path_str(&cert), "--key", path_str(&cert)], &["private key"]);
+    assert_one_line_error(
+        b,
+        &["--cert", path_str(&cert), "--key", "/nope/key.pem"],
+        &["/nope/key.pem"],
+    );
+    assert_one_line_error(
+        b,
+        &["--cert", path_str(&cert), "--key", path_str(&cert)],
+        &["private key"],
+    );
 }

@@ -30,11 +30,18 @@ fn writes_a_ca_and_a_leaf_that_verifies() {
     #[cfg(unix)]
     for key in ["ca-key.pem", "localhost-key.pem"] {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.join(key)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     let before = std::fs::read(dir.join("ca.pem")).unwrap();
-    assert_one_line_error(bin!("certs"), &["--out", path_str(&dir)], &["already exists", "--force"]);
+    assert_one_line_error(
+        bin!("certs"),
+        &["--out", path_str(&dir)],
+        &["already exists", "--force"],
+    );
     assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), before);
     let (code, _, _) = run(bin!("certs"), &["--out", path_str(&dir), "--force"]);
     assert_eq!(code, 0);
@@ -48,16 +55,34 @@ fn the_go_tutorials_openssl_certificate_is_refused() {
     let dir = temp_dir("openssl");
     let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650"])
-        .args(["-subj", "/CN=localhost", "-keyout", path_str(&key), "-out", path_str(&crt)])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&crt),
+        ])
         .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl is needed for this test");
     assert!(status.success());
     let cert = lb::tls::load_certs(&crt).unwrap();
     let err = verifier(&crt)
-        .verify_server_cert(&cert[0], &[], &ServerName::try_from("localhost").unwrap(), &[], UnixTime::now())
+        .verify_server_cert(
+            &cert[0],
+            &[],
+            &ServerName::try_from("localhost").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("CaUsedAsEndEntity") || err.contains("NotValidForName"), "{err}");
+    assert!(
+        err.contains("CaUsedAsEndEntity") || err.contains("NotValidForName"),
+        "{err}"
+    );
 }

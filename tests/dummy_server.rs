@@ -12,13 +12,25 @@ use common::*;
 fn servers_say_who_they_are_and_count_their_own_hits() {
     let dummy = Proc::start(
         bin!("dummy-server"),
-        &["--listen", "127.0.0.1:0", "--name", "alpha", "--listen", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "alpha",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         2,
     );
     let (a, b) = (dummy.addrs[0], dummy.addrs[1]);
     let r = get(a, "/x?y=1");
     assert_eq!(r.served_by(), "alpha");
-    assert!(r.text().starts_with("server: alpha\nhits: 1\nGET /x?y=1 HTTP/1.1\nhost: test\n"), "{}", r.text());
+    assert!(
+        r.text()
+            .starts_with("server: alpha\nhits: 1\nGET /x?y=1 HTTP/1.1\nhost: test\n"),
+        "{}",
+        r.text()
+    );
     assert_eq!(get(a, "/").text().lines().nth(1), Some("hits: 2"));
     let r = get(b, "/");
     assert_eq!(r.served_by(), "server2");
@@ -64,10 +76,20 @@ fn bad_input_is_a_one_line_error() {
     );
     assert_one_line_error(
         bin!("dummy-server"),
-        &["--listen", "127.0.0.1:0", "--tls", "--cert", "/nonexistent/c.pem"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            "--cert",
+            "/nonexistent/c.pem",
+        ],
         &["/nonexistent/c.pem"],
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    assert_one_line_error(bin!("dummy-server"), &["--listen", &addr], &["cannot listen on", &addr]);
+    assert_one_line_error(
+        bin!("dummy-server"),
+        &["--listen", &addr],
+        &["cannot listen on", &addr],
+    );
 }

@@ -59,7 +59,7 @@ struct Args {
     #[arg(long)]
     insecure: bool,
     /// Name to expect in every backend's certificate instead of the host of its address.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = tls::check_server_name)]
     sni: Option<String>,
     /// Seconds to connect to a backend and complete the TLS handshake with it.
     #[arg(long, value_name = "SECS", value_parser = cli::seconds, default_value = "3")]

@@ -75,7 +75,9 @@ impl Proc {
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let stdout = Arc::new(Output::default());
         let stderr = Arc::new(Output::default());
         let (tx, rx) = mpsc::channel();
@@ -101,7 +103,10 @@ impl Proc {
             let mut reader = BufReader::new(err);
             let mut line = Vec::new();
             while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                sink.text.lock().unwrap().push_str(&String::from_utf8_lossy(&line));
+                sink.text
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&line));
                 sink.changed.notify_all();
                 line.clear();
             }
@@ -143,7 +148,12 @@ impl Proc {
     pub fn wait_stderr(&self, needle: &str, times: usize) -> String {
         self.stderr
             .wait_for(|t| t.matches(needle).count() >= times, PATIENCE)
-            .unwrap_or_else(|| panic!("stderr never showed {times}× {needle:?}:\n{}", self.stderr()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "stderr never showed {times}× {needle:?}:\n{}",
+                    self.stderr()
+                )
+            })
     }
 
     /// Waits until stdout contains `needle`.
@@ -187,7 +197,11 @@ pub fn assert_one_line_error(bin: &str, args: &[&str], words: &[&str]) {
     assert_ne!(code, 0, "{bin} {args:?} should fail; stderr: {stderr}");
     assert!(code != 101, "{bin} {args:?} panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{bin} {args:?}: expected one line, got:\n{stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{bin} {args:?}: expected one line, got:\n{stderr}"
+    );
     assert!(lines[0].starts_with("error: "), "{stderr}");
     for w in words {
         assert!(lines[0].contains(w), "{:?} lacks {w:?}", lines[0]);
@@ -269,7 +283,14 @@ pub fn read_reply(r: &mut impl Read) -> Reply {
     }
     let head = String::from_utf8(head).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
         .map(|l| {

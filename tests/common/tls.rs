@@ -25,10 +25,12 @@ pub fn connect(
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-            return Err(match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                Some(inner) => inner.clone(),
-                None => rustls::Error::General(e.to_string()),
-            });
+            return Err(
+                match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(inner) => inner.clone(),
+                    None => rustls::Error::General(e.to_string()),
+                },
+            );
         }
     }
     Ok(tls)
