@@ -86,8 +86,7 @@ fn a_client_with_the_wrong_ca_refuses() {
         tlsc::config_trusting(&other.join("ca.pem")),
         "localhost",
     )
-    .err()
-    .expect("handshake must fail");
+    .expect_err("handshake must fail");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }
 
