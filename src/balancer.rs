@@ -114,23 +114,13 @@ impl Balancer {
         let started = Instant::now();
         let mut client = match &self.acceptor {
             None => Conn::Plain(stream),
-            Some(acceptor) => {
-                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => Conn::TlsServer(Box::new(tls)),
-                    Ok(Err(e)) => {
-                        tracing::warn!(client = %peer, "TLS handshake with client failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            client = %peer,
-                            "TLS handshake with client timed out after {:?}",
-                            self.handshake_timeout
-                        );
-                        return;
-                    }
+            Some(acceptor) => match tls::accept(acceptor, stream, self.handshake_timeout).await {
+                Ok(tls) => Conn::TlsServer(Box::new(tls)),
+                Err(e) => {
+                    tracing::warn!(client = %peer, "TLS handshake with client failed: {e}");
+                    return;
                 }
-            }
+            },
         };
 
         let backend = &self.backends[self.strategy.pick(peer)];

@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::net;
 use crate::proxy::Conn;
-use crate::tls::DEFAULT_HANDSHAKE_TIMEOUT;
+use crate::tls::{self, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// The header every response carries, naming the server that produced it.
 pub const SERVED_BY: &str = "x-served-by";
@@ -78,20 +78,13 @@ impl DummyServer {
                     tokio::spawn(async move {
                         let io = match &this.tls {
                             None => Conn::Plain(stream),
-                            Some(acceptor) => {
-                                let handshake = acceptor.accept(stream);
-                                match tokio::time::timeout(DEFAULT_HANDSHAKE_TIMEOUT, handshake).await {
-                                    Ok(Ok(tls)) => Conn::TlsServer(Box::new(tls)),
-                                    Ok(Err(e)) => {
-                                        tracing::warn!(server = %this.name, client = %peer, "TLS handshake failed: {e}");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::warn!(server = %this.name, client = %peer, "TLS handshake timed out");
-                                        return;
-                                    }
+                            Some(acceptor) => match tls::accept(acceptor, stream, DEFAULT_HANDSHAKE_TIMEOUT).await {
+                                Ok(tls) => Conn::TlsServer(Box::new(tls)),
+                                Err(e) => {
+                                    tracing::warn!(server = %this.name, client = %peer, "TLS handshake failed: {e}");
+                                    return;
                                 }
-                            }
+                            },
                         };
                         this.serve_connection(io, peer).await;
                     });

@@ -124,6 +124,21 @@ pub fn insecure_client_config() -> anyhow::Result<Arc<ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The server side of a handshake on `stream`, given at most `timeout` to complete.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {timeout:?}"),
+        )),
+    }
+}
+
 /// Checks that `name` can be sent as a TLS server name (a DNS name or an IP address), for
 /// flags such as `--sni`, so a typo fails when the flag is parsed.
 pub fn check_server_name(name: &str) -> Result<String, String> {

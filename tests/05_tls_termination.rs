@@ -119,7 +119,7 @@ fn plaintext_garbage_and_silence_are_dropped() {
     // The silent client is closed by the balancer (its read ends), not by us.
     let waiter = thread::spawn(move || closed_without_data(&mut silent));
     assert!(waiter.join().unwrap());
-    lb.wait_stderr("timed out", 1);
+    lb.wait_stderr("failed: timed out after", 1);
     assert!(lb.is_running());
 }
 
