@@ -9,9 +9,9 @@
 //! `GET /bytes/N` answers N bytes (to push large bodies through a proxy) and `/echo` sends the
 //! request body back. `--tls` serves HTTPS for chapters 6 and 7.
 //!
-//! **What the Go version got wrong:** one global counter `v` incremented from concurrent
-//! handlers without synchronisation (a data race: `go run -race` reports it), shared by every
-//! server in the process. Here each server has its own atomic counter.
+//! **What the Go version got wrong:** its counter `v` is a global incremented by every request
+//! handler, and Go's HTTP server runs handlers concurrently: a data race (`go run -race`
+//! reports it) that loses counts under load. Here each server has its own atomic counter.
 //!
 //! **Try it** in two terminals:
 //!

@@ -21,8 +21,8 @@
 //!              curl -d hello localhost:3000 # terminal 1 shows the request and its body
 //! ```
 //!
-//! A client that sends raw text is answered at each blank line: `printf 'ping\n\n' | curl
-//! telnet://localhost:3000` works too (curl then waits; Ctrl-C it).
+//! A raw TCP client (`nc`, `telnet`) is answered each time it sends an empty line, as an HTTP
+//! request head ends with one.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
