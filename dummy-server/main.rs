@@ -87,7 +87,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         servers.push((server, net::listen(addr)?));
     }
-    let mut tasks = Vec::new();
     for (server, listener) in servers {
         let addr = net::announce(&listener)?;
         tracing::info!(
@@ -95,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             server.name(),
             if args.tls { "HTTPS" } else { "HTTP" }
         );
-        tasks.push(tokio::spawn(server.run(listener, std::future::pending())));
+        tokio::spawn(server.run(listener, std::future::pending()));
     }
     cli::shutdown_signal().await;
     Ok(())

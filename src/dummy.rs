@@ -148,18 +148,15 @@ impl DummyServer {
         } else {
             (StatusCode::OK, DummyBody::text(self.describe(&req, hits)))
         };
+        let content_type = match body {
+            DummyBody::Text(_) => "text/plain; charset=utf-8",
+            _ => "application/octet-stream",
+        };
         let mut response = Response::new(body);
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(SERVED_BY, self.header.clone());
-        let content_type = if matches!(response.body(), DummyBody::Text(_)) {
-            "text/plain; charset=utf-8"
-        } else {
-            "application/octet-stream"
-        };
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     }
 

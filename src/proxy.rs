@@ -47,12 +47,6 @@ pub enum Conn {
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Conn {
-    pub fn is_tls(&self) -> bool {
-        !matches!(self, Conn::Plain(_))
-    }
-}
-
 /// A TLS peer that closes its TCP connection without sending `close_notify` makes rustls report
 /// `UnexpectedEof`. For a browser that matters (a truncated page could pass as complete); for a
 /// byte proxy in front of protocols that frame their own messages, it is simply the end of the

@@ -4,36 +4,10 @@ mod common;
 
 use common::*;
 
-/// Three dummy servers in one process; returns it and `--backend` arguments for them.
-fn three_backends() -> (Proc, Vec<String>) {
-    let dummy = Proc::start(
-        bin!("dummy-server"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        3,
-    );
-    let args = dummy
-        .addrs
-        .iter()
-        .flat_map(|a| ["--backend".to_owned(), a.to_string()])
-        .collect();
-    (dummy, args)
-}
-
-fn served_by_sequence(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
-    (0..n).map(|_| get(addr, "/").served_by()).collect()
-}
-
 /// Connections go to the backends strictly in turn, in the order given.
 #[test]
 fn rotates_in_exact_order() {
-    let (_dummy, backends) = three_backends();
+    let (_dummy, backends) = dummies(3);
     let mut args = vec!["--listen", "127.0.0.1:0"];
     args.extend(backends.iter().map(String::as_str));
     let lb = Proc::start(bin!("03-round-robin"), &args, 1);
@@ -43,7 +17,7 @@ fn rotates_in_exact_order() {
         .take(9)
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(served_by_sequence(lb.addr(), 9), expected);
+    assert_eq!(served_by(lb.addr(), 9), expected);
 }
 
 /// A backend that is down fails only the connections sent to it; the rotation goes on.

@@ -10,23 +10,9 @@ use common::*;
 /// deviation about 8; the bound is five deviations wide so the test does not flake).
 #[test]
 fn random_spreads_connections_roughly_evenly() {
-    let dummy = Proc::start(
-        bin!("dummy-server"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        3,
-    );
-    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
-    for a in &dummy.addrs {
-        args.extend(["--backend".to_owned(), a.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_dummy, backends) = dummies(3);
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend(backends.iter().map(String::as_str));
     let lb = Proc::start(bin!("04-random"), &args, 1);
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..300 {
@@ -48,7 +34,7 @@ fn strategy_flag_and_built_in_backends() {
         &["--listen", "127.0.0.1:0", "--strategy", "round-robin"],
         1,
     );
-    let seen: Vec<String> = (0..6).map(|_| get(lb.addr(), "/").served_by()).collect();
+    let seen = served_by(lb.addr(), 6);
     assert_eq!(
         seen,
         [

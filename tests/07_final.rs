@@ -8,10 +8,6 @@ use std::path::Path;
 use common::tls as tlsc;
 use common::*;
 
-fn served_by(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
-    (0..n).map(|_| get(addr, "/").served_by()).collect()
-}
-
 /// A plain dummy named `plain` and an HTTPS dummy named `secure`, with certs from `certs`.
 fn mixed_backends(certs: &Path) -> (Proc, Proc) {
     let (cert, key) = (certs.join("localhost.pem"), certs.join("localhost-key.pem"));

@@ -176,6 +176,24 @@ impl Drop for Proc {
     }
 }
 
+/// `n` dummy servers (server1..serverN) in one process, and the `--backend ADDR` arguments
+/// that name them in order.
+pub fn dummies(n: usize) -> (Proc, Vec<String>) {
+    let args: Vec<&str> = (0..n).flat_map(|_| ["--listen", "127.0.0.1:0"]).collect();
+    let dummy = Proc::start(bin!("dummy-server"), &args, n);
+    let backends = dummy
+        .addrs
+        .iter()
+        .flat_map(|a| ["--backend".to_owned(), a.to_string()])
+        .collect();
+    (dummy, backends)
+}
+
+/// The `x-served-by` of `n` requests to `addr`, each on a new connection.
+pub fn served_by(addr: SocketAddr, n: usize) -> Vec<String> {
+    (0..n).map(|_| get(addr, "/").served_by()).collect()
+}
+
 /// Runs `bin` to completion; returns (exit code, stdout, stderr).
 pub fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin)
