@@ -24,7 +24,7 @@ fn forwarding(c: &mut Criterion) {
             backends.push(spawn_echo(None).await);
         }
         let mut targets = Vec::new();
-        for kind in StrategyKind::ALL {
+        for &kind in StrategyKind::ALL {
             let list = backends
                 .iter()
                 .map(|&a| Backend::from_addr(a, false))

@@ -7,7 +7,9 @@
 //! **What it adds:** the logic lives in [`lb::dummy`], so tests, benchmarks and the built-in
 //! backends of `cargo run` run the very same server. Every response carries `x-served-by: NAME`;
 //! `GET /bytes/N` answers N bytes (to push large bodies through a proxy) and `/echo` sends the
-//! request body back. `--tls` serves HTTPS for chapters 6 and 7.
+//! request body back. `--tls` serves HTTPS for chapters 6 and 7. `--delay MS` makes a server
+//! slow and `GET /delay/MS` makes one request slow (chapters 8 and 9); `GET /health` answers
+//! `ok` without counting as a hit.
 //!
 //! **What the Go version got wrong:** its counter `v` is a global incremented by every request
 //! handler, and Go's HTTP server runs handlers concurrently: a data race (`go run -race`
@@ -19,7 +21,10 @@
 //! terminal 1:  cargo run --bin dummy-server
 //! terminal 2:  curl localhost:4444 ; curl localhost:4445 ; curl -i localhost:4446
 //!              curl -s localhost:4444/bytes/100000 | wc -c
+//!              time curl -s localhost:4445/delay/500
 //! ```
+//!
+//! A slow third server: `cargo run --bin dummy-server -- --delay 0 --delay 0 --delay 100`.
 //!
 //! With your own ports and names: `cargo run --bin dummy-server -- --listen 127.0.0.1:5000
 //! --name alpha --listen 127.0.0.1:5001 --name beta`. HTTPS (after `cargo run --bin certs`):
@@ -28,9 +33,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use lb::dummy::DummyServer;
+use lb::dummy::{self, DummyServer};
 use lb::{cli, net, tls};
 
 /// The tutorial's dummy HTTP servers.
@@ -43,6 +49,10 @@ struct Args {
     /// Name of the server on the --listen at the same position (default: server1, server2, …).
     #[arg(long = "name", value_name = "NAME")]
     names: Vec<String>,
+    /// Milliseconds to wait before each answer, for the --listen at the same position (default
+    /// 0): a slow backend for chapters 8 and 9.
+    #[arg(long = "delay", value_name = "MS")]
+    delays: Vec<u64>,
     /// Serve HTTPS instead of HTTP.
     #[arg(long)]
     tls: bool,
@@ -62,12 +72,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.names.len() > args.listen.len() {
-        anyhow::bail!(
-            "{} --name for {} --listen: each name pairs with the --listen at its position",
-            args.names.len(),
-            args.listen.len()
-        );
+    for (count, flag) in [(args.names.len(), "--name"), (args.delays.len(), "--delay")] {
+        if count > args.listen.len() {
+            anyhow::bail!(
+                "{count} {flag} for {} --listen: each {flag} pairs with the --listen at its \
+                 position",
+                args.listen.len()
+            );
+        }
     }
     let tls_config = match args.tls {
         true => Some(tls::server_config_from_files(&args.cert, &args.key)?),
@@ -81,7 +93,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .get(i)
             .cloned()
             .unwrap_or(format!("server{}", i + 1));
-        let mut server = DummyServer::new(&name)?;
+        let delay = Duration::from_millis(args.delays.get(i).copied().unwrap_or(0));
+        if delay > dummy::MAX_DELAY {
+            anyhow::bail!(
+                "--delay {} is over the {:?} limit",
+                delay.as_millis(),
+                dummy::MAX_DELAY
+            );
+        }
+        let mut server = DummyServer::new(&name)?.with_delay(delay);
         if let Some(config) = &tls_config {
             server = server.with_tls(config.clone());
         }
@@ -90,9 +110,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for (server, listener) in servers {
         let addr = net::announce(&listener)?;
         tracing::info!(
-            "{} serving {} on {addr}",
+            "{} serving {} on {addr}{}",
             server.name(),
-            if args.tls { "HTTPS" } else { "HTTP" }
+            if args.tls { "HTTPS" } else { "HTTP" },
+            match server.delay() {
+                d if d.is_zero() => String::new(),
+                d => format!(", answering after {d:?}"),
+            }
         );
         tokio::spawn(server.run(listener, std::future::pending()));
     }

@@ -16,6 +16,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::net;
+use crate::strategy::{MAX_WEIGHT, Member};
 
 /// How long we wait for a backend to accept a TCP connection (and, for TLS backends, to finish
 /// the handshake) before giving up on it for this client.
@@ -81,32 +82,98 @@ impl fmt::Display for HostPort {
 }
 
 /// A backend as given on the command line: `HOST:PORT` for plain TCP, `tls://HOST:PORT` for a
-/// backend we must speak TLS to (chapter 7).
+/// backend we must speak TLS to (chapter 7), optionally followed by `,weight=N` (chapter 9) and
+/// `,check=http` (chapter 8): `tls://10.0.0.5:443,weight=3,check=http`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: HostPort,
     pub tls: bool,
+    /// Relative share for the weighted strategies, 1 to [`MAX_WEIGHT`]; 1 by default.
+    pub weight: u32,
+    /// How active health checks probe this backend.
+    pub check: HealthCheck,
+}
+
+/// How the active health checker of chapter 8 probes a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheck {
+    /// A TCP connect (and TLS handshake for a TLS backend) that succeeds.
+    #[default]
+    Tcp,
+    /// `GET /health` answered with a 2xx status: the process is not only listening but
+    /// serving.
+    Http,
+}
+
+impl BackendSpec {
+    /// A plain backend of weight 1 checked by TCP connect.
+    pub fn plain(addr: HostPort) -> BackendSpec {
+        BackendSpec {
+            addr,
+            tls: false,
+            weight: 1,
+            check: HealthCheck::Tcp,
+        }
+    }
+}
+
+/// Checks a `weight=` value, from a flag or the config file.
+pub fn check_weight(weight: u32) -> Result<u32, String> {
+    if (1..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(format!(
+            "weight must be from 1 to {MAX_WEIGHT}, not {weight} (to send a backend nothing, \
+             remove it)"
+        ))
+    }
 }
 
 impl FromStr for BackendSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (tls, rest) = match s.split_once("://") {
-            None => (false, s),
+        let mut parts = s.split(',');
+        let address = parts.next().unwrap_or_default();
+        let (tls, rest) = match address.split_once("://") {
+            None => (false, address),
             Some(("tls", rest)) => (true, rest),
             Some(("tcp", rest)) => (false, rest),
             Some((scheme, _)) => {
                 return Err(format!("unknown scheme `{scheme}://` (use tls:// or none)"));
             }
         };
-        Ok(BackendSpec {
-            addr: rest.parse()?,
+        let mut spec = BackendSpec {
             tls,
-        })
+            ..BackendSpec::plain(rest.parse()?)
+        };
+        for option in parts {
+            match option.split_once('=') {
+                Some(("weight", w)) => {
+                    let w = w
+                        .parse()
+                        .map_err(|_| format!("`{w}` in `{s}` is not a weight"))?;
+                    spec.weight = check_weight(w)?;
+                }
+                Some(("check", "tcp")) => spec.check = HealthCheck::Tcp,
+                Some(("check", "http")) => spec.check = HealthCheck::Http,
+                Some(("check", other)) => {
+                    return Err(format!("unknown check `{other}` (use tcp or http)"));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown option `{option}` in `{s}` (use weight=N or check=http)"
+                    ));
+                }
+            }
+        }
+        Ok(spec)
     }
 }
 
+/// The address as typed with its scheme (`tls://host:port`): how logs name a backend. Weight
+/// and check are left out; they are in the start-up line.
 impl fmt::Display for BackendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.tls {
@@ -158,11 +225,11 @@ impl Backend {
     /// A backend at a known socket address, no lookup needed (tests, benches, built-in servers).
     pub fn from_addr(addr: SocketAddr, tls: bool) -> Backend {
         let spec = BackendSpec {
-            addr: HostPort {
+            tls,
+            ..BackendSpec::plain(HostPort {
                 host: addr.ip().to_string(),
                 port: addr.port(),
-            },
-            tls,
+            })
         };
         let server_name = tls.then(|| ServerName::IpAddress(addr.ip().into()));
         Backend {
@@ -174,6 +241,15 @@ impl Backend {
 
     pub fn spec(&self) -> &BackendSpec {
         &self.spec
+    }
+
+    /// What a strategy knows of this backend: its address (the key consistent hashing uses)
+    /// and its weight.
+    pub fn member(&self) -> Member {
+        Member {
+            key: self.spec.addr.to_string(),
+            weight: self.spec.weight,
+        }
     }
 
     /// `Some(name to verify)` when this backend speaks TLS.
@@ -193,6 +269,11 @@ impl Backend {
         }
         Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
     }
+}
+
+/// The strategy's view of `backends`, in order.
+pub fn members(backends: &[Backend]) -> Vec<Member> {
+    backends.iter().map(Backend::member).collect()
 }
 
 /// Resolves every spec, in order; the first failure names its backend.
@@ -229,6 +310,12 @@ mod tests {
         let b: BackendSpec = "tls://127.0.0.1:4446".parse().unwrap();
         assert!(b.tls);
         assert_eq!(b.to_string(), "tls://127.0.0.1:4446");
+        let b: BackendSpec = "tls://h:1,weight=3,check=http".parse().unwrap();
+        assert_eq!(
+            (b.tls, b.weight, b.check, b.to_string()),
+            (true, 3, HealthCheck::Http, "tls://h:1".into())
+        );
+        assert_eq!("h:1".parse::<BackendSpec>().unwrap().weight, 1);
     }
 
     #[test]
@@ -241,6 +328,12 @@ mod tests {
             "::1:80",
             "[::1:80",
             "http://a:1",
+            "h:1,weight=0",
+            "h:1,weight=257",
+            "h:1,weight=x",
+            "h:1,check=icmp",
+            "h:1,wieght=2",
+            "h:1,",
         ] {
             assert!(
                 bad.parse::<BackendSpec>().is_err(),

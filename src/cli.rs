@@ -87,11 +87,20 @@ pub async fn shutdown_signal() {
 
 /// Parses a flag given in seconds (`3`, `0.5`) into a [`std::time::Duration`].
 pub fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    let d = seconds_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be a positive number of seconds"));
+    }
+    Ok(d)
+}
+
+/// [`seconds`], where 0 is allowed (it turns something off).
+pub fn seconds_or_zero(s: &str) -> Result<std::time::Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
-        return Err(format!("`{s}` must be a positive number of seconds"));
+    if !(0.0..1e9).contains(&secs) {
+        return Err(format!("`{s}` must be a number of seconds, 0 or more"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }

@@ -25,10 +25,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::backend::{BackendSpec, HostPort};
+use crate::backend::{BackendSpec, HealthCheck, HostPort, check_weight};
+use crate::health::{self, Checks, Failover};
 use crate::strategy::StrategyKind;
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,8 +47,43 @@ pub struct Config {
     /// Seconds allowed for a client's TLS handshake.
     pub handshake_timeout: Option<f64>,
     pub tls: Option<ListenerTls>,
+    /// `[health]`: failover and health checks (chapter 8).
+    pub health: Option<HealthSection>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendEntry>,
+}
+
+/// `[health]`: every key optional, defaulting as the flags of chapter 8 do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthSection {
+    /// Consecutive failed connects before passive health skips a backend.
+    pub fail_after: Option<u32>,
+    /// Seconds of the first skip; doubles on each further failure up to `max-cooldown`.
+    pub cooldown: Option<f64>,
+    pub max_cooldown: Option<f64>,
+    /// Seconds between active checks; 0 turns them off.
+    pub interval: Option<f64>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+impl HealthSection {
+    /// The settings this section describes, defaults filled in.
+    pub fn failover(&self) -> Failover {
+        let secs = |v: Option<f64>, default| v.map_or(default, Duration::from_secs_f64);
+        let interval = secs(self.interval, health::DEFAULT_CHECK_INTERVAL);
+        Failover {
+            fail_after: self.fail_after.unwrap_or(health::DEFAULT_FAIL_AFTER),
+            cooldown: secs(self.cooldown, health::DEFAULT_COOLDOWN),
+            max_cooldown: secs(self.max_cooldown, health::DEFAULT_MAX_COOLDOWN),
+            checks: (!interval.is_zero()).then(|| Checks {
+                interval,
+                rise: self.rise.unwrap_or(health::DEFAULT_RISE),
+                fall: self.fall.unwrap_or(health::DEFAULT_FALL),
+            }),
+        }
+    }
 }
 
 /// `[tls]`: terminate TLS on the listener with this certificate chain and key.
@@ -66,6 +103,30 @@ pub struct BackendEntry {
     pub tls: bool,
     /// The name the backend's certificate must carry, if not the host of `address`.
     pub sni: Option<String>,
+    /// Share for the weighted strategies (chapter 9), 1 by default.
+    #[serde(default)]
+    pub weight: Weight,
+    /// `"tcp"` (the default) or `"http"`: how active checks probe it (chapter 8).
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+/// A `weight`, checked while parsing so that an error points at the offending line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u32")]
+pub struct Weight(pub u32);
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight(1)
+    }
+}
+
+impl TryFrom<u32> for Weight {
+    type Error = String;
+    fn try_from(w: u32) -> Result<Self, String> {
+        check_weight(w).map(Weight)
+    }
 }
 
 impl BackendEntry {
@@ -73,6 +134,8 @@ impl BackendEntry {
         BackendSpec {
             addr: self.address.clone(),
             tls: self.tls,
+            weight: self.weight.0,
+            check: self.health_check,
         }
     }
 }
@@ -96,16 +159,29 @@ impl Config {
             let message = e.message().trim().replace('\n', " ");
             format!("{line}:{column}: {message}")
         })?;
-        for (key, value) in [
-            ("connect-timeout", config.connect_timeout),
-            ("handshake-timeout", config.handshake_timeout),
+        let h = config.health.as_ref();
+        for (key, value, zero_ok) in [
+            ("connect-timeout", config.connect_timeout, false),
+            ("handshake-timeout", config.handshake_timeout, false),
+            ("health.cooldown", h.and_then(|h| h.cooldown), false),
+            ("health.max-cooldown", h.and_then(|h| h.max_cooldown), false),
+            ("health.interval", h.and_then(|h| h.interval), true),
         ] {
             if let Some(v) = value
-                && !(v.is_finite() && v > 0.0 && v < 1e9)
+                && !(v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v < 1e9)
             {
                 return Err(format!(
                     "{key} must be a positive number of seconds, not {v}"
                 ));
+            }
+        }
+        for (key, value) in [
+            ("health.fail-after", h.and_then(|h| h.fail_after)),
+            ("health.rise", h.and_then(|h| h.rise)),
+            ("health.fall", h.and_then(|h| h.fall)),
+        ] {
+            if value == Some(0) {
+                return Err(format!("{key} must be at least 1"));
             }
         }
         Ok(config)
@@ -157,5 +233,29 @@ mod tests {
         let e = Config::parse("connect-timeout = -1\n").unwrap_err();
         assert!(e.contains("connect-timeout"), "{e}");
         assert!(!Config::parse("listen = [\n").unwrap_err().contains('\n'));
+        let e = Config::parse("[[backend]]\naddress = \"h:1\"\nweight = 0\n").unwrap_err();
+        assert!(
+            e.starts_with("3:10: ") && e.contains("weight must be"),
+            "{e}"
+        );
+        let e = Config::parse("[health]\nrise = 0\n").unwrap_err();
+        assert!(e.contains("health.rise"), "{e}");
+        let e = Config::parse("[health]\nintervl = 1\n").unwrap_err();
+        assert!(e.starts_with("2:1: unknown field `intervl`"), "{e}");
+    }
+
+    #[test]
+    fn health_section_fills_defaults_and_zero_interval_turns_checks_off() {
+        let c = Config::parse("[health]\nrise = 5\n").unwrap();
+        let f = c.health.unwrap().failover();
+        let checks = f.checks.unwrap();
+        assert_eq!((f.fail_after, checks.rise, checks.fall), (3, 5, 3));
+        let c = Config::parse("[health]\ninterval = 0\n").unwrap();
+        assert!(c.health.unwrap().failover().checks.is_none());
+        let c =
+            Config::parse("[[backend]]\naddress = \"h:1\"\nweight = 4\nhealth-check = \"http\"\n")
+                .unwrap();
+        let spec = c.backends[0].spec();
+        assert_eq!((spec.weight, spec.check), (4, HealthCheck::Http));
     }
 }

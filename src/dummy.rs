@@ -5,6 +5,11 @@
 //! checking a proxy: `GET /bytes/N` answers N bytes of a fixed pseudo-random pattern (so a
 //! test can check every byte that came through), and `/echo` streams the request body back.
 //!
+//! Chapter 8 and 9 add what a learner needs to watch a balancer react to a *slow* backend:
+//! a per-server delay before every answer ([`DummyServer::with_delay`], `--delay MS`) and
+//! `GET /delay/MS` for one slow request; and `GET /health`, answered at once without counting
+//! as a hit, for active health checks.
+//!
 //! It is built on hyper rather than by hand: keep-alive, pipelining, chunked bodies and
 //! slow-client timeouts are exactly what a hand-written test server gets subtly wrong, and a
 //! dummy server that is itself buggy makes every proxy test lie.
@@ -40,7 +45,12 @@ pub struct DummyServer {
     header: HeaderValue,
     hits: AtomicU64,
     tls: Option<TlsAcceptor>,
+    delay: Duration,
 }
+
+/// The longest `GET /delay/MS` honoured: enough to outlast any timeout under test, short
+/// enough that a typo cannot park a connection for a day.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
 impl DummyServer {
     /// Fails if `name` cannot be sent as a header value (control characters, non-ASCII).
@@ -52,7 +62,14 @@ impl DummyServer {
             header,
             hits: AtomicU64::new(0),
             tls: None,
+            delay: Duration::ZERO,
         })
+    }
+
+    /// Wait `delay` before answering each request (except `/health`): a slow backend.
+    pub fn with_delay(mut self, delay: Duration) -> DummyServer {
+        self.delay = delay;
+        self
     }
 
     /// Serve HTTPS with `config` instead of plain HTTP.
@@ -63,6 +80,10 @@ impl DummyServer {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn delay(&self) -> Duration {
+        self.delay
     }
 
     /// Serves `listener` until `shutdown` resolves, each connection in its own task.
@@ -115,10 +136,32 @@ impl DummyServer {
     }
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
+        let path = req.uri().path();
+        if path == "/health" {
+            // Health checks every few seconds would drown the log and the hit count.
+            tracing::debug!(server = %self.name, client = %peer, "GET /health");
+            return self.response(StatusCode::OK, DummyBody::text("ok\n".to_owned()));
+        }
         let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(server = %self.name, client = %peer, hits, "{} {}", req.method(), req.uri());
-        let path = req.uri().path();
-        let (status, body) = if let Some(n) = path.strip_prefix("/bytes/") {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let (status, body) = if let Some(ms) = path.strip_prefix("/delay/") {
+            match ms.parse::<u64>().map(Duration::from_millis) {
+                Ok(delay) if delay <= MAX_DELAY => {
+                    tokio::time::sleep(delay).await;
+                    (StatusCode::OK, DummyBody::text(self.describe(&req, hits)))
+                }
+                _ => (
+                    StatusCode::BAD_REQUEST,
+                    DummyBody::text(format!(
+                        "`{ms}` is not a delay in milliseconds up to {}\n",
+                        MAX_DELAY.as_millis()
+                    )),
+                ),
+            }
+        } else if let Some(n) = path.strip_prefix("/bytes/") {
             match n.parse::<u64>() {
                 Ok(len) => (StatusCode::OK, DummyBody::Pattern { sent: 0, len }),
                 Err(_) => (
@@ -148,6 +191,10 @@ impl DummyServer {
         } else {
             (StatusCode::OK, DummyBody::text(self.describe(&req, hits)))
         };
+        self.response(status, body)
+    }
+
+    fn response(&self, status: StatusCode, body: DummyBody) -> Response<DummyBody> {
         let content_type = match body {
             DummyBody::Text(_) => "text/plain; charset=utf-8",
             _ => "application/octet-stream",

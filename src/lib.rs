@@ -17,12 +17,14 @@
 //! | [`tls`] | 05-tls-termination | PEM loading, server and client configs, the `danger` verifier |
 //! | [`config`] | 07-final | the TOML configuration file |
 
+pub mod app;
 pub mod backend;
 pub mod balancer;
 pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dummy;
+pub mod health;
 pub mod net;
 pub mod proxy;
 pub mod strategy;

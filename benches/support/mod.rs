@@ -58,7 +58,7 @@ pub async fn spawn_balancer(
     strategy: StrategyKind,
     options: Options,
 ) -> SocketAddr {
-    let strategy = strategy.build(backends.len());
+    let strategy = strategy.build(&lb::backend::members(&backends));
     let balancer = Balancer::new(backends, strategy, options).unwrap();
     let listener = lb::net::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();

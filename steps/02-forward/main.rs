@@ -64,10 +64,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let spec = BackendSpec {
-        addr: args.backend,
-        tls: false,
-    };
+    let spec = BackendSpec::plain(args.backend);
     let backend = Arc::new(Backend::resolve(spec, None).await?);
     let listener = net::listen(args.listen)?;
     net::announce(&listener)?;

@@ -54,10 +54,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let specs = args
-        .backends
-        .into_iter()
-        .map(|addr| BackendSpec { addr, tls: false });
+    let specs = args.backends.into_iter().map(BackendSpec::plain);
     let backends = backend::resolve_all(specs, None).await?;
     let strategy = Box::new(RoundRobin::new(backends.len()));
     let balancer = Balancer::new(backends, strategy, Options::default())?;

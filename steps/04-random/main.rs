@@ -44,7 +44,7 @@ struct Args {
     #[arg(long = "backend", value_name = "HOST:PORT")]
     backends: Vec<HostPort>,
     /// How to choose the backend of each new connection.
-    #[arg(long, value_enum, default_value_t = StrategyKind::Random)]
+    #[arg(long, value_parser = StrategyKind::parser(StrategyKind::TUTORIAL), default_value_t = StrategyKind::Random)]
     strategy: StrategyKind,
 }
 
@@ -62,13 +62,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("no --backend given: balancing over three built-in dummy servers");
         dummy::start_builtin(&[("server1", None), ("server2", None), ("server3", None)])?
     } else {
-        let specs = args
-            .backends
-            .into_iter()
-            .map(|addr| BackendSpec { addr, tls: false });
+        let specs = args.backends.into_iter().map(BackendSpec::plain);
         backend::resolve_all(specs, None).await?
     };
-    let strategy = args.strategy.build(backends.len());
+    let strategy = args.strategy.build(&backend::members(&backends));
     let balancer = Balancer::new(backends, strategy, Options::default())?;
     net::announce(&listener)?;
     tracing::info!("strategy: {}", args.strategy);

@@ -52,7 +52,7 @@ struct Args {
     #[arg(long = "backend", value_name = "HOST:PORT", default_values = lb::TUTORIAL_BACKENDS)]
     backends: Vec<HostPort>,
     /// How to choose the backend of each new connection.
-    #[arg(long, value_enum, default_value_t = StrategyKind::RoundRobin)]
+    #[arg(long, value_parser = StrategyKind::parser(StrategyKind::TUTORIAL), default_value_t = StrategyKind::RoundRobin)]
     strategy: StrategyKind,
     /// Certificate chain (PEM) presented to clients, leaf first.
     #[arg(long, value_name = "FILE", default_value = tls::DEFAULT_CERT)]
@@ -76,17 +76,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Read and checked once, before listening: a bad file is a start-up error, not a failure
     // on every connection.
     let server_config = tls::server_config_from_files(&args.cert, &args.key)?;
-    let specs = args
-        .backends
-        .into_iter()
-        .map(|addr| BackendSpec { addr, tls: false });
+    let specs = args.backends.into_iter().map(BackendSpec::plain);
     let backends = backend::resolve_all(specs, None).await?;
     let options = Options {
         listener_tls: Some(server_config),
         handshake_timeout: args.handshake_timeout,
         ..Options::default()
     };
-    let strategy = args.strategy.build(backends.len());
+    let strategy = args.strategy.build(&backend::members(&backends));
     let balancer = Balancer::new(backends, strategy, options)?;
     let listener = net::listen(args.listen)?;
     net::announce(&listener)?;

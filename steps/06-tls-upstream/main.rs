@@ -50,7 +50,7 @@ struct Args {
     #[arg(long = "backend", value_name = "HOST:PORT", default_values = lb::TUTORIAL_BACKENDS)]
     backends: Vec<HostPort>,
     /// How to choose the backend of each new connection.
-    #[arg(long, value_enum, default_value_t = StrategyKind::RoundRobin)]
+    #[arg(long, value_parser = StrategyKind::parser(StrategyKind::TUTORIAL), default_value_t = StrategyKind::RoundRobin)]
     strategy: StrategyKind,
     /// CA certificate(s) (PEM) that backend certificates must chain to.
     #[arg(long, value_name = "FILE", default_value = tls::DEFAULT_CA)]
@@ -80,17 +80,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         tls::client_config(tls::load_roots(&args.ca)?)?
     };
-    let specs = args
-        .backends
-        .into_iter()
-        .map(|addr| BackendSpec { addr, tls: true });
+    let specs = args.backends.into_iter().map(|addr| BackendSpec {
+        tls: true,
+        ..BackendSpec::plain(addr)
+    });
     let backends = backend::resolve_all(specs, args.sni.as_deref()).await?;
     let options = Options {
         upstream_tls: Some(client_config),
         connect_timeout: args.connect_timeout,
         ..Options::default()
     };
-    let strategy = args.strategy.build(backends.len());
+    let strategy = args.strategy.build(&backend::members(&backends));
     let balancer = Balancer::new(backends, strategy, options)?;
     let listener = net::listen(args.listen)?;
     net::announce(&listener)?;
