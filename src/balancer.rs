@@ -222,7 +222,7 @@ impl Balancer {
                 tracing::info!(client = %peer, %backend, up, down, ?duration, "connection closed");
             }
             Err(e) => {
-                tracing::info!(client = %peer, %backend, ?duration, "connection ended by error: {e}");
+                tracing::info!(client = %peer, %backend, ?duration, "connection closed by error: {e}");
             }
         }
     }

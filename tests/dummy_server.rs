@@ -66,6 +66,51 @@ fn keeps_connections_alive() {
     assert_eq!(get_on(&mut s, "/").text().lines().nth(1), Some("hits: 2"));
 }
 
+/// `--delay` slows one server down (not its `/health`), `GET /delay/MS` one request; neither
+/// counts `/health` as a hit.
+#[test]
+fn delays_make_a_slow_backend() {
+    let d = Proc::start(
+        bin!("dummy-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--delay",
+            "0",
+            "--delay",
+            "300",
+        ],
+        2,
+    );
+    d.wait_stderr("answering after 300ms", 1);
+    let started = std::time::Instant::now();
+    let reply = get(d.addrs[1], "/");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(
+        (reply.status, reply.served_by()),
+        (200, "server2".to_owned())
+    );
+
+    let started = std::time::Instant::now();
+    let reply = get(d.addrs[0], "/delay/200");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    assert!(reply.text().contains("GET /delay/200"), "{}", reply.text());
+    assert_eq!(get(d.addrs[0], "/delay/soon").status, 400);
+    assert_eq!(get(d.addrs[0], "/delay/3600000").status, 400);
+
+    let health = get(d.addrs[0], "/health");
+    assert_eq!((health.status, health.text()), (200, "ok\n".to_owned()));
+    // Hits so far on server1: /delay/200 and the two refused delays; /health not counted.
+    assert!(get(d.addrs[0], "/").text().contains("hits: 4"));
+    assert_one_line_error(
+        bin!("dummy-server"),
+        &["--listen", "127.0.0.1:0", "--delay", "1", "--delay", "2"],
+        &["--delay"],
+    );
+}
+
 /// More names than listeners, a missing certificate, a port in use: one-line errors.
 #[test]
 fn bad_input_is_a_one_line_error() {

@@ -100,7 +100,7 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, backend: Arc<Backend>, t
             tracing::info!(client = %peer, %backend, up, down, ?duration, "connection closed")
         }
         Err(e) => {
-            tracing::info!(client = %peer, %backend, ?duration, "connection ended by error: {e}")
+            tracing::info!(client = %peer, %backend, ?duration, "connection closed by error: {e}")
         }
     }
 }
