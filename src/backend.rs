@@ -239,6 +239,12 @@ impl Backend {
         }
     }
 
+    /// The same backend with `weight` (1 to [`MAX_WEIGHT`]) for the weighted strategies.
+    pub fn with_weight(mut self, weight: u32) -> Backend {
+        self.spec.weight = weight.clamp(1, MAX_WEIGHT);
+        self
+    }
+
     pub fn spec(&self) -> &BackendSpec {
         &self.spec
     }

@@ -223,6 +223,19 @@ mod tests {
     }
 
     #[test]
+    fn the_chapter_9_sample_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/09-strategies.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.strategy, Some(StrategyKind::LeastConnections));
+        let weights: Vec<u32> = c.backends.iter().map(|b| b.spec().weight).collect();
+        assert_eq!(weights, [2, 2, 1]);
+        assert_eq!(c.backends[0].spec().check, HealthCheck::Http);
+        let f = c.health.unwrap().failover();
+        assert_eq!(f.max_cooldown, Duration::from_secs(30));
+        assert_eq!(f.checks.unwrap().rise, 2);
+    }
+
+    #[test]
     fn errors_name_line_and_column() {
         let e = Config::parse("listen = \"127.0.0.1:3000\"\nstratgy = \"random\"\n").unwrap_err();
         assert!(e.starts_with("2:1: unknown field `stratgy`"), "{e}");

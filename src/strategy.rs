@@ -95,7 +95,14 @@ impl Member {
 /// The first eligible index at or after `start`, wrapping around: how a strategy whose first
 /// choice is down hands the connection to the next backend in line.
 fn first_eligible_from(start: usize, len: usize, c: &dyn Candidates) -> Option<usize> {
-    (0..len).map(|k| (start + k) % len).find(|&i| c.eligible(i))
+    rotated(start, len).find(|&i| c.eligible(i))
+}
+
+/// `start, start+1, …, len-1, 0, …, start-1`: every index once, beginning at `start`. Two
+/// ranges rather than `(start + k) % len`, whose division per step costs more than the rest of
+/// a scan's step.
+fn rotated(start: usize, len: usize) -> impl Iterator<Item = usize> {
+    (start..len).chain(0..start)
 }
 
 /// Is `a` less loaded than `b`, counting connections per unit of weight? Compared by
@@ -233,7 +240,7 @@ impl Strategy for LeastConnections {
         let len = self.weights.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
         let mut best: Option<(usize, (usize, u32))> = None;
-        for i in (0..len).map(|k| (start + k) % len) {
+        for i in rotated(start, len) {
             if !c.eligible(i) {
                 continue;
             }
@@ -392,9 +399,8 @@ impl Strategy for IpHash {
     fn pick(&self, client: IpAddr, c: &dyn Candidates) -> Option<usize> {
         let h = hash_ip(client);
         let start = self.ring.partition_point(|&(point, _)| point < h);
-        let len = self.ring.len();
-        (0..len)
-            .map(|k| self.ring[(start + k) % len].1 as usize)
+        rotated(start, self.ring.len())
+            .map(|k| self.ring[k].1 as usize)
             .find(|&i| c.eligible(i))
     }
 }

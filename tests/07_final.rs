@@ -1,4 +1,4 @@
-//! Step 7: mixed plain/TLS backends, TLS listener, config file, every strategy.
+//! Step 7: mixed plain/TLS backends, TLS listener, config file, the tutorial's strategies.
 
 mod common;
 

@@ -4,7 +4,7 @@
 //! speaks TLS, one balancer over a mix of plain and TLS backends, HTTP or HTTPS in front.
 //!
 //! **What it adds:** backends given as `HOST:PORT` (plain) or `tls://HOST:PORT`; a TLS listener
-//! when `--cert`/`--key` (or the config's `[tls]`) are given; every strategy (`round-robin`,
+//! when `--cert`/`--key` (or the config's `[tls]`) are given; the strategies of the tutorial (`round-robin`,
 //! `random`, and `least-called`, the Go tutorial's own algorithm, to compare); and a TOML file
 //! (`--config`, see [`lb::config`]) as an alternative to flags, which override it. The
 //! start-up itself lives in [`lb::app`], because steps 08 and 09 reuse it whole.
