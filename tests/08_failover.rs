@@ -37,6 +37,42 @@ fn spawn_unhealthy_server() -> SocketAddr {
     addr
 }
 
+/// A backend that accepts connections and then says nothing: its TLS handshake never ends.
+fn spawn_silent_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A dial that times out (here a TLS handshake that never completes) is retried on the next
+/// backend like a refused one: the client is answered, late but answered.
+#[test]
+fn a_backend_that_times_out_is_retried_elsewhere() {
+    let silent = spawn_silent_server();
+    let live = dummy("live", "127.0.0.1:0");
+    let lb = failover(
+        &[format!("tls://{silent}"), live.addr().to_string()],
+        &[
+            "--connect-timeout",
+            "0.3",
+            "--insecure",
+            "--health-interval",
+            "0",
+        ],
+    );
+    for name in served_by(lb.addr(), 3) {
+        assert_eq!(name, "live");
+    }
+    let log = lb.wait_stderr("TLS handshake timed out", 1);
+    assert!(log.contains(&format!("backend=tls://{silent}")), "{log}");
+}
+
 /// The client never sees a backend that is down from the start: 300 requests, 300 answers,
 /// shared by the two live backends.
 #[test]
