@@ -92,12 +92,6 @@ impl Member {
     }
 }
 
-/// The first eligible index at or after `start`, wrapping around: how a strategy whose first
-/// choice is down hands the connection to the next backend in line.
-fn first_eligible_from(start: usize, len: usize, c: &dyn Candidates) -> Option<usize> {
-    rotated(start, len).find(|&i| c.eligible(i))
-}
-
 /// `start, start+1, …, len-1, 0, …, start-1`: every index once, beginning at `start`. Two
 /// ranges rather than `(start + k) % len`, whose division per step costs more than the rest of
 /// a scan's step.
@@ -114,8 +108,11 @@ fn less_loaded(a: (usize, u32), b: (usize, u32)) -> bool {
 /// True round robin: one shared counter, `fetch_add` and modulo.
 ///
 /// `Relaxed` is enough: we need every caller to get a distinct ticket, which `fetch_add`
-/// guarantees at any ordering; no other memory is published through this counter. A backend
-/// that is down passes its turn to the next eligible one.
+/// guarantees at any ordering; no other memory is published through this counter.
+///
+/// When the ticket lands on a backend that is not eligible, the turn goes to the
+/// `ticket mod k`-th of the k eligible ones. Handing it to the next backend in the list instead
+/// would double that neighbour's share for as long as the other one is down.
 #[derive(Debug)]
 pub struct RoundRobin {
     next: AtomicUsize,
@@ -138,7 +135,15 @@ impl Strategy for RoundRobin {
         // The counter wraps at 2^64; the one uneven step that causes is once per 584 years
         // at a billion connections a second.
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        first_eligible_from(ticket % self.len, self.len, c)
+        let first = ticket % self.len;
+        if c.eligible(first) {
+            return Some(first);
+        }
+        // Rare path: two scans, no allocation.
+        let eligible = (0..self.len).filter(|&i| c.eligible(i)).count();
+        (0..self.len)
+            .filter(|&i| c.eligible(i))
+            .nth(ticket % eligible.max(1))
     }
 }
 
@@ -583,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_rotates_in_order_and_passes_a_down_backends_turn() {
+    fn round_robin_rotates_in_order_and_shares_a_down_backends_turns() {
         assert_eq!(
             picks(&RoundRobin::new(3), &AllIdle, 7),
             [0, 1, 2, 0, 1, 2, 0]
@@ -591,7 +596,10 @@ mod tests {
         assert_eq!(picks(&RoundRobin::new(1), &AllIdle, 3), [0, 0, 0]);
         let mut view = View::idle(3);
         view.up[1] = false;
-        assert_eq!(picks(&RoundRobin::new(3), &view, 6), [0, 2, 2, 0, 2, 2]);
+        // Tickets 1 and 4 land on the down backend; its turns alternate between the others.
+        assert_eq!(picks(&RoundRobin::new(3), &view, 6), [0, 2, 2, 0, 0, 2]);
+        view.up = vec![false; 3];
+        assert_eq!(RoundRobin::new(3).pick(CLIENT, &view), None);
     }
 
     #[test]

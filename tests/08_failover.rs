@@ -89,7 +89,9 @@ fn one_backend_down_from_the_start_costs_no_request() {
         *seen.entry(reply.served_by()).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.values().all(|&n| n >= 100), "{seen:?}");
+    // The dead backend's turns are shared, not all handed to one neighbour (which would make
+    // it 200 against 100).
+    assert!(seen.values().all(|&n| (120..=180).contains(&n)), "{seen:?}");
     let log = lb.wait_stderr("backend down", 1);
     assert!(log.contains(&dead), "{log}");
 }
