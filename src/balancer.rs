@@ -103,12 +103,13 @@ struct View<'a> {
 impl Candidates for View<'_> {
     fn eligible(&self, i: usize) -> bool {
         !self.tried.contains(&i)
-            && self.states[i].health.is_up(|| {
-                *self.now.get().get_or_insert_with(|| {
+            && self.states[i].health.is_up(|| match self.now.get() {
+                Some(now) => now,
+                None => {
                     let now = self.clock.now();
                     self.now.set(Some(now));
                     now
-                })
+                }
             })
     }
 
@@ -163,14 +164,6 @@ impl Balancer {
 
     pub fn backends(&self) -> &[Backend] {
         &self.backends
-    }
-
-    /// Open connections per backend, in the order of [`Balancer::backends`].
-    pub fn active_connections(&self) -> Vec<usize> {
-        self.states
-            .iter()
-            .map(|s| s.active.load(Ordering::Relaxed))
-            .collect()
     }
 
     /// Serves `listener` until `shutdown` resolves. Connections in flight at that moment are
