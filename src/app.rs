@@ -185,7 +185,7 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
         );
     }
 
-    let summary = summary(&strategy, &options, &backends);
+    let summary = summary(strategy, &options, &backends);
     let picker = strategy.build(&backend::members(&backends));
     let balancer = Balancer::new(backends, picker, options)?;
     net::announce(&listener)?;
@@ -213,7 +213,7 @@ fn with_flags(flags: &HealthArgs, mut f: Failover) -> Failover {
 }
 
 /// The start-up log line: what an operator checks first when traffic goes somewhere odd.
-fn summary(strategy: &StrategyKind, options: &Options, backends: &[Backend]) -> String {
+fn summary(strategy: StrategyKind, options: &Options, backends: &[Backend]) -> String {
     let listener = match options.listener_tls {
         Some(_) => "TLS",
         None => "plain TCP",

@@ -134,7 +134,9 @@ impl Health {
     pub fn connected(&self) -> Option<String> {
         // The common case, a healthy backend, is one load and no write: the cache line with
         // the counter stays shared between cores.
-        if self.failures.load(Ordering::Relaxed) == 0 && !self.skipped_hint() {
+        if self.failures.load(Ordering::Relaxed) == 0
+            && self.skip_until.load(Ordering::Relaxed) == 0
+        {
             return None;
         }
         self.failures.store(0, Ordering::Relaxed);
@@ -142,10 +144,6 @@ impl Health {
         self.skip_until.store(0, Ordering::Relaxed);
         c.next_cooldown = Duration::ZERO;
         std::mem::take(&mut c.skipped).then(|| "backend up: a connection succeeded".to_owned())
-    }
-
-    fn skipped_hint(&self) -> bool {
-        self.skip_until.load(Ordering::Relaxed) != 0
     }
 
     /// A client's connect failed with `error`. Returns the log line if this failure made

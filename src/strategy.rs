@@ -99,10 +99,25 @@ fn rotated(start: usize, len: usize) -> impl Iterator<Item = usize> {
     (start..len).chain(0..start)
 }
 
-/// Is `a` less loaded than `b`, counting connections per unit of weight? Compared by
-/// cross-multiplying (`a/wa < b/wb` ⇔ `a·wb < b·wa`), as nginx does, to stay in integers.
-fn less_loaded(a: (usize, u32), b: (usize, u32)) -> bool {
-    (a.0 as u64) * u64::from(b.1) < (b.0 as u64) * u64::from(a.1)
+/// Compares loads `(connections, weight)` per unit of weight, by cross-multiplying
+/// (`a/wa < b/wb` ⇔ `a·wb < b·wa`), as nginx does, to stay in integers.
+fn cmp_load(a: (usize, u32), b: (usize, u32)) -> std::cmp::Ordering {
+    ((a.0 as u64) * u64::from(b.1)).cmp(&((b.0 as u64) * u64::from(a.1)))
+}
+
+/// The eligible backend chosen by `pick(k)`, where k is how many are eligible: how round robin
+/// and random hand out a down backend's turns evenly among the others. Two scans and no
+/// allocation, on a path that runs only while some backend is down.
+fn nth_eligible(
+    len: usize,
+    c: &dyn Candidates,
+    pick: impl FnOnce(usize) -> usize,
+) -> Option<usize> {
+    let eligible = (0..len).filter(|&i| c.eligible(i)).count();
+    if eligible == 0 {
+        return None;
+    }
+    (0..len).filter(|&i| c.eligible(i)).nth(pick(eligible))
 }
 
 /// True round robin: one shared counter, `fetch_add` and modulo.
@@ -139,11 +154,7 @@ impl Strategy for RoundRobin {
         if c.eligible(first) {
             return Some(first);
         }
-        // Rare path: two scans, no allocation.
-        let eligible = (0..self.len).filter(|&i| c.eligible(i)).count();
-        (0..self.len)
-            .filter(|&i| c.eligible(i))
-            .nth(ticket % eligible.max(1))
+        nth_eligible(self.len, c, |k| ticket % k)
     }
 }
 
@@ -167,10 +178,9 @@ impl Strategy for Random {
         if c.eligible(first) {
             return Some(first);
         }
-        // Rare path (a backend is down): draw again among the eligible ones only. Taking "the
-        // next one after `first`" instead would hand the down backend's share to its neighbour.
-        let eligible: Vec<usize> = (0..self.len).filter(|&i| c.eligible(i)).collect();
-        (!eligible.is_empty()).then(|| eligible[rng.random_range(0..eligible.len())])
+        // Draw again among the eligible ones only. Taking "the next one after `first`" instead
+        // would hand the down backend's share to its neighbour.
+        nth_eligible(self.len, c, |k| rng.random_range(0..k))
     }
 }
 
@@ -250,7 +260,7 @@ impl Strategy for LeastConnections {
                 continue;
             }
             let load = (c.active(i), self.weights[i]);
-            if best.is_none_or(|(_, b)| less_loaded(load, b)) {
+            if best.is_none_or(|(_, b)| cmp_load(load, b).is_lt()) {
                 best = Some((i, load));
             }
         }
@@ -293,20 +303,18 @@ impl Strategy for PowerOfTwo {
             _ => (a + 1 + rng.random_range(0..len - 1)) % len,
         };
         match (c.eligible(a), c.eligible(b)) {
-            (true, true) => Some(if less_loaded(load(b), load(a)) { b } else { a }),
+            (true, true) => Some(if cmp_load(load(b), load(a)).is_lt() {
+                b
+            } else {
+                a
+            }),
             (true, false) => Some(a),
             (false, true) => Some(b),
             // Both probes hit backends that are down: fall back to the least loaded of all the
             // eligible ones (rare, and the only O(n) path).
-            (false, false) => (0..len).filter(|&i| c.eligible(i)).min_by(|&x, &y| {
-                if less_loaded(load(x), load(y)) {
-                    std::cmp::Ordering::Less
-                } else if less_loaded(load(y), load(x)) {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            }),
+            (false, false) => (0..len)
+                .filter(|&i| c.eligible(i))
+                .min_by(|&x, &y| cmp_load(load(x), load(y))),
         }
     }
 }
