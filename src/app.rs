@@ -8,18 +8,20 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::backend::{self, Backend, BackendSpec, DEFAULT_CONNECT_TIMEOUT};
 use crate::balancer::{Balancer, Options};
-use crate::config::Config;
-use crate::config::HealthSection;
+use crate::config::{Config, HealthSection};
 use crate::health::{Checks, Failover};
+use crate::limits::{self, Cidr, Limits};
+use crate::server::Server;
 use crate::strategy::StrategyKind;
-use crate::{cli, dummy, net, tls};
+use crate::{admin, cli, dummy, net, tls};
 
 /// The flags of step 07, shared by every later step.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Common {
     /// TOML configuration file; flags given here override it.
     #[arg(long, value_name = "FILE")]
@@ -56,7 +58,7 @@ pub struct Common {
 }
 
 /// The flags of step 08: failover and health checks. Each overrides the config's `[health]`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct HealthArgs {
     /// Seconds between active health checks of each backend; 0 turns them off [default: 2].
     #[arg(long, value_name = "SECS", value_parser = cli::seconds_or_zero)]
@@ -73,6 +75,53 @@ pub struct HealthArgs {
     pub fail_after: Option<u32>,
 }
 
+/// The flags of step 10: timeouts, limits, drain, PROXY protocol, admin listener. Each
+/// overrides its key in the config file.
+#[derive(clap::Args, Clone)]
+pub struct ProductionArgs {
+    /// Seconds both directions of a connection may stay quiet before the pair is closed;
+    /// 0 for never [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = cli::seconds_or_zero)]
+    pub idle_timeout: Option<Duration>,
+    /// Seconds connections in flight get to finish after SIGTERM or Ctrl-C; 0 closes them at
+    /// once [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = cli::seconds_or_zero)]
+    pub drain_timeout: Option<Duration>,
+    /// Connections served at once; 0 for no limit [default: what the open-file limit allows].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Clients that may wait for a slot beyond --max-connections; 0 refuses them at once
+    /// [default: 128].
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
+    /// Seconds a queued client waits for a slot [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = cli::seconds)]
+    pub queue_timeout: Option<Duration>,
+    /// Connections at once from one client IP; 0 for no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_per_client: Option<usize>,
+    /// Only clients in this network may connect (CIDR or address; repeat). Replaces the
+    /// config's list.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<Cidr>,
+    /// Clients in this network may not connect, even if allowed (repeat). Replaces the
+    /// config's list.
+    #[arg(long = "deny", value_name = "CIDR")]
+    pub deny: Vec<Cidr>,
+    /// Read a PROXY protocol header (v1 or v2) from every client: for a balancer behind
+    /// another proxy.
+    #[arg(long)]
+    pub accept_proxy: bool,
+    /// Serve /metrics (Prometheus) and /health on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// How long in-flight connections get after SIGTERM unless configured.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may be quiet both ways unless configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What a step brings to the shared start-up.
 pub struct Step {
     /// The binary's name, for messages.
@@ -81,117 +130,323 @@ pub struct Step {
     pub strategies: &'static [StrategyKind],
     /// `Some` from step 08 on: failover and health, with these flags.
     pub health: Option<HealthArgs>,
+    /// `Some` in step 10: limits, timeouts, drain, reload, PROXY protocol, admin listener.
+    pub production: Option<ProductionArgs>,
 }
 
 /// Starts the balancer the flags and config describe, and serves until Ctrl-C or SIGTERM.
+/// Step 10 then drains, and reloads its configuration on SIGHUP while it serves.
 pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyhow::Result<()> {
-    let config = match &common.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-
-    let listen = match common.listen.or(config.listen) {
-        Some(addr) => addr,
-        None => crate::DEFAULT_LISTEN.parse()?,
-    };
-    let strategy = strategy
-        .or(config.strategy)
-        .unwrap_or(StrategyKind::RoundRobin);
-    if !step.strategies.contains(&strategy) {
-        anyhow::bail!(
-            "strategy {strategy} comes with step 09-strategies; {} knows {}",
-            step.name,
-            names(step.strategies)
-        );
-    }
-    let failover = match (&step.health, &config.health) {
-        (None, Some(_)) => anyhow::bail!(
-            "the config's [health] section comes with step 08-failover; {} has no health checks",
-            step.name
-        ),
-        (None, None) => None,
-        (Some(flags), section) => Some(with_flags(
-            flags,
-            section
-                .as_ref()
-                .map_or_else(Failover::default, HealthSection::failover),
-        )),
-    };
-    let insecure = common.insecure || config.insecure.unwrap_or(false);
-    let ca = common
-        .ca
-        .or(config.ca)
-        .unwrap_or_else(|| tls::DEFAULT_CA.into());
-    let listener_tls = match (common.cert, common.key, config.tls) {
-        (Some(cert), Some(key), _) => Some(tls::server_config_from_files(&cert, &key)?),
-        (_, _, Some(t)) => Some(tls::server_config_from_files(&t.cert, &t.key)?),
-        _ => None,
-    };
-    let secs = |s: f64| Duration::from_secs_f64(s);
-    let mut options = Options {
-        listener_tls,
-        connect_timeout: common
-            .connect_timeout
-            .or(config.connect_timeout.map(secs))
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        handshake_timeout: common
-            .handshake_timeout
-            .or(config.handshake_timeout.map(secs))
-            .unwrap_or(tls::DEFAULT_HANDSHAKE_TIMEOUT),
-        upstream_tls: None,
-        failover,
-    };
-    if insecure {
-        tracing::warn!("{}", tls::INSECURE_WARNING);
-    }
+    let production = step.production.is_some();
+    let setup = Arc::new(Setup {
+        step,
+        common,
+        strategy,
+        builtin: OnceLock::new(),
+    });
+    let config = setup.load_config()?;
     // Bound before the built-in backends start: a port in use fails the start on its own.
+    let listen = setup.listen(&config)?;
     let listener = net::listen(listen)?;
+    let admin = setup.admin(&config);
+    let admin_listener = admin.map(net::listen).transpose()?;
+    let plan = setup.plan(config).await?;
 
-    let backends: Vec<Backend> = if !common.backends.is_empty() {
-        backend::resolve_all(common.backends, None).await?
-    } else if !config.backends.is_empty() {
-        let mut backends = Vec::new();
-        for entry in &config.backends {
-            backends.push(Backend::resolve(entry.spec(), entry.sni.as_deref()).await?);
-        }
-        backends
-    } else {
-        // The Go finale's servers, in-process, with a CA that exists only in memory.
-        tracing::info!("no backend configured: starting the Go finale's three servers in-process");
-        let bundle = crate::certs::generate_localhost()?;
-        let server_tls = bundle.server_config()?;
-        if !insecure {
-            options.upstream_tls = Some(tls::client_config(bundle.roots())?);
-        }
-        dummy::start_builtin(&[
-            ("server1", Some(server_tls.clone())),
-            ("server2", None),
-            ("server3", Some(server_tls)),
-        ])?
-    };
-
-    let any_tls = backends.iter().any(|b| b.server_name().is_some());
-    if any_tls && options.upstream_tls.is_none() {
-        options.upstream_tls = Some(if insecure {
-            tls::insecure_client_config()?
-        } else {
-            tls::client_config(tls::load_roots(&ca)?)?
-        });
+    let server = Server::new(plan.balancer);
+    net::announce(&listener)?;
+    if let Some(admin) = admin_listener {
+        net::announce(&admin)?;
+        tokio::spawn(admin::run(admin, Arc::clone(&server)));
     }
-    if !strategy.uses_weights() && backends.iter().any(|b| b.spec().weight != 1) {
+    tracing::info!("{}", plan.summary);
+    if production {
+        tokio::spawn(reload_on_sighup(
+            Arc::clone(&setup),
+            Arc::clone(&server),
+            (listen, admin),
+        ));
+    }
+    server.run(listener, cli::shutdown_signal()).await;
+    if production {
+        let left = server.drain(cli::shutdown_signal()).await;
+        if left == 0 {
+            tracing::info!("stopped");
+        }
+    }
+    Ok(())
+}
+
+/// Everything needed to turn flags and a config file into a [`Balancer`], again on every
+/// reload: flags keep overriding the file.
+struct Setup {
+    step: Step,
+    common: Common,
+    strategy: Option<StrategyKind>,
+    /// The in-process servers of `cargo run`, started by the first plan that needs them, and
+    /// the client config that trusts their in-memory CA.
+    builtin: OnceLock<(Vec<Backend>, Option<Arc<rustls::ClientConfig>>)>,
+}
+
+/// One configuration, ready to serve.
+struct Plan {
+    balancer: Balancer,
+    /// The start-up (and reload) log line.
+    summary: String,
+}
+
+impl Setup {
+    fn load_config(&self) -> anyhow::Result<Config> {
+        let config = match &self.common.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if self.step.production.is_none()
+            && let Some(key) = config.production_key()
+        {
+            anyhow::bail!(
+                "the config's {key} comes with step 10-production (the tcp-lb binary); {} does \
+                 not have it",
+                self.step.name
+            );
+        }
+        Ok(config)
+    }
+
+    fn listen(&self, config: &Config) -> anyhow::Result<SocketAddr> {
+        Ok(match self.common.listen.or(config.listen) {
+            Some(addr) => addr,
+            None => crate::DEFAULT_LISTEN.parse()?,
+        })
+    }
+
+    fn admin(&self, config: &Config) -> Option<SocketAddr> {
+        let flags = self.step.production.as_ref()?;
+        flags.admin.or(config.admin)
+    }
+
+    async fn plan(&self, config: Config) -> anyhow::Result<Plan> {
+        let step = &self.step;
+        let strategy = self
+            .strategy
+            .or(config.strategy)
+            .unwrap_or(StrategyKind::RoundRobin);
+        if !step.strategies.contains(&strategy) {
+            anyhow::bail!(
+                "strategy {strategy} comes with step 09-strategies; {} knows {}",
+                step.name,
+                names(step.strategies)
+            );
+        }
+        let failover = match (&step.health, &config.health) {
+            (None, Some(_)) => anyhow::bail!(
+                "the config's [health] section comes with step 08-failover; {} has no health \
+                 checks",
+                step.name
+            ),
+            (None, None) => None,
+            (Some(flags), section) => Some(with_flags(
+                flags,
+                section
+                    .as_ref()
+                    .map_or_else(Failover::default, HealthSection::failover),
+            )),
+        };
+        let common = &self.common;
+        let insecure = common.insecure || config.insecure.unwrap_or(false);
+        let ca = common
+            .ca
+            .clone()
+            .or(config.ca.clone())
+            .unwrap_or_else(|| tls::DEFAULT_CA.into());
+        let listener_tls = match (&common.cert, &common.key, &config.tls) {
+            (Some(cert), Some(key), _) => Some(tls::server_config_from_files(cert, key)?),
+            (_, _, Some(t)) => Some(tls::server_config_from_files(&t.cert, &t.key)?),
+            _ => None,
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        let mut options = Options {
+            listener_tls,
+            connect_timeout: common
+                .connect_timeout
+                .or(config.connect_timeout.map(secs))
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            handshake_timeout: common
+                .handshake_timeout
+                .or(config.handshake_timeout.map(secs))
+                .unwrap_or(tls::DEFAULT_HANDSHAKE_TIMEOUT),
+            failover,
+            ..Options::default()
+        };
+        if let Some(flags) = &step.production {
+            production_options(flags, &config, &mut options);
+        }
+        if insecure {
+            tracing::warn!("{}", tls::INSECURE_WARNING);
+        }
+
+        let backends: Vec<Backend> = if !common.backends.is_empty() {
+            backend::resolve_all(common.backends.clone(), None).await?
+        } else if !config.backends.is_empty() {
+            let mut backends = Vec::new();
+            for entry in &config.backends {
+                backends.push(Backend::resolve(entry.spec(), entry.sni.as_deref()).await?);
+            }
+            backends
+        } else {
+            let (backends, client_tls) = match self.builtin.get() {
+                Some(started) => started.clone(),
+                None => {
+                    let started = start_builtin(insecure)?;
+                    self.builtin.get_or_init(|| started).clone()
+                }
+            };
+            options.upstream_tls = client_tls;
+            backends
+        };
+
+        let any_tls = backends.iter().any(|b| b.server_name().is_some());
+        if any_tls && options.upstream_tls.is_none() {
+            options.upstream_tls = Some(if insecure {
+                tls::insecure_client_config()?
+            } else {
+                tls::client_config(tls::load_roots(&ca)?)?
+            });
+        }
+        if !strategy.uses_weights() && backends.iter().any(|b| b.spec().weight != 1) {
+            tracing::warn!(
+                "strategy {strategy} ignores weights; use weighted-round-robin, \
+                 least-connections, power-of-two or ip-hash"
+            );
+        }
+        let summary = summary(strategy, &options, &backends);
+        let picker = strategy.build(&backend::members(&backends));
+        Ok(Plan {
+            balancer: Balancer::new(backends, picker, options)?,
+            summary,
+        })
+    }
+}
+
+/// The Go finale's servers, in-process, with a CA that exists only in memory.
+fn start_builtin(
+    insecure: bool,
+) -> anyhow::Result<(Vec<Backend>, Option<Arc<rustls::ClientConfig>>)> {
+    tracing::info!("no backend configured: starting the Go finale's three servers in-process");
+    let bundle = crate::certs::generate_localhost()?;
+    let server_tls = bundle.server_config()?;
+    let client_tls = match insecure {
+        true => None,
+        false => Some(tls::client_config(bundle.roots())?),
+    };
+    let backends = dummy::start_builtin(&[
+        ("server1", Some(server_tls.clone())),
+        ("server2", None),
+        ("server3", Some(server_tls)),
+    ])?;
+    Ok((backends, client_tls))
+}
+
+/// Step 10's settings: each flag given overrides its key, each key its default.
+fn production_options(flags: &ProductionArgs, config: &Config, options: &mut Options) {
+    let secs = |s: f64| Duration::from_secs_f64(s);
+    let section = config.limits.as_ref();
+    let limit = |n: usize| (n > 0).then_some(n);
+    let idle = flags
+        .idle_timeout
+        .or(config.idle_timeout.map(secs))
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    options.idle_timeout = (!idle.is_zero()).then_some(idle);
+    options.drain_timeout = flags
+        .drain_timeout
+        .or(config.drain_timeout.map(secs))
+        .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+    options.accept_proxy = flags.accept_proxy || config.accept_proxy.unwrap_or(false);
+    let max_connections = match flags
+        .max_connections
+        .or(section.and_then(|l| l.max_connections))
+    {
+        Some(n) => limit(n),
+        None => Some(net::connection_budget()),
+    };
+    if let Some(max) = max_connections
+        && let Some(fds) = net::open_file_limit()
+        && max as u64 * 2 + net::RESERVED_FDS > fds
+    {
         tracing::warn!(
-            "strategy {strategy} ignores weights; use weighted-round-robin, least-connections, \
-             power-of-two or ip-hash"
+            "max-connections {max} needs about {} file descriptors but the limit is {fds}: \
+             raise it (ulimit -n, systemd LimitNOFILE=) or lower max-connections",
+            max as u64 * 2 + net::RESERVED_FDS
         );
     }
+    options.limits = Limits {
+        max_connections,
+        queue: flags
+            .queue
+            .or(section.and_then(|l| l.queue))
+            .unwrap_or(limits::DEFAULT_QUEUE),
+        queue_timeout: flags
+            .queue_timeout
+            .or(section.and_then(|l| l.queue_timeout).map(secs))
+            .unwrap_or(limits::DEFAULT_QUEUE_TIMEOUT),
+        max_per_client: flags
+            .max_per_client
+            .or(section.and_then(|l| l.max_per_client))
+            .and_then(limit),
+        allow: match flags.allow.is_empty() {
+            false => flags.allow.clone(),
+            true => section.map(|l| l.allow.clone()).unwrap_or_default(),
+        },
+        deny: match flags.deny.is_empty() {
+            false => flags.deny.clone(),
+            true => section.map(|l| l.deny.clone()).unwrap_or_default(),
+        },
+    };
+}
 
-    let summary = summary(strategy, &options, &backends);
-    let picker = strategy.build(&backend::members(&backends));
-    let balancer = Balancer::new(backends, picker, options)?;
-    net::announce(&listener)?;
-    tracing::info!("{summary}");
-    balancer.run(listener, cli::shutdown_signal()).await;
-    Ok(())
+/// Step 10: on SIGHUP, re-read the config file (and re-resolve backend names), and put the
+/// result in place; a file that does not load or does not make sense leaves the running
+/// configuration alone.
+async fn reload_on_sighup(
+    setup: Arc<Setup>,
+    server: Arc<Server>,
+    (listen, admin): (SocketAddr, Option<SocketAddr>),
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP, reload is off: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let source = match &setup.common.config {
+            Some(path) => path.display().to_string(),
+            None => "the command line".to_owned(),
+        };
+        tracing::info!("SIGHUP: reloading the configuration from {source}");
+        let result = async {
+            let config = setup.load_config()?;
+            if setup.listen(&config)? != listen || setup.admin(&config) != admin {
+                tracing::warn!(
+                    "a new listen or admin address takes a restart; keeping {listen}{}",
+                    admin.map(|a| format!(" and {a}")).unwrap_or_default()
+                );
+            }
+            setup.plan(config).await
+        }
+        .await;
+        match result {
+            Ok(plan) => {
+                server.reload(plan.balancer);
+                tracing::info!("configuration reloaded: {}", plan.summary);
+            }
+            Err(e) => {
+                server.reload_failed();
+                tracing::error!("reload failed, keeping the running configuration: {e:#}");
+            }
+        }
+    }
 }
 
 /// The `[health]` settings, with each flag given overriding its key.
@@ -239,11 +494,44 @@ fn summary(strategy: StrategyKind, options: &Options, backends: &[Backend]) -> S
             if spec.check == backend::HealthCheck::Http {
                 s += " check http";
             }
+            if let Some(version) = spec.proxy {
+                s += &format!(" proxy {version}");
+            }
             s
         })
         .collect::<Vec<_>>()
         .join(", ");
-    format!("strategy {strategy}, {listener} listener{health}, backends: {backends}")
+    let mut extra = String::new();
+    if let Some(idle) = options.idle_timeout {
+        extra += &format!(", idle timeout {idle:?}");
+    }
+    let l = &options.limits;
+    if let Some(max) = l.max_connections {
+        extra += &format!(
+            ", max {max} connections (then {} queued for {:?})",
+            l.queue, l.queue_timeout
+        );
+    }
+    if let Some(max) = l.max_per_client {
+        extra += &format!(", max {max} per client");
+    }
+    let list = |cidrs: &[Cidr]| {
+        cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !l.allow.is_empty() {
+        extra += &format!(", allow {}", list(&l.allow));
+    }
+    if !l.deny.is_empty() {
+        extra += &format!(", deny {}", list(&l.deny));
+    }
+    if options.accept_proxy {
+        extra += ", reads PROXY headers";
+    }
+    format!("strategy {strategy}, {listener} listener{health}{extra}, backends: {backends}")
 }
 
 fn names(kinds: &[StrategyKind]) -> String {

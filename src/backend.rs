@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::net;
 use crate::strategy::{MAX_WEIGHT, Member};
+use crate::{net, proxy_protocol};
 
 /// How long we wait for a backend to accept a TCP connection (and, for TLS backends, to finish
 /// the handshake) before giving up on it for this client.
@@ -82,8 +82,9 @@ impl fmt::Display for HostPort {
 }
 
 /// A backend as given on the command line: `HOST:PORT` for plain TCP, `tls://HOST:PORT` for a
-/// backend we must speak TLS to (chapter 7), optionally followed by `,weight=N` (chapter 9) and
-/// `,check=http` (chapter 8): `tls://10.0.0.5:443,weight=3,check=http`.
+/// backend we must speak TLS to (chapter 7), optionally followed by `,weight=N` (chapter 9),
+/// `,check=http` (chapter 8) and `,proxy=v1|v2` (chapter 10):
+/// `tls://10.0.0.5:443,weight=3,check=http`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: HostPort,
@@ -92,6 +93,8 @@ pub struct BackendSpec {
     pub weight: u32,
     /// How active health checks probe this backend.
     pub check: HealthCheck,
+    /// Send this PROXY protocol header before anything else.
+    pub proxy: Option<proxy_protocol::Version>,
 }
 
 /// How the active health checker of chapter 8 probes a backend.
@@ -114,7 +117,14 @@ impl BackendSpec {
             tls: false,
             weight: 1,
             check: HealthCheck::Tcp,
+            proxy: None,
         }
+    }
+
+    /// The same server, spoken to the same way: what keeps a backend's state across a reload
+    /// (its weight may change).
+    pub fn same_target(&self, other: &BackendSpec) -> bool {
+        self.addr == other.addr && self.tls == other.tls && self.proxy == other.proxy
     }
 }
 
@@ -161,9 +171,11 @@ impl FromStr for BackendSpec {
                 Some(("check", other)) => {
                     return Err(format!("unknown check `{other}` (use tcp or http)"));
                 }
+                Some(("proxy", version)) => spec.proxy = Some(version.parse()?),
                 _ => {
                     return Err(format!(
-                        "unknown option `{option}` in `{s}` (use weight=N or check=http)"
+                        "unknown option `{option}` in `{s}` (use weight=N, check=http or \
+                         proxy=v2)"
                     ));
                 }
             }
@@ -185,7 +197,7 @@ impl fmt::Display for BackendSpec {
 }
 
 /// A backend ready to dial: its addresses resolved, its TLS server name checked.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Backend {
     spec: BackendSpec,
     addrs: Vec<SocketAddr>,
@@ -322,6 +334,8 @@ mod tests {
             (true, 3, HealthCheck::Http, "tls://h:1".into())
         );
         assert_eq!("h:1".parse::<BackendSpec>().unwrap().weight, 1);
+        let b: BackendSpec = "h:1,proxy=v2".parse().unwrap();
+        assert_eq!(b.proxy, Some(proxy_protocol::Version::V2));
     }
 
     #[test]
@@ -339,6 +353,7 @@ mod tests {
             "h:1,weight=x",
             "h:1,check=icmp",
             "h:1,wieght=2",
+            "h:1,proxy=v3",
             "h:1,",
         ] {
             assert!(

@@ -22,6 +22,12 @@
 //! The balancer counts the open connections of every backend from the moment it is picked until
 //! the connection ends, however it ends (an RAII guard, so an error, a panic or a cancelled task
 //! all release it): least-connections and power-of-two (chapter 9) read those counts.
+//!
+//! A `Balancer` is one configuration: backends, strategy, timeouts, limits. The accept loop and
+//! what must outlive a configuration (the connection counts under the limits, the counters, the
+//! drain on shutdown, the swap on reload) are the [`Server`]'s, in `server.rs`; chapter 10 puts
+//! a new `Balancer` in place on SIGHUP, and a backend that stays keeps its state (health, live
+//! connections, counters) across the swap.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -29,18 +35,21 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::backend::{Backend, DEFAULT_CONNECT_TIMEOUT, HealthCheck};
 use crate::health::{Checks, Clock, Failover, Health};
-use crate::proxy::{self, Conn};
+use crate::limits::Limits;
+use crate::metrics::{self, BackendCounters};
+use crate::proxy::Conn;
+use crate::server::Server;
 use crate::strategy::{Candidates, Strategy};
-use crate::{net, tls};
+use crate::{proxy_protocol, tls};
 
 /// What a balancer needs besides its backends and strategy. `Options::default()` is a plain
 /// TCP balancer with the default timeouts.
@@ -56,6 +65,14 @@ pub struct Options {
     pub upstream_tls: Option<Arc<ClientConfig>>,
     /// Retry on the next backend and track health (chapter 8).
     pub failover: Option<Failover>,
+    /// Close a connection pair once neither direction moved a byte for this long (chapter 10).
+    pub idle_timeout: Option<Duration>,
+    /// Who may connect, and how many (chapter 10).
+    pub limits: Limits,
+    /// Read a PROXY protocol header from every client first (chapter 10).
+    pub accept_proxy: bool,
+    /// How long [`Server::drain`] lets connections finish (chapter 10).
+    pub drain_timeout: Duration,
 }
 
 impl Default for Options {
@@ -66,34 +83,46 @@ impl Default for Options {
             handshake_timeout: tls::DEFAULT_HANDSHAKE_TIMEOUT,
             upstream_tls: None,
             failover: None,
+            idle_timeout: None,
+            limits: Limits::default(),
+            accept_proxy: false,
+            drain_timeout: Duration::ZERO,
         }
     }
 }
 
 pub struct Balancer {
     backends: Vec<Backend>,
-    /// Live state of `backends[i]`, same index.
-    states: Box<[BackendState]>,
+    /// Live state of `backends[i]`, same index; shared with the next configuration if the
+    /// backend stays.
+    states: Box<[Arc<BackendState>]>,
     strategy: Box<dyn Strategy>,
     connect_timeout: Duration,
-    acceptor: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+    pub(crate) acceptor: Option<TlsAcceptor>,
+    pub(crate) handshake_timeout: Duration,
     connector: Option<TlsConnector>,
     failover: Option<Failover>,
     clock: Clock,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) limits: Limits,
+    pub(crate) accept_proxy: bool,
+    pub(crate) drain_timeout: Duration,
+    /// Some backend wants a PROXY header, which names the address the client dialled.
+    pub(crate) sends_proxy_header: bool,
 }
 
 #[derive(Debug, Default)]
-struct BackendState {
+pub(crate) struct BackendState {
     /// Connections picked for this backend and not yet ended.
     active: AtomicUsize,
-    health: Health,
+    pub(crate) health: Health,
+    pub(crate) counters: BackendCounters,
 }
 
 /// The strategy's view of the backends for one client's pick: live counts, and eligibility
 /// (healthy, and not already failed for this client).
 struct View<'a> {
-    states: &'a [BackendState],
+    states: &'a [Arc<BackendState>],
     tried: &'a [usize],
     clock: Clock,
     /// Read at most once per pick, and only if some backend has a passive skip pending.
@@ -119,7 +148,7 @@ impl Candidates for View<'_> {
 }
 
 /// Counts one connection on a backend for as long as it lives.
-struct ActiveGuard<'a>(&'a AtomicUsize);
+pub(crate) struct ActiveGuard<'a>(&'a AtomicUsize);
 
 impl<'a> ActiveGuard<'a> {
     fn new(counter: &'a AtomicUsize) -> Self {
@@ -150,7 +179,8 @@ impl Balancer {
             anyhow::bail!("backend {b} needs TLS but no TLS client configuration was given");
         }
         Ok(Balancer {
-            states: backends.iter().map(|_| BackendState::default()).collect(),
+            states: backends.iter().map(|_| Arc::default()).collect(),
+            sends_proxy_header: backends.iter().any(|b| b.spec().proxy.is_some()),
             backends,
             strategy,
             connect_timeout: options.connect_timeout,
@@ -159,6 +189,10 @@ impl Balancer {
             connector: options.upstream_tls.map(TlsConnector::from),
             failover: options.failover,
             clock: Clock::start(),
+            idle_timeout: options.idle_timeout,
+            limits: options.limits,
+            accept_proxy: options.accept_proxy,
+            drain_timeout: options.drain_timeout,
         })
     }
 
@@ -167,65 +201,47 @@ impl Balancer {
     }
 
     /// Serves `listener` until `shutdown` resolves. Connections in flight at that moment are
-    /// not waited for (graceful draining is chapter 10's job).
+    /// not waited for: chapter 10 drains them, see [`Server::drain`].
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let this = Arc::new(self);
-        // Aborted when `run` returns, however it returns.
-        let _checker = this
-            .failover
-            .as_ref()
-            .and_then(|f| f.checks.clone())
-            .map(|checks| AbortOnDrop(tokio::spawn(Arc::clone(&this).check_health(checks))));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                // `biased`: once asked to stop, stop, even if clients keep arriving.
-                biased;
-                () = &mut shutdown => return,
-                (stream, peer) = net::accept(&listener) => {
-                    tokio::spawn(Arc::clone(&this).serve(stream, peer));
-                }
+        Server::new(self).run(listener, shutdown).await;
+    }
+
+    /// Takes over the state of every backend of `old` that this configuration keeps (same
+    /// address and scheme), and `old`'s clock, which that state's deadlines are counted in.
+    pub(crate) fn inherit(&mut self, old: &Balancer) {
+        self.clock = old.clock;
+        for (backend, state) in self.backends.iter().zip(self.states.iter_mut()) {
+            if let Some(j) = old.backends.iter().position(|b| b.spec().same_target(backend.spec())) {
+                *state = Arc::clone(&old.states[j]);
             }
         }
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let started = Instant::now();
-        let mut client = match &self.acceptor {
-            None => Conn::Plain(stream),
-            Some(acceptor) => match tls::accept(acceptor, stream, self.handshake_timeout).await {
-                Ok(tls) => Conn::TlsServer(Box::new(tls)),
-                Err(e) => {
-                    tracing::warn!(client = %peer, "TLS handshake with client failed: {e}");
-                    return;
-                }
-            },
-        };
-
-        let (backend, mut upstream, _active) = match self.connect_upstream(peer).await {
-            Some(connected) => connected,
-            // Dropping `client` closes it at once: the client sees the connection end rather
-            // than waiting on a backend that will never answer.
-            None => return,
-        };
-        let result = proxy::forward(&mut client, &mut upstream).await;
-        let duration = started.elapsed();
-        match result {
-            Ok((up, down)) => {
-                tracing::info!(client = %peer, %backend, up, down, ?duration, "connection closed");
-            }
-            Err(e) => {
-                tracing::info!(client = %peer, %backend, ?duration, "connection closed by error: {e}");
-            }
-        }
+    /// The state of `backends[i]`, for the metrics.
+    pub(crate) fn state(&self, i: usize) -> &BackendState {
+        &self.states[i]
     }
 
-    /// Picks and dials a backend for `peer`: with failover, every eligible backend once, in
+    /// Live connections of `backends[i]`.
+    pub(crate) fn active(&self, i: usize) -> usize {
+        self.states[i].active.load(Ordering::Relaxed)
+    }
+
+    /// Whether `backends[i]` may receive clients now.
+    pub(crate) fn is_up(&self, i: usize) -> bool {
+        self.states[i].health.is_up(|| self.clock.now())
+    }
+
+    /// Picks and dials a backend for `client`: with failover, every eligible backend once, in
     /// the strategy's order, until one answers. `None` (logged) when none did.
-    async fn connect_upstream(
+    ///
+    /// `addrs` (the client's address and the one it dialled) are for a backend that wants a
+    /// PROXY header.
+    pub(crate) async fn connect_upstream(
         &self,
-        peer: SocketAddr,
-    ) -> Option<(&Backend, Conn, ActiveGuard<'_>)> {
+        client: SocketAddr,
+        addrs: Option<(SocketAddr, SocketAddr)>,
+    ) -> Option<(&Backend, Conn, ActiveGuard<'_>, &BackendCounters)> {
         let mut tried = Vec::new();
         loop {
             let view = View {
@@ -234,11 +250,11 @@ impl Balancer {
                 clock: self.clock,
                 now: Cell::new(None),
             };
-            let Some(i) = self.strategy.pick(peer.ip(), &view) else {
+            let Some(i) = self.strategy.pick(client.ip(), &view) else {
                 if tried.is_empty() {
-                    tracing::warn!(client = %peer, "no backend is up: closing the connection");
+                    tracing::warn!(client = %client, "no backend is up: closing the connection");
                 } else {
-                    tracing::warn!(client = %peer, tried = tried.len(), "every backend that is up failed: closing the connection");
+                    tracing::warn!(client = %client, tried = tried.len(), "every backend that is up failed: closing the connection");
                 }
                 return None;
             };
@@ -247,24 +263,33 @@ impl Balancer {
             // connections that are still being dialled, or they would all choose the same
             // "idle" backend.
             let active = ActiveGuard::new(&state.active);
-            let error = match self.dial(backend).await {
+            let error = match self.dial(i, addrs).await {
                 Ok(upstream) => {
                     if self.failover.is_some()
                         && let Some(news) = state.health.connected()
                     {
                         tracing::info!(%backend, "{news}");
                     }
-                    return Some((backend, upstream, active));
+                    metrics::inc(&state.counters.connections);
+                    return Some((backend, upstream, active, &state.counters));
                 }
                 Err(e) => e,
             };
-            tracing::warn!(client = %peer, %backend, "cannot reach backend: {error}");
+            tracing::warn!(client = %client, %backend, "cannot reach backend: {error}");
             let failover = self.failover.as_ref()?;
             if let Some(news) = state.health.connect_failed(&error, failover, self.clock) {
                 tracing::warn!(%backend, "{news}");
             }
             tried.push(i);
         }
+    }
+
+    /// Starts the active health checks, if configured; they stop when the handle is dropped.
+    pub(crate) fn spawn_checker(self: &Arc<Self>) -> Option<AbortOnDrop> {
+        let checks = self.failover.as_ref()?.checks.clone()?;
+        Some(AbortOnDrop(tokio::spawn(
+            Arc::clone(self).check_health(checks),
+        )))
     }
 
     /// Probes every backend each `checks.interval`, all at once, and reports to their health.
@@ -303,7 +328,7 @@ impl Balancer {
     /// answered 2xx.
     async fn probe(&self, i: usize) -> Result<(), String> {
         let backend = &self.backends[i];
-        let mut conn = self.dial(backend).await.map_err(|e| e.to_string())?;
+        let mut conn = self.dial(i, None).await.map_err(|e| e.to_string())?;
         if backend.spec().check == HealthCheck::Tcp {
             return Ok(());
         }
@@ -338,29 +363,52 @@ impl Balancer {
         }
     }
 
-    /// TCP, then TLS if the backend wants it, all within `connect_timeout`.
-    async fn dial(&self, backend: &Backend) -> io::Result<Conn> {
-        let tcp = backend.connect(self.connect_timeout).await?;
+    /// TCP, the PROXY header if the backend wants one (before TLS: it is for whoever accepts
+    /// the TCP connection), then TLS if the backend wants it, each within `connect_timeout`.
+    /// A failure counts in the backend's metrics.
+    async fn dial(&self, i: usize, addrs: Option<(SocketAddr, SocketAddr)>) -> io::Result<Conn> {
+        let counters = &self.states[i].counters;
+        let backend = &self.backends[i];
+        let failed = |e: io::Error| {
+            metrics::inc(&counters.connect_failures);
+            e
+        };
+        let mut tcp = backend
+            .connect(self.connect_timeout)
+            .await
+            .map_err(failed)?;
+        if let Some(version) = backend.spec().proxy {
+            let header = proxy_protocol::header(version, addrs);
+            match tokio::time::timeout(self.connect_timeout, tcp.write_all(&header)).await {
+                Ok(result) => result.map_err(failed)?,
+                Err(_) => {
+                    return Err(failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "sending the PROXY header timed out",
+                    )));
+                }
+            }
+        }
         let (Some(name), Some(connector)) = (backend.server_name(), &self.connector) else {
             return Ok(Conn::Plain(tcp));
         };
-        match tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp)).await
+        let error = match tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(name.clone(), tcp),
+        )
+        .await
         {
-            Ok(Ok(tls)) => Ok(Conn::TlsClient(Box::new(tls))),
-            Ok(Err(e)) => Err(io::Error::new(
-                e.kind(),
-                format!("TLS handshake failed: {e}"),
-            )),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )),
-        }
+            Ok(Ok(tls)) => return Ok(Conn::TlsClient(Box::new(tls))),
+            Ok(Err(e)) => io::Error::new(e.kind(), format!("TLS handshake failed: {e}")),
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+        };
+        metrics::inc(&counters.tls_handshake_failures);
+        Err(failed(error))
     }
 }
 
 /// Aborts a background task when dropped, so it cannot outlive the balancer that owns it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

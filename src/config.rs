@@ -31,6 +31,8 @@ use serde::Deserialize;
 
 use crate::backend::{BackendSpec, HealthCheck, HostPort, check_weight};
 use crate::health::{self, Checks, Failover};
+use crate::limits::Cidr;
+use crate::proxy_protocol;
 use crate::strategy::StrategyKind;
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,8 +51,39 @@ pub struct Config {
     pub tls: Option<ListenerTls>,
     /// `[health]`: failover and health checks (chapter 8).
     pub health: Option<HealthSection>,
+    /// Seconds both directions may stay quiet before the pair is closed; 0 for never
+    /// (chapter 10).
+    pub idle_timeout: Option<f64>,
+    /// Seconds to let connections finish after SIGTERM; 0 to close them at once.
+    pub drain_timeout: Option<f64>,
+    /// Read a PROXY protocol header (v1 or v2) from every client first.
+    pub accept_proxy: Option<bool>,
+    /// Address of the admin listener (`/metrics`, `/health`).
+    pub admin: Option<SocketAddr>,
+    /// `[limits]`: who may connect, and how many.
+    pub limits: Option<LimitsSection>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendEntry>,
+}
+
+/// `[limits]` (chapter 10).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsSection {
+    /// Connections served at once; 0 for no limit.
+    pub max_connections: Option<usize>,
+    /// Clients that may wait for a slot beyond `max-connections`; 0 refuses them at once.
+    pub queue: Option<usize>,
+    /// Seconds a queued client waits for a slot.
+    pub queue_timeout: Option<f64>,
+    /// Connections at once from one client IP; 0 for no limit.
+    pub max_per_client: Option<usize>,
+    /// When given, only these networks may connect.
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// These networks may not connect.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
 }
 
 /// `[health]`: every key optional, defaulting as the flags of chapter 8 do.
@@ -109,6 +142,8 @@ pub struct BackendEntry {
     /// `"tcp"` (the default) or `"http"`: how active checks probe it (chapter 8).
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// `"v1"` or `"v2"`: send a PROXY protocol header first (chapter 10).
+    pub proxy_protocol: Option<proxy_protocol::Version>,
 }
 
 /// A `weight`, checked while parsing so that an error points at the offending line.
@@ -136,11 +171,29 @@ impl BackendEntry {
             tls: self.tls,
             weight: self.weight.0,
             check: self.health_check,
+            proxy: self.proxy_protocol,
         }
     }
 }
 
 impl Config {
+    /// The keys chapter 10 adds, that earlier steps refuse; the first one present.
+    pub fn production_key(&self) -> Option<&'static str> {
+        [
+            ("idle-timeout", self.idle_timeout.is_some()),
+            ("drain-timeout", self.drain_timeout.is_some()),
+            ("accept-proxy", self.accept_proxy.is_some()),
+            ("admin", self.admin.is_some()),
+            ("[limits]", self.limits.is_some()),
+            (
+                "proxy-protocol",
+                self.backends.iter().any(|b| b.proxy_protocol.is_some()),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(key, present)| present.then_some(key))
+    }
+
     /// Reads and parses `path`. Errors are one line: `FILE:LINE:COLUMN: what is wrong`.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -160,9 +213,13 @@ impl Config {
             format!("{line}:{column}: {message}")
         })?;
         let h = config.health.as_ref();
+        let l = config.limits.as_ref();
         for (key, value, zero_ok) in [
             ("connect-timeout", config.connect_timeout, false),
             ("handshake-timeout", config.handshake_timeout, false),
+            ("idle-timeout", config.idle_timeout, true),
+            ("drain-timeout", config.drain_timeout, true),
+            ("limits.queue-timeout", l.and_then(|l| l.queue_timeout), false),
             ("health.cooldown", h.and_then(|h| h.cooldown), false),
             ("health.max-cooldown", h.and_then(|h| h.max_cooldown), false),
             ("health.interval", h.and_then(|h| h.interval), true),

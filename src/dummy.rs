@@ -298,7 +298,7 @@ pub enum DummyBody {
 }
 
 impl DummyBody {
-    fn text(s: String) -> DummyBody {
+    pub(crate) fn text(s: String) -> DummyBody {
         DummyBody::Text(Some(Bytes::from(s)))
     }
 }

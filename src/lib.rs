@@ -16,7 +16,15 @@
 //! | [`certs`] | certs | a local CA and a `localhost` certificate, made with rcgen |
 //! | [`tls`] | 05-tls-termination | PEM loading, server and client configs, the `danger` verifier |
 //! | [`config`] | 07-final | the TOML configuration file |
+//! | [`app`] | 07-final | the start-up shared by steps 07 to 10: flags, file, backends, TLS |
+//! | [`health`] | 08-failover | passive and active health, failover |
+//! | [`server`] | 10-production | the accept loop that outlives a configuration: reload, drain |
+//! | [`limits`] | 10-production | allow/deny CIDRs, per-client and overall connection limits |
+//! | [`proxy_protocol`] | 10-production | PROXY protocol v1/v2, sent and accepted |
+//! | [`metrics`] | 10-production | counters and their Prometheus text |
+//! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
 
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod balancer;
@@ -25,8 +33,12 @@ pub mod cli;
 pub mod config;
 pub mod dummy;
 pub mod health;
+pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod server;
 pub mod strategy;
 pub mod tls;
 

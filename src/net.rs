@@ -86,6 +86,33 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// File descriptors kept aside for everything that is not a proxied connection: listeners,
+/// the runtime's own, health probes, log files.
+pub const RESERVED_FDS: u64 = 64;
+
+/// The process's open-file limit (the soft `RLIMIT_NOFILE`, what `ulimit -n` shows), read from
+/// `/proc/self/limits`; `None` where that cannot be read (not Linux).
+pub fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.trim_start_matches("Max open files").split_whitespace().next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+/// How many proxied connections the open-file limit allows: two descriptors each (client and
+/// backend), after [`RESERVED_FDS`]. HAProxy derives its default `maxconn` the same way: past
+/// it, accept and dial fail with `EMFILE` for everyone, so it is better to stop short and turn
+/// the surplus away (or queue it). 10,000 where the limit cannot be read.
+pub fn connection_budget() -> usize {
+    match open_file_limit() {
+        Some(fds) => (fds.saturating_sub(RESERVED_FDS) / 2).clamp(1, 1 << 24) as usize,
+        None => 10_000,
+    }
+}
+
 /// Dials `addr` with `TCP_NODELAY`, giving up after `timeout`.
 ///
 /// Without a timeout, a backend host that silently drops packets (a firewall, a machine that

@@ -16,10 +16,13 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Bytes buffered per direction per connection. 16 KiB holds one full TLS record, so a TLS side
 /// is read and written a record at a time.
@@ -33,6 +36,173 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     tokio::io::copy_bidirectional_with_sizes(a, b, BUFFER_SIZE, BUFFER_SIZE).await
+}
+
+/// How a proxied connection ended: the access log's `end=`.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions reached end of stream.
+    Done,
+    /// Nothing moved either way for the idle timeout (chapter 10).
+    IdleTimeout,
+    /// Reading from or writing to the client failed (typically a reset).
+    Client(io::Error),
+    /// Reading from or writing to the backend failed.
+    Backend(io::Error),
+}
+
+impl End {
+    /// The short form for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::Done => "done",
+            End::IdleTimeout => "idle-timeout",
+            End::Client(_) => "client-error",
+            End::Backend(_) => "backend-error",
+        }
+    }
+}
+
+/// What [`relay`] moved, and how it ended.
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes from the client to the backend.
+    pub up: u64,
+    /// Bytes from the backend to the client.
+    pub down: u64,
+    pub end: End,
+}
+
+/// [`forward`], for the balancer: adds the bytes to `up_total` and `down_total` as they move
+/// (so `/metrics` sees a long transfer while it runs), tells which side failed, and with `idle`
+/// closes the pair once neither direction has moved a byte for that long.
+///
+/// The idle timer is a deadline that moves, not a timer reset on every read: each read stores
+/// the time in one atomic, and a watchdog sleeps until the last activity plus `idle`, checks,
+/// and sleeps again if something moved meanwhile. A busy connection costs one clock read per
+/// chunk; an idle one, one timer wake-up per `idle`.
+pub async fn relay<A, B>(
+    client: &mut A,
+    backend: &mut B,
+    idle: Option<Duration>,
+    up_total: &AtomicU64,
+    down_total: &AtomicU64,
+) -> Relayed
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut a = Metered::new(client, up_total, &last, start);
+    let mut b = Metered::new(backend, down_total, &last, start);
+    let copied = async {
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE).await
+    };
+    let end = match idle {
+        None => copied.await.err(),
+        Some(idle) => tokio::select! {
+            result = copied => result.err(),
+            () = quiet_for(idle, &last, start) => Some(io::Error::from(io::ErrorKind::TimedOut)),
+        },
+    };
+    let end = match end {
+        None => End::Done,
+        Some(e) if a.failed => End::Client(e),
+        Some(e) if b.failed => End::Backend(e),
+        Some(_) => End::IdleTimeout,
+    };
+    Relayed {
+        up: a.bytes,
+        down: b.bytes,
+        end,
+    }
+}
+
+/// Resolves once `last` (milliseconds after `start`) is `idle` in the past.
+async fn quiet_for(idle: Duration, last: &AtomicU64, start: Instant) {
+    loop {
+        let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// One side of [`relay`]: counts what is read from it and notes whether it failed.
+struct Metered<'a, S: ?Sized> {
+    inner: &'a mut S,
+    /// Bytes read from this side.
+    bytes: u64,
+    total: &'a AtomicU64,
+    last: &'a AtomicU64,
+    start: Instant,
+    failed: bool,
+}
+
+impl<'a, S: ?Sized> Metered<'a, S> {
+    fn new(inner: &'a mut S, total: &'a AtomicU64, last: &'a AtomicU64, start: Instant) -> Self {
+        Metered {
+            inner,
+            bytes: 0,
+            total,
+            last,
+            start,
+            failed: false,
+        }
+    }
+
+    fn note<T>(&mut self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &poll {
+            self.failed = true;
+        }
+        poll
+    }
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.bytes += n;
+            this.total.fetch_add(n, Ordering::Relaxed);
+            let now = this.start.elapsed().as_millis() as u64;
+            this.last.store(now, Ordering::Relaxed);
+        }
+        this.note(poll)
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        this.note(poll)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut *this.inner).poll_flush(cx);
+        this.note(poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut *this.inner).poll_shutdown(cx);
+        this.note(poll)
+    }
 }
 
 /// One side of a proxied connection: plain TCP, or TLS that we terminate (the client side) or

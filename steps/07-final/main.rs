@@ -59,6 +59,7 @@ async fn main() -> ExitCode {
         name: "07-final",
         strategies: StrategyKind::TUTORIAL,
         health: None,
+        production: None,
     };
     cli::report(app::run(step, args.common, args.strategy).await)
 }

@@ -66,6 +66,7 @@ async fn main() -> ExitCode {
         name: "08-failover",
         strategies: StrategyKind::TUTORIAL,
         health: Some(args.health),
+        production: None,
     };
     cli::report(app::run(step, args.common, args.strategy).await)
 }

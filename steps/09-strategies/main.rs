@@ -65,6 +65,7 @@ async fn main() -> ExitCode {
         name: "09-strategies",
         strategies: StrategyKind::ALL,
         health: Some(args.health),
+        production: None,
     };
     cli::report(app::run(step, args.common, args.strategy).await)
 }

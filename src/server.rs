@@ -1,0 +1,392 @@
+//! The front of the balancer: the accept loop, and what must outlive one configuration.
+//!
+//! Up to chapter 9 a balancer is built once and serves until the process ends. An operator's
+//! balancer (chapter 10) changes configuration while it runs (SIGHUP) and stops without cutting
+//! anyone off (SIGTERM). So the [`Balancer`] (backends, strategy, timeouts, limits) becomes a
+//! value the server swaps, and the server keeps what must survive a swap:
+//!
+//! * the counts the limits are checked against ([`Gate`]): a reload that lowers
+//!   `max-connections` applies to the connections already open;
+//! * the counters behind `/metrics`;
+//! * the health checker, restarted for the new backends.
+//!
+//! Each connection takes the configuration current at its accept and keeps it to the end, so a
+//! reload never touches an established connection: its backend stays dialled, its bytes keep
+//! flowing, and a removed backend is dropped once its last connection ends.
+//!
+//! Per connection, in order, each step able to end it with one access-log line:
+//!
+//! 1. a slot under `max-connections`, maybe after a short wait in the queue;
+//! 2. with `accept-proxy`, the PROXY header that names the real client;
+//! 3. the allow/deny lists and `max-per-client`, against that real client;
+//! 4. the TLS handshake, if the listener terminates TLS;
+//! 5. pick and dial a backend (with failover from chapter 8), sending it a PROXY header if
+//!    it wants one;
+//! 6. [`proxy::relay`], until both directions end or the pair is idle too long.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::balancer::{AbortOnDrop, Balancer};
+use crate::limits::{Gate, Refusal};
+use crate::metrics::{self, Counters, Exposition, get};
+use crate::proxy::{self, Conn, End};
+use crate::{net, proxy_protocol, tls};
+
+pub struct Server {
+    current: RwLock<Arc<Balancer>>,
+    gate: Gate,
+    counters: Counters,
+    /// The active health checks of the current configuration, while serving.
+    checker: Mutex<Option<AbortOnDrop>>,
+    serving: AtomicBool,
+}
+
+impl Server {
+    pub fn new(balancer: Balancer) -> Arc<Server> {
+        Arc::new(Server {
+            current: RwLock::new(Arc::new(balancer)),
+            gate: Gate::default(),
+            counters: Counters::default(),
+            checker: Mutex::new(None),
+            serving: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration new connections get.
+    pub fn balancer(&self) -> Arc<Balancer> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts `new` in place for the connections accepted from now on. Backends it keeps carry
+    /// their health, live counts and counters over; established connections are not touched.
+    pub fn reload(&self, mut new: Balancer) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        new.inherit(&current);
+        *current = Arc::new(new);
+        let checker = self
+            .serving
+            .load(Ordering::Acquire)
+            .then(|| current.spawn_checker())
+            .flatten();
+        drop(current);
+        // Replacing the handle aborts the old configuration's checks.
+        *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = checker;
+        metrics::inc(&self.counters.reloads_ok);
+    }
+
+    /// Counts a reload that was refused (the old configuration stays).
+    pub fn reload_failed(&self) {
+        metrics::inc(&self.counters.reloads_failed);
+    }
+
+    /// Connections being served now.
+    pub fn active_connections(&self) -> usize {
+        self.gate.active()
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then stops accepting (the listener is
+    /// closed when this returns) and stops the health checks. Connections in flight go on;
+    /// see [`Server::drain`].
+    pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.serving.store(true, Ordering::Release);
+        *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = self.balancer().spawn_checker();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                // `biased`: once asked to stop, stop, even if clients keep arriving.
+                biased;
+                () = &mut shutdown => break,
+                (stream, peer) = net::accept(&listener) => {
+                    tokio::spawn(Arc::clone(self).serve(stream, peer));
+                }
+            }
+        }
+        self.serving.store(false, Ordering::Release);
+        self.checker.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// After [`Server::run`]: refuses new clients (and closes queued ones), then waits until
+    /// every connection has ended, the configured `drain-timeout` has passed, or `interrupt`
+    /// resolves (a second Ctrl-C). Returns how many connections were still open; they close
+    /// when the runtime stops.
+    pub async fn drain(&self, interrupt: impl Future<Output = ()>) -> usize {
+        let deadline = self.balancer().drain_timeout;
+        self.gate.start_draining();
+        let open = self.gate.active();
+        if open == 0 {
+            return 0;
+        }
+        tracing::info!("draining: waiting up to {deadline:?} for {open} connection(s) to finish");
+        tokio::select! {
+            () = self.gate.drained() => {
+                tracing::info!("drained: every connection finished");
+            }
+            () = tokio::time::sleep(deadline) => {
+                tracing::warn!(
+                    "drain deadline reached: closing {} connection(s)",
+                    self.gate.active()
+                );
+            }
+            () = interrupt => {
+                tracing::warn!("asked again to stop: closing {} connection(s) now", self.gate.active());
+            }
+        }
+        self.gate.active()
+    }
+
+    async fn serve(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let started = Instant::now();
+        let balancer = self.balancer();
+        metrics::inc(&self.counters.accepted);
+        let _slot = match self.gate.admit(&balancer.limits).await {
+            Ok(slot) => slot,
+            Err(why) => return self.refused(peer, why, started),
+        };
+
+        let (client, dialled) = if balancer.accept_proxy {
+            let header = proxy_protocol::read_header(&mut stream);
+            match tokio::time::timeout(balancer.handshake_timeout, header).await {
+                Ok(Ok(Some((client, dialled)))) => (client, Some(dialled)),
+                Ok(Ok(None)) => (peer, None),
+                Ok(Err(e)) => return self.bad_proxy_header(peer, &e, started),
+                Err(_) => return self.bad_proxy_header(peer, &"no header in time", started),
+            }
+        } else {
+            (peer, None)
+        };
+        if !balancer.limits.permits(client.ip()) {
+            return self.refused(client, Refusal::Denied, started);
+        }
+        let _per_client = match self
+            .gate
+            .admit_client(client.ip(), balancer.limits.max_per_client)
+        {
+            Ok(slot) => slot,
+            Err(why) => return self.refused(client, why, started),
+        };
+        // What the backend's PROXY header says the client dialled: read before TLS takes the
+        // socket, and only when some backend wants it (it costs a system call).
+        let addrs = match (balancer.sends_proxy_header, dialled) {
+            (false, _) => None,
+            (true, Some(dialled)) => Some((client, dialled)),
+            (true, None) => stream.local_addr().ok().map(|local| (client, local)),
+        };
+
+        let mut conn = match &balancer.acceptor {
+            None => Conn::Plain(stream),
+            Some(acceptor) => match tls::accept(acceptor, stream, balancer.handshake_timeout).await
+            {
+                Ok(tls) => Conn::TlsServer(Box::new(tls)),
+                Err(e) => {
+                    metrics::inc(&self.counters.tls_handshake_failures);
+                    tracing::warn!(%client, "TLS handshake with client failed: {e}");
+                    return access(client, &"-", 0, 0, started, "tls-handshake-failed", None);
+                }
+            },
+        };
+
+        let Some((backend, mut upstream, _active, counters)) =
+            balancer.connect_upstream(client, addrs).await
+        else {
+            // Dropping `conn` closes it at once: the client sees the connection end rather
+            // than waiting on a backend that will never answer.
+            metrics::inc(&self.counters.no_backend);
+            return access(client, &"-", 0, 0, started, "no-backend", None);
+        };
+        let relayed = proxy::relay(
+            &mut conn,
+            &mut upstream,
+            balancer.idle_timeout,
+            &counters.bytes_up,
+            &counters.bytes_down,
+        )
+        .await;
+        let error = match &relayed.end {
+            End::Client(e) | End::Backend(e) => Some(e as &dyn Display),
+            End::IdleTimeout => {
+                metrics::inc(&self.counters.idle_timeouts);
+                None
+            }
+            End::Done => None,
+        };
+        access(
+            client,
+            backend,
+            relayed.up,
+            relayed.down,
+            started,
+            relayed.end.as_str(),
+            error,
+        );
+    }
+
+    fn refused(&self, client: SocketAddr, why: Refusal, started: Instant) {
+        self.counters.refused(why);
+        access(client, &"-", 0, 0, started, why.as_str(), None);
+    }
+
+    fn bad_proxy_header(&self, peer: SocketAddr, error: &dyn Display, started: Instant) {
+        metrics::inc(&self.counters.proxy_header_errors);
+        tracing::warn!(client = %peer, "bad PROXY header: {error}");
+        access(peer, &"-", 0, 0, started, "bad-proxy-header", None);
+    }
+
+    /// `/health` of the admin listener: `Ok` while serving with a backend up; `Err(why)`
+    /// while draining or with every backend down, so whatever routes traffic here stops.
+    pub fn health(&self) -> Result<&'static str, &'static str> {
+        if self.gate.is_draining() {
+            return Err("draining");
+        }
+        let balancer = self.balancer();
+        match (0..balancer.backends().len()).any(|i| balancer.is_up(i)) {
+            true => Ok("ok"),
+            false => Err("no backend is up"),
+        }
+    }
+
+    /// `/metrics` of the admin listener, in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        let c = &self.counters;
+        let mut e = Exposition::default();
+        let counter = |e: &mut Exposition, name: &str, help: &str, value: u64| {
+            e.metric(name, "counter", help).sample(name, &[], value);
+        };
+        counter(
+            &mut e,
+            "tcplb_connections_total",
+            "Client connections accepted, refused ones included.",
+            get(&c.accepted),
+        );
+        let name = "tcplb_connections_active";
+        e.metric(name, "gauge", "Client connections being served.")
+            .sample(name, &[], self.gate.active());
+        let name = "tcplb_connections_queued";
+        e.metric(name, "gauge", "Clients waiting for a slot under max-connections.")
+            .sample(name, &[], self.gate.waiting());
+        let name = "tcplb_connections_refused_total";
+        e.metric(name, "counter", "Clients turned away, by reason.");
+        for (why, n) in Refusal::ALL.iter().zip(&c.refused) {
+            e.sample(name, &[("reason", why.as_str())], get(n));
+        }
+        counter(
+            &mut e,
+            "tcplb_client_tls_handshake_failures_total",
+            "Client TLS handshakes that failed or timed out.",
+            get(&c.tls_handshake_failures),
+        );
+        counter(
+            &mut e,
+            "tcplb_proxy_header_errors_total",
+            "accept-proxy clients whose PROXY header was missing or malformed.",
+            get(&c.proxy_header_errors),
+        );
+        counter(
+            &mut e,
+            "tcplb_no_backend_total",
+            "Clients closed because no backend could be reached.",
+            get(&c.no_backend),
+        );
+        counter(
+            &mut e,
+            "tcplb_idle_timeouts_total",
+            "Connections closed after idle-timeout with no byte either way.",
+            get(&c.idle_timeouts),
+        );
+        let name = "tcplb_config_reloads_total";
+        e.metric(name, "counter", "Configuration reloads (SIGHUP), by result.")
+            .sample(name, &[("result", "ok")], get(&c.reloads_ok));
+        e.sample(name, &[("result", "error")], get(&c.reloads_failed));
+
+        let balancer = self.balancer();
+        let names: Vec<String> = balancer.backends().iter().map(|b| b.to_string()).collect();
+        let per_backend =
+            |e: &mut Exposition, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
+                e.metric(name, kind, help);
+                for (i, backend) in names.iter().enumerate() {
+                    e.sample(name, &[("backend", backend)], value(i));
+                }
+            };
+        per_backend(
+            &mut e,
+            "tcplb_backend_up",
+            "gauge",
+            "1 if the backend may receive clients, 0 if health checks took it out.",
+            &|i| u64::from(balancer.is_up(i)),
+        );
+        per_backend(
+            &mut e,
+            "tcplb_backend_connections_active",
+            "gauge",
+            "Connections open to the backend (dialling included).",
+            &|i| balancer.active(i) as u64,
+        );
+        let state = |i| &balancer.state(i).counters;
+        per_backend(
+            &mut e,
+            "tcplb_backend_connections_total",
+            "counter",
+            "Client connections proxied to the backend.",
+            &|i| get(&state(i).connections),
+        );
+        per_backend(
+            &mut e,
+            "tcplb_backend_bytes_sent_total",
+            "counter",
+            "Bytes sent to the backend (from clients).",
+            &|i| get(&state(i).bytes_up),
+        );
+        per_backend(
+            &mut e,
+            "tcplb_backend_bytes_received_total",
+            "counter",
+            "Bytes received from the backend (to clients).",
+            &|i| get(&state(i).bytes_down),
+        );
+        per_backend(
+            &mut e,
+            "tcplb_backend_connect_failures_total",
+            "counter",
+            "Dials to the backend that failed or timed out (TCP, PROXY header or TLS).",
+            &|i| get(&state(i).connect_failures),
+        );
+        per_backend(
+            &mut e,
+            "tcplb_backend_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes with the backend that failed or timed out.",
+            &|i| get(&state(i).tls_handshake_failures),
+        );
+        e.finish()
+    }
+}
+
+/// The access log: one line per client connection, however it ended. Under the `access` target,
+/// so `RUST_LOG=info,access=off` silences it without hiding errors.
+fn access(
+    client: SocketAddr,
+    backend: &dyn Display,
+    up: u64,
+    down: u64,
+    started: Instant,
+    end: &str,
+    error: Option<&dyn Display>,
+) {
+    let duration = started.elapsed();
+    match error {
+        None => tracing::info!(
+            target: "access",
+            %client, %backend, up, down, ?duration, %end, "connection closed"
+        ),
+        Some(error) => tracing::info!(
+            target: "access",
+            %client, %backend, up, down, ?duration, %end, %error, "connection closed"
+        ),
+    }
+}

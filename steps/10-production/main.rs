@@ -1,0 +1,78 @@
+//! # Step 10: `tcp-lb`, the balancer an operator runs
+//!
+//! Beyond the tutorial. Everything from steps 7 to 9 (plain and TLS on either side, the config
+//! file, failover and health checks, every strategy), plus what running it for real asks for
+//! (seed 002's list, and what operators expect of HAProxy or nginx):
+//!
+//! **What it adds:**
+//! * **Timeouts** on every wait a peer controls: connect (3 s), the client's TLS handshake
+//!   (10 s), and idle: a pair where neither side sent a byte for `--idle-timeout` (300 s) is
+//!   closed, so a vanished client does not hold two sockets forever.
+//! * **Limits**: `--max-connections` (by default what the open-file limit allows), beyond which
+//!   clients wait in a short queue (`--queue 128`, `--queue-timeout 5`) or, with `--queue 0`,
+//!   are closed at once; `--max-per-client`; `--allow`/`--deny` lists of CIDRs
+//!   ([`lb::limits`]).
+//! * **Graceful stop**: on SIGTERM or Ctrl-C it stops accepting and lets connections in flight
+//!   finish for up to `--drain-timeout` (30 s), then closes the rest and exits 0. A second
+//!   Ctrl-C stops at once.
+//! * **Reload** on SIGHUP: the config file is read again (backends, strategy, health, limits,
+//!   timeouts, certificates); established connections are not touched, and a file with a
+//!   mistake is refused with the error logged while the running configuration stays.
+//! * **PROXY protocol** ([`lb::proxy_protocol`]): `proxy-protocol = "v2"` on a backend sends it
+//!   the client's real address; `--accept-proxy` reads it from a proxy in front of us, and the
+//!   limits and logs then see the real client.
+//! * **Observability**: `--admin ADDR` serves `/metrics` (Prometheus) and `/health`; one
+//!   access-log line per connection with client, backend, bytes, duration and how it ended
+//!   (`end=done`, `idle-timeout`, `client-error`, `max-connections`, `denied`, …).
+//!
+//! **What the Go version got wrong:** no timeout anywhere (a silent client holds its goroutine
+//! and two sockets forever), no limit (past the open-file limit every `Accept` fails, and its
+//! loop logs and retries at full speed), `os.Exit` on a signal (every transfer cut), and a
+//! restart as the only way to change a backend.
+//!
+//! **Try it** in three terminals:
+//!
+//! ```text
+//! terminal 1:  cargo run --bin dummy-server
+//! terminal 2:  cargo run --release -- --config examples/10-production.toml
+//! terminal 3:  curl -s localhost:3000/delay/3000 & kill -TERM $(pgrep -x tcp-lb); wait
+//!              curl -s localhost:9000/metrics | grep backend_connections_total
+//! ```
+//!
+//! The delayed answer still arrives after the SIGTERM (terminal 2 logs the drain); restart it,
+//! edit the file (remove a backend), `kill -HUP $(pgrep -x tcp-lb)`, and watch the log.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lb::app::{self, Common, HealthArgs, ProductionArgs, Step};
+use lb::cli;
+use lb::strategy::StrategyKind;
+
+/// tcp-lb: a TCP and TLS load balancer. Flags override the config file (--config).
+#[derive(Parser)]
+#[command(name = "tcp-lb", version)]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// How to choose the backend of each new connection [default: round-robin].
+    #[arg(long, value_parser = StrategyKind::parser(StrategyKind::ALL))]
+    strategy: Option<StrategyKind>,
+    #[command(flatten)]
+    health: HealthArgs,
+    #[command(flatten)]
+    production: ProductionArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Args = cli::parse();
+    cli::init_tracing();
+    let step = Step {
+        name: "tcp-lb",
+        strategies: StrategyKind::ALL,
+        health: Some(args.health),
+        production: Some(args.production),
+    };
+    cli::report(app::run(step, args.common, args.strategy).await)
+}
