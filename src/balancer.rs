@@ -49,7 +49,7 @@ use crate::metrics::{self, BackendCounters};
 use crate::proxy::Conn;
 use crate::server::Server;
 use crate::strategy::{Candidates, Strategy};
-use crate::{proxy_protocol, tls};
+use crate::{net, proxy_protocol, tls};
 
 /// What a balancer needs besides its backends and strategy. `Options::default()` is a plain
 /// TCP balancer with the default timeouts.
@@ -276,6 +276,12 @@ impl Balancer {
                 Err(e) => e,
             };
             tracing::warn!(client = %client, %backend, "cannot reach backend: {error}");
+            if net::is_local_exhaustion(&error) {
+                // Our own shortage (file descriptors, ports, memory), not the backend's fault:
+                // blaming it would take healthy backends out, and the next one would fail the
+                // same way. This client is closed; the next may find a descriptor free.
+                return None;
+            }
             let failover = self.failover.as_ref()?;
             if let Some(news) = state.health.connect_failed(&error, failover, self.clock) {
                 tracing::warn!(%backend, "{news}");
@@ -313,6 +319,11 @@ impl Balancer {
             }
             while let Some(done) = probes.join_next().await {
                 let Ok((i, result)) = done else { continue };
+                // Same as for clients: a probe that could not even get a socket says nothing
+                // about the backend.
+                if result.as_ref().is_err_and(|e| e.contains(LOCAL_EXHAUSTION)) {
+                    continue;
+                }
                 if let Some(news) = self.states[i].health.probed(result, &checks) {
                     let backend = &self.backends[i];
                     match news.starts_with("backend up") {
@@ -328,7 +339,10 @@ impl Balancer {
     /// answered 2xx.
     async fn probe(&self, i: usize) -> Result<(), String> {
         let backend = &self.backends[i];
-        let mut conn = self.dial(i, None).await.map_err(|e| e.to_string())?;
+        let mut conn = self.dial(i, None).await.map_err(|e| match net::is_local_exhaustion(&e) {
+            true => format!("{LOCAL_EXHAUSTION}: {e}"),
+            false => e.to_string(),
+        })?;
         if backend.spec().check == HealthCheck::Tcp {
             return Ok(());
         }
@@ -406,6 +420,9 @@ impl Balancer {
         Err(failed(error))
     }
 }
+
+/// Marks a probe that failed for lack of our own resources, not the backend's.
+const LOCAL_EXHAUSTION: &str = "out of local resources";
 
 /// Aborts a background task when dropped, so it cannot outlive the balancer that owns it.
 pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -113,6 +113,13 @@ pub fn connection_budget() -> usize {
     }
 }
 
+/// Whether a failed dial is our own shortage rather than the peer's doing: out of file
+/// descriptors (`EMFILE`, `ENFILE`), buffers or memory (`ENOBUFS`, `ENOMEM`), or local ports
+/// (`EADDRNOTAVAIL`). Linux's numbers; elsewhere nothing is treated so.
+pub fn is_local_exhaustion(e: &io::Error) -> bool {
+    cfg!(target_os = "linux") && matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12 | 99))
+}
+
 /// Dials `addr` with `TCP_NODELAY`, giving up after `timeout`.
 ///
 /// Without a timeout, a backend host that silently drops packets (a firewall, a machine that

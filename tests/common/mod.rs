@@ -432,3 +432,126 @@ pub fn make_certs(label: &str) -> PathBuf {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A blocking connection to `addr` from the loopback address `from` (127.0.0.x): how a test
+/// plays several client IPs.
+pub fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Polls `cond` until it holds, for at most [`PATIENCE`]; for state that no event announces
+/// (a process's open descriptors, its exit).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, `INT`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let mut code = None;
+        wait_until("the process to exit", || {
+            code = self.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
+            code.is_some()
+        });
+        code.unwrap()
+    }
+
+    /// Open file descriptors of the process now (Linux).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the process used so far, user and system, in clock ticks (1/100 s).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the `(comm)`, which may itself hold spaces: utime and stime are the
+        // 14th and 15th fields overall, the 12th and 13th after it.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Waits until the process's descriptor count is back to `baseline` (or below).
+    pub fn wait_fds(&self, baseline: usize) {
+        wait_until(&format!("fds back to {baseline}"), || {
+            self.fd_count() <= baseline
+        });
+    }
+}
+
+/// Raises this test process's soft open-file limit to at least `want` (up to the hard limit)
+/// with prlimit(1); the balancers it starts inherit it.
+pub fn raise_fd_limit(want: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft: u64 = fields.next().unwrap().parse().unwrap_or(u64::MAX);
+    let hard: u64 = fields.next().unwrap().parse().unwrap_or(u64::MAX);
+    if soft >= want {
+        return;
+    }
+    assert!(
+        hard >= want,
+        "this test needs {want} open files but the hard limit is {hard}"
+    );
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={want}:{hard}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) is needed to raise the open-file limit");
+    assert!(status.success(), "prlimit failed");
+}
+
+/// `GET path` on the admin listener `addr`: (status, body).
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let reply = get(addr, path);
+    (reply.status, reply.text())
+}
+
+/// The value of one sample in the Prometheus text `metrics` (`name{labels}` as written).
+pub fn metric(metrics: &str, sample: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {sample} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
