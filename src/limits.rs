@@ -421,7 +421,7 @@ mod tests {
         drop(second);
         let none_queued = Limits {
             queue: 0,
-            ..limits
+            ..limits.clone()
         };
         let _third = gate.admit(&none_queued).await.unwrap();
         assert_eq!(gate.admit(&none_queued).await.unwrap_err(), Refusal::Full);

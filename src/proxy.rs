@@ -296,3 +296,75 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, duplex};
+
+    /// Relays between two in-memory pipes; the test holds their far ends.
+    fn pair() -> (
+        (tokio::io::DuplexStream, tokio::io::DuplexStream),
+        (tokio::io::DuplexStream, tokio::io::DuplexStream),
+    ) {
+        let (client, client_far) = duplex(64 * 1024);
+        let (backend, backend_far) = duplex(64 * 1024);
+        ((client, client_far), (backend, backend_far))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_closes_only_after_a_full_quiet_period_and_counts_each_side() {
+        let ((mut client, mut client_far), (mut backend, mut backend_far)) = pair();
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let idle = Duration::from_secs(10);
+        let started = Instant::now();
+        let relay = relay(&mut client, &mut backend, Some(idle), &up, &down);
+        let traffic = async {
+            // A byte every 6 s for 30 s: never 10 s of quiet, so never closed.
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                client_far.write_all(b"u").await.unwrap();
+                let mut b = [0u8; 1];
+                backend_far.read_exact(&mut b).await.unwrap();
+                backend_far.write_all(b"dd").await.unwrap();
+                let mut d = [0u8; 2];
+                client_far.read_exact(&mut d).await.unwrap();
+            }
+            // Then quiet, with both pipes still open: only the idle timeout ends it.
+            std::future::pending::<()>().await;
+        };
+        let relayed = tokio::select! {
+            r = relay => r,
+            () = traffic => unreachable!(),
+        };
+        assert!(matches!(relayed.end, End::IdleTimeout), "{:?}", relayed.end);
+        assert_eq!((relayed.up, relayed.down), (5, 10));
+        assert_eq!((up.into_inner(), down.into_inner()), (5, 10));
+        // Closed 10 s after the last byte, at 30 s.
+        assert_eq!(started.elapsed().as_secs(), 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clean_end_is_done_and_without_idle_nothing_times_out() {
+        let ((mut client, mut client_far), (mut backend, mut backend_far)) = pair();
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let relay = relay(&mut client, &mut backend, None, &up, &down);
+        let peers = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            client_far.write_all(b"bye").await.unwrap();
+            client_far.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            backend_far.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"bye");
+            backend_far.shutdown().await.unwrap();
+            // Keep the far ends open until the relay is done with them.
+            std::future::pending::<()>().await;
+        };
+        let relayed = tokio::select! {
+            r = relay => r,
+            () = peers => unreachable!(),
+        };
+        assert!(matches!(relayed.end, End::Done), "{:?}", relayed.end);
+        assert_eq!((relayed.up, relayed.down), (3, 0));
+    }
+}
