@@ -361,29 +361,30 @@ fn production_options(flags: &ProductionArgs, config: &Config, options: &mut Opt
         .or(config.drain_timeout.map(secs))
         .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
     options.accept_proxy = flags.accept_proxy || config.accept_proxy.unwrap_or(false);
+    let queue = flags
+        .queue
+        .or(section.and_then(|l| l.queue))
+        .unwrap_or(limits::DEFAULT_QUEUE);
     let max_connections = match flags
         .max_connections
         .or(section.and_then(|l| l.max_connections))
     {
         Some(n) => limit(n),
-        None => Some(net::connection_budget()),
+        None => Some(net::connection_budget(queue)),
     };
     if let Some(max) = max_connections
         && let Some(fds) = net::open_file_limit()
-        && max as u64 * 2 + net::RESERVED_FDS > fds
+        && net::fds_needed(max, queue) > fds
     {
         tracing::warn!(
-            "max-connections {max} needs about {} file descriptors but the limit is {fds}: \
-             raise it (ulimit -n, systemd LimitNOFILE=) or lower max-connections",
-            max as u64 * 2 + net::RESERVED_FDS
+            "max-connections {max} and queue {queue} need about {} file descriptors but the \
+             limit is {fds}: raise it (ulimit -n, systemd LimitNOFILE=) or lower them",
+            net::fds_needed(max, queue)
         );
     }
     options.limits = Limits {
         max_connections,
-        queue: flags
-            .queue
-            .or(section.and_then(|l| l.queue))
-            .unwrap_or(limits::DEFAULT_QUEUE),
+        queue,
         queue_timeout: flags
             .queue_timeout
             .or(section.and_then(|l| l.queue_timeout).map(secs))

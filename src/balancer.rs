@@ -211,7 +211,11 @@ impl Balancer {
     pub(crate) fn inherit(&mut self, old: &Balancer) {
         self.clock = old.clock;
         for (backend, state) in self.backends.iter().zip(self.states.iter_mut()) {
-            if let Some(j) = old.backends.iter().position(|b| b.spec().same_target(backend.spec())) {
+            if let Some(j) = old
+                .backends
+                .iter()
+                .position(|b| b.spec().same_target(backend.spec()))
+            {
                 *state = Arc::clone(&old.states[j]);
             }
         }
@@ -339,10 +343,13 @@ impl Balancer {
     /// answered 2xx.
     async fn probe(&self, i: usize) -> Result<(), String> {
         let backend = &self.backends[i];
-        let mut conn = self.dial(i, None).await.map_err(|e| match net::is_local_exhaustion(&e) {
-            true => format!("{LOCAL_EXHAUSTION}: {e}"),
-            false => e.to_string(),
-        })?;
+        let mut conn =
+            self.dial(i, None)
+                .await
+                .map_err(|e| match net::is_local_exhaustion(&e) {
+                    true => format!("{LOCAL_EXHAUSTION}: {e}"),
+                    false => e.to_string(),
+                })?;
         if backend.spec().check == HealthCheck::Tcp {
             return Ok(());
         }
@@ -406,16 +413,14 @@ impl Balancer {
         let (Some(name), Some(connector)) = (backend.server_name(), &self.connector) else {
             return Ok(Conn::Plain(tcp));
         };
-        let error = match tokio::time::timeout(
-            self.connect_timeout,
-            connector.connect(name.clone(), tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => return Ok(Conn::TlsClient(Box::new(tls))),
-            Ok(Err(e)) => io::Error::new(e.kind(), format!("TLS handshake failed: {e}")),
-            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
-        };
+        let error =
+            match tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
+                .await
+            {
+                Ok(Ok(tls)) => return Ok(Conn::TlsClient(Box::new(tls))),
+                Ok(Err(e)) => io::Error::new(e.kind(), format!("TLS handshake failed: {e}")),
+                Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+            };
         metrics::inc(&counters.tls_handshake_failures);
         Err(failed(error))
     }

@@ -219,7 +219,11 @@ impl Config {
             ("handshake-timeout", config.handshake_timeout, false),
             ("idle-timeout", config.idle_timeout, true),
             ("drain-timeout", config.drain_timeout, true),
-            ("limits.queue-timeout", l.and_then(|l| l.queue_timeout), false),
+            (
+                "limits.queue-timeout",
+                l.and_then(|l| l.queue_timeout),
+                false,
+            ),
             ("health.cooldown", h.and_then(|h| h.cooldown), false),
             ("health.max-cooldown", h.and_then(|h| h.max_cooldown), false),
             ("health.interval", h.and_then(|h| h.interval), true),

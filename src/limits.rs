@@ -361,7 +361,14 @@ mod tests {
         assert!(all.contains(ip("1.2.3.4")) && !all.contains(ip("::2")));
         let all6: Cidr = "::/0".parse().unwrap();
         assert!(all6.contains(ip("1.2.3.4")) && all6.contains(ip("::2")));
-        for bad in ["10.0.0.1/8", "10.0.0.0/33", "10.0.0/8", "::1/129", "x", "1.2.3.4/"] {
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::1/129",
+            "x",
+            "1.2.3.4/",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
@@ -426,7 +433,10 @@ mod tests {
         let _third = gate.admit(&none_queued).await.unwrap();
         assert_eq!(gate.admit(&none_queued).await.unwrap_err(), Refusal::Full);
         gate.start_draining();
-        assert_eq!(gate.admit(&none_queued).await.unwrap_err(), Refusal::Draining);
+        assert_eq!(
+            gate.admit(&none_queued).await.unwrap_err(),
+            Refusal::Draining
+        );
     }
 
     /// Polls a future once.

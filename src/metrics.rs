@@ -112,8 +112,11 @@ mod tests {
     #[test]
     fn exposition_is_prometheus_text() {
         let mut e = Exposition::default();
-        e.metric("lb_up", "gauge", "Whether it is up.")
-            .sample("lb_up", &[("backend", "a\"b\\c")], 1);
+        e.metric("lb_up", "gauge", "Whether it is up.").sample(
+            "lb_up",
+            &[("backend", "a\"b\\c")],
+            1,
+        );
         e.sample("lb_up", &[], 0);
         assert_eq!(
             e.finish(),

@@ -95,7 +95,10 @@ pub const RESERVED_FDS: u64 = 64;
 pub fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.trim_start_matches("Max open files").split_whitespace().next()?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
     match soft {
         "unlimited" => Some(u64::MAX),
         n => n.parse().ok(),
@@ -103,14 +106,23 @@ pub fn open_file_limit() -> Option<u64> {
 }
 
 /// How many proxied connections the open-file limit allows: two descriptors each (client and
-/// backend), after [`RESERVED_FDS`]. HAProxy derives its default `maxconn` the same way: past
-/// it, accept and dial fail with `EMFILE` for everyone, so it is better to stop short and turn
-/// the surplus away (or queue it). 10,000 where the limit cannot be read.
-pub fn connection_budget() -> usize {
+/// backend), after [`RESERVED_FDS`] and one for each of the `queue` clients that may wait for
+/// a slot (an accepted client holds its socket while it waits). HAProxy derives its default
+/// `maxconn` the same way: past it, accept and dial fail with `EMFILE` for everyone, so it is
+/// better to stop short and turn the surplus away. 10,000 where the limit cannot be read.
+pub fn connection_budget(queue: usize) -> usize {
     match open_file_limit() {
-        Some(fds) => (fds.saturating_sub(RESERVED_FDS) / 2).clamp(1, 1 << 24) as usize,
+        Some(fds) => {
+            let free = fds.saturating_sub(RESERVED_FDS + queue as u64);
+            (free / 2).clamp(1, 1 << 24) as usize
+        }
         None => 10_000,
     }
+}
+
+/// The descriptors `max_connections` pairs and `queue` waiting clients need.
+pub fn fds_needed(max_connections: usize, queue: usize) -> u64 {
+    max_connections as u64 * 2 + queue as u64 + RESERVED_FDS
 }
 
 /// Whether a failed dial is our own shortage rather than the peer's doing: out of file

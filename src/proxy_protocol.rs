@@ -41,7 +41,9 @@ impl std::str::FromStr for Version {
         match s {
             "v1" => Ok(Version::V1),
             "v2" => Ok(Version::V2),
-            other => Err(format!("unknown PROXY protocol version `{other}` (use v1 or v2)")),
+            other => Err(format!(
+                "unknown PROXY protocol version `{other}` (use v1 or v2)"
+            )),
         }
     }
 }
@@ -137,7 +139,9 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<(SocketAdd
     match first[0] {
         b'\r' => read_v2(stream).await,
         b'P' => read_v1(stream).await,
-        _ => Err(invalid("no PROXY header (is the proxy in front sending one?)")),
+        _ => Err(invalid(
+            "no PROXY header (is the proxy in front sending one?)",
+        )),
     }
 }
 
@@ -228,7 +232,8 @@ fn parse_v1(line: &[u8]) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
                 Ok(ip)
             };
             let port = |s: &str| -> io::Result<u16> {
-                s.parse().map_err(|_| invalid("bad port in PROXY v1 header"))
+                s.parse()
+                    .map_err(|_| invalid("bad port in PROXY v1 header"))
             };
             Ok(Some((
                 SocketAddr::new(ip(src)?, port(sport)?),
@@ -277,7 +282,9 @@ mod tests {
             Some((addr("10.0.0.1:1000"), addr("10.0.0.2:443"))),
         );
         let mut want = SIGNATURE.to_vec();
-        want.extend_from_slice(&[0x21, 0x11, 0, 12, 10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 1, 0xbb]);
+        want.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 1, 0xbb,
+        ]);
         assert_eq!(h, want);
         assert_eq!(header(Version::V2, None)[12..], [0x20, 0, 0, 0]);
         assert_eq!(
@@ -345,7 +352,11 @@ mod tests {
             Vec::new(),
         ] {
             let (result, _) = read_back(bad.clone()).await;
-            assert!(result.is_err(), "{:?} accepted", String::from_utf8_lossy(&bad));
+            assert!(
+                result.is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(&bad)
+            );
         }
     }
 }

@@ -109,7 +109,10 @@ impl Server {
             }
         }
         self.serving.store(false, Ordering::Release);
-        self.checker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// After [`Server::run`]: refuses new clients (and closes queued ones), then waits until
@@ -268,8 +271,12 @@ impl Server {
         e.metric(name, "gauge", "Client connections being served.")
             .sample(name, &[], self.gate.active());
         let name = "tcplb_connections_queued";
-        e.metric(name, "gauge", "Clients waiting for a slot under max-connections.")
-            .sample(name, &[], self.gate.waiting());
+        e.metric(
+            name,
+            "gauge",
+            "Clients waiting for a slot under max-connections.",
+        )
+        .sample(name, &[], self.gate.waiting());
         let name = "tcplb_connections_refused_total";
         e.metric(name, "counter", "Clients turned away, by reason.");
         for (why, n) in Refusal::ALL.iter().zip(&c.refused) {
@@ -300,19 +307,26 @@ impl Server {
             get(&c.idle_timeouts),
         );
         let name = "tcplb_config_reloads_total";
-        e.metric(name, "counter", "Configuration reloads (SIGHUP), by result.")
-            .sample(name, &[("result", "ok")], get(&c.reloads_ok));
+        e.metric(
+            name,
+            "counter",
+            "Configuration reloads (SIGHUP), by result.",
+        )
+        .sample(name, &[("result", "ok")], get(&c.reloads_ok));
         e.sample(name, &[("result", "error")], get(&c.reloads_failed));
 
         let balancer = self.balancer();
         let names: Vec<String> = balancer.backends().iter().map(|b| b.to_string()).collect();
-        let per_backend =
-            |e: &mut Exposition, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
-                e.metric(name, kind, help);
-                for (i, backend) in names.iter().enumerate() {
-                    e.sample(name, &[("backend", backend)], value(i));
-                }
-            };
+        let per_backend = |e: &mut Exposition,
+                           name: &str,
+                           kind: &str,
+                           help: &str,
+                           value: &dyn Fn(usize) -> u64| {
+            e.metric(name, kind, help);
+            for (i, backend) in names.iter().enumerate() {
+                e.sample(name, &[("backend", backend)], value(i));
+            }
+        };
         per_backend(
             &mut e,
             "tcplb_backend_up",

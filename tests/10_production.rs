@@ -67,9 +67,18 @@ fn the_sample_config_serves_with_metrics_health_and_an_access_log() {
     assert_eq!(metric(&m, "tcplb_connections_total"), 30);
     let (mut total, mut sent) = (0, 0);
     for b in backends.iter().filter(|b| !b.starts_with("--")) {
-        total += metric(&m, &format!("tcplb_backend_connections_total{{backend=\"{b}\"}}"));
-        sent += metric(&m, &format!("tcplb_backend_bytes_sent_total{{backend=\"{b}\"}}"));
-        assert_eq!(metric(&m, &format!("tcplb_backend_up{{backend=\"{b}\"}}")), 1);
+        total += metric(
+            &m,
+            &format!("tcplb_backend_connections_total{{backend=\"{b}\"}}"),
+        );
+        sent += metric(
+            &m,
+            &format!("tcplb_backend_bytes_sent_total{{backend=\"{b}\"}}"),
+        );
+        assert_eq!(
+            metric(&m, &format!("tcplb_backend_up{{backend=\"{b}\"}}")),
+            1
+        );
     }
     assert_eq!((total, sent), (30, ups));
     assert!(m.contains("# TYPE tcplb_backend_bytes_received_total counter"));
@@ -127,7 +136,10 @@ fn beyond_max_connections_clients_queue_then_are_refused() {
     assert_eq!(&back, b"queued");
     let m = metrics(&lb);
     assert_eq!(
-        metric(&m, "tcplb_connections_refused_total{reason=\"max-connections\"}"),
+        metric(
+            &m,
+            "tcplb_connections_refused_total{reason=\"max-connections\"}"
+        ),
         1
     );
     assert_eq!(metric(&m, "tcplb_connections_active"), 2);
@@ -249,7 +261,10 @@ fn sighup_reloads_without_dropping_connections_and_keeps_the_old_config_on_error
     assert_eq!(get_on(&mut kept, "/").served_by(), "server1");
     let m = metrics(&lb);
     assert_eq!(metric(&m, "tcplb_config_reloads_total{result=\"ok\"}"), 2);
-    assert_eq!(metric(&m, "tcplb_config_reloads_total{result=\"error\"}"), 1);
+    assert_eq!(
+        metric(&m, "tcplb_config_reloads_total{result=\"error\"}"),
+        1
+    );
     assert!(!m.contains(&format!("backend=\"{one}\"")), "{m}");
 }
 
@@ -274,7 +289,10 @@ fn sigterm_drains_then_exits_zero_and_the_deadline_cuts_what_is_left() {
     let mut idle = echoing(&lb);
     lb.signal("TERM");
     assert_eq!(lb.wait_exit(), 0);
-    assert!(lb.stderr().contains("drain deadline reached: closing 1 connection"));
+    assert!(
+        lb.stderr()
+            .contains("drain deadline reached: closing 1 connection")
+    );
     assert!(closed_without_data(&mut idle));
 }
 
@@ -316,7 +334,11 @@ fn proxy_protocol_headers_tell_the_backend_who_the_client_is() {
         let lb = start(&["--backend", &spec, "--health-interval", "0"]);
         let client = send_and_close(lb.addr(), b"hello");
         let got = captured.recv_timeout(PATIENCE).unwrap();
-        let v = if version == "v1" { Version::V1 } else { Version::V2 };
+        let v = if version == "v1" {
+            Version::V1
+        } else {
+            Version::V2
+        };
         let mut want = header(v, Some((client, lb.addr())));
         want.extend_from_slice(b"hello");
         assert_eq!(got, want, "{}", String::from_utf8_lossy(&got));
@@ -382,7 +404,10 @@ fn accept_proxy_takes_the_client_from_the_header_for_limits_logs_and_backends() 
 #[test]
 fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
     for (args, words) in [
-        (&["--allow", "10.0.0.1/8"][..], &["10.0.0.1/8", "prefix"][..]),
+        (
+            &["--allow", "10.0.0.1/8"][..],
+            &["10.0.0.1/8", "prefix"][..],
+        ),
         (&["--deny", "nope"], &["nope"]),
         (&["--backend", "127.0.0.1:1,proxy=v3"], &["v3"]),
         (&["--queue-timeout", "0"], &["queue-timeout"]),
@@ -393,7 +418,10 @@ fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
     let dir = temp_dir("prod-config");
     for (text, words) in [
         ("idle-timeout = -1\n", &["idle-timeout"][..]),
-        ("[limits]\nallow = [\"300.0.0.0/8\"]\n", &["2:", "300.0.0.0/8"]),
+        (
+            "[limits]\nallow = [\"300.0.0.0/8\"]\n",
+            &["2:", "300.0.0.0/8"],
+        ),
         ("[limits]\nqueue-timeout = 0\n", &["queue-timeout"]),
         (
             "[[backend]]\naddress = \"h:1\"\nproxy-protocol = \"v9\"\n",

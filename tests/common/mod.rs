@@ -480,7 +480,11 @@ impl Proc {
     pub fn wait_exit(&mut self) -> i32 {
         let mut code = None;
         wait_until("the process to exit", || {
-            code = self.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
+            code = self
+                .child
+                .try_wait()
+                .unwrap()
+                .map(|s| s.code().unwrap_or(-1));
             code.is_some()
         });
         code.unwrap()
