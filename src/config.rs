@@ -297,6 +297,39 @@ mod tests {
     }
 
     #[test]
+    fn the_chapter_10_sample_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/10-production.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.production_key(), Some("idle-timeout"));
+        assert_eq!(c.admin, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!((c.idle_timeout, c.drain_timeout), (Some(300.0), Some(30.0)));
+        let limits = c.limits.unwrap();
+        assert_eq!((limits.queue, limits.max_per_client), (Some(128), Some(0)));
+        assert!(limits.allow.is_empty() && limits.max_connections.is_none());
+        assert_eq!(c.backends.len(), 3);
+    }
+
+    #[test]
+    fn limits_and_proxy_protocol_parse() {
+        let c = Config::parse(
+            "accept-proxy = true\n[limits]\nallow = [\"10.0.0.0/8\", \"::1\"]\n\
+             deny = [\"10.0.13.0/24\"]\n[[backend]]\naddress = \"h:1\"\n\
+             proxy-protocol = \"v2\"\n",
+        )
+        .unwrap();
+        let limits = c.limits.as_ref().unwrap();
+        assert_eq!(limits.allow.len(), 2);
+        assert_eq!(limits.deny[0].to_string(), "10.0.13.0/24");
+        assert_eq!(
+            c.backends[0].spec().proxy,
+            Some(crate::proxy_protocol::Version::V2)
+        );
+        assert_eq!(c.production_key(), Some("accept-proxy"));
+        let e = Config::parse("[limits]\ndeny = [\"10.0.0.1/8\"]\n").unwrap_err();
+        assert!(e.starts_with("2:8: ") && e.contains("prefix"), "{e}");
+    }
+
+    #[test]
     fn errors_name_line_and_column() {
         let e = Config::parse("listen = \"127.0.0.1:3000\"\nstratgy = \"random\"\n").unwrap_err();
         assert!(e.starts_with("2:1: unknown field `stratgy`"), "{e}");

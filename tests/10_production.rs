@@ -87,6 +87,44 @@ fn the_sample_config_serves_with_metrics_health_and_an_access_log() {
 }
 
 #[test]
+fn metrics_count_connect_failures_and_health_follows_the_backends() {
+    let (dummy, backends) = dummies(1);
+    let (live, dead) = (backends[1].clone(), free_port().to_string());
+    let lb = start(&[
+        "--backend",
+        &live,
+        "--backend",
+        &dead,
+        "--health-interval",
+        "0.1",
+        "--fall",
+        "1",
+    ]);
+    let up = |m: &str, b: &str| metric(m, &format!("tcplb_backend_up{{backend=\"{b}\"}}"));
+    wait_until("the dead backend to be marked down", || {
+        up(&metrics(&lb), &dead) == 0
+    });
+    assert_eq!(served_by(lb.addr(), 4), ["server1"; 4]);
+    let m = metrics(&lb);
+    assert_eq!(up(&m, &live), 1);
+    let failures = format!("tcplb_backend_connect_failures_total{{backend=\"{dead}\"}}");
+    assert!(metric(&m, &failures) >= 1, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            &format!("tcplb_backend_connections_total{{backend=\"{live}\"}}")
+        ),
+        4
+    );
+    assert_eq!(admin_get(lb.addrs[1], "/health").0, 200);
+    // With every backend down, /health says so.
+    drop(dummy);
+    wait_until("/health to report no backend", || {
+        admin_get(lb.addrs[1], "/health") == (503, "no backend is up\n".to_owned())
+    });
+}
+
+#[test]
 fn with_no_backend_it_serves_the_built_in_ones_as_cargo_run_does() {
     let lb = start(&[]);
     lb.wait_stderr("started built-in dummy backend", 3);
