@@ -30,11 +30,11 @@ pub struct Common {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// A backend: HOST:PORT for plain TCP, tls://HOST:PORT for TLS, optionally followed by
-    /// ,weight=N and ,check=http; repeat for several. Replaces the config file's backends.
-    /// None anywhere: built-in dummy servers.
+    /// ,weight=N and ,check=http (from step 09 and 08) and ,proxy=v1|v2 (tcp-lb); repeat for
+    /// several. Replaces the config file's backends. None anywhere: built-in dummy servers.
     #[arg(
         long = "backend",
-        value_name = "[tls://]HOST:PORT[,weight=N][,check=http]"
+        value_name = "[tls://]HOST:PORT[,weight=N][,check=http][,proxy=v2]"
     )]
     pub backends: Vec<BackendSpec>,
     /// Terminate TLS on the listener with this certificate chain (PEM); needs --key.
@@ -52,7 +52,8 @@ pub struct Common {
     /// Seconds to connect to a backend (and finish its TLS handshake) [default: 3].
     #[arg(long, value_name = "SECS", value_parser = cli::seconds)]
     pub connect_timeout: Option<Duration>,
-    /// Seconds a client has to finish its TLS handshake [default: 10].
+    /// Seconds a client has to finish its TLS handshake (and, in tcp-lb with --accept-proxy,
+    /// to send its PROXY header) [default: 10].
     #[arg(long, value_name = "SECS", value_parser = cli::seconds)]
     pub handshake_timeout: Option<Duration>,
 }
@@ -304,6 +305,15 @@ impl Setup {
             backends
         };
 
+        if step.production.is_none()
+            && let Some(b) = backends.iter().find(|b| b.spec().proxy.is_some())
+        {
+            anyhow::bail!(
+                "backend {b}: proxy= comes with step 10-production (the tcp-lb binary); {} \
+                 does not send PROXY headers",
+                step.name
+            );
+        }
         let any_tls = backends.iter().any(|b| b.server_name().is_some());
         if any_tls && options.upstream_tls.is_none() {
             options.upstream_tls = Some(if insecure {

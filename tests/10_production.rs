@@ -470,6 +470,11 @@ fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
         std::fs::write(&file, text).unwrap();
         assert_one_line_error(LB, &["--config", path_str(&file)], words);
     }
+    assert_one_line_error(
+        bin!("09-strategies"),
+        &["--backend", "127.0.0.1:1,proxy=v2"],
+        &["proxy=", "10-production"],
+    );
     let file = dir.join("limits.toml");
     std::fs::write(&file, "[limits]\nqueue = 0\n").unwrap();
     for step in [bin!("07-final"), bin!("09-strategies")] {

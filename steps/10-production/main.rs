@@ -35,7 +35,7 @@
 //! ```text
 //! terminal 1:  cargo run --bin dummy-server
 //! terminal 2:  cargo run --release -- --config examples/10-production.toml
-//! terminal 3:  curl -s localhost:3000/delay/3000 & kill -TERM $(pgrep -x tcp-lb); wait
+//! terminal 3:  curl -s localhost:3000/delay/3000 & sleep 0.5; kill -TERM $(pgrep -x tcp-lb); wait
 //!              curl -s localhost:9000/metrics | grep backend_connections_total
 //! ```
 //!
