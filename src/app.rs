@@ -422,14 +422,20 @@ async fn reload_on_sighup(
     server: Arc<Server>,
     (listen, admin): (SocketAddr, Option<SocketAddr>),
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
+    #[cfg(not(unix))]
+    {
+        let _ = (setup, server, listen, admin);
+        tracing::warn!("no SIGHUP on this platform: reload is off");
+    }
+    #[cfg(unix)]
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("cannot listen for SIGHUP, reload is off: {e}");
             return;
         }
     };
+    #[cfg(unix)]
     while hangups.recv().await.is_some() {
         let source = match &setup.common.config {
             Some(path) => path.display().to_string(),

@@ -78,23 +78,11 @@ fn weights_give_the_configured_split() {
     );
 }
 
-/// Connects from a chosen loopback address (all of 127.0.0.0/8 is local on Linux), so one test
-/// can be many clients.
-fn connect_from(rt: &tokio::runtime::Runtime, ip: [u8; 4], to: SocketAddr) -> TcpStream {
-    let stream = rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::from((ip, 0))).unwrap();
-        socket.connect(to).await.unwrap()
-    });
-    let stream = stream.into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
-}
-
-fn ip_hash_map(rt: &tokio::runtime::Runtime, lb: SocketAddr) -> Vec<String> {
+/// Which backend each of 120 client IPs (127.0.1.x; all of 127.0.0.0/8 is local on Linux)
+/// lands on.
+fn ip_hash_map(lb: SocketAddr) -> Vec<String> {
     (1..=120u8)
-        .map(|i| get_on(&mut connect_from(rt, [127, 0, 1, i], lb), "/").served_by())
+        .map(|i| get_on(&mut connect_from([127, 0, 1, i], lb), "/").served_by())
         .collect()
 }
 
@@ -102,26 +90,18 @@ fn ip_hash_map(rt: &tokio::runtime::Runtime, lb: SocketAddr) -> Vec<String> {
 /// moves only the clients that were on it.
 #[test]
 fn ip_hash_is_stable_and_moves_only_the_removed_backends_clients() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
     let (_dummies, flags) = dummies(4);
     let addrs = backend_addrs(&flags);
     let lb = strategies("ip-hash", &addrs, &[]);
-    let before = ip_hash_map(&rt, lb.addr());
-    assert_eq!(
-        ip_hash_map(&rt, lb.addr()),
-        before,
-        "same client, same backend"
-    );
+    let before = ip_hash_map(lb.addr());
+    assert_eq!(ip_hash_map(lb.addr()), before, "same client, same backend");
     let used: BTreeSet<&String> = before.iter().collect();
     assert_eq!(used.len(), 4, "120 clients should reach all 4 backends");
     drop(lb);
 
     let fewer = [addrs[2].clone(), addrs[1].clone(), addrs[0].clone()];
     let lb = strategies("ip-hash", &fewer, &[]);
-    let after = ip_hash_map(&rt, lb.addr());
+    let after = ip_hash_map(lb.addr());
     let mut moved = 0;
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         if b != a {
