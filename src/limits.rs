@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -206,15 +206,35 @@ pub struct Gate {
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// A connection's place under `max-connections`; frees it when dropped.
+/// A connection's place under `max-connections`; frees it when dropped. It owns a handle on
+/// the gate so that the accept loop can take it and hand it to the connection's task.
 #[derive(Debug)]
-pub struct Slot<'a>(&'a Gate);
+pub struct Slot(Arc<Gate>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
         self.0.freed.notify_one();
     }
+}
+
+/// A place in the queue for a slot; given up when dropped.
+#[derive(Debug)]
+pub struct Queued(Arc<Gate>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What [`Gate::enter`] decides at once.
+#[derive(Debug)]
+pub enum Entry {
+    /// A slot was free.
+    Admitted(Slot),
+    /// Every slot is taken; this client may wait for one ([`Queued::wait`]).
+    Queued(Queued),
 }
 
 /// A connection counted against its client IP (when that is limited); uncounted when dropped.
@@ -234,15 +254,6 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-/// Uncounts a queued client however its wait ends.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Gate {
     /// Connections holding a slot now.
     pub fn active(&self) -> usize {
@@ -254,42 +265,33 @@ impl Gate {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// Takes a slot, waiting in the queue if all are taken and the queue has room.
-    pub async fn admit(&self, limits: &Limits) -> Result<Slot<'_>, Refusal> {
+    /// Decides at once, without waiting: a slot, a place in the queue, or a refusal. The
+    /// accept loop calls this, so that a refused client is closed before the next accept:
+    /// a flood of clients never piles up accepted sockets waiting to be refused.
+    pub fn enter(self: &Arc<Self>, limits: &Limits) -> Result<Entry, Refusal> {
         if self.draining.load(Ordering::Acquire) {
             return Err(Refusal::Draining);
         }
-        let max = limits.max_connections.unwrap_or(usize::MAX);
-        if self.try_take(max) {
-            return Ok(Slot(self));
+        if self.try_take(limits) {
+            return Ok(Entry::Admitted(Slot(Arc::clone(self))));
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= limits.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Full);
         }
-        let _waiting = Waiting(&self.waiting);
-        let wait = async {
-            loop {
-                // Registered before the check, so a slot freed between the two is not missed.
-                let freed = self.freed.notified();
-                tokio::pin!(freed);
-                freed.as_mut().enable();
-                if self.draining.load(Ordering::Acquire) {
-                    return Err(Refusal::Draining);
-                }
-                if self.try_take(max) {
-                    return Ok(Slot(self));
-                }
-                freed.await;
-            }
-        };
-        match tokio::time::timeout(limits.queue_timeout, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(Refusal::QueueTimeout),
+        Ok(Entry::Queued(Queued(Arc::clone(self))))
+    }
+
+    /// [`Gate::enter`], then the wait in the queue if it comes to that.
+    pub async fn admit(self: &Arc<Self>, limits: &Limits) -> Result<Slot, Refusal> {
+        match self.enter(limits)? {
+            Entry::Admitted(slot) => Ok(slot),
+            Entry::Queued(queued) => queued.wait(limits).await,
         }
     }
 
-    fn try_take(&self, max: usize) -> bool {
+    fn try_take(&self, limits: &Limits) -> bool {
+        let max = limits.max_connections.unwrap_or(usize::MAX);
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -333,6 +335,33 @@ impl Gate {
                 return;
             }
             freed.await;
+        }
+    }
+}
+
+impl Queued {
+    /// Waits for a slot, at most `queue-timeout`; the place in the queue is given up however
+    /// the wait ends.
+    pub async fn wait(self, limits: &Limits) -> Result<Slot, Refusal> {
+        let gate = &self.0;
+        let wait = async {
+            loop {
+                // Registered before the check, so a slot freed between the two is not missed.
+                let freed = gate.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if gate.draining.load(Ordering::Acquire) {
+                    return Err(Refusal::Draining);
+                }
+                if gate.try_take(limits) {
+                    return Ok(Slot(Arc::clone(gate)));
+                }
+                freed.await;
+            }
+        };
+        match tokio::time::timeout(limits.queue_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(Refusal::QueueTimeout),
         }
     }
 }
@@ -402,7 +431,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn beyond_the_limit_clients_queue_then_time_out_or_are_refused() {
-        let gate = Gate::default();
+        let gate = Arc::new(Gate::default());
         let limits = Limits {
             max_connections: Some(1),
             queue: 1,

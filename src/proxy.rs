@@ -119,6 +119,170 @@ where
     }
 }
 
+/// [`relay`] for a client and a backend, taking the fast path when both are plain TCP.
+///
+/// `copy_bidirectional` owns a buffer per direction for the whole life of the connection:
+/// 32 KiB for a pair that may sit idle for minutes. On plain TCP we can do better: wait until
+/// the socket is *readable*, and only then borrow a buffer from a small per-thread pool, read,
+/// write it on, and give it back. A connection holds a buffer only while its bytes are in
+/// flight (while the destination is too slow to take them at once), and an idle one holds
+/// none. TLS streams keep the generic path: rustls buffers records inside the stream anyway.
+pub async fn relay_conns(
+    client: &mut Conn,
+    backend: &mut Conn,
+    idle: Option<Duration>,
+    up_total: &AtomicU64,
+    down_total: &AtomicU64,
+) -> Relayed {
+    match (client, backend) {
+        (Conn::Plain(c), Conn::Plain(b)) => relay_plain(c, b, idle, up_total, down_total).await,
+        (c, b) => relay(c, b, idle, up_total, down_total).await,
+    }
+}
+
+/// Which end of a [`pipe`] failed.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+async fn relay_plain(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    idle: Option<Duration>,
+    up_total: &AtomicU64,
+    down_total: &AtomicU64,
+) -> Relayed {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (client_read, mut client_write) = client.split();
+    let (backend_read, mut backend_write) = backend.split();
+    let up_meter = Meter {
+        bytes: &up,
+        total: up_total,
+        last: &last,
+        start,
+    };
+    let down_meter = Meter {
+        bytes: &down,
+        total: down_total,
+        last: &last,
+        start,
+    };
+    // Both directions in this one task, as `copy_bidirectional` does; the first error ends both.
+    let copied = async {
+        let up = async {
+            pipe(client_read.as_ref(), &mut backend_write, &up_meter)
+                .await
+                .map_err(|f| match f {
+                    Failed::Read(e) => End::Client(e),
+                    Failed::Write(e) => End::Backend(e),
+                })
+        };
+        let down = async {
+            pipe(backend_read.as_ref(), &mut client_write, &down_meter)
+                .await
+                .map_err(|f| match f {
+                    Failed::Read(e) => End::Backend(e),
+                    Failed::Write(e) => End::Client(e),
+                })
+        };
+        tokio::try_join!(up, down).err()
+    };
+    let end = match idle {
+        None => copied.await,
+        Some(idle) => tokio::select! {
+            end = copied => end,
+            () = quiet_for(idle, &last, start) => Some(End::IdleTimeout),
+        },
+    };
+    Relayed {
+        up: up.into_inner(),
+        down: down.into_inner(),
+        end: end.unwrap_or(End::Done),
+    }
+}
+
+/// Where [`pipe`] counts what it moves.
+struct Meter<'a> {
+    /// This connection's bytes in this direction.
+    bytes: &'a AtomicU64,
+    /// The backend's total in this direction, for `/metrics`.
+    total: &'a AtomicU64,
+    /// Last activity either way, for the idle timeout.
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+/// Copies `src` to `dst` until `src` ends, then shuts down `dst`'s write side (passing the
+/// half-close on). Holds a pooled buffer only between a read and the end of its write.
+async fn pipe(
+    src: &TcpStream,
+    dst: &mut tokio::net::tcp::WriteHalf<'_>,
+    meter: &Meter<'_>,
+) -> Result<(), Failed> {
+    use tokio::io::AsyncWriteExt as _;
+    loop {
+        src.readable().await.map_err(Failed::Read)?;
+        let mut buf = pool::take();
+        let n = match src.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A spurious wake-up: readiness is cleared, wait again.
+                pool::give(buf);
+                continue;
+            }
+            Err(e) => {
+                pool::give(buf);
+                return Err(Failed::Read(e));
+            }
+        };
+        if n == 0 {
+            pool::give(buf);
+            return dst.shutdown().await.map_err(Failed::Write);
+        }
+        meter.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        meter.total.fetch_add(n as u64, Ordering::Relaxed);
+        let now = meter.start.elapsed().as_millis() as u64;
+        meter.last.store(now, Ordering::Relaxed);
+        let written = dst.write_all(&buf[..n]).await;
+        pool::give(buf);
+        written.map_err(Failed::Write)?;
+    }
+}
+
+/// Forwarding buffers, kept per worker thread so that taking one is a few instructions and no
+/// lock. A buffer taken on one thread may come back on another (a task can move between
+/// awaits); each pool keeps at most [`pool::KEEP`] and frees the rest.
+mod pool {
+    use std::cell::RefCell;
+
+    use super::BUFFER_SIZE;
+
+    /// Buffers a thread keeps for reuse: enough for the connections that have bytes in
+    /// flight at once on one thread, in practice.
+    pub const KEEP: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Box<[u8]> {
+        FREE.with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+    }
+
+    pub fn give(buf: Box<[u8]>) {
+        FREE.with(|f| {
+            let mut free = f.borrow_mut();
+            if free.len() < KEEP {
+                free.push(buf);
+            }
+        });
+    }
+}
+
 /// Resolves once `last` (milliseconds after `start`) is `idle` in the past.
 async fn quiet_for(idle: Duration, last: &AtomicU64, start: Instant) {
     loop {

@@ -16,7 +16,8 @@
 //!
 //! Per connection, in order, each step able to end it with one access-log line:
 //!
-//! 1. a slot under `max-connections`, maybe after a short wait in the queue;
+//! 1. a slot under `max-connections`, decided in the accept loop itself (so a refused client
+//!    is closed before the next accept), maybe after a short wait in the queue;
 //! 2. with `accept-proxy`, the PROXY header that names the real client;
 //! 3. the allow/deny lists and `max-per-client`, against that real client;
 //! 4. the TLS handshake, if the listener terminates TLS;
@@ -34,14 +35,14 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::balancer::{AbortOnDrop, Balancer};
-use crate::limits::{Gate, Refusal};
+use crate::limits::{Entry, Gate, Refusal};
 use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy::{self, Conn, End};
 use crate::{net, proxy_protocol, tls};
 
 pub struct Server {
     current: RwLock<Arc<Balancer>>,
-    gate: Gate,
+    gate: Arc<Gate>,
     counters: Counters,
     /// The active health checks of the current configuration, while serving.
     checker: Mutex<Option<AbortOnDrop>>,
@@ -52,7 +53,7 @@ impl Server {
     pub fn new(balancer: Balancer) -> Arc<Server> {
         Arc::new(Server {
             current: RwLock::new(Arc::new(balancer)),
-            gate: Gate::default(),
+            gate: Arc::default(),
             counters: Counters::default(),
             checker: Mutex::new(None),
             serving: AtomicBool::new(false),
@@ -104,7 +105,18 @@ impl Server {
                 biased;
                 () = &mut shutdown => break,
                 (stream, peer) = net::accept(&listener) => {
-                    tokio::spawn(Arc::clone(self).serve(stream, peer));
+                    metrics::inc(&self.counters.accepted);
+                    let balancer = self.balancer();
+                    match self.gate.enter(&balancer.limits) {
+                        Ok(entry) => {
+                            tokio::spawn(Arc::clone(self).serve(stream, peer, balancer, entry));
+                        }
+                        // Closed here, before the next accept (see `Gate::enter`).
+                        Err(why) => {
+                            drop(stream);
+                            self.refused(peer, why, Instant::now());
+                        }
+                    }
                 }
             }
         }
@@ -144,13 +156,21 @@ impl Server {
         self.gate.active()
     }
 
-    async fn serve(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    /// One client, from its slot (or its place in the queue) to its access-log line.
+    async fn serve(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        balancer: Arc<Balancer>,
+        entry: Entry,
+    ) {
         let started = Instant::now();
-        let balancer = self.balancer();
-        metrics::inc(&self.counters.accepted);
-        let _slot = match self.gate.admit(&balancer.limits).await {
-            Ok(slot) => slot,
-            Err(why) => return self.refused(peer, why, started),
+        let _slot = match entry {
+            Entry::Admitted(slot) => slot,
+            Entry::Queued(queued) => match queued.wait(&balancer.limits).await {
+                Ok(slot) => slot,
+                Err(why) => return self.refused(peer, why, started),
+            },
         };
 
         let (client, dialled) = if balancer.accept_proxy {
@@ -203,7 +223,7 @@ impl Server {
             metrics::inc(&self.counters.no_backend);
             return access(client, &"-", 0, 0, started, "no-backend", None);
         };
-        let relayed = proxy::relay(
+        let relayed = proxy::relay_conns(
             &mut conn,
             &mut upstream,
             balancer.idle_timeout,
