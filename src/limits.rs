@@ -282,14 +282,6 @@ impl Gate {
         Ok(Entry::Queued(Queued(Arc::clone(self))))
     }
 
-    /// [`Gate::enter`], then the wait in the queue if it comes to that.
-    pub async fn admit(self: &Arc<Self>, limits: &Limits) -> Result<Slot, Refusal> {
-        match self.enter(limits)? {
-            Entry::Admitted(slot) => Ok(slot),
-            Entry::Queued(queued) => queued.wait(limits).await,
-        }
-    }
-
     fn try_take(&self, limits: &Limits) -> bool {
         let max = limits.max_connections.unwrap_or(usize::MAX);
         self.active
@@ -427,6 +419,17 @@ mod tests {
         assert!(gate.per_client.lock().unwrap().is_empty());
         assert!(gate.admit_client(ip("10.0.0.1"), Some(2)).is_ok());
         assert!(gate.admit_client(ip("10.0.0.1"), None).is_ok());
+    }
+
+    impl Gate {
+        /// What the server does for a client, in one call: [`Gate::enter`], then the wait in
+        /// the queue if it comes to that.
+        async fn admit(self: &Arc<Self>, limits: &Limits) -> Result<Slot, Refusal> {
+            match self.enter(limits)? {
+                Entry::Admitted(slot) => Ok(slot),
+                Entry::Queued(queued) => queued.wait(limits).await,
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@
 //! [`tokio::io::copy_bidirectional_with_sizes`] does exactly this: one buffer per direction, owned
 //! by this connection's task, polled from a single task so no locking is involved.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,30 +93,103 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let mut a = Metered::new(client, up_total, &last, start);
-    let mut b = Metered::new(backend, down_total, &last, start);
+    let tally = Tally::new();
+    let mut a = Metered::new(client, tally.meter(&tally.up, up_total));
+    let mut b = Metered::new(backend, tally.meter(&tally.down, down_total));
     let copied = async {
-        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE).await
+        let result =
+            tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE)
+                .await;
+        result.err().map(|e| match a.failed {
+            true => End::Client(e),
+            false => End::Backend(e),
+        })
     };
-    let end = match idle {
-        None => copied.await.err(),
-        Some(idle) => tokio::select! {
-            result = copied => result.err(),
-            () = quiet_for(idle, &last, start) => Some(io::Error::from(io::ErrorKind::TimedOut)),
-        },
-    };
-    let end = match end {
-        None => End::Done,
-        Some(e) if a.failed => End::Client(e),
-        Some(e) if b.failed => End::Backend(e),
-        Some(_) => End::IdleTimeout,
-    };
-    Relayed {
-        up: a.bytes,
-        down: b.bytes,
-        end,
+    let end = tally.settle(copied, idle).await;
+    tally.relayed(end)
+}
+
+/// One connection's counts: bytes each way, and when the last byte moved either way.
+struct Tally {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one direction in `bytes` (`up` or `down`) and in the backend's `total`.
+    fn meter<'a>(&'a self, bytes: &'a AtomicU64, total: &'a AtomicU64) -> Meter<'a> {
+        Meter {
+            tally: self,
+            bytes,
+            total,
+        }
+    }
+
+    /// Waits for `copied` (both directions; `Some` on an error) or, with `idle`, for the
+    /// connection to have been quiet that long, whichever comes first.
+    async fn settle(
+        &self,
+        copied: impl Future<Output = Option<End>>,
+        idle: Option<Duration>,
+    ) -> End {
+        let end = match idle {
+            None => copied.await,
+            Some(idle) => tokio::select! {
+                end = copied => end,
+                () = self.quiet_for(idle) => Some(End::IdleTimeout),
+            },
+        };
+        end.unwrap_or(End::Done)
+    }
+
+    /// Resolves once the last byte is `idle` in the past.
+    async fn quiet_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = self.start + last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    fn relayed(self, end: End) -> Relayed {
+        Relayed {
+            up: self.up.into_inner(),
+            down: self.down.into_inner(),
+            end,
+        }
+    }
+}
+
+/// Where one direction counts what it moves.
+struct Meter<'a> {
+    tally: &'a Tally,
+    /// This connection's bytes in this direction.
+    bytes: &'a AtomicU64,
+    /// The backend's total in this direction, for `/metrics`.
+    total: &'a AtomicU64,
+}
+
+impl Meter<'_> {
+    fn record(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.total.fetch_add(n, Ordering::Relaxed);
+        let now = self.tally.start.elapsed().as_millis() as u64;
+        self.tally.last.store(now, Ordering::Relaxed);
     }
 }
 
@@ -153,23 +227,11 @@ async fn relay_plain(
     up_total: &AtomicU64,
     down_total: &AtomicU64,
 ) -> Relayed {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let tally = Tally::new();
     let (client_read, mut client_write) = client.split();
     let (backend_read, mut backend_write) = backend.split();
-    let up_meter = Meter {
-        bytes: &up,
-        total: up_total,
-        last: &last,
-        start,
-    };
-    let down_meter = Meter {
-        bytes: &down,
-        total: down_total,
-        last: &last,
-        start,
-    };
+    let up_meter = tally.meter(&tally.up, up_total);
+    let down_meter = tally.meter(&tally.down, down_total);
     // Both directions in this one task, as `copy_bidirectional` does; the first error ends both.
     let copied = async {
         let up = async {
@@ -190,29 +252,8 @@ async fn relay_plain(
         };
         tokio::try_join!(up, down).err()
     };
-    let end = match idle {
-        None => copied.await,
-        Some(idle) => tokio::select! {
-            end = copied => end,
-            () = quiet_for(idle, &last, start) => Some(End::IdleTimeout),
-        },
-    };
-    Relayed {
-        up: up.into_inner(),
-        down: down.into_inner(),
-        end: end.unwrap_or(End::Done),
-    }
-}
-
-/// Where [`pipe`] counts what it moves.
-struct Meter<'a> {
-    /// This connection's bytes in this direction.
-    bytes: &'a AtomicU64,
-    /// The backend's total in this direction, for `/metrics`.
-    total: &'a AtomicU64,
-    /// Last activity either way, for the idle timeout.
-    last: &'a AtomicU64,
-    start: Instant,
+    let end = tally.settle(copied, idle).await;
+    tally.relayed(end)
 }
 
 /// Copies `src` to `dst` until `src` ends, then shuts down `dst`'s write side (passing the
@@ -242,10 +283,7 @@ async fn pipe(
             pool::give(buf);
             return dst.shutdown().await.map_err(Failed::Write);
         }
-        meter.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        meter.total.fetch_add(n as u64, Ordering::Relaxed);
-        let now = meter.start.elapsed().as_millis() as u64;
-        meter.last.store(now, Ordering::Relaxed);
+        meter.record(n as u64);
         let written = dst.write_all(&buf[..n]).await;
         pool::give(buf);
         written.map_err(Failed::Write)?;
@@ -283,36 +321,18 @@ mod pool {
     }
 }
 
-/// Resolves once `last` (milliseconds after `start`) is `idle` in the past.
-async fn quiet_for(idle: Duration, last: &AtomicU64, start: Instant) {
-    loop {
-        let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    }
-}
-
 /// One side of [`relay`]: counts what is read from it and notes whether it failed.
 struct Metered<'a, S: ?Sized> {
     inner: &'a mut S,
-    /// Bytes read from this side.
-    bytes: u64,
-    total: &'a AtomicU64,
-    last: &'a AtomicU64,
-    start: Instant,
+    meter: Meter<'a>,
     failed: bool,
 }
 
 impl<'a, S: ?Sized> Metered<'a, S> {
-    fn new(inner: &'a mut S, total: &'a AtomicU64, last: &'a AtomicU64, start: Instant) -> Self {
+    fn new(inner: &'a mut S, meter: Meter<'a>) -> Self {
         Metered {
             inner,
-            bytes: 0,
-            total,
-            last,
-            start,
+            meter,
             failed: false,
         }
     }
@@ -336,10 +356,7 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, S> {
         let poll = Pin::new(&mut *this.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
-            this.bytes += n;
-            this.total.fetch_add(n, Ordering::Relaxed);
-            let now = this.start.elapsed().as_millis() as u64;
-            this.last.store(now, Ordering::Relaxed);
+            this.meter.record(n);
         }
         this.note(poll)
     }

@@ -27,6 +27,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,6 +35,7 @@ use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::backend::Backend;
 use crate::balancer::{AbortOnDrop, Balancer};
 use crate::limits::{Entry, Gate, Refusal};
 use crate::metrics::{self, Counters, Exposition, get};
@@ -87,11 +89,6 @@ impl Server {
         metrics::inc(&self.counters.reloads_failed);
     }
 
-    /// Connections being served now.
-    pub fn active_connections(&self) -> usize {
-        self.gate.active()
-    }
-
     /// Serves `listener` until `shutdown` resolves, then stops accepting (the listener is
     /// closed when this returns) and stops the health checks. Connections in flight go on;
     /// see [`Server::drain`].
@@ -114,7 +111,7 @@ impl Server {
                         // Closed here, before the next accept (see `Gate::enter`).
                         Err(why) => {
                             drop(stream);
-                            self.refused(peer, why, Instant::now());
+                            self.refuse(peer, why).log(Instant::now());
                         }
                     }
                 }
@@ -156,43 +153,66 @@ impl Server {
         self.gate.active()
     }
 
-    /// One client, from its slot (or its place in the queue) to its access-log line.
+    /// One client: [`Server::handle`], then its access-log line, written once everything the
+    /// connection held (sockets, slots, counts) is released, so that a line in the log means
+    /// the connection is gone.
     async fn serve(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         balancer: Arc<Balancer>,
         entry: Entry,
     ) {
         let started = Instant::now();
+        self.handle(stream, peer, &balancer, entry)
+            .await
+            .log(started);
+    }
+
+    /// From the client's slot (or its place in the queue) to the end of its connection.
+    async fn handle<'a>(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        balancer: &'a Balancer,
+        entry: Entry,
+    ) -> Outcome<'a> {
         let _slot = match entry {
             Entry::Admitted(slot) => slot,
             Entry::Queued(queued) => match queued.wait(&balancer.limits).await {
                 Ok(slot) => slot,
-                Err(why) => return self.refused(peer, why, started),
+                Err(why) => return self.refuse(peer, why),
             },
         };
 
         let (client, dialled) = if balancer.accept_proxy {
             let header = proxy_protocol::read_header(&mut stream);
-            match tokio::time::timeout(balancer.handshake_timeout, header).await {
-                Ok(Ok(Some((client, dialled)))) => (client, Some(dialled)),
-                Ok(Ok(None)) => (peer, None),
-                Ok(Err(e)) => return self.bad_proxy_header(peer, &e, started),
-                Err(_) => return self.bad_proxy_header(peer, &"no header in time", started),
+            let read = match tokio::time::timeout(balancer.handshake_timeout, header).await {
+                Ok(Ok(Some((client, dialled)))) => Ok((client, Some(dialled))),
+                Ok(Ok(None)) => Ok((peer, None)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no header in time")),
+            };
+            match read {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    metrics::inc(&self.counters.proxy_header_errors);
+                    tracing::warn!(client = %peer, "bad PROXY header: {e}");
+                    return Outcome::early(peer, "bad-proxy-header");
+                }
             }
         } else {
             (peer, None)
         };
         if !balancer.limits.permits(client.ip()) {
-            return self.refused(client, Refusal::Denied, started);
+            return self.refuse(client, Refusal::Denied);
         }
         let _per_client = match self
             .gate
             .admit_client(client.ip(), balancer.limits.max_per_client)
         {
             Ok(slot) => slot,
-            Err(why) => return self.refused(client, why, started),
+            Err(why) => return self.refuse(client, why),
         };
         // What the backend's PROXY header says the client dialled: read before TLS takes the
         // socket, and only when some backend wants it (it costs a system call).
@@ -210,7 +230,7 @@ impl Server {
                 Err(e) => {
                     metrics::inc(&self.counters.tls_handshake_failures);
                     tracing::warn!(%client, "TLS handshake with client failed: {e}");
-                    return access(client, &"-", 0, 0, started, "tls-handshake-failed", None);
+                    return Outcome::early(client, "tls-handshake-failed");
                 }
             },
         };
@@ -218,10 +238,10 @@ impl Server {
         let Some((backend, mut upstream, _active, counters)) =
             balancer.connect_upstream(client, addrs).await
         else {
-            // Dropping `conn` closes it at once: the client sees the connection end rather
-            // than waiting on a backend that will never answer.
+            // Returning drops `conn`, which closes it at once: the client sees the connection
+            // end rather than waiting on a backend that will never answer.
             metrics::inc(&self.counters.no_backend);
-            return access(client, &"-", 0, 0, started, "no-backend", None);
+            return Outcome::early(client, "no-backend");
         };
         let relayed = proxy::relay_conns(
             &mut conn,
@@ -231,34 +251,29 @@ impl Server {
             &counters.bytes_down,
         )
         .await;
-        let error = match &relayed.end {
-            End::Client(e) | End::Backend(e) => Some(e as &dyn Display),
+        let end = relayed.end.as_str();
+        let error = match relayed.end {
+            End::Client(e) | End::Backend(e) => Some(e),
             End::IdleTimeout => {
                 metrics::inc(&self.counters.idle_timeouts);
                 None
             }
             End::Done => None,
         };
-        access(
+        Outcome {
             client,
-            backend,
-            relayed.up,
-            relayed.down,
-            started,
-            relayed.end.as_str(),
+            backend: Some(backend),
+            up: relayed.up,
+            down: relayed.down,
+            end,
             error,
-        );
+        }
     }
 
-    fn refused(&self, client: SocketAddr, why: Refusal, started: Instant) {
+    /// Counts a refusal; the outcome to log.
+    fn refuse(&self, client: SocketAddr, why: Refusal) -> Outcome<'static> {
         self.counters.refused(why);
-        access(client, &"-", 0, 0, started, why.as_str(), None);
-    }
-
-    fn bad_proxy_header(&self, peer: SocketAddr, error: &dyn Display, started: Instant) {
-        metrics::inc(&self.counters.proxy_header_errors);
-        tracing::warn!(client = %peer, "bad PROXY header: {error}");
-        access(peer, &"-", 0, 0, started, "bad-proxy-header", None);
+        Outcome::early(client, why.as_str())
     }
 
     /// `/health` of the admin listener: `Ok` while serving with a backend up; `Err(why)`
@@ -401,26 +416,54 @@ impl Server {
     }
 }
 
-/// The access log: one line per client connection, however it ended. Under the `access` target,
-/// so `RUST_LOG=info,access=off` silences it without hiding errors.
-fn access(
+/// How one client's connection went: the access log's line.
+struct Outcome<'a> {
     client: SocketAddr,
-    backend: &dyn Display,
+    backend: Option<&'a Backend>,
     up: u64,
     down: u64,
-    started: Instant,
-    end: &str,
-    error: Option<&dyn Display>,
-) {
-    let duration = started.elapsed();
-    match error {
-        None => tracing::info!(
-            target: "access",
-            %client, %backend, up, down, ?duration, %end, "connection closed"
-        ),
-        Some(error) => tracing::info!(
-            target: "access",
-            %client, %backend, up, down, ?duration, %end, %error, "connection closed"
-        ),
+    /// How it ended: `done`, `idle-timeout`, `client-error`, or why it never started.
+    end: &'static str,
+    error: Option<io::Error>,
+}
+
+impl Outcome<'_> {
+    /// A connection that ended before any byte was forwarded.
+    fn early(client: SocketAddr, end: &'static str) -> Outcome<'static> {
+        Outcome {
+            client,
+            backend: None,
+            up: 0,
+            down: 0,
+            end,
+            error: None,
+        }
+    }
+
+    /// The access log: one line per client connection, however it ended. Under the `access`
+    /// target, so `RUST_LOG=info,access=off` silences it without hiding errors.
+    fn log(self, started: Instant) {
+        let Outcome {
+            client,
+            up,
+            down,
+            end,
+            ..
+        } = self;
+        let backend: &dyn Display = match self.backend {
+            Some(b) => b,
+            None => &"-",
+        };
+        let duration = started.elapsed();
+        match self.error {
+            None => tracing::info!(
+                target: "access",
+                %client, %backend, up, down, ?duration, %end, "connection closed"
+            ),
+            Some(error) => tracing::info!(
+                target: "access",
+                %client, %backend, up, down, ?duration, %end, %error, "connection closed"
+            ),
+        }
     }
 }

@@ -101,9 +101,8 @@ fn metrics_count_connect_failures_and_health_follows_the_backends() {
         "1",
     ]);
     let up = |m: &str, b: &str| metric(m, &format!("tcplb_backend_up{{backend=\"{b}\"}}"));
-    wait_until("the dead backend to be marked down", || {
-        up(&metrics(&lb), &dead) == 0
-    });
+    lb.wait_stderr("health checks failed in a row", 1);
+    assert_eq!(up(&metrics(&lb), &dead), 0);
     assert_eq!(served_by(lb.addr(), 4), ["server1"; 4]);
     let m = metrics(&lb);
     assert_eq!(up(&m, &live), 1);
@@ -119,9 +118,11 @@ fn metrics_count_connect_failures_and_health_follows_the_backends() {
     assert_eq!(admin_get(lb.addrs[1], "/health").0, 200);
     // With every backend down, /health says so.
     drop(dummy);
-    wait_until("/health to report no backend", || {
-        admin_get(lb.addrs[1], "/health") == (503, "no backend is up\n".to_owned())
-    });
+    lb.wait_stderr("health checks failed in a row", 2);
+    assert_eq!(
+        admin_get(lb.addrs[1], "/health"),
+        (503, "no backend is up\n".to_owned())
+    );
 }
 
 #[test]
@@ -160,13 +161,12 @@ fn beyond_max_connections_clients_queue_then_are_refused() {
     // The third waits in the queue: its bytes are not forwarded yet.
     let mut queued = connect(lb.addr());
     queued.write_all(b"queued").unwrap();
-    wait_until("a queued client", || {
-        metric(&metrics(&lb), "tcplb_connections_queued") == 1
-    });
-    // The queue holds one: the fourth is closed at once.
+    // The queue holds one: the fourth is closed at once. (The listener takes clients in the
+    // order they connected, so the third has its place in the queue by then.)
     let mut refused = connect(lb.addr());
     assert!(closed_without_data(&mut refused));
     lb.wait_stderr("end=max-connections", 1);
+    assert_eq!(metric(&metrics(&lb), "tcplb_connections_queued"), 1);
     // A slot frees up: the queued client is served.
     drop(first);
     let mut back = [0u8; 6];
@@ -243,9 +243,7 @@ fn per_client_limits_and_allow_deny_lists_use_the_client_ip() {
     lb.wait_stderr("end=denied", 1);
     // Once one of the first two ends, 127.0.0.1 may connect again.
     drop(held);
-    wait_until("127.0.0.1's connections to end", || {
-        metric(&metrics(&lb), "tcplb_connections_active") == 1
-    });
+    lb.wait_stderr("end=done", 2);
     let mut again = connect_from([127, 0, 0, 1], lb.addr());
     echo(&mut again, b"z");
 

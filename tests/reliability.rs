@@ -155,8 +155,9 @@ fn a_backend_killed_mid_transfer_ends_the_client_within_3_s_and_frees_every_fd()
     }
     assert!(got < 1 << 32);
     drop(s);
+    // The access-log line is written once the connection's sockets are closed.
     lb.wait_stderr("connection closed", 2);
-    lb.wait_fds(baseline);
+    assert_eq!(lb.fd_count(), baseline);
 }
 
 #[test]
@@ -311,7 +312,9 @@ fn under_a_256_fd_limit_400_clients_are_served_or_turned_away_without_spinning()
     assert!(log.contains("end=max-connections") && log.contains("end=queue-timeout"));
     assert!(!log.contains("Too many open files"), "{log}");
     drop(held);
-    lb.wait_fds(baseline);
+    // The warm-up and the 400: each one access-log line, written once its sockets are closed.
+    lb.wait_stderr("connection closed", 401);
+    assert_eq!(lb.fd_count(), baseline);
     served_by_echo(lb.addr());
 }
 
@@ -336,7 +339,9 @@ fn past_its_fd_limit_it_backs_off_instead_of_spinning_and_recovers() {
     assert_no_spin(&lb, cpu, wall);
     assert!(lb.is_running());
     drop(held);
-    lb.wait_fds(baseline);
+    // The warm-up and the 400: each one access-log line, written once its sockets are closed.
+    lb.wait_stderr("connection closed", 401);
+    assert_eq!(lb.fd_count(), baseline);
     served_by_echo(lb.addr());
 }
 
@@ -443,20 +448,17 @@ fn plaintext_garbage_and_a_truncated_client_hello_on_the_tls_port_are_closed() {
 
 #[test]
 fn sigterm_during_slow_transfers_lets_them_finish() {
-    let (_dummies, backends) = dummies(1);
-    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
-    args.extend(backends.iter().map(String::as_str));
-    let mut lb = Proc::start(LB, &args, 2);
-    // A slow answer, and a big one read slowly.
+    let (dummy, backends) = dummies(1);
+    let mut lb = start(&backends.iter().map(String::as_str).collect::<Vec<_>>());
+    // A slow answer, and a big one read after the SIGTERM.
     let mut slow = connect(lb.addr());
     write!(slow, "GET /delay/700 HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
     const BIG: usize = 32 * MIB;
     let mut big = connect(lb.addr());
     write!(big, "GET /bytes/{BIG} HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
-    wait_until("both connections in flight", || {
-        let (_, m) = admin_get(lb.addrs[1], "/metrics");
-        metric(&m, "tcplb_connections_active") == 2
-    });
+    // Both requests reached the backend: both connections are in flight.
+    dummy.wait_stderr("GET /delay/700", 1);
+    dummy.wait_stderr(&format!("GET /bytes/{BIG}"), 1);
     lb.signal("TERM");
     lb.wait_stderr("draining", 1);
     let reply = read_reply(&mut slow);
@@ -481,5 +483,6 @@ fn twenty_thousand_sequential_connections_leave_no_fd_behind() {
         s.read_exact(&mut back).unwrap();
         assert_eq!(u32::from_le_bytes(back), i);
     }
-    lb.wait_fds(baseline);
+    lb.wait_stderr("connection closed", 20_001);
+    assert_eq!(lb.fd_count(), baseline);
 }

@@ -7,12 +7,12 @@
 //! when `--cert`/`--key` (or the config's `[tls]`) are given; the strategies of the tutorial (`round-robin`,
 //! `random`, and `least-called`, the Go tutorial's own algorithm, to compare); and a TOML file
 //! (`--config`, see [`lb::config`]) as an alternative to flags, which override it. The
-//! start-up itself lives in [`lb::app`], because steps 08 and 09 reuse it whole.
+//! start-up itself lives in [`lb::app`], because steps 08, 09 and 10 (`tcp-lb`) reuse it whole.
 //!
 //! With no backend configured at all it starts the Go finale's topology inside the process:
 //! server1 on HTTPS, server2 on HTTP, server3 on HTTPS, their certificates from a CA made in
-//! memory at start-up. That is what `cargo run --release` runs: it works on a fresh clone,
-//! with no certificate files.
+//! memory at start-up. `cargo run --release` (step 10's `tcp-lb`, which keeps this) runs that:
+//! it works on a fresh clone, with no certificate files.
 //!
 //! **What the Go version got wrong:** the servers are constants compiled in; each TLS dial
 //! re-reads the certificate files; the "RoundRobin" is least-cumulative-calls over a map

@@ -145,9 +145,19 @@ impl Proc {
     }
 
     /// Waits until stderr contains `needle` `times` times; panics with the log otherwise.
+    /// Counts as the log grows (lines arrive whole, so no match straddles two looks): waiting
+    /// for the 20,000th line does not rescan the first 19,999 each time.
     pub fn wait_stderr(&self, needle: &str, times: usize) -> String {
+        let (seen, count) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
         self.stderr
-            .wait_for(|t| t.matches(needle).count() >= times, PATIENCE)
+            .wait_for(
+                |t| {
+                    count.set(count.get() + t[seen.get()..].matches(needle).count());
+                    seen.set(t.len());
+                    count.get() >= times
+                },
+                PATIENCE,
+            )
             .unwrap_or_else(|| {
                 panic!(
                     "stderr never showed {times}× {needle:?}:\n{}",
@@ -452,16 +462,6 @@ pub fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Polls `cond` until it holds, for at most [`PATIENCE`]; for state that no event announces
-/// (a process's open descriptors, its exit).
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -476,18 +476,26 @@ impl Proc {
         assert!(status.success(), "kill -{signal} failed");
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits for the process to exit; returns its exit code. A watchdog kills it after
+    /// [`PATIENCE`], so a process that never exits fails the test instead of hanging it.
     pub fn wait_exit(&mut self) -> i32 {
-        let mut code = None;
-        wait_until("the process to exit", || {
-            code = self
-                .child
-                .try_wait()
-                .unwrap()
-                .map(|s| s.code().unwrap_or(-1));
-            code.is_some()
+        let pid = self.pid().to_string();
+        let (done, watch) = mpsc::channel::<()>();
+        let watchdog = thread::spawn(move || {
+            if watch.recv_timeout(PATIENCE).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                return true;
+            }
+            false
         });
-        code.unwrap()
+        let status = self.child.wait().unwrap();
+        let _ = done.send(());
+        assert!(
+            !watchdog.join().unwrap(),
+            "the process did not exit within {PATIENCE:?}:\n{}",
+            self.stderr()
+        );
+        status.code().unwrap_or(-1)
     }
 
     /// Open file descriptors of the process now (Linux).
@@ -505,13 +513,6 @@ impl Proc {
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let fields: Vec<&str> = after.split(' ').collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-
-    /// Waits until the process's descriptor count is back to `baseline` (or below).
-    pub fn wait_fds(&self, baseline: usize) {
-        wait_until(&format!("fds back to {baseline}"), || {
-            self.fd_count() <= baseline
-        });
     }
 }
 
