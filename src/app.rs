@@ -116,7 +116,14 @@ pub struct ProductionArgs {
     /// Serve /metrics (Prometheus) and /health on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Threads that serve connections; 1 runs everything on the main thread [default: one per
+    /// CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
+    pub workers: Option<u16>,
 }
+
+/// More worker threads than this is a typo, not a tuning.
+pub const MAX_WORKERS: usize = 1024;
 
 /// How long in-flight connections get after SIGTERM unless configured.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,6 +140,36 @@ pub struct Step {
     pub health: Option<HealthArgs>,
     /// `Some` in step 10: limits, timeouts, drain, reload, PROXY protocol, admin listener.
     pub production: Option<ProductionArgs>,
+}
+
+/// `main` for the steps that pick their thread count (tcp-lb): builds the runtime the flags
+/// and config ask for, then [`run`]s on it.
+///
+/// One worker is tokio's current-thread runtime: accept loop, relays, health checks and the
+/// admin listener all take turns on the main thread, with no work stealing and no cross-thread
+/// wake-ups, which is what a proxy pinned to one CPU wants (chapter 11 measures it). More
+/// workers is the multi-thread runtime with that many threads.
+pub fn main(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyhow::Result<()> {
+    let configured = match &common.config {
+        Some(path) => Config::load(path)?.workers,
+        None => None,
+    };
+    let flag = step.production.as_ref().and_then(|p| p.workers);
+    let workers = flag.map(usize::from).or(configured);
+    let runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run(step, common, strategy))
 }
 
 /// Starts the balancer the flags and config describe, and serves until Ctrl-C or SIGTERM.

@@ -60,6 +60,8 @@ pub struct Config {
     pub accept_proxy: Option<bool>,
     /// Address of the admin listener (`/metrics`, `/health`).
     pub admin: Option<SocketAddr>,
+    /// Threads that serve connections (chapter 11); read once, at start-up.
+    pub workers: Option<usize>,
     /// `[limits]`: who may connect, and how many.
     pub limits: Option<LimitsSection>,
     #[serde(default, rename = "backend")]
@@ -184,6 +186,7 @@ impl Config {
             ("drain-timeout", self.drain_timeout.is_some()),
             ("accept-proxy", self.accept_proxy.is_some()),
             ("admin", self.admin.is_some()),
+            ("workers", self.workers.is_some()),
             ("[limits]", self.limits.is_some()),
             (
                 "proxy-protocol",
@@ -244,6 +247,14 @@ impl Config {
             if value == Some(0) {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        if let Some(n) = config.workers
+            && !(1..=crate::app::MAX_WORKERS).contains(&n)
+        {
+            return Err(format!(
+                "workers must be from 1 to {}, not {n}",
+                crate::app::MAX_WORKERS
+            ));
         }
         Ok(config)
     }

@@ -64,8 +64,7 @@ struct Args {
     production: ProductionArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: Args = cli::parse();
     cli::init_tracing();
     let step = Step {
@@ -74,5 +73,5 @@ async fn main() -> ExitCode {
         health: Some(args.health),
         production: Some(args.production),
     };
-    cli::report(app::run(step, args.common, args.strategy).await)
+    cli::report(app::main(step, args.common, args.strategy))
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# tcp-lb beside HAProxy and nginx on this machine: installs what is missing (Debian/Ubuntu,
+# apt-get), builds the release binaries, then runs benches/compare/compare.py with the flags
+# given here (--mode pinned|unpinned|both, --rounds N, --seconds S, --out FILE, ...).
+#
+#   benches/compare/run.sh                       # both modes, about 15 minutes
+#   benches/compare/run.sh --mode pinned --workloads keepalive,close --targets haproxy,tcp-lb
+#
+# Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+missing=()
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v nginx >/dev/null || missing+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v iperf3 >/dev/null || missing+=(iperf3)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${missing[*]}" >&2
+    $sudo apt-get update -q >&2
+    # Debian starts the nginx and haproxy services after installing them where it can; the
+    # policy-rc.d answer 101 keeps them from starting (the comparison starts its own).
+    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
+fi
+
+cargo build --release --bin tcp-lb --bin dummy-server --bin certs >&2
+exec python3 benches/compare/compare.py "$@"
