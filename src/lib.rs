@@ -23,6 +23,7 @@
 //! | [`proxy_protocol`] | 10-production | PROXY protocol v1/v2, sent and accepted |
 //! | [`metrics`] | 10-production | counters and their Prometheus text |
 //! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
+//! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
 
 pub mod admin;
 pub mod app;
@@ -39,6 +40,8 @@ pub mod net;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod server;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod strategy;
 pub mod tls;
 

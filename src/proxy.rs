@@ -266,7 +266,19 @@ async fn pipe(
     use std::pin::Pin;
     use std::task::Poll;
     use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadBuf};
+    // Set once a read fills a whole buffer: this direction carries a bulk stream, and from
+    // then on its bytes go socket to socket through a pipe, never through our memory.
+    #[cfg(target_os = "linux")]
+    let mut splicing = false;
     loop {
+        #[cfg(target_os = "linux")]
+        if splicing {
+            match splice_once(src.as_ref(), dst.as_ref(), meter).await? {
+                Spliced::Moved => continue,
+                Spliced::End => return dst.shutdown().await.map_err(Failed::Write),
+                Spliced::Unavailable => splicing = false,
+            }
+        }
         src.readable().await.map_err(Failed::Read)?;
         let mut buf = pool::take();
         let mut filled = ReadBuf::new(&mut buf);
@@ -274,16 +286,20 @@ async fn pipe(
         // bytes than the buffer holds) tokio knows the socket is drained and clears its
         // readiness, so the next `readable()` sleeps at once instead of costing a `recv` that
         // answers EAGAIN. With request/response traffic that is one syscall in three.
-        let polled = std::future::poll_fn(|cx| {
-            Poll::Ready(Pin::new(&mut *src).poll_read(cx, &mut filled))
-        })
-        .await;
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *src).poll_read(cx, &mut filled)))
+                .await;
         let n = filled.filled().len();
         match polled {
             Poll::Ready(Ok(())) => {}
-            // A spurious wake-up: readiness is cleared, wait again without the buffer.
+            // Either the wake-up was spurious (tokio cleared the readiness and will wake us),
+            // or this task used up its cooperative budget (tokio asked to be polled again
+            // later). Give the buffer back and really yield: looping straight back to
+            // `readable()`, which may still say "ready", would spin without ever returning
+            // to the scheduler, and on a one-thread runtime nothing else would run again.
             Poll::Pending => {
                 pool::give(buf);
+                tokio::task::yield_now().await;
                 continue;
             }
             Poll::Ready(Err(e)) => {
@@ -295,11 +311,75 @@ async fn pipe(
             pool::give(buf);
             return dst.shutdown().await.map_err(Failed::Write);
         }
+        #[cfg(target_os = "linux")]
+        if n == buf.len() && crate::splice::enabled() {
+            splicing = true;
+        }
         meter.record(n as u64);
         let written = dst.write_all(&buf[..n]).await;
         pool::give(buf);
         written.map_err(Failed::Write)?;
     }
+}
+
+/// What one [`splice_once`] did.
+#[cfg(target_os = "linux")]
+enum Spliced {
+    /// Bytes went from `src` to `dst` (or a wake-up was spurious).
+    Moved,
+    /// `src` reached its end.
+    End,
+    /// No pipe could be had, or the kernel cannot splice these sockets: copy instead.
+    Unavailable,
+}
+
+/// Waits until `src` is readable, then moves what it has to `dst` through a pooled pipe,
+/// waiting for `dst` to take all of it (back-pressure, as `write_all` does).
+#[cfg(target_os = "linux")]
+async fn splice_once(
+    src: &TcpStream,
+    dst: &TcpStream,
+    meter: &Meter<'_>,
+) -> Result<Spliced, Failed> {
+    use crate::splice::{Pipe, splice_in, splice_out};
+    use tokio::io::Interest;
+    src.readable().await.map_err(Failed::Read)?;
+    let Ok(pipe) = Pipe::take() else {
+        return Ok(Spliced::Unavailable);
+    };
+    let n = match src.try_io(Interest::READABLE, || splice_in(src, &pipe)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(_unavailable)) => {
+            pipe.give();
+            return Ok(Spliced::Unavailable);
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            pipe.give();
+            return Ok(Spliced::Moved);
+        }
+        Err(e) => {
+            pipe.give();
+            return Err(Failed::Read(e));
+        }
+    };
+    if n == 0 {
+        pipe.give();
+        return Ok(Spliced::End);
+    }
+    meter.record(n as u64);
+    let mut left = n;
+    while left > 0 {
+        // On an error the pipe is dropped, not pooled: it may still hold bytes.
+        dst.writable().await.map_err(Failed::Write)?;
+        match dst.try_io(Interest::WRITABLE, || splice_out(&pipe, dst, left, false)) {
+            Ok(0) => return Err(Failed::Write(io::ErrorKind::WriteZero.into())),
+            Ok(m) => left -= m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Failed::Write(e)),
+        }
+    }
+    pipe.give();
+    Ok(Spliced::Moved)
 }
 
 /// Forwarding buffers, kept per worker thread so that taking one is a few instructions and no

@@ -17,10 +17,25 @@ use common::*;
 const LB: &str = bin!("tcp-lb");
 const MIB: usize = 1024 * 1024;
 
+/// Starts tcp-lb. `LB_WORKERS=N` in the environment adds `--workers N`, and tcp-lb itself reads
+/// `TCP_LB_SPLICE=off`: CI runs this suite again as `TCP_LB_SPLICE=off LB_WORKERS=1`, so that
+/// every forwarding path (splice and buffers, one thread and several) passes all of it.
 fn start(args: &[&str]) -> Proc {
+    let workers = std::env::var("LB_WORKERS").ok();
     let mut all = vec!["--listen", "127.0.0.1:0"];
+    if let Some(n) = &workers {
+        all.extend(["--workers", n.as_str()]);
+    }
     all.extend_from_slice(args);
     Proc::start(LB, &all, 1)
+}
+
+/// Worker threads of the tcp-lb that [`start`] starts.
+fn workers() -> usize {
+    std::env::var("LB_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The stream both ends of the big transfer agree on: a pseudo-random block of prime length,
@@ -158,6 +173,13 @@ fn a_backend_killed_mid_transfer_ends_the_client_within_3_s_and_frees_every_fd()
     // The access-log line is written once the connection's sockets are closed.
     lb.wait_stderr("connection closed", 2);
     assert_eq!(lb.fd_count(), baseline);
+    // 4 MiB went through splice(2): its pipe went back to a pool of at most 8 per worker (two
+    // descriptors each), beside stdout and stderr.
+    assert!(
+        lb.pipe_count() <= 2 + 2 * 8 * workers(),
+        "{} pipes",
+        lb.pipe_count()
+    );
 }
 
 #[test]

@@ -498,11 +498,29 @@ impl Proc {
         status.code().unwrap_or(-1)
     }
 
-    /// Open file descriptors of the process now (Linux).
+    /// Open file descriptors of the process now, pipes aside (Linux). Plain forwarding keeps a
+    /// few empty pipes pooled for splice(2), as it pools buffers; what a leaked connection
+    /// leaves behind is a socket, and sockets are what this counts.
     pub fn fd_count(&self) -> usize {
+        self.fds()
+            .filter(|target| !target.starts_with("pipe:"))
+            .count()
+    }
+
+    /// Pipes the process holds now: stdout and stderr (to this test), and the pooled ones.
+    pub fn pipe_count(&self) -> usize {
+        self.fds()
+            .filter(|target| target.starts_with("pipe:"))
+            .count()
+    }
+
+    fn fds(&self) -> impl Iterator<Item = String> {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
     }
 
     /// CPU time the process used so far, user and system, in clock ticks (1/100 s).
