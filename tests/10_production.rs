@@ -448,6 +448,7 @@ fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
         (&["--backend", "127.0.0.1:1,proxy=v3"], &["v3"]),
         (&["--queue-timeout", "0"], &["queue-timeout"]),
         (&["--max-connections", "many"], &["max-connections"]),
+        (&["--workers", "0"], &["--workers"]),
     ] {
         assert_one_line_error(LB, args, words);
     }
@@ -459,6 +460,7 @@ fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
             &["2:", "300.0.0.0/8"],
         ),
         ("[limits]\nqueue-timeout = 0\n", &["queue-timeout"]),
+        ("workers = 0\n", &["workers", "from 1"]),
         (
             "[[backend]]\naddress = \"h:1\"\nproxy-protocol = \"v9\"\n",
             &["3:", "v9"],

@@ -241,7 +241,9 @@ class Bench:
         else:
             cmd = [self.opts.tcp_lb, "--listen", f"127.0.0.1:{port}",
                    "--strategy", "ip-hash" if balance == "source" else "round-robin",
-                   "--health-interval", "0", "--workers", str(self.workers)]
+                   "--health-interval", "0"]
+            if "--workers" not in self.opts.tcp_lb_args:
+                cmd += ["--workers", str(self.workers)]
             for b in backends:
                 cmd += ["--backend", f"127.0.0.1:{b}"]
             if tls:
