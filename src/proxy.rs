@@ -371,7 +371,7 @@ async fn splice_once(
     while left > 0 {
         // On an error the pipe is dropped, not pooled: it may still hold bytes.
         dst.writable().await.map_err(Failed::Write)?;
-        match dst.try_io(Interest::WRITABLE, || splice_out(&pipe, dst, left, false)) {
+        match dst.try_io(Interest::WRITABLE, || splice_out(&pipe, dst, left)) {
             Ok(0) => return Err(Failed::Write(io::ErrorKind::WriteZero.into())),
             Ok(m) => left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

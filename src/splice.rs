@@ -4,7 +4,7 @@
 //! received bytes into our buffer (`recv`), then copies them back into the other socket
 //! (`send`). `splice` moves them from a socket into a pipe and from the pipe into the other
 //! socket as references to the kernel's own pages: the bytes never enter the process. For a
-//! bulk stream that halves the proxy's CPU per byte; for a 100-byte request it saves nothing
+//! bulk stream that cuts the proxy's CPU per byte by more than half (60 % in chapter 11); for a 100-byte request it saves nothing
 //! and costs the same two system calls, so [`crate::proxy`] switches a direction to splicing
 //! only once a read fills its whole buffer (HAProxy calls this `splice-auto`).
 //!
@@ -94,13 +94,9 @@ pub fn splice_in(src: impl AsFd, pipe: &Pipe) -> io::Result<Result<usize, Unavai
 }
 
 /// Moves up to `len` bytes from the pipe into the socket; `WouldBlock` when the socket's send
-/// buffer is full. `more` tells the kernel further bytes follow at once, so it need not push
-/// a partial segment.
-pub fn splice_out(pipe: &Pipe, dst: impl AsFd, len: usize, more: bool) -> io::Result<usize> {
-    let mut flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    if more {
-        flags |= SpliceFlags::MORE;
-    }
+/// buffer is full.
+pub fn splice_out(pipe: &Pipe, dst: impl AsFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     Ok(splice(&pipe.read, None, dst, None, len, flags)?)
 }
 
@@ -141,7 +137,7 @@ mod tests {
             }
             let mut left = n;
             while left > 0 {
-                left -= splice_out(&pipe, &c, left, false).unwrap();
+                left -= splice_out(&pipe, &c, left).unwrap();
             }
             pipe.give();
         }
