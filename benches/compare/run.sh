@@ -23,8 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing ${missing[*]}" >&2
     $sudo apt-get update -q >&2
-    # Debian starts the nginx and haproxy services after installing them where it can; the
-    # policy-rc.d answer 101 keeps them from starting (the comparison starts its own).
+    # Debian starts the nginx and haproxy services after installing them where it can;
+    # RUNLEVEL=1 tells invoke-rc.d not to (the comparison starts its own, on other ports).
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
 fi
 
