@@ -53,14 +53,18 @@ struct Record {
 /// One request on a new connection; returns its latency and whether the slow backend answered.
 async fn request(client: IpAddr, lb: SocketAddr) -> (Duration, bool) {
     let started = Instant::now();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(client, 0)).unwrap();
-    let mut s = socket.connect(lb).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().or_exit("cannot make a socket");
+    socket
+        .bind(SocketAddr::new(client, 0))
+        .or_exit("cannot bind the client address");
+    let mut s = socket.connect(lb).await.or_exit("cannot connect");
     s.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
         .await
-        .unwrap();
+        .or_exit("cannot send the request");
     let mut answer = Vec::with_capacity(1024);
-    s.read_to_end(&mut answer).await.unwrap();
+    s.read_to_end(&mut answer)
+        .await
+        .or_exit("cannot read the answer");
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     let slow = answer.windows(18).any(|w| w == b"x-served-by: slow\r");
     (started.elapsed(), slow)
@@ -90,10 +94,10 @@ async fn closed_loop(lb: SocketAddr, requests: usize, record: &Mutex<Record>) ->
     }
     let mut all = Vec::with_capacity(requests);
     while let Some(seen) = clients.join_next().await {
-        all.extend(seen.unwrap());
+        all.extend(seen.or_exit("a client task failed"));
     }
     let elapsed = started.elapsed();
-    let mut r = record.lock().unwrap();
+    let mut r = record.lock().or_exit("record lock");
     r.to_slow += all.iter().filter(|(_, _, slow)| *slow).count();
     r.latencies.extend(all.iter().map(|&(i, l, _)| (i, l)));
     r.busy += elapsed;
@@ -109,8 +113,10 @@ fn slow_backend(c: &mut Criterion) {
     let rt = runtime();
     let backends = rt.block_on(async {
         [("fast1", FAST), ("fast2", FAST), ("slow", SLOW)].map(|(name, delay)| {
-            let server = DummyServer::new(name).unwrap().with_delay(delay);
-            dummy::spawn_on_loopback(server).unwrap()
+            let server = DummyServer::new(name)
+                .or_exit("bad server name")
+                .with_delay(delay);
+            dummy::spawn_on_loopback(server).or_exit("cannot start a dummy server")
         })
     });
     // Every strategy with equal weights, plus weighted round robin told the truth about the
@@ -158,7 +164,7 @@ fn slow_backend(c: &mut Criterion) {
         SLOW.as_millis() / FAST.as_millis()
     );
     for (name, _, _) in &runs {
-        let r = records[name.as_str()].lock().unwrap();
+        let r = records[name.as_str()].lock().or_exit("record lock");
         if r.latencies.is_empty() {
             continue; // filtered out on the command line
         }

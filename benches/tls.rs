@@ -21,11 +21,11 @@ const BULK: usize = 4 << 20;
 
 fn tls(c: &mut Criterion) {
     let rt = runtime();
-    let bundle = lb::certs::generate_localhost().unwrap();
-    let server_config = bundle.server_config().unwrap();
-    let upstream = lb::tls::client_config(bundle.roots()).unwrap();
+    let bundle = lb::certs::generate_localhost().or_exit("cannot make certificates");
+    let server_config = bundle.server_config().or_exit("bad server config");
+    let upstream = lb::tls::client_config(bundle.roots()).or_exit("bad client config");
     // The benchmark's own client never resumes: each connection is a full handshake.
-    let mut client = (*lb::tls::client_config(bundle.roots()).unwrap()).clone();
+    let mut client = (*lb::tls::client_config(bundle.roots()).or_exit("bad client config")).clone();
     client.resumption = rustls::client::Resumption::disabled();
     let connector = TlsConnector::from(Arc::new(client));
 

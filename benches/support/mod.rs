@@ -13,12 +13,31 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+/// A bench that cannot set itself up, or whose traffic fails, stops with one line saying
+/// what failed (as every binary does), not with a panic and a backtrace.
+pub trait OrExit<T> {
+    fn or_exit(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrExit<T> for Result<T, E> {
+    fn or_exit(self, what: &str) -> T {
+        self.unwrap_or_else(|e| {
+            eprintln!("error: {what}: {e}");
+            std::process::exit(1)
+        })
+    }
+}
+
+/// The address every bench server binds: an ephemeral port on the IPv4 loopback.
+pub const LOOPBACK_ANY: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
+        .or_exit("cannot start the runtime")
 }
 
 /// Copies everything back until EOF, then closes: the simplest backend for a byte proxy.
@@ -30,8 +49,10 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
 
 /// A plain (or, with `tls`, TLS) echo server on an ephemeral loopback port.
 pub async fn spawn_echo(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
-    let listener = lb::net::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = lb::net::bind(LOOPBACK_ANY).or_exit("cannot listen on 127.0.0.1");
+    let addr = listener
+        .local_addr()
+        .or_exit("cannot read the bound address");
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
@@ -59,9 +80,11 @@ pub async fn spawn_balancer(
     options: Options,
 ) -> SocketAddr {
     let strategy = strategy.build(&lb::backend::members(&backends));
-    let balancer = Balancer::new(backends, strategy, options).unwrap();
-    let listener = lb::net::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let balancer = Balancer::new(backends, strategy, options).or_exit("cannot build the balancer");
+    let listener = lb::net::bind(LOOPBACK_ANY).or_exit("cannot listen on 127.0.0.1");
+    let addr = listener
+        .local_addr()
+        .or_exit("cannot read the bound address");
     tokio::spawn(balancer.run(listener, std::future::pending()));
     addr
 }
@@ -70,14 +93,14 @@ pub async fn spawn_balancer(
 pub async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(stream: S, data: &[u8]) {
     let (mut r, mut w) = tokio::io::split(stream);
     let write = async {
-        w.write_all(data).await.unwrap();
-        w.shutdown().await.unwrap();
+        w.write_all(data).await.or_exit("cannot send");
+        w.shutdown().await.or_exit("cannot half-close");
     };
     let read = async {
         let mut buf = vec![0u8; 64 * 1024];
         let mut got = 0;
         while got < data.len() {
-            let n = r.read(&mut buf).await.unwrap();
+            let n = r.read(&mut buf).await.or_exit("cannot receive");
             assert!(n > 0, "connection closed after {got} bytes");
             got += n;
         }
@@ -86,8 +109,8 @@ pub async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(stream: S, data: &[u8]
 }
 
 pub async fn tcp(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
+    let s = TcpStream::connect(addr).await.or_exit("cannot connect");
+    s.set_nodelay(true).or_exit("cannot set TCP_NODELAY");
     s
 }
 
@@ -95,6 +118,9 @@ pub async fn tls(
     addr: SocketAddr,
     connector: &TlsConnector,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let name = ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp(addr).await).await.unwrap()
+    let name = ServerName::try_from("localhost").or_exit("bad server name");
+    connector
+        .connect(name, tcp(addr).await)
+        .await
+        .or_exit("TLS handshake failed")
 }
