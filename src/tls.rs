@@ -2,10 +2,11 @@
 //!
 //! Three rules from the chapters 5–7:
 //!
-//! * **One crypto provider.** rustls can run on `ring` or `aws-lc-rs`; each crate that depends
-//!   on rustls may enable its own default, and two providers in one build make
-//!   `ServerConfig::builder()` panic at the first connection. Every config here is built with
-//!   [`provider`] explicitly, which takes each primitive from whichever crate does it faster.
+//! * **One crypto provider, named.** rustls can run on `ring` or `aws-lc-rs`; each crate that
+//!   depends on rustls may enable its own, and with two in one build `ServerConfig::builder()`
+//!   cannot pick a default and panics at the first connection. This build has both on purpose:
+//!   [`provider`] takes each primitive from whichever crate does it faster, and every config
+//!   here is built with it explicitly (`builder_with_provider`).
 //! * **Build configs once.** Parsing certificates and keys, building the root store and the
 //!   session caches costs far more than a handshake; a `ServerConfig`/`ClientConfig` is built at
 //!   start-up and shared behind an `Arc` by every connection. Sharing the client config is also
