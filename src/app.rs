@@ -125,6 +125,10 @@ pub struct ProductionArgs {
 /// More worker threads than this is a typo, not a tuning.
 pub const MAX_WORKERS: usize = 1024;
 
+/// How long a SIGHUP reload may take (reading files, resolving backend names) before it is
+/// given up and the running configuration kept.
+pub const RELOAD_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long in-flight connections get after SIGTERM unless configured.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection may be quiet both ways unless configured.
@@ -479,17 +483,31 @@ async fn reload_on_sighup(
             None => "the command line".to_owned(),
         };
         tracing::info!("SIGHUP: reloading the configuration from {source}");
-        let result = async {
-            let config = setup.load_config()?;
-            if setup.listen(&config)? != listen || setup.admin(&config) != admin {
-                tracing::warn!(
-                    "a new listen or admin address takes a restart; keeping {listen}{}",
-                    admin.map(|a| format!(" and {a}")).unwrap_or_default()
-                );
-            }
-            setup.plan(config).await
-        }
-        .await;
+        // Off the runtime's threads and bounded in time: the config and PEM files are read
+        // with blocking calls, and a path that turned into a FIFO or a hung mount must stall
+        // only this reload, never the connections the runtime serves (`files` refuses
+        // FIFOs and devices at once; the limit is for what even that cannot see).
+        let runtime = tokio::runtime::Handle::current();
+        let reading = Arc::clone(&setup);
+        let work = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async {
+                let config = reading.load_config()?;
+                if reading.listen(&config)? != listen || reading.admin(&config) != admin {
+                    tracing::warn!(
+                        "a new listen or admin address takes a restart; keeping {listen}{}",
+                        admin.map(|a| format!(" and {a}")).unwrap_or_default()
+                    );
+                }
+                reading.plan(config).await
+            })
+        });
+        let result = match tokio::time::timeout(RELOAD_LIMIT, work).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(anyhow::anyhow!("the reload task failed: {e}")),
+            Err(_) => Err(anyhow::anyhow!(
+                "not done within {RELOAD_LIMIT:?} (a file or a backend name that does not answer)"
+            )),
+        };
         match result {
             Ok(plan) => {
                 server.reload(plan.balancer);

@@ -87,20 +87,59 @@ pub async fn shutdown_signal() {
 
 /// Parses a flag given in seconds (`3`, `0.5`) into a [`std::time::Duration`].
 pub fn seconds(s: &str) -> Result<std::time::Duration, String> {
-    let d = seconds_or_zero(s)?;
-    if d.is_zero() {
-        return Err(format!("`{s}` must be a positive number of seconds"));
-    }
-    Ok(d)
+    parse_seconds(s, false)
 }
 
 /// [`seconds`], where 0 is allowed (it turns something off).
 pub fn seconds_or_zero(s: &str) -> Result<std::time::Duration, String> {
+    parse_seconds(s, true)
+}
+
+fn parse_seconds(s: &str, zero_ok: bool) -> Result<std::time::Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(0.0..1e9).contains(&secs) {
-        return Err(format!("`{s}` must be a number of seconds, 0 or more"));
+    checked_seconds(secs, zero_ok).map_err(|why| format!("`{s}` {why}"))
+}
+
+/// The one rule for every duration given in seconds, on the command line and in the config
+/// file alike: a finite number under 1e9 (31 years; more is a typo), and either exactly 0
+/// where 0 turns the thing off, or at least one nanosecond. Without that last check `1e-300`
+/// passes "positive" and becomes a zero `Duration`: a timeout that fires at once, or an
+/// interval that means "off" where the user asked for "often".
+pub fn checked_seconds(secs: f64, zero_ok: bool) -> Result<std::time::Duration, &'static str> {
+    if zero_ok && secs == 0.0 {
+        return Ok(std::time::Duration::ZERO);
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(match zero_ok {
+            true => "must be 0 or a positive number of seconds",
+            false => "must be a positive number of seconds",
+        });
+    }
+    let d = std::time::Duration::from_secs_f64(secs);
+    if d.is_zero() {
+        return Err("is below one nanosecond: give 0 to turn it off, or a longer time");
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_take_seconds_and_refuse_what_would_become_zero() {
+        assert_eq!(seconds("0.5").unwrap().as_millis(), 500);
+        assert!(seconds("0").unwrap_err().contains("positive"));
+        assert!(seconds("1e-300").unwrap_err().contains("nanosecond"));
+        assert!(
+            seconds_or_zero("1e-300")
+                .unwrap_err()
+                .contains("nanosecond")
+        );
+        assert!(seconds_or_zero("0").unwrap().is_zero());
+        assert!(seconds("inf").is_err() && seconds("-1").is_err() && seconds("1e9").is_err());
+        assert!(seconds("x").unwrap_err().contains("not a number"));
+    }
 }

@@ -199,8 +199,7 @@ impl Config {
 
     /// Reads and parses `path`. Errors are one line: `FILE:LINE:COLUMN: what is wrong`.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let text = crate::files::read_capped_text(path, "config file", crate::files::MAX_CONFIG)?;
         Config::parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
     }
 
@@ -231,12 +230,12 @@ impl Config {
             ("health.max-cooldown", h.and_then(|h| h.max_cooldown), false),
             ("health.interval", h.and_then(|h| h.interval), true),
         ] {
+            // The flags' own rule (`cli::checked_seconds`), so a value one refuses the other
+            // refuses too.
             if let Some(v) = value
-                && !(v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v < 1e9)
+                && let Err(why) = crate::cli::checked_seconds(v, zero_ok)
             {
-                return Err(format!(
-                    "{key} must be a positive number of seconds, not {v}"
-                ));
+                return Err(format!("{key} {why}, not {v}"));
             }
         }
         for (key, value) in [
@@ -350,6 +349,22 @@ mod tests {
         assert!(e.starts_with("1:12: ") && e.contains("fastest"), "{e}");
         let e = Config::parse("connect-timeout = -1\n").unwrap_err();
         assert!(e.contains("connect-timeout"), "{e}");
+        // What the flags refuse, the file refuses: a duration that would round to zero.
+        for key in [
+            "connect-timeout",
+            "handshake-timeout",
+            "idle-timeout",
+            "drain-timeout",
+        ] {
+            let e = Config::parse(&format!("{key} = 1e-300\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains("nanosecond"), "{e}");
+        }
+        for key in ["cooldown", "max-cooldown", "interval"] {
+            let e = Config::parse(&format!("[health]\n{key} = 1e-300\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains("nanosecond"), "{e}");
+        }
+        let e = Config::parse("[limits]\nqueue-timeout = 1e-300\n").unwrap_err();
+        assert!(e.contains("queue-timeout"), "{e}");
         assert!(!Config::parse("listen = [\n").unwrap_err().contains('\n'));
         let e = Config::parse("[[backend]]\naddress = \"h:1\"\nweight = 0\n").unwrap_err();
         assert!(

@@ -129,9 +129,14 @@ impl DummyServer {
             // whole answer; hyper's default would close as soon as it reads the EOF.
             .half_close(true)
             .serve_connection(TokioIo::new(io), service)
+            // We close the connection ourselves, lingering: see `net::lingering_close`.
+            .without_shutdown()
             .await;
-        if let Err(e) = result {
-            tracing::debug!(server = %self.name, client = %peer, "connection ended: {e}");
+        match result {
+            Ok(parts) => net::lingering_close(parts.io.into_inner(), net::LINGER).await,
+            Err(e) => {
+                tracing::debug!(server = %self.name, client = %peer, "connection ended: {e}")
+            }
         }
     }
 

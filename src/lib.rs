@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`net`] | 01-ping | binding with a real backlog, the `listening on` line, an accept loop that never spins |
 //! | [`cli`] | 01-ping | one-line start-up errors, logging set-up |
+//! | [`files`] | hardening | reading operator-named files: regular files only, size caps, no blocking |
 //! | [`dummy`] | dummy-server | the HTTP backend the tutorial balances over |
 //! | [`proxy`] | 02-forward | copying bytes both ways with half-close |
 //! | [`backend`] | 02-forward | a backend address, resolved once, dialled with a timeout |
@@ -33,6 +34,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dummy;
+pub mod files;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -149,3 +149,35 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+/// How long [`lingering_close`] keeps reading what a peer still sends after our last byte.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a connection we are done writing to without losing the end of what we wrote:
+/// shut down our side (for TLS, `close_notify` then FIN), then read and discard until the peer
+/// closes too, for at most `limit`.
+///
+/// Why not just drop it: closing a TCP socket that still has *unread* bytes in its receive
+/// buffer makes the kernel send a reset instead of a FIN and throw away whatever it had not yet
+/// sent of ours (RFC 1122 4.2.2.13). A TLS peer that half-closes sends a `close_notify` record,
+/// which an HTTP server that stops reading after the request body never reads; under load our
+/// last kilobytes are still queued when we close, and the peer sees a truncated response. nginx
+/// calls this `lingering_close`, Apache `lingering close`; both exist for exactly this.
+pub async fn lingering_close<S>(mut io: S, limit: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let linger = async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, linger).await;
+}

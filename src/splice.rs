@@ -106,44 +106,72 @@ mod tests {
     use std::io::{Read as _, Write as _};
     use std::net::{TcpListener, TcpStream};
 
+    /// Every socket of the test gives up after this long, so a stall fails with a message.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn patient(s: TcpStream) -> TcpStream {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
+        s
+    }
+
     #[test]
     fn bytes_cross_a_pooled_pipe_between_two_sockets_unchanged() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut a = TcpStream::connect(addr).unwrap();
-        let (b, _) = listener.accept().unwrap();
-        let c = TcpStream::connect(addr).unwrap();
-        let (mut d, _) = listener.accept().unwrap();
+        let mut a = patient(TcpStream::connect(addr).unwrap());
+        let b = patient(listener.accept().unwrap().0);
+        let c = patient(TcpStream::connect(addr).unwrap());
+        let mut d = patient(listener.accept().unwrap().0);
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let writer = {
             let data = data.clone();
             std::thread::spawn(move || {
                 a.write_all(&data).unwrap();
                 a.shutdown(std::net::Shutdown::Write).unwrap();
+                // Handed back, not dropped: a closed socket with bytes still queued is an
+                // orphan, and under memory pressure the kernel kills orphans ("TCP: out of
+                // memory") without a FIN, which left the splice below waiting forever.
+                a
             })
         };
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
-            d.read_to_end(&mut got).unwrap();
-            got
+            d.read_to_end(&mut got).map(|_| got)
         });
-        // Blocking sockets: splice waits on the socket, and the pipe is drained each time.
+        // Blocking sockets: splice waits on the socket (up to PATIENCE), and the pipe is
+        // drained each time.
+        let mut moved = 0;
         loop {
             let pipe = Pipe::take().unwrap();
-            let n = splice_in(&b, &pipe).unwrap().unwrap();
+            let n = match splice_in(&b, &pipe) {
+                Ok(n) => n.unwrap(),
+                Err(e) => panic!("splice_in stalled after {moved} bytes: {e}"),
+            };
             if n == 0 {
                 pipe.give();
                 break;
             }
             let mut left = n;
             while left > 0 {
-                left -= splice_out(&pipe, &c, left).unwrap();
+                left -= splice_out(&pipe, &c, left)
+                    .unwrap_or_else(|e| panic!("splice_out stalled after {moved} bytes: {e}"));
             }
+            moved += n;
             pipe.give();
         }
         c.shutdown(std::net::Shutdown::Write).unwrap();
-        writer.join().unwrap();
-        assert!(reader.join().unwrap() == data);
+        let got = reader
+            .join()
+            .unwrap()
+            .expect("the far end reads everything in time");
+        drop(writer.join().unwrap());
+        assert!(
+            got == data,
+            "{} bytes arrived, {} sent",
+            got.len(),
+            data.len()
+        );
         assert!(
             FREE.with(|f| f.borrow().len()) == 1,
             "the one pipe was reused"

@@ -25,6 +25,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::files;
+
 /// The certificate chain `cargo run --bin certs` writes, presented by our TLS listeners.
 pub const DEFAULT_CERT: &str = "certs/localhost.pem";
 /// Its private key.
@@ -77,14 +79,16 @@ fn is_aes_128_gcm(suite: rustls::CipherSuite) -> bool {
     )
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::NotFound {
+/// A PEM file, read through [`files::read_capped`] (regular files only, at most
+/// [`files::MAX_PEM`]).
+fn read(path: &Path, what: &'static str) -> anyhow::Result<Vec<u8>> {
+    files::read_capped(path, what, files::MAX_PEM).map_err(|e| {
+        let hint = if e.is_not_found() {
             " (run `cargo run --bin certs` to create the tutorial's certificates)"
         } else {
             ""
         };
-        anyhow::anyhow!("cannot read {what} {}: {e}{hint}", path.display())
+        anyhow::anyhow!("{e}{hint}")
     })
 }
 

@@ -508,3 +508,144 @@ fn twenty_thousand_sequential_connections_leave_no_fd_behind() {
     lb.wait_stderr("connection closed", 20_001);
     assert_eq!(lb.fd_count(), baseline);
 }
+
+/// Replaces `path` with a FIFO nobody writes to.
+fn make_fifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {path:?}");
+}
+
+/// A config path that became a FIFO, or a link to `/dev/zero`, is refused by the reload at
+/// once; clients are served all along and memory does not grow (it used to block the runtime
+/// for good, or read gigabytes).
+#[test]
+fn a_reload_from_a_fifo_or_dev_zero_is_refused_and_never_stalls_clients() {
+    let (_dummy, backends) = dummies(1);
+    let dir = temp_dir("reload-special");
+    let file = dir.join("lb.toml");
+    std::fs::write(
+        &file,
+        format!("[[backend]]\naddress = \"{}\"\n", backends[1]),
+    )
+    .unwrap();
+    let lb = start(&["--config", path_str(&file)]);
+    let mut kept = connect(lb.addr());
+    assert_eq!(get_on(&mut kept, "/").served_by(), "server1");
+    let rss_before = rss_kib(&lb);
+
+    make_fifo(&file);
+    lb.signal("HUP");
+    let log = lb.wait_stderr("reload failed", 1);
+    assert!(log.contains("not a regular file (a FIFO)"), "{log}");
+    assert_eq!(get_on(&mut kept, "/").served_by(), "server1");
+    assert_eq!(served_by(lb.addr(), 2), ["server1"; 2]);
+
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
+    lb.signal("HUP");
+    let log = lb.wait_stderr("reload failed", 2);
+    assert!(log.contains("(a character device)"), "{log}");
+    assert_eq!(served_by(lb.addr(), 2), ["server1"; 2]);
+    let rss_after = rss_kib(&lb);
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "resident memory went from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// Resident memory of a process (Linux), in KiB.
+fn rss_kib(p: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// At start-up every file named on the command line or in the config must be a regular file
+/// under its size cap: a FIFO, `/dev/zero` or an oversized file is one `error:` line naming it.
+#[test]
+fn start_up_files_that_are_not_regular_or_too_large_are_one_line_errors() {
+    let dir = temp_dir("startup-special");
+    let fifo = dir.join("fifo.toml");
+    make_fifo(&fifo);
+    let huge = dir.join("huge.toml");
+    // One MiB of comments and a byte: valid TOML, but no honest config is that large.
+    let mut text = "#".repeat(1024 * 1024);
+    text.push('\n');
+    std::fs::write(&huge, text).unwrap();
+    let certs = make_certs("startup-special");
+    let key = certs.join("localhost-key.pem");
+    let cert = certs.join("localhost.pem");
+    for (args, words) in [
+        (
+            vec!["--config", "/dev/zero"],
+            &["config file /dev/zero", "not a regular file"][..],
+        ),
+        (
+            vec!["--config", path_str(&fifo)],
+            &["fifo.toml", "(a FIFO)"],
+        ),
+        (
+            vec!["--config", path_str(&huge)],
+            &["huge.toml", "1 MiB limit"],
+        ),
+        (
+            vec!["--cert", "/dev/zero", "--key", path_str(&key)],
+            &["certificate file /dev/zero", "not a regular file"],
+        ),
+        (
+            vec!["--cert", path_str(&cert), "--key", "/dev/zero"],
+            &["/dev/zero", "not a regular file"],
+        ),
+        (
+            vec!["--backend", "tls://127.0.0.1:1", "--ca", path_str(&fifo)],
+            &["fifo.toml", "(a FIFO)"],
+        ),
+    ] {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args);
+        assert_one_line_error(LB, &all, words);
+    }
+}
+
+/// A duration the flags refuse because it would round to zero, the config file refuses too.
+#[test]
+fn durations_too_small_to_exist_are_refused_in_the_file_as_on_the_command_line() {
+    assert_one_line_error(
+        LB,
+        &["--connect-timeout", "1e-300"],
+        &["--connect-timeout", "nanosecond"],
+    );
+    let dir = temp_dir("tiny-durations");
+    let file = dir.join("tiny.toml");
+    for text in [
+        "connect-timeout = 1e-300\n",
+        "handshake-timeout = 1e-300\n",
+        "idle-timeout = 1e-300\n",
+        "drain-timeout = 1e-300\n",
+        "[limits]\nqueue-timeout = 1e-300\n",
+        "[health]\ncooldown = 1e-300\n",
+        "[health]\nmax-cooldown = 1e-300\n",
+        "[health]\ninterval = 1e-300\n",
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let key = text
+            .split(" =")
+            .next()
+            .unwrap()
+            .rsplit('\n')
+            .next()
+            .unwrap();
+        assert_one_line_error(
+            LB,
+            &["--listen", "127.0.0.1:0", "--config", path_str(&file)],
+            &[key, "nanosecond"],
+        );
+    }
+}

@@ -28,6 +28,61 @@ macro_rules! bin {
 /// How long any single wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long one test binary may run in all. Every wait here is bounded by [`PATIENCE`]; this
+/// is the net under that, for a blocking call a test forgot to bound: the binary prints which
+/// tests were still running and exits non-zero, instead of holding CI until its own limit.
+pub const BINARY_LIMIT: Duration = Duration::from_secs(600);
+
+/// Starts the [`BINARY_LIMIT`] watchdog once per test binary (every helper that does I/O calls
+/// it).
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let started = Instant::now();
+        thread::spawn(move || {
+            while let Some(left) = BINARY_LIMIT.checked_sub(started.elapsed()) {
+                thread::park_timeout(left);
+            }
+            let running = RUNNING.lock().map(|r| r.join(", ")).unwrap_or_default();
+            eprintln!(
+                "error: this test binary is still running after {BINARY_LIMIT:?}; stuck: {running}"
+            );
+            std::process::exit(3);
+        });
+    });
+}
+
+/// Names of the threads (libtest names them after their test) that started a process or a
+/// connection and have not finished: what the watchdog reports.
+static RUNNING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn note_running() {
+    watchdog();
+    /// Removes its thread's test from [`RUNNING`] when the thread (the test) ends.
+    struct Registered(String);
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            if let Ok(mut running) = RUNNING.lock() {
+                running.retain(|n| *n != self.0);
+            }
+        }
+    }
+    thread_local! {
+        static REGISTERED: std::cell::OnceCell<Registered> = const { std::cell::OnceCell::new() };
+    }
+    let Some(name) = thread::current().name().map(str::to_owned) else {
+        return;
+    };
+    REGISTERED.with(|r| {
+        r.get_or_init(|| {
+            if let Ok(mut running) = RUNNING.lock() {
+                running.push(name.clone());
+            }
+            Registered(name)
+        });
+    });
+}
+
 /// Text a child wrote so far, with a way to wait for more.
 #[derive(Default)]
 struct Output {
@@ -66,6 +121,7 @@ impl Proc {
 
     /// [`Proc::start`] in the working directory `dir`.
     pub fn start_in(bin: &str, args: &[&str], listeners: usize, dir: Option<&Path>) -> Proc {
+        note_running();
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("RUST_LOG", "info")
@@ -238,6 +294,7 @@ pub fn assert_one_line_error(bin: &str, args: &[&str], words: &[&str]) {
 
 /// A TCP connection with timeouts, so a test that goes wrong fails instead of hanging.
 pub fn connect(addr: SocketAddr) -> TcpStream {
+    note_running();
     let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.set_write_timeout(Some(PATIENCE)).unwrap();
