@@ -431,7 +431,7 @@ impl Balancer {
 const LOCAL_EXHAUSTION: &str = "out of local resources";
 
 /// Aborts a background task when dropped, so it cannot outlive the balancer that owns it.
-pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -22,6 +22,7 @@
 //! | [`server`] | 10-production | the accept loop that outlives a configuration: reload, drain |
 //! | [`limits`] | 10-production | allow/deny CIDRs, per-client and overall connection limits |
 //! | [`proxy_protocol`] | 10-production | PROXY protocol v1/v2, sent and accepted |
+//! | [`memory`] | hardening | returning freed memory to the system after a burst of connections |
 //! | [`metrics`] | 10-production | counters and their Prometheus text |
 //! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
@@ -37,6 +38,7 @@ pub mod dummy;
 pub mod files;
 pub mod health;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

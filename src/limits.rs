@@ -204,6 +204,9 @@ pub struct Gate {
     freed: Notify,
     draining: AtomicBool,
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// The most connections held at once since [`Gate::take_peak`] last looked: how the memory
+    /// trimmer (`crate::memory`) knows a burst came and went between two of its looks.
+    peak: AtomicUsize,
 }
 
 /// A connection's place under `max-connections`; frees it when dropped. It owns a handle on
@@ -284,11 +287,22 @@ impl Gate {
 
     fn try_take(&self, limits: &Limits) -> bool {
         let max = limits.max_connections.unwrap_or(usize::MAX);
-        self.active
+        match self
+            .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
-            })
-            .is_ok()
+            }) {
+            Ok(before) => {
+                self.peak.fetch_max(before + 1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The high-water mark of held slots since the last call, which resets it to the count now.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.active(), Ordering::Relaxed)
     }
 
     /// Counts a connection against `ip`, unless it already has `max` of them.

@@ -95,6 +95,9 @@ impl Server {
     pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         self.serving.store(true, Ordering::Release);
         *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = self.balancer().spawn_checker();
+        let _trimmer = AbortOnDrop(tokio::spawn(crate::memory::trim_after_bursts(Arc::clone(
+            &self.gate,
+        ))));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

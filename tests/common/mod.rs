@@ -204,6 +204,11 @@ impl Proc {
     /// Counts as the log grows (lines arrive whole, so no match straddles two looks): waiting
     /// for the 20,000th line does not rescan the first 19,999 each time.
     pub fn wait_stderr(&self, needle: &str, times: usize) -> String {
+        self.wait_stderr_within(needle, times, PATIENCE)
+    }
+
+    /// [`Proc::wait_stderr`] with a time limit of its own, for events that come on a timer.
+    pub fn wait_stderr_within(&self, needle: &str, times: usize, limit: Duration) -> String {
         let (seen, count) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
         self.stderr
             .wait_for(
@@ -212,7 +217,7 @@ impl Proc {
                     seen.set(t.len());
                     count.get() >= times
                 },
-                PATIENCE,
+                limit,
             )
             .unwrap_or_else(|| {
                 panic!(
