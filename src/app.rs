@@ -122,8 +122,7 @@ pub struct ProductionArgs {
     pub workers: Option<u16>,
 }
 
-/// More worker threads than this is a typo, not a tuning.
-pub const MAX_WORKERS: usize = 1024;
+pub use crate::config::MAX_WORKERS;
 
 /// How long a SIGHUP reload may take (reading files, resolving backend names) before it is
 /// given up and the running configuration kept.

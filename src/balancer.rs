@@ -26,12 +26,11 @@
 //!
 //! A `Balancer` is one configuration: backends, strategy, timeouts, limits. The accept loop and
 //! what must outlive a configuration (the connection counts under the limits, the counters, the
-//! drain on shutdown, the swap on reload) are the [`Server`]'s, in `server.rs`; chapter 10 puts
+//! drain on shutdown, the swap on reload) are the [`Server`](crate::server::Server)'s, in `server.rs`; chapter 10 puts
 //! a new `Balancer` in place on SIGHUP, and a backend that stays keeps its state (health, live
 //! connections, counters) across the swap.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +39,6 @@ use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::backend::{Backend, DEFAULT_CONNECT_TIMEOUT, HealthCheck};
@@ -48,7 +46,6 @@ use crate::health::{Checks, Clock, Failover, Health};
 use crate::limits::Limits;
 use crate::metrics::{self, BackendCounters};
 use crate::proxy::Conn;
-use crate::server::Server;
 use crate::strategy::{Candidates, Strategy};
 use crate::{net, proxy_protocol, tls};
 
@@ -72,7 +69,7 @@ pub struct Options {
     pub limits: Limits,
     /// Read a PROXY protocol header from every client first (chapter 10).
     pub accept_proxy: bool,
-    /// How long [`Server::drain`] lets connections finish (chapter 10).
+    /// How long [`Server::drain`](crate::server::Server::drain) lets connections finish (chapter 10).
     pub drain_timeout: Duration,
 }
 
@@ -201,12 +198,6 @@ impl Balancer {
         &self.backends
     }
 
-    /// Serves `listener` until `shutdown` resolves. Connections in flight at that moment are
-    /// not waited for: chapter 10 drains them, see [`Server::drain`].
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        Server::new(self).run(listener, shutdown).await;
-    }
-
     /// Takes over the state of every backend of `old` that this configuration keeps (same
     /// address and scheme), and `old`'s clock, which that state's deadlines are counted in.
     pub(crate) fn inherit(&mut self, old: &Balancer) {
@@ -249,13 +240,7 @@ impl Balancer {
     ) -> Option<(&Backend, Conn, ActiveGuard<'_>, &BackendCounters)> {
         let mut tried = Vec::new();
         loop {
-            let view = View {
-                states: &self.states,
-                tried: &tried,
-                clock: self.clock,
-                now: Cell::new(None),
-            };
-            let Some(i) = self.strategy.pick(client.ip(), &view) else {
+            let Some(i) = self.pick(client.ip(), &tried) else {
                 if tried.is_empty() {
                     tracing::warn!(client = %client, "no backend is up: closing the connection");
                 } else {
@@ -263,36 +248,79 @@ impl Balancer {
                 }
                 return None;
             };
-            let (backend, state) = (&self.backends[i], &self.states[i]);
             // Counted from the pick, not from the connect: concurrent picks must see the
             // connections that are still being dialled, or they would all choose the same
             // "idle" backend.
-            let active = ActiveGuard::new(&state.active);
-            let error = match self.dial(i, addrs).await {
+            let active = self.count_active(i);
+            match self.dial_reporting(i, addrs).await {
                 Ok(upstream) => {
-                    if self.failover.is_some()
-                        && let Some(news) = state.health.connected()
-                    {
-                        tracing::info!(%backend, "{news}");
-                    }
+                    let state = &self.states[i];
                     metrics::inc(&state.counters.connections);
-                    return Some((backend, upstream, active, &state.counters));
+                    return Some((&self.backends[i], upstream, active, &state.counters));
                 }
-                Err(e) => e,
-            };
-            tracing::warn!(client = %client, %backend, "cannot reach backend: {error}");
-            if net::is_local_exhaustion(&error) {
-                // Our own shortage (file descriptors, ports, memory), not the backend's fault:
-                // blaming it would take healthy backends out, and the next one would fail the
-                // same way. This client is closed; the next may find a descriptor free.
-                return None;
-            }
-            let failover = self.failover.as_ref()?;
-            if let Some(news) = state.health.connect_failed(&error, failover, self.clock) {
-                tracing::warn!(%backend, "{news}");
+                Err(e) => {
+                    tracing::warn!(client = %client, backend = %self.backends[i], "cannot reach backend: {e}");
+                    if !self.may_try_another(&e) {
+                        return None;
+                    }
+                }
             }
             tried.push(i);
         }
+    }
+
+    /// The strategy's choice for a client at `ip` among the backends health allows, leaving
+    /// out those in `tried`. The HTTP balancer (chapter 12) calls this once per request.
+    pub(crate) fn pick(&self, ip: std::net::IpAddr, tried: &[usize]) -> Option<usize> {
+        let view = View {
+            states: &self.states,
+            tried,
+            clock: self.clock,
+            now: Cell::new(None),
+        };
+        self.strategy.pick(ip, &view)
+    }
+
+    /// Counts one more connection (or request) on `backends[i]` until the guard is dropped.
+    pub(crate) fn count_active(&self, i: usize) -> ActiveGuard<'_> {
+        ActiveGuard::new(&self.states[i].active)
+    }
+
+    /// Dials `backends[i]` and tells its health how that went (a backend that answers again
+    /// is logged as back). The error is the dial's.
+    pub(crate) async fn dial_reporting(
+        &self,
+        i: usize,
+        addrs: Option<(SocketAddr, SocketAddr)>,
+    ) -> io::Result<Conn> {
+        let (backend, state) = (&self.backends[i], &self.states[i]);
+        match self.dial(i, addrs).await {
+            Ok(upstream) => {
+                if self.failover.is_some()
+                    && let Some(news) = state.health.connected()
+                {
+                    tracing::info!(%backend, "{news}");
+                }
+                Ok(upstream)
+            }
+            Err(error) => {
+                if !net::is_local_exhaustion(&error)
+                    && let Some(failover) = &self.failover
+                    && let Some(news) = state.health.connect_failed(&error, failover, self.clock)
+                {
+                    tracing::warn!(%backend, "{news}");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// After a failed dial: whether the next backend may be tried. Not without failover
+    /// (chapters 3–7), and not when the failure was our own shortage (file descriptors, ports,
+    /// memory): blaming the backend would take healthy ones out, and the next would fail the
+    /// same way.
+    pub(crate) fn may_try_another(&self, error: &io::Error) -> bool {
+        self.failover.is_some() && !net::is_local_exhaustion(error)
     }
 
     /// Starts the active health checks, if configured; they stop when the handle is dropped.

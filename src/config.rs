@@ -35,6 +35,9 @@ use crate::limits::Cidr;
 use crate::proxy_protocol;
 use crate::strategy::StrategyKind;
 
+/// More worker threads than this is a typo, not a tuning.
+pub const MAX_WORKERS: usize = 1024;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -248,11 +251,11 @@ impl Config {
             }
         }
         if let Some(n) = config.workers
-            && !(1..=crate::app::MAX_WORKERS).contains(&n)
+            && !(1..=MAX_WORKERS).contains(&n)
         {
             return Err(format!(
                 "workers must be from 1 to {}, not {n}",
-                crate::app::MAX_WORKERS
+                MAX_WORKERS
             ));
         }
         Ok(config)

@@ -42,6 +42,17 @@ use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy::{self, Conn, End};
 use crate::{net, proxy_protocol, tls};
 
+impl Balancer {
+    /// Serves `listener` until `shutdown` resolves. Connections in flight at that moment are
+    /// not waited for: chapter 10 drains them, see [`Server::drain`].
+    ///
+    /// (Written here rather than in `balancer.rs`, so that the balancer, which the server
+    /// builds on, does not depend on the server in turn.)
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        Server::new(self).run(listener, shutdown).await;
+    }
+}
+
 pub struct Server {
     current: RwLock<Arc<Balancer>>,
     gate: Arc<Gate>,
