@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::Backend;
 use crate::balancer::{AbortOnDrop, Balancer};
-use crate::limits::{Entry, Gate, Refusal};
+use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy::{self, Conn, End};
 use crate::{net, proxy_protocol, tls};
@@ -104,11 +104,7 @@ impl Server {
     /// closed when this returns) and stops the health checks. Connections in flight go on;
     /// see [`Server::drain`].
     pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        self.serving.store(true, Ordering::Release);
-        *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = self.balancer().spawn_checker();
-        let _trimmer = AbortOnDrop(tokio::spawn(crate::memory::trim_after_bursts(Arc::clone(
-            &self.gate,
-        ))));
+        let _serving = self.begin_serving();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -116,26 +112,47 @@ impl Server {
                 biased;
                 () = &mut shutdown => break,
                 (stream, peer) = net::accept(&listener) => {
-                    metrics::inc(&self.counters.accepted);
-                    let balancer = self.balancer();
-                    match self.gate.enter(&balancer.limits) {
-                        Ok(entry) => {
+                    match self.enter(peer) {
+                        Ok((balancer, entry)) => {
                             tokio::spawn(Arc::clone(self).serve(stream, peer, balancer, entry));
                         }
                         // Closed here, before the next accept (see `Gate::enter`).
-                        Err(why) => {
+                        Err(refused) => {
                             drop(stream);
-                            self.refuse(peer, why).log(Instant::now());
+                            refused.log(Instant::now());
                         }
                     }
                 }
             }
         }
-        self.serving.store(false, Ordering::Release);
-        self.checker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+    }
+
+    /// What serving needs running beside the accept loop, for as long as the returned guard
+    /// lives: the current configuration's health checks, and the memory trimmer.
+    pub(crate) fn begin_serving(self: &Arc<Self>) -> Serving<'_> {
+        self.serving.store(true, Ordering::Release);
+        *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = self.balancer().spawn_checker();
+        Serving {
+            server: self,
+            _trimmer: AbortOnDrop(tokio::spawn(crate::memory::trim_after_bursts(Arc::clone(
+                &self.gate,
+            )))),
+        }
+    }
+
+    /// The accept loop's decision for a client that just connected from `peer`: a slot (or a
+    /// place in the queue) under the current configuration, or a refusal (counted), to log
+    /// once the caller has closed the stream.
+    pub(crate) fn enter(
+        &self,
+        peer: SocketAddr,
+    ) -> Result<(Arc<Balancer>, Entry), Outcome<'static>> {
+        metrics::inc(&self.counters.accepted);
+        let balancer = self.balancer();
+        match self.gate.enter(&balancer.limits) {
+            Ok(entry) => Ok((balancer, entry)),
+            Err(why) => Err(self.refuse(peer, why)),
+        }
     }
 
     /// After [`Server::run`]: refuses new clients (and closes queued ones), then waits until
@@ -186,69 +203,17 @@ impl Server {
     /// From the client's slot (or its place in the queue) to the end of its connection.
     async fn handle<'a>(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         balancer: &'a Balancer,
         entry: Entry,
     ) -> Outcome<'a> {
-        let _slot = match entry {
-            Entry::Admitted(slot) => slot,
-            Entry::Queued(queued) => match queued.wait(&balancer.limits).await {
-                Ok(slot) => slot,
-                Err(why) => return self.refuse(peer, why),
-            },
+        let admitted = match self.admit(stream, peer, balancer, entry).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
-
-        let (client, dialled) = if balancer.accept_proxy {
-            let header = proxy_protocol::read_header(&mut stream);
-            let read = match tokio::time::timeout(balancer.handshake_timeout, header).await {
-                Ok(Ok(Some((client, dialled)))) => Ok((client, Some(dialled))),
-                Ok(Ok(None)) => Ok((peer, None)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no header in time")),
-            };
-            match read {
-                Ok(addrs) => addrs,
-                Err(e) => {
-                    metrics::inc(&self.counters.proxy_header_errors);
-                    tracing::warn!(client = %peer, "bad PROXY header: {e}");
-                    return Outcome::early(peer, "bad-proxy-header");
-                }
-            }
-        } else {
-            (peer, None)
-        };
-        if !balancer.limits.permits(client.ip()) {
-            return self.refuse(client, Refusal::Denied);
-        }
-        let _per_client = match self
-            .gate
-            .admit_client(client.ip(), balancer.limits.max_per_client)
-        {
-            Ok(slot) => slot,
-            Err(why) => return self.refuse(client, why),
-        };
-        // What the backend's PROXY header says the client dialled: read before TLS takes the
-        // socket, and only when some backend wants it (it costs a system call).
-        let addrs = match (balancer.sends_proxy_header, dialled) {
-            (false, _) => None,
-            (true, Some(dialled)) => Some((client, dialled)),
-            (true, None) => stream.local_addr().ok().map(|local| (client, local)),
-        };
-
-        let mut conn = match &balancer.acceptor {
-            None => Conn::Plain(stream),
-            Some(acceptor) => match tls::accept(acceptor, stream, balancer.handshake_timeout).await
-            {
-                Ok(tls) => Conn::TlsServer(Box::new(tls)),
-                Err(e) => {
-                    metrics::inc(&self.counters.tls_handshake_failures);
-                    tracing::warn!(%client, "TLS handshake with client failed: {e}");
-                    return Outcome::early(client, "tls-handshake-failed");
-                }
-            },
-        };
-
+        let (mut conn, client, addrs) = (admitted.conn, admitted.client, admitted.addrs);
+        let (_slot, _per_client) = (admitted._slot, admitted._per_client);
         let Some((backend, mut upstream, _active, counters)) =
             balancer.connect_upstream(client, addrs).await
         else {
@@ -282,6 +247,84 @@ impl Server {
             end,
             error,
         }
+    }
+
+    /// Steps 1 to 4 for one client: its slot (after the queue), its PROXY header, the
+    /// allow/deny lists and per-client limit, the TLS handshake. What both balancers do before
+    /// their own work: relay bytes (here) or read requests (`http-lb`, chapter 12).
+    pub(crate) async fn admit(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        balancer: &Balancer,
+        entry: Entry,
+    ) -> Result<Admitted<'_>, Outcome<'static>> {
+        let _slot = match entry {
+            Entry::Admitted(slot) => slot,
+            Entry::Queued(queued) => match queued.wait(&balancer.limits).await {
+                Ok(slot) => slot,
+                Err(why) => return Err(self.refuse(peer, why)),
+            },
+        };
+
+        let (client, dialled) = if balancer.accept_proxy {
+            let header = proxy_protocol::read_header(&mut stream);
+            let read = match tokio::time::timeout(balancer.handshake_timeout, header).await {
+                Ok(Ok(Some((client, dialled)))) => Ok((client, Some(dialled))),
+                Ok(Ok(None)) => Ok((peer, None)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no header in time")),
+            };
+            match read {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    metrics::inc(&self.counters.proxy_header_errors);
+                    tracing::warn!(client = %peer, "bad PROXY header: {e}");
+                    return Err(Outcome::early(peer, "bad-proxy-header"));
+                }
+            }
+        } else {
+            (peer, None)
+        };
+        if !balancer.limits.permits(client.ip()) {
+            return Err(self.refuse(client, Refusal::Denied));
+        }
+        let _per_client = match self
+            .gate
+            .admit_client(client.ip(), balancer.limits.max_per_client)
+        {
+            Ok(slot) => slot,
+            Err(why) => return Err(self.refuse(client, why)),
+        };
+        // What the backend's PROXY header says the client dialled: read before TLS takes the
+        // socket, and only when some backend wants it (it costs a system call).
+        let addrs = match (balancer.sends_proxy_header, dialled) {
+            (false, _) => None,
+            (true, Some(dialled)) => Some((client, dialled)),
+            (true, None) => stream.local_addr().ok().map(|local| (client, local)),
+        };
+
+        let conn = match &balancer.acceptor {
+            None => Conn::Plain(stream),
+            Some(acceptor) => match tls::accept(acceptor, stream, balancer.handshake_timeout).await
+            {
+                Ok(tls) => Conn::TlsServer(Box::new(tls)),
+                Err(e) => {
+                    metrics::inc(&self.counters.tls_handshake_failures);
+                    tracing::warn!(%client, "TLS handshake with client failed: {e}");
+                    return Err(Outcome::early(client, "tls-handshake-failed"));
+                }
+            },
+        };
+
+        Ok(Admitted {
+            tls: matches!(conn, Conn::TlsServer(_)),
+            conn,
+            client,
+            addrs,
+            _slot,
+            _per_client,
+        })
     }
 
     /// Counts a refusal; the outcome to log.
@@ -430,8 +473,39 @@ impl Server {
     }
 }
 
+/// While it lives, the server counts as serving: see [`Server::begin_serving`].
+pub(crate) struct Serving<'a> {
+    server: &'a Server,
+    _trimmer: AbortOnDrop,
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let server = self.server;
+        server.serving.store(false, Ordering::Release);
+        server
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// A client past every check of the listener, with what it holds while it is served.
+pub(crate) struct Admitted<'g> {
+    pub(crate) conn: Conn,
+    /// The real client: the peer, or what its PROXY header said.
+    pub(crate) client: SocketAddr,
+    /// The client and the address it dialled, for a backend that wants a PROXY header.
+    pub(crate) addrs: Option<(SocketAddr, SocketAddr)>,
+    /// Whether the client spoke TLS to us.
+    pub(crate) tls: bool,
+    _slot: Slot,
+    _per_client: ClientSlot<'g>,
+}
+
 /// How one client's connection went: the access log's line.
-struct Outcome<'a> {
+pub(crate) struct Outcome<'a> {
     client: SocketAddr,
     backend: Option<&'a Backend>,
     up: u64,
@@ -443,7 +517,7 @@ struct Outcome<'a> {
 
 impl Outcome<'_> {
     /// A connection that ended before any byte was forwarded.
-    fn early(client: SocketAddr, end: &'static str) -> Outcome<'static> {
+    pub(crate) fn early(client: SocketAddr, end: &'static str) -> Outcome<'static> {
         Outcome {
             client,
             backend: None,
@@ -456,7 +530,7 @@ impl Outcome<'_> {
 
     /// The access log: one line per client connection, however it ended. Under the `access`
     /// target, so `RUST_LOG=info,access=off` silences it without hiding errors.
-    fn log(self, started: Instant) {
+    pub(crate) fn log(self, started: Instant) {
         let Outcome {
             client,
             up,
