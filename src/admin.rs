@@ -18,15 +18,33 @@ use crate::metrics;
 use crate::net;
 use crate::server::Server;
 
+/// What the admin listener reports on: `tcp-lb`'s [`Server`], or `http-lb`'s server
+/// (chapter 12).
+pub trait Status: Send + Sync + 'static {
+    /// `/metrics`, in Prometheus' text format.
+    fn metrics(&self) -> String;
+    /// `/health`: `Ok` while serving with a backend up, `Err(why)` otherwise.
+    fn health(&self) -> Result<&'static str, &'static str>;
+}
+
+impl Status for Server {
+    fn metrics(&self) -> String {
+        Server::metrics(self)
+    }
+    fn health(&self) -> Result<&'static str, &'static str> {
+        Server::health(self)
+    }
+}
+
 /// Serves the admin endpoints on `listener` for as long as the task runs.
-pub async fn run(listener: TcpListener, server: Arc<Server>) {
+pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>) {
     loop {
         let (stream, peer) = net::accept(&listener).await;
         let server = Arc::clone(&server);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let server = Arc::clone(&server);
-                async move { Ok::<_, std::convert::Infallible>(respond(&server, &req)) }
+                async move { Ok::<_, std::convert::Infallible>(respond(&*server, &req)) }
             });
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -40,7 +58,7 @@ pub async fn run(listener: TcpListener, server: Arc<Server>) {
     }
 }
 
-fn respond<B>(server: &Server, req: &Request<B>) -> Response<DummyBody> {
+fn respond<S: Status, B>(server: &S, req: &Request<B>) -> Response<DummyBody> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, metrics::CONTENT_TYPE, server.metrics()),
         (&Method::GET, "/health") => match server.health() {

@@ -6,6 +6,7 @@
 //! here lets each of those `main.rs` files show only what its chapter adds, and keeps every
 //! step reading flags and file the same way: flags win over the file, the file over defaults.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -153,13 +154,18 @@ pub struct Step {
 /// wake-ups, which is what a proxy pinned to one CPU wants (chapter 11 measures it). More
 /// workers is the multi-thread runtime with that many threads.
 pub fn main(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyhow::Result<()> {
+    runtime(&step, &common)?.block_on(run(step, common, strategy))
+}
+
+/// The runtime `--workers` (or the config's `workers`) asks for; see [`main`].
+pub fn runtime(step: &Step, common: &Common) -> anyhow::Result<tokio::runtime::Runtime> {
     let configured = match &common.config {
         Some(path) => Config::load(path)?.workers,
         None => None,
     };
     let flag = step.production.as_ref().and_then(|p| p.workers);
     let workers = flag.map(usize::from).or(configured);
-    let runtime = match workers {
+    match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -171,20 +177,14 @@ pub fn main(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyho
             .enable_all()
             .build(),
     }
-    .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(step, common, strategy))
+    .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))
 }
 
 /// Starts the balancer the flags and config describe, and serves until Ctrl-C or SIGTERM.
 /// Step 10 then drains, and reloads its configuration on SIGHUP while it serves.
 pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyhow::Result<()> {
     let production = step.production.is_some();
-    let setup = Arc::new(Setup {
-        step,
-        common,
-        strategy,
-        builtin: OnceLock::new(),
-    });
+    let setup = Arc::new(Setup::new(step, common, strategy, Layer::Tcp));
     let config = setup.load_config()?;
     // Bound before the built-in backends start: a port in use fails the start on its own.
     let listen = setup.listen(&config)?;
@@ -217,30 +217,61 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
     Ok(())
 }
 
+/// Which balancer a [`Setup`] is for: the config's `[http]` section belongs to `http-lb`
+/// alone, and each listens on its own default port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layer {
+    Tcp,
+    Http,
+}
+
 /// Everything needed to turn flags and a config file into a [`Balancer`], again on every
-/// reload: flags keep overriding the file.
-struct Setup {
-    step: Step,
-    common: Common,
+/// reload: flags keep overriding the file. `http-lb` (chapter 12) starts from the same.
+pub(crate) struct Setup {
+    pub(crate) step: Step,
+    pub(crate) common: Common,
     strategy: Option<StrategyKind>,
+    layer: Layer,
     /// The in-process servers of `cargo run`, started by the first plan that needs them, and
     /// the client config that trusts their in-memory CA.
     builtin: OnceLock<(Vec<Backend>, Option<Arc<rustls::ClientConfig>>)>,
 }
 
 /// One configuration, ready to serve.
-struct Plan {
-    balancer: Balancer,
+pub(crate) struct Plan {
+    pub(crate) balancer: Balancer,
     /// The start-up (and reload) log line.
-    summary: String,
+    pub(crate) summary: String,
 }
 
 impl Setup {
-    fn load_config(&self) -> anyhow::Result<Config> {
+    pub(crate) fn new(
+        step: Step,
+        common: Common,
+        strategy: Option<StrategyKind>,
+        layer: Layer,
+    ) -> Setup {
+        Setup {
+            step,
+            common,
+            strategy,
+            layer,
+            builtin: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn load_config(&self) -> anyhow::Result<Config> {
         let config = match &self.common.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
+        if self.layer == Layer::Tcp && config.http.is_some() {
+            anyhow::bail!(
+                "the config's [http] section is for http-lb (chapter 12); {} balances TCP \
+                 connections and does not read HTTP",
+                self.step.name
+            );
+        }
         if self.step.production.is_none()
             && let Some(key) = config.production_key()
         {
@@ -253,19 +284,23 @@ impl Setup {
         Ok(config)
     }
 
-    fn listen(&self, config: &Config) -> anyhow::Result<SocketAddr> {
+    pub(crate) fn listen(&self, config: &Config) -> anyhow::Result<SocketAddr> {
+        let default = match self.layer {
+            Layer::Tcp => crate::DEFAULT_LISTEN,
+            Layer::Http => crate::http::DEFAULT_LISTEN,
+        };
         Ok(match self.common.listen.or(config.listen) {
             Some(addr) => addr,
-            None => crate::DEFAULT_LISTEN.parse()?,
+            None => default.parse()?,
         })
     }
 
-    fn admin(&self, config: &Config) -> Option<SocketAddr> {
+    pub(crate) fn admin(&self, config: &Config) -> Option<SocketAddr> {
         let flags = self.step.production.as_ref()?;
         flags.admin.or(config.admin)
     }
 
-    async fn plan(&self, config: Config) -> anyhow::Result<Plan> {
+    pub(crate) async fn plan(&self, config: Config) -> anyhow::Result<Plan> {
         let step = &self.step;
         let strategy = self
             .strategy
@@ -460,54 +495,14 @@ fn production_options(flags: &ProductionArgs, config: &Config, options: &mut Opt
 async fn reload_on_sighup(
     setup: Arc<Setup>,
     server: Arc<Server>,
-    (listen, admin): (SocketAddr, Option<SocketAddr>),
+    bound: (SocketAddr, Option<SocketAddr>),
 ) {
-    #[cfg(not(unix))]
-    {
-        let _ = (setup, server, listen, admin);
-        tracing::warn!("no SIGHUP on this platform: reload is off");
-    }
-    #[cfg(unix)]
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP, reload is off: {e}");
-            return;
-        }
-    };
-    #[cfg(unix)]
-    while hangups.recv().await.is_some() {
-        let source = match &setup.common.config {
-            Some(path) => path.display().to_string(),
-            None => "the command line".to_owned(),
-        };
-        tracing::info!("SIGHUP: reloading the configuration from {source}");
-        // Off the runtime's threads and bounded in time: the config and PEM files are read
-        // with blocking calls, and a path that turned into a FIFO or a hung mount must stall
-        // only this reload, never the connections the runtime serves (`files` refuses
-        // FIFOs and devices at once; the limit is for what even that cannot see).
-        let runtime = tokio::runtime::Handle::current();
-        let reading = Arc::clone(&setup);
-        let work = tokio::task::spawn_blocking(move || {
-            runtime.block_on(async {
-                let config = reading.load_config()?;
-                if reading.listen(&config)? != listen || reading.admin(&config) != admin {
-                    tracing::warn!(
-                        "a new listen or admin address takes a restart; keeping {listen}{}",
-                        admin.map(|a| format!(" and {a}")).unwrap_or_default()
-                    );
-                }
-                reading.plan(config).await
-            })
-        });
-        let result = match tokio::time::timeout(RELOAD_LIMIT, work).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(anyhow::anyhow!("the reload task failed: {e}")),
-            Err(_) => Err(anyhow::anyhow!(
-                "not done within {RELOAD_LIMIT:?} (a file or a backend name that does not answer)"
-            )),
-        };
-        match result {
+    on_sighup(|| async {
+        let planned = reload_config(&setup, bound, |setup, config| async move {
+            setup.plan(config).await
+        })
+        .await;
+        match planned {
             Ok(plan) => {
                 server.reload(plan.balancer);
                 tracing::info!("configuration reloaded: {}", plan.summary);
@@ -517,6 +512,77 @@ async fn reload_on_sighup(
                 tracing::error!("reload failed, keeping the running configuration: {e:#}");
             }
         }
+    })
+    .await;
+}
+
+/// Runs `reload` on every SIGHUP, for as long as the task lives.
+pub(crate) async fn on_sighup<F, Fut>(mut reload: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    #[cfg(not(unix))]
+    {
+        let _ = &mut reload;
+        tracing::warn!("no SIGHUP on this platform: reload is off");
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP, reload is off: {e}");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            reload().await;
+        }
+    }
+}
+
+/// Reads the config again and turns it into a plan with `make`, off the runtime's threads and
+/// within [`RELOAD_LIMIT`]: the config and PEM files are read with blocking calls, and a path
+/// that turned into a FIFO or a hung mount must stall only this reload, never the
+/// connections the runtime serves (`files` refuses FIFOs and devices at once; the limit is for
+/// what even that cannot see).
+pub(crate) async fn reload_config<T, F, Fut>(
+    setup: &Arc<Setup>,
+    (listen, admin): (SocketAddr, Option<SocketAddr>),
+    make: F,
+) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Setup>, Config) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let source = match &setup.common.config {
+        Some(path) => path.display().to_string(),
+        None => "the command line".to_owned(),
+    };
+    tracing::info!("SIGHUP: reloading the configuration from {source}");
+    let runtime = tokio::runtime::Handle::current();
+    let reading = Arc::clone(setup);
+    let work = tokio::task::spawn_blocking(move || {
+        runtime.block_on(async move {
+            let config = reading.load_config()?;
+            if reading.listen(&config)? != listen || reading.admin(&config) != admin {
+                tracing::warn!(
+                    "a new listen or admin address takes a restart; keeping {listen}{}",
+                    admin.map(|a| format!(" and {a}")).unwrap_or_default()
+                );
+            }
+            make(reading, config).await
+        })
+    });
+    match tokio::time::timeout(RELOAD_LIMIT, work).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(anyhow::anyhow!("the reload task failed: {e}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "not done within {RELOAD_LIMIT:?} (a file or a backend name that does not answer)"
+        )),
     }
 }
 

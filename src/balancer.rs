@@ -161,6 +161,15 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// [`ActiveGuard`] that holds the backend's state itself.
+pub(crate) struct OwnedActive(Arc<BackendState>);
+
+impl Drop for OwnedActive {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Balancer {
     /// Checks the set-up once, so that no connection can find it inconsistent later.
     pub fn new(
@@ -284,6 +293,13 @@ impl Balancer {
     /// Counts one more connection (or request) on `backends[i]` until the guard is dropped.
     pub(crate) fn count_active(&self, i: usize) -> ActiveGuard<'_> {
         ActiveGuard::new(&self.states[i].active)
+    }
+
+    /// [`Balancer::count_active`] for a guard that must outlive a borrow: an HTTP request
+    /// counts on its backend until its response body has been sent, in another task.
+    pub(crate) fn count_active_owned(self: &Arc<Self>, i: usize) -> OwnedActive {
+        self.states[i].active.fetch_add(1, Ordering::Relaxed);
+        OwnedActive(Arc::clone(&self.states[i]))
     }
 
     /// Dials `backends[i]` and tells its health how that went (a backend that answers again

@@ -67,6 +67,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// `[limits]`: who may connect, and how many.
     pub limits: Option<LimitsSection>,
+    /// `[http]`: what `http-lb` does per request (chapter 12).
+    pub http: Option<HttpSection>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendEntry>,
 }
@@ -90,6 +92,55 @@ pub struct LimitsSection {
     #[serde(default)]
     pub deny: Vec<Cidr>,
 }
+
+/// `[http]` (chapter 12, `http-lb` only): each key is also a flag of the same name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpSection {
+    /// `"cookie"` (the default) or `"none"`.
+    pub affinity: Option<AffinityMode>,
+    /// The affinity cookie's name.
+    pub cookie_name: Option<String>,
+    /// A file whose content (trailing whitespace trimmed, at least 32 bytes) keys the cookie.
+    pub affinity_secret_file: Option<PathBuf>,
+    /// The cookie's `Max-Age` in seconds; none makes it a session cookie.
+    pub cookie_max_age: Option<u64>,
+    /// The cookie's `Domain`.
+    pub cookie_domain: Option<String>,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed and extended.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Also send the standard `Forwarded` field (RFC 7239).
+    pub forwarded: Option<bool>,
+    /// Add `Via: 1.1 http-lb` both ways.
+    pub via: Option<bool>,
+    /// Seconds a backend has to start its answer before the client gets 504.
+    pub response_timeout: Option<f64>,
+    /// Seconds a client has to send a request head before it gets 408.
+    pub header_timeout: Option<f64>,
+    /// Largest request body in bytes (413 beyond); 0 for no limit.
+    pub max_body: Option<u64>,
+    /// Largest request head in bytes (431 beyond).
+    pub max_head: Option<usize>,
+    /// Idle keep-alive connections kept per backend; 0 turns pooling off.
+    pub pool_max_idle: Option<usize>,
+    /// Seconds an idle pooled connection is kept.
+    pub pool_idle_timeout: Option<f64>,
+}
+
+/// How `http-lb` keeps a user on one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AffinityMode {
+    /// A cookie names the backend (keyed, never in clear).
+    Cookie,
+    /// Every request is balanced afresh.
+    None,
+}
+
+/// The bounds of `max-head`: hyper needs 8 KiB to read a head at all; past 16 MiB it is no
+/// longer a bound.
+pub const MAX_HEAD_RANGE: std::ops::RangeInclusive<usize> = 8192..=16 * 1024 * 1024;
 
 /// `[health]`: every key optional, defaulting as the flags of chapter 8 do.
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +283,21 @@ impl Config {
             ("health.cooldown", h.and_then(|h| h.cooldown), false),
             ("health.max-cooldown", h.and_then(|h| h.max_cooldown), false),
             ("health.interval", h.and_then(|h| h.interval), true),
+            (
+                "http.response-timeout",
+                config.http.as_ref().and_then(|h| h.response_timeout),
+                false,
+            ),
+            (
+                "http.header-timeout",
+                config.http.as_ref().and_then(|h| h.header_timeout),
+                false,
+            ),
+            (
+                "http.pool-idle-timeout",
+                config.http.as_ref().and_then(|h| h.pool_idle_timeout),
+                false,
+            ),
         ] {
             // The flags' own rule (`cli::checked_seconds`), so a value one refuses the other
             // refuses too.
@@ -248,6 +314,30 @@ impl Config {
         ] {
             if value == Some(0) {
                 return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if let Some(http) = &config.http {
+            if let Some(n) = http.max_head
+                && !MAX_HEAD_RANGE.contains(&n)
+            {
+                return Err(format!(
+                    "http.max-head must be from {} to {} bytes, not {n}",
+                    MAX_HEAD_RANGE.start(),
+                    MAX_HEAD_RANGE.end()
+                ));
+            }
+            if let Some(name) = &http.cookie_name {
+                crate::http::affinity::check_cookie_name(name)
+                    .map_err(|e| format!("http.cookie-name: {e}"))?;
+            }
+            if let Some(domain) = &http.cookie_domain
+                && !domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            {
+                return Err(format!(
+                    "http.cookie-domain `{domain}` is not a domain name"
+                ));
             }
         }
         if let Some(n) = config.workers

@@ -26,6 +26,7 @@
 //! | [`metrics`] | 10-production | counters and their Prometheus text |
 //! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
+//! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
 
 pub mod admin;
 pub mod app;
@@ -37,6 +38,7 @@ pub mod config;
 pub mod dummy;
 pub mod files;
 pub mod health;
+pub mod http;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

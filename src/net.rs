@@ -169,9 +169,9 @@ where
 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let linger = async {
-        if io.shutdown().await.is_err() {
-            return;
-        }
+        // An error here (the peer already reset, or our side already shut) still leaves
+        // whatever is unread to drain.
+        let _ = io.shutdown().await;
         let mut sink = [0u8; 1024];
         while let Ok(n) = io.read(&mut sink).await {
             if n == 0 {

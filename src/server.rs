@@ -213,7 +213,7 @@ impl Server {
             Err(refused) => return refused,
         };
         let (mut conn, client, addrs) = (admitted.conn, admitted.client, admitted.addrs);
-        let (_slot, _per_client) = (admitted._slot, admitted._per_client);
+        let _held = admitted.held;
         let Some((backend, mut upstream, _active, counters)) =
             balancer.connect_upstream(client, addrs).await
         else {
@@ -322,8 +322,7 @@ impl Server {
             conn,
             client,
             addrs,
-            _slot,
-            _per_client,
+            held: (_slot, _per_client),
         })
     }
 
@@ -500,8 +499,8 @@ pub(crate) struct Admitted<'g> {
     pub(crate) addrs: Option<(SocketAddr, SocketAddr)>,
     /// Whether the client spoke TLS to us.
     pub(crate) tls: bool,
-    _slot: Slot,
-    _per_client: ClientSlot<'g>,
+    /// Its slot under `max-connections` and its count against its IP, freed when dropped.
+    pub(crate) held: (Slot, ClientSlot<'g>),
 }
 
 /// How one client's connection went: the access log's line.

@@ -1,0 +1,297 @@
+//! `http-lb`'s start-up (chapter 12): chapter 10's flags, file and reload, plus the `[http]`
+//! section and the flags that mirror it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::affinity::{self, CookieSettings};
+use super::forward::Forwarding;
+use super::pool;
+use super::proxy::{self, HttpServer, Settings};
+use crate::app::{self, Common, Layer, Setup, Step};
+use crate::config::{AffinityMode, Config, MAX_HEAD_RANGE};
+use crate::files;
+use crate::limits::Cidr;
+use crate::strategy::StrategyKind;
+use crate::{admin, cli, net};
+
+/// The flags chapter 12 adds; each overrides its key in the config's `[http]` section.
+#[derive(clap::Args, Clone)]
+pub struct HttpArgs {
+    /// How a user is kept on one backend: a cookie naming it (keyed), or none [default:
+    /// cookie].
+    #[arg(long, value_enum)]
+    pub affinity: Option<AffinityMode>,
+    /// The affinity cookie's name [default: lb].
+    #[arg(long, value_name = "NAME", value_parser = cookie_name)]
+    pub cookie_name: Option<String>,
+    /// File holding the secret that keys the affinity cookie (at least 32 bytes; trailing
+    /// whitespace is trimmed). Every instance that must agree on cookies uses the same one
+    /// [default: a random secret per start].
+    #[arg(long, value_name = "FILE")]
+    pub affinity_secret_file: Option<PathBuf>,
+    /// Believe and extend X-Forwarded-For and Forwarded from peers in this network (CIDR or
+    /// address; repeat). Replaces the config's list.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Seconds a backend has to start answering before the client gets 504 [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = cli::seconds)]
+    pub response_timeout: Option<Duration>,
+    /// Seconds a client has to send a request head before it gets 408 [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = cli::seconds)]
+    pub header_timeout: Option<Duration>,
+    /// Largest request body in bytes, answered 413 beyond; 0 for no limit [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body: Option<u64>,
+    /// Largest request head in bytes, answered 431 beyond [default: 65536].
+    #[arg(long, value_name = "BYTES", value_parser = max_head)]
+    pub max_head: Option<usize>,
+}
+
+fn cookie_name(s: &str) -> Result<String, String> {
+    affinity::check_cookie_name(s).map(|()| s.to_owned())
+}
+
+fn max_head(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    match MAX_HEAD_RANGE.contains(&n) {
+        true => Ok(n),
+        false => Err(format!(
+            "must be from {} to {} bytes",
+            MAX_HEAD_RANGE.start(),
+            MAX_HEAD_RANGE.end()
+        )),
+    }
+}
+
+/// `main` for `http-lb`: the runtime `--workers` asks for, then [`run`].
+pub fn main(
+    step: Step,
+    common: Common,
+    strategy: Option<StrategyKind>,
+    http: HttpArgs,
+) -> anyhow::Result<()> {
+    app::runtime(&step, &common)?.block_on(run(step, common, strategy, http))
+}
+
+/// Starts `http-lb` as the flags and config describe, and serves until Ctrl-C or SIGTERM,
+/// reloading on SIGHUP.
+pub async fn run(
+    step: Step,
+    common: Common,
+    strategy: Option<StrategyKind>,
+    http: HttpArgs,
+) -> anyhow::Result<()> {
+    let setup = Arc::new(Setup::new(step, common, strategy, Layer::Http));
+    let http = Arc::new(http);
+    let config = setup.load_config()?;
+    let listen = setup.listen(&config)?;
+    let listener = net::listen(listen)?;
+    let admin = setup.admin(&config);
+    let admin_listener = admin.map(net::listen).transpose()?;
+    // A random secret, made once: a reload without a secret file keeps the cookies valid.
+    let fallback: Arc<[u8]> = Arc::from(random_secret());
+    let (settings, plan) = prepare(&setup, &http, &fallback, config).await?;
+    if settings.affinity.is_some() && uses_fallback(&setup, &http) {
+        tracing::warn!(
+            "no affinity-secret-file: using a random secret, so other http-lb instances (and \
+             this one after a restart) will not recognise its cookies"
+        );
+    }
+    let summary = describe(&plan.summary, &settings);
+    let server = HttpServer::new(plan.balancer, settings);
+    net::announce(&listener)?;
+    if let Some(admin) = admin_listener {
+        net::announce(&admin)?;
+        tokio::spawn(admin::run(admin, Arc::clone(&server)));
+    }
+    tracing::info!("{summary}");
+    let reloading = Arc::clone(&server);
+    tokio::spawn(app::on_sighup(move || {
+        let (setup, http, fallback, server) = (
+            Arc::clone(&setup),
+            Arc::clone(&http),
+            Arc::clone(&fallback),
+            Arc::clone(&reloading),
+        );
+        async move {
+            let planned =
+                app::reload_config(&setup, (listen, admin), move |setup, config| async move {
+                    prepare(&setup, &http, &fallback, config).await
+                })
+                .await;
+            match planned {
+                Ok((settings, plan)) => {
+                    let summary = describe(&plan.summary, &settings);
+                    server.reload(plan.balancer, settings);
+                    tracing::info!("configuration reloaded: {summary}");
+                }
+                Err(e) => {
+                    server.reload_failed();
+                    tracing::error!("reload failed, keeping the running configuration: {e:#}");
+                }
+            }
+        }
+    }));
+    server.run(listener, cli::shutdown_signal()).await;
+    if server.drain(cli::shutdown_signal()).await == 0 {
+        tracing::info!("stopped");
+    }
+    Ok(())
+}
+
+/// One configuration: the balancer chapter 10 would build, and the HTTP settings.
+async fn prepare(
+    setup: &Setup,
+    http: &HttpArgs,
+    fallback: &[u8],
+    config: Config,
+) -> anyhow::Result<(Settings, app::Plan)> {
+    let settings = settings(http, &config, fallback)?;
+    if let Some(entry) = config.backends.iter().find(|b| b.proxy_protocol.is_some()) {
+        anyhow::bail!(
+            "backend {}: http-lb sends requests over pooled connections shared by many clients, \
+             so it cannot send a PROXY header per client; the backends see X-Forwarded-For",
+            entry.address
+        );
+    }
+    if let Some(b) = setup.common.backends.iter().find(|b| b.proxy.is_some()) {
+        anyhow::bail!(
+            "backend {}: http-lb cannot send PROXY headers over pooled connections; the \
+             backends see X-Forwarded-For",
+            b.addr
+        );
+    }
+    let plan = setup.plan(config).await?;
+    Ok((settings, plan))
+}
+
+fn uses_fallback(setup: &Setup, http: &HttpArgs) -> bool {
+    http.affinity_secret_file.is_none()
+        && setup
+            .common
+            .config
+            .as_ref()
+            .and_then(|p| Config::load(p).ok())
+            .and_then(|c| c.http)
+            .and_then(|h| h.affinity_secret_file)
+            .is_none()
+}
+
+/// The `[http]` section with each flag given overriding its key.
+fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result<Settings> {
+    let section = config.http.as_ref();
+    let key = |f: fn(&crate::config::HttpSection) -> Option<f64>| {
+        section.and_then(f).map(Duration::from_secs_f64)
+    };
+    let mode = http
+        .affinity
+        .or(section.and_then(|s| s.affinity))
+        .unwrap_or(AffinityMode::Cookie);
+    let affinity = match mode {
+        AffinityMode::None => None,
+        AffinityMode::Cookie => {
+            let file = http
+                .affinity_secret_file
+                .clone()
+                .or(section.and_then(|s| s.affinity_secret_file.clone()));
+            let secret = match file {
+                Some(path) => read_secret(&path)?,
+                None => fallback.to_vec(),
+            };
+            let cookie = CookieSettings {
+                name: http
+                    .cookie_name
+                    .clone()
+                    .or(section.and_then(|s| s.cookie_name.clone()))
+                    .unwrap_or_else(|| affinity::DEFAULT_COOKIE.to_owned()),
+                max_age: section.and_then(|s| s.cookie_max_age),
+                domain: section.and_then(|s| s.cookie_domain.clone()),
+            };
+            Some((secret, cookie))
+        }
+    };
+    let trusted = match http.trusted_proxies.is_empty() {
+        false => http.trusted_proxies.clone(),
+        true => section
+            .map(|s| s.trusted_proxies.clone())
+            .unwrap_or_default(),
+    };
+    Ok(Settings {
+        affinity,
+        forwarding: Forwarding {
+            trusted,
+            forwarded: section.and_then(|s| s.forwarded).unwrap_or(false),
+            via: section.and_then(|s| s.via).unwrap_or(false),
+        },
+        header_timeout: http
+            .header_timeout
+            .or(key(|s| s.header_timeout))
+            .unwrap_or(proxy::DEFAULT_HEADER_TIMEOUT),
+        response_timeout: http
+            .response_timeout
+            .or(key(|s| s.response_timeout))
+            .unwrap_or(proxy::DEFAULT_RESPONSE_TIMEOUT),
+        max_head: http
+            .max_head
+            .or(section.and_then(|s| s.max_head))
+            .unwrap_or(proxy::DEFAULT_MAX_HEAD),
+        max_body: http
+            .max_body
+            .or(section.and_then(|s| s.max_body))
+            .filter(|&n| n > 0),
+        pool_max_idle: section
+            .and_then(|s| s.pool_max_idle)
+            .unwrap_or(pool::DEFAULT_MAX_IDLE),
+        pool_idle_timeout: key(|s| s.pool_idle_timeout).unwrap_or(pool::DEFAULT_IDLE_TIMEOUT),
+    })
+}
+
+/// The affinity secret: the file's bytes, trailing whitespace (a final newline) trimmed.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let mut secret = files::read_capped(path, "affinity secret file", files::MAX_SECRET)?;
+    while secret.last().is_some_and(u8::is_ascii_whitespace) {
+        secret.pop();
+    }
+    if secret.len() < affinity::MIN_SECRET {
+        anyhow::bail!(
+            "affinity secret file {} holds {} bytes; at least {} are needed (for example: \
+             head -c 32 /dev/urandom | base64 > {})",
+            path.display(),
+            secret.len(),
+            affinity::MIN_SECRET,
+            path.display()
+        );
+    }
+    Ok(secret)
+}
+
+fn random_secret() -> Vec<u8> {
+    use rand::Rng as _;
+    let mut secret = vec![0u8; affinity::MIN_SECRET];
+    rand::rng().fill_bytes(&mut secret);
+    secret
+}
+
+/// The start-up line: chapter 10's, then what `[http]` adds.
+fn describe(summary: &str, s: &Settings) -> String {
+    let affinity = match &s.affinity {
+        Some((_, cookie)) => format!("cookie affinity ({})", cookie.name),
+        None => "no affinity".to_owned(),
+    };
+    let mut line = format!(
+        "HTTP/1.1, {affinity}, response timeout {:?}, header timeout {:?}, max head {} bytes",
+        s.response_timeout, s.header_timeout, s.max_head
+    );
+    if let Some(max) = s.max_body {
+        line += &format!(", max body {max} bytes");
+    }
+    if !s.forwarding.trusted.is_empty() {
+        let list: Vec<String> = s.forwarding.trusted.iter().map(|c| c.to_string()).collect();
+        line += &format!(", trusts X-Forwarded-For from {}", list.join(" "));
+    }
+    format!("{line}; {summary}")
+}

@@ -1,0 +1,211 @@
+//! Bodies that stream through the HTTP balancer (chapter 12) without being held.
+//!
+//! A proxy that reads a whole upload before sending it on needs as much memory as the largest
+//! upload, and makes the backend wait for the last byte before it sees the first. Here a body
+//! is passed on frame by frame as hyper reads it: the client's request body goes to the backend
+//! as an [`Upload`], the backend's response body back to the client inside a [`Download`].
+//! hyper applies back-pressure on both sides, so a slow reader slows the writer instead of
+//! filling memory: a 1 GiB upload costs the balancer a few buffers.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// Errors inside a streamed body.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The request body was larger than `max-body`: the request is answered 413.
+#[derive(Debug)]
+pub struct TooLarge(pub u64);
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body over the {}-byte limit", self.0)
+    }
+}
+
+impl StdError for TooLarge {}
+
+/// Whether `error`, or anything it was caused by, is [`TooLarge`].
+pub fn is_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut e: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(current) = e {
+        if current.is::<TooLarge>() {
+            return true;
+        }
+        e = current.source();
+    }
+    false
+}
+
+/// A client's request body on its way to a backend, stopped at `limit` bytes.
+pub struct Upload {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl Upload {
+    /// `body`, refused past `limit` bytes (`None`: no limit).
+    pub fn new(body: Incoming, limit: Option<u64>) -> Upload {
+        Upload {
+            inner: Some(body),
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+        }
+    }
+
+    /// No body: for a request rebuilt to be retried, which must not have had one.
+    pub fn empty() -> Upload {
+        Upload {
+            inner: None,
+            limit: u64::MAX,
+            seen: 0,
+        }
+    }
+
+    /// Bytes passed on so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// What the client receives: a backend's streamed body, or a short answer of our own (an
+/// error page).
+pub enum Payload {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// Called once when a [`Download`] is dropped, with the body bytes sent and whether the body
+/// ended (rather than the client going away first): where the access-log line is written.
+pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// A response body on its way to the client, counted, with [`OnEnd`] run when it is done.
+pub struct Download {
+    payload: Payload,
+    sent: u64,
+    ended: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl Download {
+    pub fn new(payload: Payload, on_end: Option<OnEnd>) -> Download {
+        Download {
+            payload,
+            sent: 0,
+            ended: false,
+            on_end,
+        }
+    }
+
+    /// A short body of our own.
+    pub fn text(text: &'static str) -> Download {
+        Download::new(
+            Payload::Full(Some(Bytes::from_static(text.as_bytes()))),
+            None,
+        )
+    }
+
+    pub fn set_on_end(&mut self, on_end: OnEnd) {
+        self.on_end = Some(on_end);
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            let ended = self.ended || self.is_end_stream();
+            on_end(self.sent, ended);
+        }
+    }
+}
+
+impl Body for Download {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.payload {
+            Payload::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Payload::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.ended = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.payload {
+            Payload::Full(data) => data.is_none(),
+            Payload::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.payload {
+            Payload::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
+            Payload::Full(None) => SizeHint::with_exact(0),
+            Payload::Upstream(body) => body.size_hint(),
+        }
+    }
+}

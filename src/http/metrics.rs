@@ -1,0 +1,186 @@
+//! The numbers `http-lb` adds to chapter 10's (chapter 12): per backend, responses by status
+//! class and a latency histogram; affinity outcomes; the answers the balancer gave itself.
+//!
+//! As in chapter 10, a counter is one relaxed `fetch_add` where the event happens; nothing is
+//! formatted until `/metrics` is scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use super::pool::Pool;
+use crate::metrics::{Exposition, get, inc};
+
+/// What became of a request's affinity cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// Affinity is off.
+    Off,
+    /// The cookie named a backend that was up: the request went there.
+    Hit,
+    /// No valid cookie (none, forged, stale, garbage): a backend was chosen and the cookie set.
+    Miss,
+    /// The cookie named a backend that is down or gone: another was chosen, the cookie re-set.
+    Redispatch,
+}
+
+impl AffinityOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AffinityOutcome::Off => "-",
+            AffinityOutcome::Hit => "hit",
+            AffinityOutcome::Miss => "miss",
+            AffinityOutcome::Redispatch => "redispatch",
+        }
+    }
+}
+
+/// The statuses the balancer answers itself, in the order they are reported.
+const LOCAL: [StatusCode; 7] = [
+    StatusCode::BAD_REQUEST,
+    StatusCode::REQUEST_TIMEOUT,
+    StatusCode::PAYLOAD_TOO_LARGE,
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+/// Upper bounds of the latency histogram's buckets, in seconds (Prometheus' defaults).
+pub const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of the whole listener.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// hit, miss, redispatch.
+    affinity: [AtomicU64; 3],
+    /// By [`LOCAL`] index.
+    local: [AtomicU64; LOCAL.len()],
+}
+
+impl HttpCounters {
+    pub fn affinity(&self, outcome: AffinityOutcome) {
+        let i = match outcome {
+            AffinityOutcome::Off => return,
+            AffinityOutcome::Hit => 0,
+            AffinityOutcome::Miss => 1,
+            AffinityOutcome::Redispatch => 2,
+        };
+        inc(&self.affinity[i]);
+    }
+
+    pub fn local(&self, status: StatusCode) {
+        if let Some(i) = LOCAL.iter().position(|&s| s == status) {
+            inc(&self.local[i]);
+        }
+    }
+
+    /// The Prometheus text of these counters and of each `(name, counters, pool)` backend.
+    pub fn render(&self, backends: &[(&str, &BackendHttpCounters, &Pool)]) -> String {
+        let mut e = Exposition::default();
+        let name = "httplb_affinity_total";
+        e.metric(
+            name,
+            "counter",
+            "Requests by what their affinity cookie did: hit, miss (none or invalid), redispatch.",
+        );
+        for (outcome, n) in ["hit", "miss", "redispatch"].iter().zip(&self.affinity) {
+            e.sample(name, &[("outcome", outcome)], get(n));
+        }
+        let name = "httplb_local_responses_total";
+        e.metric(
+            name,
+            "counter",
+            "Responses the balancer gave itself, by status (no backend answered them).",
+        );
+        for (status, n) in LOCAL.iter().zip(&self.local) {
+            e.sample(name, &[("status", status.as_str())], get(n));
+        }
+        let name = "httplb_backend_responses_total";
+        e.metric(
+            name,
+            "counter",
+            "Responses from each backend, by status class.",
+        );
+        for (backend, c, _) in backends {
+            for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(&c.classes) {
+                e.sample(name, &[("backend", backend), ("class", class)], get(n));
+            }
+        }
+        let name = "httplb_backend_response_seconds";
+        e.metric(
+            name,
+            "histogram",
+            "Time from a request's arrival to its backend's response head.",
+        );
+        for (backend, c, _) in backends {
+            let bucket = format!("{name}_bucket");
+            let mut cumulative = 0;
+            for (le, n) in BUCKETS.iter().zip(&c.buckets) {
+                cumulative += get(n);
+                e.sample(
+                    &bucket,
+                    &[("backend", backend), ("le", &le.to_string())],
+                    cumulative,
+                );
+            }
+            let count = get(&c.count);
+            e.sample(&bucket, &[("backend", backend), ("le", "+Inf")], count);
+            let sum = get(&c.sum_micros) as f64 / 1e6;
+            e.sample(&format!("{name}_sum"), &[("backend", backend)], sum);
+            e.sample(&format!("{name}_count"), &[("backend", backend)], count);
+        }
+        let name = "httplb_backend_pool_idle";
+        e.metric(
+            name,
+            "gauge",
+            "Idle keep-alive connections pooled for each backend.",
+        );
+        for (backend, _, pool) in backends {
+            e.sample(name, &[("backend", backend)], pool.idle());
+        }
+        let name = "httplb_backend_response_bytes_total";
+        e.metric(
+            name,
+            "counter",
+            "Response body bytes sent to clients from each backend.",
+        );
+        for (backend, c, _) in backends {
+            e.sample(name, &[("backend", backend)], get(&c.bytes));
+        }
+        e.finish()
+    }
+}
+
+/// Counters of one backend, kept across reloads while the backend stays.
+#[derive(Debug, Default)]
+pub struct BackendHttpCounters {
+    classes: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl BackendHttpCounters {
+    /// One response head from the backend, `latency` after its request arrived.
+    pub fn observe(&self, status: StatusCode, latency: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        inc(&self.classes[class]);
+        let secs = latency.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|&le| secs <= le) {
+            inc(&self.buckets[b]);
+        }
+        inc(&self.count);
+        self.sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Body bytes of one response, once sent.
+    pub fn bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,30 @@
+//! Layer 7: the HTTP balancer of chapter 12 (`http-lb`), and what the chapters after it build
+//! on (the SSL farm's third tier, assign-and-register, caching).
+//!
+//! Up to chapter 11 the balancer moves bytes and never reads them. Reading each HTTP request
+//! lets it balance every request on its own over kept-alive backend connections, pin a user to
+//! a backend by a cookie, tell the backend who the client is, and answer errors in the
+//! protocol the client speaks. What it shares with `tcp-lb` stays one level up in the library
+//! (strategies, health, limits, TLS, metrics, the admin listener, the listener's admission);
+//! only what is HTTP lives here:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`affinity`] | the affinity cookie: a keyed hash of the backend, never its address |
+//! | [`forward`] | RFC 9110's forwarding rules: hop-by-hop fields, `X-Forwarded-*`, `Via` |
+//! | [`body`] | bodies streamed both ways, the `max-body` cap |
+//! | [`pool`] | keep-alive connections to each backend |
+//! | [`metrics`] | per-request counters and the latency histogram |
+//! | [`proxy`] | the per-request balancer: pick, send, retry, upgrade, answer errors |
+//! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
+
+pub mod affinity;
+pub mod app;
+pub mod body;
+pub mod forward;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+
+/// Where `http-lb` listens unless told otherwise: beside `tcp-lb`'s 3000.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

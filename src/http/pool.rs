@@ -1,0 +1,118 @@
+//! Keep-alive connections to one backend, reused from request to request (chapter 12).
+//!
+//! A TCP connect costs a round trip, and a TLS one two more plus the key exchange; paying that
+//! per request is most of what a layer-7 balancer would spend. So each backend gets a pool of
+//! idle HTTP/1.1 connections: a request takes the most recently used one (the one least
+//! likely to have been closed by the backend meanwhile), and gives it back once its response
+//! has been read to the end. Two bounds keep the pool honest, as nginx's `keepalive` and
+//! HAProxy's `pool-max-conn`/`pool-purge-delay` do:
+//!
+//! * at most `max_idle` idle connections per backend: a burst opens more, and what is left
+//!   idle beyond the bound is closed when given back;
+//! * an idle connection older than `idle_timeout` is closed rather than used: backends close
+//!   idle connections on their own timer (nginx after 75 s, hyper's default never, Apache after
+//!   5 s), and ours must be the shorter one.
+//!
+//! Even so, a backend may close a pooled connection just as we pick it. hyper tells the two
+//! cases apart: a request that was never written is handed back (`try_send_request`), and the
+//! balancer sends it again on a fresh connection; one that was written may have been acted on,
+//! and only an idempotent request without a body is sent again.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+
+use super::body::Upload;
+
+/// The sending half of one backend connection.
+pub type Sender = SendRequest<Upload>;
+
+/// Idle connections kept per backend unless configured.
+pub const DEFAULT_MAX_IDLE: usize = 64;
+/// How long an idle connection is kept unless configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections of one backend.
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Connections dialled for this backend, ever: the pooling's effect is requests divided by
+    /// this.
+    pub opened: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// The most recently returned idle connection that is still open and young enough;
+    /// older ones met on the way are closed.
+    pub fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < self.idle_timeout && conn.sender.is_ready() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose last response is complete back for the next request, unless
+    /// the pool is full.
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired ones are at the front (oldest first): drop them while we hold the lock.
+        let fresh = idle
+            .iter()
+            .position(|c| c.since.elapsed() < self.idle_timeout)
+            .unwrap_or(idle.len());
+        idle.drain(..fresh);
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Gives `sender` back once the response in flight on it has been read to the end (hyper
+    /// says so by becoming ready again); a connection that fails meanwhile is dropped.
+    pub fn give_back_when_done(self: &std::sync::Arc<Self>, mut sender: Sender) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let pool = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put(sender);
+            }
+        });
+    }
+
+    /// Idle connections now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+
+    /// Counts one more connection dialled.
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,756 @@
+//! The HTTP balancer itself (chapter 12): every request balanced on its own.
+//!
+//! Per client connection, the listener's work is chapter 10's, shared with `tcp-lb`
+//! ([`Server::admit`]: the slot under `max-connections`, the PROXY header, allow/deny, the
+//! TLS handshake). Then, instead of relaying bytes, hyper reads HTTP/1.1 requests from the
+//! connection, and for each one:
+//!
+//! 1. the affinity cookie, if any, is read and taken out ([`super::affinity`]);
+//! 2. a backend is chosen: the cookie's while health allows, otherwise the strategy's
+//!    (chapter 9), and a cookie that named a backend now down is *redispatched*;
+//! 3. hop-by-hop fields go, `X-Forwarded-*` come ([`super::forward`]);
+//! 4. the request is sent on a pooled keep-alive connection to that backend
+//!    ([`super::pool`]), its body streaming ([`super::body`]). A connect failure moves on to
+//!    another backend (nothing was sent); a reset before any answer does so only for a request
+//!    that can safely be sent twice;
+//! 5. the response head comes back with `Set-Cookie` if the user was (re)assigned; the body
+//!    streams to the client, and its end writes the access-log line;
+//! 6. a `101 Switching Protocols` (a WebSocket) turns both connections into one byte tunnel.
+//!
+//! Everything that goes wrong is a status and an access-log line: 503 with no backend up, 502
+//! when none could be reached or one failed mid-request, 504 past `response-timeout`, 413 past
+//! `max-body`, 400/431 from hyper for a malformed or oversized head, 408 for a head that does
+//! not arrive in time.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use super::affinity::{Affinity, CookieSettings, Found};
+use super::body::{self, Download, Payload, Upload};
+use super::forward::{self, Forwarding};
+use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
+use super::pool::{self, Pool, Sender};
+use crate::balancer::Balancer;
+use crate::limits::Entry;
+use crate::net;
+use crate::proxy::{self, Conn};
+use crate::server::Server;
+
+/// How long a client may take to send a request head unless configured.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a backend may take to start answering unless configured.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest request head accepted unless configured; larger ones are answered 431. nginx
+/// allows 4 × 8 KiB of large headers, HAProxy 16 KiB in all: 64 KiB leaves room for fat
+/// cookies while bounding what one client can make us hold.
+pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
+
+/// The HTTP settings of one configuration (what `[http]` and the chapter's flags hold).
+#[derive(Clone)]
+pub struct Settings {
+    /// Cookie affinity: the shared secret and how the cookie is written; `None` balances every
+    /// request afresh.
+    pub affinity: Option<(Vec<u8>, CookieSettings)>,
+    pub forwarding: Forwarding,
+    pub header_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_head: usize,
+    pub max_body: Option<u64>,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            affinity: None,
+            forwarding: Forwarding::default(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            max_head: DEFAULT_MAX_HEAD,
+            max_body: None,
+            pool_max_idle: pool::DEFAULT_MAX_IDLE,
+            pool_idle_timeout: pool::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// What one backend keeps across reloads: its pool and its HTTP counters.
+struct BackendHttp {
+    pool: Arc<Pool>,
+    counters: BackendHttpCounters,
+}
+
+/// One configuration, as requests see it: the balancer and, index for index, each backend's
+/// pool, counters and name.
+struct Upstreams {
+    balancer: Arc<Balancer>,
+    backends: Vec<Arc<BackendHttp>>,
+    names: Vec<Arc<str>>,
+    affinity: Option<Affinity>,
+    settings: Settings,
+}
+
+impl Upstreams {
+    fn new(balancer: Arc<Balancer>, settings: Settings, old: Option<&Upstreams>) -> Upstreams {
+        let specs: Vec<_> = balancer.backends().iter().map(|b| b.spec()).collect();
+        let backends = specs
+            .iter()
+            .map(|spec| {
+                let kept = old.and_then(|old| {
+                    let j = old
+                        .balancer
+                        .backends()
+                        .iter()
+                        .position(|b| b.spec().same_target(spec))?;
+                    Some(Arc::clone(&old.backends[j]))
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(BackendHttp {
+                        pool: Arc::new(Pool::new(
+                            settings.pool_max_idle,
+                            settings.pool_idle_timeout,
+                        )),
+                        counters: BackendHttpCounters::default(),
+                    })
+                })
+            })
+            .collect();
+        let names: Vec<Arc<str>> = balancer
+            .backends()
+            .iter()
+            .map(|b| Arc::from(b.to_string()))
+            .collect();
+        let affinity = settings.affinity.as_ref().map(|(secret, cookie)| {
+            // The identity is the backend as configured (`tls://host:port` or `host:port`):
+            // what every instance's config says, whatever the order or the resolved address.
+            let ids: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            Affinity::new(secret, cookie.clone(), &ids)
+        });
+        Upstreams {
+            balancer,
+            backends,
+            names,
+            affinity,
+            settings,
+        }
+    }
+}
+
+/// The HTTP balancer: chapter 10's [`Server`] for the listener's work, and per request what
+/// this module adds.
+pub struct HttpServer {
+    server: Arc<Server>,
+    current: RwLock<Arc<Upstreams>>,
+    counters: HttpCounters,
+    /// Set when draining starts: every connection finishes its request in flight and closes.
+    stop: watch::Sender<bool>,
+}
+
+/// What a request needs to know about its connection.
+struct ConnInfo {
+    client: SocketAddr,
+    tls: bool,
+}
+
+impl HttpServer {
+    pub fn new(balancer: Balancer, settings: Settings) -> Arc<HttpServer> {
+        let server = Server::new(balancer);
+        let upstreams = Upstreams::new(server.balancer(), settings, None);
+        Arc::new(HttpServer {
+            server,
+            current: RwLock::new(Arc::new(upstreams)),
+            counters: HttpCounters::default(),
+            stop: watch::Sender::new(false),
+        })
+    }
+
+    fn upstreams(&self) -> Arc<Upstreams> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts a new configuration in place for the requests that start from now on. Backends
+    /// it keeps keep their health, pool and counters.
+    pub fn reload(&self, balancer: Balancer, settings: Settings) {
+        self.server.reload(balancer);
+        let old = self.upstreams();
+        let new = Upstreams::new(self.server.balancer(), settings, Some(&old));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+    }
+
+    /// Counts a reload that was refused.
+    pub fn reload_failed(&self) {
+        self.server.reload_failed();
+    }
+
+    /// Serves `listener` until `shutdown` resolves; see [`HttpServer::drain`] for what follows.
+    pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let _serving = self.server.begin_serving();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                (stream, peer) = net::accept(&listener) => {
+                    match self.server.enter(peer) {
+                        Ok((balancer, entry)) => {
+                            tokio::spawn(Arc::clone(self).connection(stream, peer, balancer, entry));
+                        }
+                        Err(refused) => {
+                            drop(stream);
+                            refused.log(Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After [`HttpServer::run`]: idle keep-alive connections close at once, a request in
+    /// flight finishes and its response says `Connection: close`; waits as
+    /// [`Server::drain`] does. Returns the connections still open at the end.
+    pub async fn drain(&self, interrupt: impl Future<Output = ()>) -> usize {
+        self.stop.send_replace(true);
+        self.server.drain(interrupt).await
+    }
+
+    /// `/health` of the admin listener.
+    pub fn health(&self) -> Result<&'static str, &'static str> {
+        self.server.health()
+    }
+
+    /// `/metrics` of the admin listener: the listener's counters (as `tcp-lb`'s, named
+    /// `httplb_`), then the per-request ones.
+    pub fn metrics(&self) -> String {
+        let listener = self.server.metrics().replace("tcplb_", "httplb_");
+        let up = self.upstreams();
+        let per_backend: Vec<(&str, &BackendHttpCounters, &Pool)> = up
+            .names
+            .iter()
+            .zip(&up.backends)
+            .map(|(n, b)| (&**n, &b.counters, &*b.pool))
+            .collect();
+        listener + &self.counters.render(&per_backend)
+    }
+
+    /// One client connection: admission, then hyper serving its requests, then a lingering
+    /// close.
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        balancer: Arc<Balancer>,
+        entry: Entry,
+    ) {
+        let started = Instant::now();
+        let admitted = match self.server.admit(stream, peer, &balancer, entry).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused.log(started),
+        };
+        let _held = admitted.held;
+        let info = Arc::new(ConnInfo {
+            client: admitted.client,
+            tls: admitted.tls,
+        });
+        let settings = self.upstreams().settings.clone();
+        let (back, returned) = oneshot::channel();
+        let io = TokioIo::new(Returning {
+            io: Some(admitted.conn),
+            partial: false,
+            back: Some(back),
+        });
+        let this = Arc::clone(&self);
+        let service_info = Arc::clone(&info);
+        let service = hyper::service::service_fn(move |req| {
+            let this = Arc::clone(&this);
+            let info = Arc::clone(&service_info);
+            async move { Ok::<_, Infallible>(this.request(req, &info).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout)
+            .max_buf_size(settings.max_head.max(8192))
+            .keep_alive(true);
+        let mut conn = Box::pin(builder.serve_connection(io, service).with_upgrades());
+        let mut stop = self.stop.subscribe();
+        let stopping = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = stopping => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        drop(conn);
+        let client = info.client;
+        let error = result.err();
+        // A head that did not arrive in time, or that hyper refused (it has answered 400 or
+        // 431 itself): a line in the access log as for any other request.
+        if let Some(e) = &error {
+            let status = if e.is_timeout() {
+                Some(StatusCode::REQUEST_TIMEOUT)
+            } else if e.is_parse_too_large() {
+                Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            } else if e.is_parse() {
+                Some(StatusCode::BAD_REQUEST)
+            } else {
+                tracing::debug!(%client, "connection ended: {e}");
+                None
+            };
+            if let Some(status) = status {
+                self.counters.local(status);
+                tracing::info!(target: "access", %client, method = "-", path = "-",
+                    status = status.as_u16(), bytes = 0u64, duration = ?started.elapsed(),
+                    backend = "-", affinity = "-", error = %e, "request");
+            }
+        }
+        // hyper hands the socket back when it is done with it (for an upgrade, when the
+        // tunnel ends). A head that timed out half-sent gets its 408 here: hyper only closes.
+        let Ok((mut stream, partial)) = returned.await else {
+            return;
+        };
+        if partial && error.as_ref().is_some_and(|e| e.is_timeout()) {
+            let _ = tokio::time::timeout(
+                net::LINGER,
+                stream.write_all(
+                    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                ),
+            )
+            .await;
+        }
+        net::lingering_close(stream, net::LINGER).await;
+    }
+
+    /// One request, from its head to the head of its response (the body streams on after).
+    async fn request(
+        &self,
+        mut req: Request<hyper::body::Incoming>,
+        info: &ConnInfo,
+    ) -> Response<Download> {
+        let started = Instant::now();
+        let up = self.upstreams();
+        let upgrade = forward::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let mut line = Line {
+            client: info.client,
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            backend: None,
+            affinity: AffinityOutcome::Off,
+            started,
+        };
+
+        if let Some(max) = up.settings.max_body
+            && content_length(&parts.headers).is_some_and(|len| len > max)
+        {
+            return self.local(StatusCode::PAYLOAD_TOO_LARGE, line);
+        }
+
+        // 1 and 2: the cookie's backend while health allows, else the strategy's.
+        let balancer = &up.balancer;
+        let found = match &up.affinity {
+            Some(affinity) => affinity.take(&mut parts.headers),
+            None => Found::None,
+        };
+        let (mut pick, outcome) = match (found, &up.affinity) {
+            (_, None) => (None, AffinityOutcome::Off),
+            (Found::Backend(i), Some(_)) if balancer.is_up(i) => (Some(i), AffinityOutcome::Hit),
+            (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
+            (Found::None | Found::Unknown, Some(_)) => (None, AffinityOutcome::Miss),
+        };
+        line.affinity = outcome;
+        let mut tried: Vec<usize> = Vec::new();
+        if pick.is_none() {
+            pick = balancer.pick(info.client.ip(), &tried);
+        }
+        let Some(mut i) = pick else {
+            tracing::warn!(client = %info.client, "no backend is up: 503");
+            return self.local(StatusCode::SERVICE_UNAVAILABLE, line);
+        };
+        if outcome == AffinityOutcome::Redispatch {
+            tracing::info!(client = %info.client, backend = %up.names[i],
+                "affinity cookie named a backend that is down or gone: redispatched");
+        }
+
+        // 3: what the backend is sent.
+        forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        up.settings
+            .forwarding
+            .apply(&mut parts.headers, info.client.ip(), info.tls);
+        origin_form(&mut parts.uri, &mut parts.headers);
+        parts.version = Version::HTTP_11;
+        let has_body = !hyper::body::Body::is_end_stream(&body);
+        // A copy to send again should a backend reset before answering: only for requests
+        // that may be repeated (RFC 9110 §9.2.2) and have no body we would have to keep.
+        let replay = (is_idempotent(&parts.method) && !has_body && !upgrade).then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
+        let mut request = Some(Request::from_parts(
+            parts,
+            Upload::new(body, up.settings.max_body),
+        ));
+
+        // 4: send it, on a pooled connection when there is one.
+        let attempts = 2 * up.backends.len() + pool::DEFAULT_MAX_IDLE.min(8);
+        let mut failure = StatusCode::BAD_GATEWAY;
+        let mut answered = None;
+        for _ in 0..attempts {
+            let backend = &up.backends[i];
+            let (mut sender, fresh) = match backend.pool.take() {
+                Some(sender) => (sender, false),
+                None => match self.dial(&up, i).await {
+                    Ok(sender) => (sender, true),
+                    Err(e) => {
+                        tracing::warn!(client = %info.client, backend = %up.names[i], "cannot reach backend: {e}");
+                        if !balancer.may_try_another(&e) {
+                            break;
+                        }
+                        tried.push(i);
+                        match balancer.pick(info.client.ip(), &tried) {
+                            Some(next) => {
+                                i = next;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                },
+            };
+            let Some(req) = request.take() else { break };
+            let active = balancer.count_active_owned(i);
+            let sent =
+                tokio::time::timeout(up.settings.response_timeout, sender.try_send_request(req))
+                    .await;
+            match sent {
+                Ok(Ok(response)) => {
+                    answered = Some((response, sender, active));
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(client = %info.client, backend = %up.names[i],
+                        "no response within {:?}: 504", up.settings.response_timeout);
+                    failure = StatusCode::GATEWAY_TIMEOUT;
+                    break;
+                }
+                Ok(Err(mut e)) => {
+                    if let Some(unsent) = e.take_message() {
+                        // Never written: a pooled connection the backend had closed. The same
+                        // request goes again, on another connection.
+                        request = Some(unsent);
+                        if fresh {
+                            break;
+                        }
+                        continue;
+                    }
+                    let error = e.into_error();
+                    if body::is_too_large(&error) {
+                        failure = StatusCode::PAYLOAD_TOO_LARGE;
+                        break;
+                    }
+                    tracing::warn!(client = %info.client, backend = %up.names[i],
+                        "backend failed before answering: {error}");
+                    let Some((method, uri, headers)) = &replay else {
+                        break;
+                    };
+                    tried.push(i);
+                    let Some(next) = balancer.pick(info.client.ip(), &tried) else {
+                        break;
+                    };
+                    i = next;
+                    let mut again = Request::new(Upload::empty());
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri.clone();
+                    *again.headers_mut() = headers.clone();
+                    request = Some(again);
+                }
+            }
+        }
+        let Some((mut response, sender, active)) = answered else {
+            return self.local(failure, line);
+        };
+        line.backend = Some(Arc::clone(&up.names[i]));
+        let backend = Arc::clone(&up.backends[i]);
+        backend
+            .counters
+            .observe(response.status(), started.elapsed());
+
+        // 5 and 6: the response head, and what becomes of the connection.
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && let Some(client_side) = client_upgrade {
+            let backend_side = hyper::upgrade::on(&mut response);
+            let idle = balancer.idle_timeout;
+            let state = Arc::clone(&up.balancer);
+            tokio::spawn(async move {
+                let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_side, backend_side)
+                else {
+                    return;
+                };
+                let (mut a, mut b) = (TokioIo::new(client_io), TokioIo::new(backend_io));
+                let counters = &state.state(i).counters;
+                let _active = active;
+                proxy::relay(
+                    &mut a,
+                    &mut b,
+                    idle,
+                    &counters.bytes_up,
+                    &counters.bytes_down,
+                )
+                .await;
+            });
+        } else {
+            // The connection goes back to the pool once this response's body has been read.
+            backend.pool.give_back_when_done(sender);
+        }
+        let (mut head, body) = response.into_parts();
+        forward::strip_hop_by_hop(&mut head.headers, switching && upgrade);
+        if outcome != AffinityOutcome::Hit
+            && let Some(affinity) = &up.affinity
+            && let Some(cookie) = affinity.set_cookie(i, info.tls)
+        {
+            head.headers.append(header::SET_COOKIE, cookie.clone());
+            // A shared cache must not hand this user's cookie to the next one.
+            head.headers.append(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache=\"set-cookie\""),
+            );
+        }
+        if up.settings.forwarding.via {
+            head.headers
+                .append(header::VIA, HeaderValue::from_static(forward::VIA_VALUE));
+        }
+        self.counters.affinity(outcome);
+        let status = head.status;
+        let counters = Arc::clone(&backend);
+        let on_end: body::OnEnd = Box::new(move |bytes, complete| {
+            counters.counters.bytes(bytes);
+            line.log(status, bytes, complete);
+        });
+        Response::from_parts(head, Download::new(Payload::Upstream(body), Some(on_end)))
+    }
+
+    /// Dials backend `i` and starts an HTTP/1.1 connection on it.
+    async fn dial(&self, up: &Upstreams, i: usize) -> io::Result<Sender> {
+        let conn = up.balancer.dial_reporting(i, None).await?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(conn))
+            .await
+            .map_err(io::Error::other)?;
+        up.backends[i].pool.opened();
+        crate::metrics::inc(&up.balancer.state(i).counters.connections);
+        let name = Arc::clone(&up.names[i]);
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(backend = %name, "backend connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// An answer of our own: counted, logged, with a one-line body.
+    fn local(&self, status: StatusCode, line: Line) -> Response<Download> {
+        self.counters.local(status);
+        let text = match status {
+            StatusCode::SERVICE_UNAVAILABLE => "no backend is available\n",
+            StatusCode::BAD_GATEWAY => "the backend could not be reached or failed\n",
+            StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time\n",
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large\n",
+            _ => "error\n",
+        };
+        let mut body = Download::text(text);
+        let len = text.len() as u64;
+        body.set_on_end(Box::new(move |_, complete| line.log(status, len, complete)));
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read: the connection cannot carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// One request's access-log line, written when its response body is done.
+struct Line {
+    client: SocketAddr,
+    method: Method,
+    path: String,
+    backend: Option<Arc<str>>,
+    affinity: AffinityOutcome,
+    started: Instant,
+}
+
+impl Line {
+    /// Under the `access` target, as `tcp-lb`'s lines: `RUST_LOG=info,access=off` hides them.
+    fn log(self, status: StatusCode, bytes: u64, complete: bool) {
+        let Line {
+            client,
+            method,
+            path,
+            backend,
+            affinity,
+            started,
+        } = self;
+        let backend = backend.as_deref().unwrap_or("-");
+        let end = if complete { "done" } else { "client-gone" };
+        tracing::info!(target: "access", %client, %method, %path, status = status.as_u16(),
+            bytes, duration = ?started.elapsed(), %backend, affinity = affinity.as_str(), %end,
+            "request");
+    }
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// RFC 9110 §9.2.2: methods whose effect is the same sent once or twice.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A request in absolute form (`GET http://host/path`, as clients of a forward proxy send)
+/// goes on in origin form (`GET /path` with `Host: host`), as an origin server expects.
+fn origin_form(uri: &mut Uri, headers: &mut hyper::HeaderMap) {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    if let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *uri = Uri::from(path);
+}
+
+/// The client's connection as hyper holds it, handed back when hyper is done with it (so that
+/// we can close it lingering, and answer 408 first when a head was cut short). `partial` says
+/// whether bytes of a request arrived since the last response started: a header timeout then
+/// is a slow client, not an idle keep-alive connection.
+struct Returning {
+    io: Option<Conn>,
+    partial: bool,
+    back: Option<oneshot::Sender<(Conn, bool)>>,
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            let _ = back.send((io, self.partial));
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection handed back")
+}
+
+impl AsyncRead for Returning {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let polled = Pin::new(io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.partial = true;
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Returning {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.partial = false;
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, data),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.partial = false;
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl crate::admin::Status for HttpServer {
+    fn metrics(&self) -> String {
+        HttpServer::metrics(self)
+    }
+    fn health(&self) -> Result<&'static str, &'static str> {
+        HttpServer::health(self)
+    }
+}
