@@ -284,7 +284,12 @@ impl HttpServer {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_timeout)
+            // Checked on every head, complete or not (`max_buf_size` alone lets a head that
+            // arrives in one read through).
+            .max_header_size(settings.max_head)
             .max_buf_size(settings.max_head.max(8192))
+            // A client that half-closes after its request still gets the whole answer.
+            .half_close(true)
             .keep_alive(true);
         let mut conn = Box::pin(builder.serve_connection(io, service).with_upgrades());
         let mut stop = self.stop.subscribe();
@@ -373,7 +378,11 @@ impl HttpServer {
             Some(affinity) => affinity.take(&mut parts.headers),
             None => Found::None,
         };
-        let (mut pick, outcome) = match (found, &up.affinity) {
+        let cookie_backend = match found {
+            Found::Backend(i) => Some(i),
+            _ => None,
+        };
+        let (mut pick, mut outcome) = match (found, &up.affinity) {
             (_, None) => (None, AffinityOutcome::Off),
             (Found::Backend(i), Some(_)) if balancer.is_up(i) => (Some(i), AffinityOutcome::Hit),
             (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
@@ -493,6 +502,13 @@ impl HttpServer {
         let Some((mut response, sender, active)) = answered else {
             return self.local(failure, line);
         };
+        // The cookie's backend was up but could not be reached: the user now has another.
+        if outcome == AffinityOutcome::Hit && Some(i) != cookie_backend {
+            outcome = AffinityOutcome::Redispatch;
+            line.affinity = outcome;
+            tracing::info!(client = %info.client, backend = %up.names[i],
+                "affinity cookie named a backend that could not be reached: redispatched");
+        }
         line.backend = Some(Arc::clone(&up.names[i]));
         let backend = Arc::clone(&up.backends[i]);
         backend
