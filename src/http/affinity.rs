@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use hyper::header::{COOKIE, HeaderMap, HeaderValue};
+use hyper::header::{COOKIE, Entry, HeaderMap, HeaderValue};
 use ring::hmac;
 
 /// The cookie's name unless configured.
@@ -134,50 +134,52 @@ impl Affinity {
     /// backend never sees it (it is ours, not the application's). Other cookies stay, in
     /// order.
     pub fn take(&self, headers: &mut HeaderMap) -> Found {
-        // The common case, no cookie at all, costs one lookup.
-        if !headers.contains_key(COOKIE) {
-            return Found::None;
-        }
         let mut found = Found::None;
-        let mut rewritten: Vec<HeaderValue> = Vec::new();
-        let mut changed = false;
-        for value in headers.get_all(COOKIE) {
-            let Ok(text) = value.to_str() else {
-                rewritten.push(value.clone());
-                continue;
-            };
+        let mut emptied = false;
+        // The common cases cost little: no `Cookie` header is one lookup; one line holding
+        // our cookie is rewritten in place, in one new string.
+        let Entry::Occupied(mut lines) = headers.entry(COOKIE) else {
+            return Found::None;
+        };
+        for value in lines.iter_mut() {
+            let Ok(text) = value.to_str() else { continue };
             if !text.contains(&self.prefix) {
-                rewritten.push(value.clone());
                 continue;
             }
-            let mut kept: Vec<&str> = Vec::new();
-            for pair in text.split(';') {
-                let pair = pair.trim();
+            let mut kept = String::with_capacity(text.len());
+            for pair in text.split(';').map(str::trim) {
                 match pair.strip_prefix(&self.prefix) {
-                    Some(v) => {
-                        changed = true;
-                        // The first valid one wins; a later duplicate cannot override it.
-                        if matches!(found, Found::Backend(_)) {
-                            continue;
-                        }
+                    // The first valid one wins; a later duplicate cannot override it.
+                    Some(v) if !matches!(found, Found::Backend(_)) => {
                         found = match self.by_value.get(v) {
                             Some(&i) => Found::Backend(i),
                             None => Found::Unknown,
                         };
                     }
-                    None if !pair.is_empty() => kept.push(pair),
-                    None => {}
+                    Some(_) => {}
+                    None if pair.is_empty() => {}
+                    None => {
+                        if !kept.is_empty() {
+                            kept.push_str("; ");
+                        }
+                        kept.push_str(pair);
+                    }
                 }
             }
-            if !kept.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-            {
-                rewritten.push(v);
-            }
+            emptied |= kept.is_empty();
+            // What was a valid header value stays one with a cookie taken out.
+            *value = HeaderValue::try_from(kept).unwrap_or(HeaderValue::from_static(""));
         }
-        if changed {
+        if emptied {
+            // A line that held only our cookie goes altogether.
+            let rest: Vec<HeaderValue> = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .collect();
             headers.remove(COOKIE);
-            for v in rewritten {
+            for v in rest {
                 headers.append(COOKIE, v);
             }
         }
