@@ -5,6 +5,7 @@
 #
 #   benches/compare/run.sh                       # both modes, about 15 minutes
 #   benches/compare/run.sh --mode pinned --workloads keepalive,close --targets haproxy,tcp-lb
+#   benches/compare/run.sh --http                # http-lb (chapter 12): benches/compare/http.py
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -18,6 +19,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -28,5 +30,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
 fi
 
+if [ "${1:-}" = "--http" ]; then
+    shift
+    cargo build --release --bin http-lb --bin dummy-server >&2
+    exec python3 benches/compare/http.py "$@"
+fi
 cargo build --release --bin tcp-lb --bin dummy-server --bin certs >&2
 exec python3 benches/compare/compare.py "$@"

@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""http-lb beside HAProxy (`mode http`) and nginx (`proxy_pass`): one machine, one run.
+
+Started by benches/compare/run.sh --http, which installs the tools and builds http-lb first:
+
+    benches/compare/run.sh --http                     # pinned, then unpinned
+    benches/compare/run.sh --http --mode pinned --rounds 5 --seconds 8
+
+Each target balances round robin over the same two dummy-server backends, with keep-alive
+connections to them (nginx `upstream { keepalive 64; }` with HTTP/1.1 and `Connection: ""`,
+HAProxy's default `http-reuse safe`, http-lb's pool), adds X-Forwarded-For, and streams bodies
+(nginx `proxy_request_buffering off; proxy_buffering off;`: it would otherwise spool a large
+upload to disk before sending any of it). http-lb and HAProxy insert an affinity cookie
+(`cookie lb insert indirect nocache`); open-source nginx has no cookie affinity. wrk sends no
+cookie back, so every request is a new user: the cookie is set on every response.
+
+Workloads:
+  keepalive   wrk, 50 keep-alive connections: requests/s, proxy CPU per request, p99 latency.
+  close       wrk with `Connection: close`: one new client connection per request (the
+              backend connections stay pooled).
+  upload      one 1 GiB POST streamed through to the backend's /echo (which streams it back):
+              throughput, and the proxy's peak resident memory above its idle size.
+  download    one 1 GiB GET of /bytes/N: throughput and peak memory likewise.
+
+Pinned mode: each proxy has one worker on CPU 1, everything else on CPU 0. Unpinned: two
+workers each. Rounds interleave the targets; the table shows medians. Everything listens on
+127.0.0.1; every process started is stopped by PID at the end.
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import Procs, cpu_seconds, family, free_port, log, wait_port  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGETS = ["direct", "haproxy", "nginx", "http-lb"]
+WORKLOADS = ["keepalive", "close", "upload", "download"]
+GIB = 1 << 30
+
+
+def haproxy_config(listen, backends, workers):
+    servers = "\n".join(f"  server s{i} 127.0.0.1:{p} cookie s{i}" for i, p in enumerate(backends))
+    return f"""global
+  nbthread {workers}
+  maxconn 9800
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+  timeout http-request 10s
+frontend f
+  bind 127.0.0.1:{listen}
+  default_backend b
+backend b
+  balance roundrobin
+  cookie lb insert indirect nocache
+{servers}
+"""
+
+
+def nginx_config(listen, backends, workers, prefix):
+    servers = "\n".join(f"    server 127.0.0.1:{p};" for p in backends)
+    return f"""daemon off;
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {prefix}/nginx.pid;
+error_log {prefix}/nginx-error.log warn;
+events {{ worker_connections 19800; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  upstream b {{
+{servers}
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{listen};
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    location / {{
+      proxy_pass http://b;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"""
+
+
+def rss_now_kib(pid):
+    total = 0
+    for p in family(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Bench:
+    def __init__(self, opts, work):
+        self.opts = opts
+        self.work = work
+        self.procs = Procs()
+        self.pinned = opts.mode == "pinned"
+        self.workers = 1 if self.pinned else 2
+        self.load_cpu = 0 if self.pinned else None
+        self.proxy_cpu = 1 if self.pinned else None
+
+    def start_backends(self):
+        self.http = [free_port(), free_port()]
+        cmd = [self.opts.dummy]
+        for p in self.http:
+            cmd += ["--listen", f"127.0.0.1:{p}"]
+        d = self.procs.start(cmd, cpu=self.load_cpu, env={"RUST_LOG": "warn"})
+        for p in self.http:
+            wait_port(p, d, "dummy-server")
+
+    def start_proxy(self, target):
+        if target == "direct":
+            return self.http[0], None
+        port = free_port()
+        name = f"{target}-{port}"
+        logfile = open(os.path.join(self.work, name + ".log"), "w")
+        if target == "haproxy":
+            cfg = os.path.join(self.work, name + ".cfg")
+            with open(cfg, "w") as f:
+                f.write(haproxy_config(port, self.http, self.workers))
+            p = self.procs.start(["haproxy", "-f", cfg, "-db"], cpu=self.proxy_cpu, stderr=logfile)
+        elif target == "nginx":
+            prefix = os.path.join(self.work, name)
+            os.makedirs(prefix, exist_ok=True)
+            cfg = os.path.join(self.work, name + ".conf")
+            with open(cfg, "w") as f:
+                f.write(nginx_config(port, self.http, self.workers, prefix))
+            p = self.procs.start(["nginx", "-c", cfg, "-p", prefix, "-e",
+                                  os.path.join(prefix, "nginx-error.log")],
+                                 cpu=self.proxy_cpu, stderr=logfile)
+        else:
+            cmd = [self.opts.http_lb, "--listen", f"127.0.0.1:{port}", "--health-interval", "0",
+                   "--workers", str(self.workers)]
+            for b in self.http:
+                cmd += ["--backend", f"127.0.0.1:{b}"]
+            # Access log off, as for the others (nginx `access_log off`, HAProxy logs nothing
+            # without a log target).
+            p = self.procs.start(cmd, cpu=self.proxy_cpu, env={"RUST_LOG": self.opts.rust_log},
+                                 stderr=logfile)
+        wait_port(port, p, target)
+        if target == "nginx":
+            deadline = time.monotonic() + 10
+            while len(family(p.pid)) < 1 + self.workers and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return port, p
+
+    def wrk(self, port, close):
+        threads = 1 if self.pinned else 2
+        cmd = ["wrk", f"-t{threads}", "-c50", f"-d{self.opts.seconds}s", "--latency",
+               f"http://127.0.0.1:{port}/"]
+        if close:
+            cmd += ["-H", "Connection: close"]
+        if self.load_cpu is not None:
+            cmd = ["taskset", "-c", str(self.load_cpu)] + cmd
+        out = subprocess.run(cmd, capture_output=True, text=True,
+                             timeout=self.opts.seconds + 30).stdout
+        m = re.search(r"(\d+) requests in", out)
+        rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+        p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m or not rps or not p99:
+            raise RuntimeError(f"wrk failed: {out[-400:]}")
+        if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+            raise RuntimeError(f"wrk saw failed answers: {out[-400:]}")
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+        return float(rps.group(1)), int(m.group(1)), float(p99.group(1)) * scale
+
+    def transfer(self, port, pid, upload):
+        """One 1 GiB transfer with curl; (MiB/s, peak KiB above the RSS at the start)."""
+        size = self.opts.gib * GIB
+        base = rss_now_kib(pid) if pid else 0
+        peak = [base]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_now_kib(pid))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True) if pid else None
+        if sampler:
+            sampler.start()
+        url = f"http://127.0.0.1:{port}/"
+        if upload:
+            # Streamed from /dev/zero with chunked encoding: curl holds none of it either.
+            cmd = (f"head -c {size} /dev/zero | curl -sS -o /dev/null -w '%{{size_download}}' "
+                   f"-H 'Expect:' -T - -X POST {url}echo")
+        else:
+            cmd = f"curl -sS -o /dev/null -w '%{{size_download}}' {url}bytes/{size}"
+        if self.load_cpu is not None:
+            cmd = f"taskset -c {self.load_cpu} sh -c \"{cmd}\""
+        start = time.monotonic()
+        out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600)
+        elapsed = time.monotonic() - start
+        done.set()
+        if sampler:
+            sampler.join()
+        if out.returncode != 0 or out.stdout.strip() != str(size):
+            raise RuntimeError(f"transfer failed: {out.stdout[-200:]} {out.stderr[-300:]}")
+        return size / elapsed / 2**20, peak[0] - base
+
+    def run(self):
+        rows = {}
+        targets = [t for t in TARGETS if t in self.opts.targets]
+        self.start_backends()
+        for workload in [w for w in WORKLOADS if w in self.opts.workloads]:
+            samples = {t: [] for t in targets}
+            started = {t: self.start_proxy(t) for t in targets}
+            for r in range(self.opts.rounds if workload in ("keepalive", "close") else 1):
+                for target, (port, proc) in started.items():
+                    pid = proc.pid if proc else None
+                    before = cpu_seconds(pid) if pid else 0.0
+                    if workload in ("keepalive", "close"):
+                        rps, n, p99 = self.wrk(port, workload == "close")
+                        cpu = (cpu_seconds(pid) - before) if pid else None
+                        samples[target].append((rps, n, cpu, p99))
+                        per = "" if cpu is None else f", {cpu / n * 1e6:.1f} µs CPU/req"
+                        log(f"  {self.opts.mode} {workload:9} round {r + 1} {target:8} "
+                            f"{rps:10.0f} req/s, p99 {p99:.2f} ms{per}")
+                    else:
+                        mibs, peak = self.transfer(port, pid, workload == "upload")
+                        cpu = (cpu_seconds(pid) - before) if pid else None
+                        samples[target].append((mibs, self.opts.gib, cpu, peak))
+                        log(f"  {self.opts.mode} {workload:9} {target:8} {mibs:8.0f} MiB/s, "
+                            f"peak +{peak / 1024:.1f} MiB")
+            for _, proc in started.values():
+                if proc:
+                    self.procs.stop(proc)
+            rows[workload] = samples
+        self.procs.stop_all()
+        return rows
+
+
+def table(mode, rows, targets):
+    out = [f"### {mode}", "", "| workload | " + " | ".join(targets) + " |",
+           "|---|" + "---|" * len(targets)]
+    for workload, samples in rows.items():
+        cells = []
+        for t in targets:
+            s = samples.get(t)
+            if not s:
+                cells.append("—")
+                continue
+            if workload in ("keepalive", "close"):
+                rps = statistics.median(x[0] for x in s)
+                p99 = statistics.median(x[3] for x in s)
+                cell = f"{rps:,.0f} req/s, p99 {p99:.2f} ms"
+                cpus = [c / n for _, n, c, _ in s if c is not None and n]
+                if cpus:
+                    cell += f", {statistics.median(cpus) * 1e6:.1f} µs CPU/req"
+            else:
+                mibs = statistics.median(x[0] for x in s)
+                cell = f"{mibs:,.0f} MiB/s"
+                if t != "direct":
+                    peak = statistics.median(x[3] for x in s)
+                    cell += f", peak +{peak / 1024:.1f} MiB"
+                    cpus = [c / g for _, g, c, _ in s if c is not None]
+                    if cpus:
+                        cell += f", {statistics.median(cpus):.2f} s CPU/GiB"
+            cells.append(cell)
+        out.append(f"| {workload} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=["pinned", "unpinned", "both"], default="both")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--gib", type=int, default=1, help="size of the upload and download")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--http-lb", default=os.path.join(ROOT, "target/release/http-lb"))
+    ap.add_argument("--dummy", default=os.path.join(ROOT, "target/release/dummy-server"))
+    ap.add_argument("--rust-log", default="warn", help="RUST_LOG for http-lb")
+    ap.add_argument("--out", help="also write the tables (markdown) to this file")
+    opts = ap.parse_args()
+    opts.workloads = opts.workloads.split(",")
+    opts.targets = opts.targets.split(",")
+    for w in opts.workloads:
+        if w not in WORKLOADS:
+            sys.exit(f"error: unknown workload {w}; known: {', '.join(WORKLOADS)}")
+    for t in opts.targets:
+        if t not in TARGETS:
+            sys.exit(f"error: unknown target {t}; known: {', '.join(TARGETS)}")
+    for tool in ["taskset", "wrk", "haproxy", "nginx", "curl"]:
+        if not shutil.which(tool):
+            sys.exit(f"error: {tool} is not installed (benches/compare/run.sh installs it)")
+    work = tempfile.mkdtemp(prefix="http-lb-compare-")
+    modes = ["pinned", "unpinned"] if opts.mode == "both" else [opts.mode]
+    tables = []
+    for mode in modes:
+        opts.mode = mode
+        os.sched_setaffinity(0, {0} if mode == "pinned" else set(range(os.cpu_count() or 1)))
+        bench = Bench(opts, work)
+        try:
+            rows = bench.run()
+        finally:
+            bench.procs.stop_all()
+        label = "1 worker, proxy on CPU 1" if mode == "pinned" else "2 workers"
+        tables.append(table(f"{mode} ({label})", rows, [t for t in TARGETS if t in opts.targets]))
+    header = (f"{time.strftime('%Y-%m-%d')}, {opts.rounds} rounds of {opts.seconds} s (wrk), "
+              f"one {opts.gib} GiB transfer each, medians; CPU is the proxy's own.")
+    text = header + "\n\n" + "\n\n".join(tables) + "\n"
+    print(text)
+    if opts.out:
+        with open(opts.out, "w") as f:
+            f.write(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
