@@ -12,9 +12,11 @@
 //! | `localhost.pem` | the leaf, SANs `localhost`, `127.0.0.1`, `::1`, not a CA | servers |
 //! | `localhost-key.pem` | the leaf's private key (mode 0600) | servers |
 //!
-//! It refuses to overwrite existing files unless `--force`: regenerating the CA silently would
-//! break every client that trusts the old one. The files are git-ignored; private keys never
-//! belong in a repository.
+//! Run again, it keeps files that are already a valid set for the names asked (it says so and
+//! succeeds, so a reader who follows chapters 5, 6 and 7 in order can type the same command
+//! each time), and refuses to touch a set that is incomplete or does not fit unless `--force`:
+//! regenerating the CA silently would break every client that trusts the old one. The files
+//! are git-ignored; private keys never belong in a repository.
 //!
 //! **What the Go version got wrong:** its recipe makes one self-signed certificate with only a
 //! Common Name. rustls refuses it (no subjectAltName, and a CA certificate used as a server
@@ -58,6 +60,23 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let names = ["ca.pem", "ca-key.pem", "localhost.pem", "localhost-key.pem"];
+    if !args.force && names.iter().all(|n| args.out.join(n).exists()) {
+        return match lb::certs::check_existing(&args.out, &args.names) {
+            Ok(()) => {
+                println!(
+                    "kept the certificates already in {} (valid for {}); --force makes new ones",
+                    args.out.display(),
+                    args.names.join(", ")
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!(
+                "the certificates in {} cannot be kept; pass --force to replace all four files",
+                args.out.display()
+            ))),
+        };
+    }
     let bundle = lb::certs::generate(&args.names).context("cannot generate the certificates")?;
     let files = [
         ("ca.pem", &bundle.ca_cert_pem, false),

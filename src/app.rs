@@ -30,13 +30,11 @@ pub struct Common {
     /// Address to listen on [default: 127.0.0.1:3000].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// A backend: HOST:PORT for plain TCP, tls://HOST:PORT for TLS, optionally followed by
-    /// ,weight=N and ,check=http (from step 09 and 08) and ,proxy=v1|v2 (tcp-lb); repeat for
-    /// several. Replaces the config file's backends. None anywhere: built-in dummy servers.
-    #[arg(
-        long = "backend",
-        value_name = "[tls://]HOST:PORT[,weight=N][,check=http][,proxy=v2]"
-    )]
+    /// A backend: HOST:PORT for plain TCP, tls://HOST:PORT for TLS; repeat for several.
+    /// Later steps take options after a comma (08: ,check=http; 09: ,weight=N; tcp-lb:
+    /// ,proxy=v1|v2). Replaces the config file's backends. None anywhere: built-in dummy
+    /// servers.
+    #[arg(long = "backend", value_name = "[tls://]HOST:PORT[,OPTION...]")]
     pub backends: Vec<BackendSpec>,
     /// Terminate TLS on the listener with this certificate chain (PEM); needs --key.
     #[arg(long, value_name = "FILE", requires = "key")]

@@ -114,6 +114,30 @@ impl Bundle {
     }
 }
 
+/// Whether the files in `dir` are a set `certs` would have made for `names`: the CA and the
+/// leaf load, the leaf's key loads, and the leaf verifies against the CA for every name today.
+/// `Err` says what is wrong, for a message that tells the user to pass `--force`.
+pub fn check_existing(dir: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let roots = crate::tls::load_roots(&dir.join("ca.pem"))?;
+    crate::tls::load_key(&dir.join("ca-key.pem"))?;
+    crate::tls::load_key(&dir.join("localhost-key.pem"))?;
+    let chain = crate::tls::load_certs(&dir.join("localhost.pem"))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .build()?;
+    let now = rustls::pki_types::UnixTime::now();
+    for name in names {
+        let server_name = rustls::pki_types::ServerName::try_from(name.as_str())?;
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &server_name, &[], now)
+            .map_err(|e| anyhow::anyhow!("the certificate does not fit {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

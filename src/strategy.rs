@@ -522,12 +522,55 @@ impl StrategyKind {
 
     /// A `--strategy` parser that accepts only `allowed`, so each step's `--help` lists the
     /// strategies its chapter has introduced.
-    pub fn parser(
-        allowed: &'static [StrategyKind],
-    ) -> impl clap::builder::TypedValueParser<Value = StrategyKind> {
-        use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-        PossibleValuesParser::new(allowed.iter().map(|k| k.name()))
-            .try_map(|name: String| <StrategyKind as clap::ValueEnum>::from_str(&name, false))
+    pub fn parser(allowed: &'static [StrategyKind]) -> StrategyParser {
+        StrategyParser(allowed)
+    }
+}
+
+/// The `--strategy` parser of [`StrategyKind::parser`]. A strategy of a later chapter is
+/// refused with the step that has it, as the config file's `strategy` is, rather than with
+/// clap's generic list.
+#[derive(Clone, Copy)]
+pub struct StrategyParser(&'static [StrategyKind]);
+
+impl clap::builder::TypedValueParser for StrategyParser {
+    type Value = StrategyKind;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StrategyKind, clap::Error> {
+        let name = value.to_string_lossy();
+        let step = cmd.get_bin_name().unwrap_or(cmd.get_name());
+        let step = std::path::Path::new(step)
+            .file_name()
+            .map_or(step.into(), |f| f.to_string_lossy());
+        let known = self
+            .0
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = match StrategyKind::ALL.iter().find(|k| k.name() == name) {
+            Some(kind) if self.0.contains(kind) => return Ok(*kind),
+            Some(_) => {
+                format!("strategy {name} comes with step 09-strategies; {step} knows {known}\n")
+            }
+            None => format!("unknown strategy `{name}`; {step} knows {known}\n"),
+        };
+        Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd))
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.0
+                .iter()
+                .map(|k| clap::builder::PossibleValue::new(k.name())),
+        ))
     }
 }
 

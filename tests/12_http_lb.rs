@@ -670,6 +670,21 @@ fn bad_settings_are_one_line_errors() {
     assert_one_line_error(LB, &["--config", path_str(&file)], &["2:", "sticky"]);
 }
 
+/// `--help` lists the chapter's flags.
+#[test]
+fn help_lists_the_http_flags() {
+    use predicates::prelude::*;
+    assert_cmd::Command::new(LB)
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("--affinity-secret-file")
+                .and(predicate::str::contains("--trusted-proxy"))
+                .and(predicate::str::contains("--max-body")),
+        );
+}
+
 /// With no backend configured it serves the built-in ones, as `cargo run` does for tcp-lb.
 #[test]
 fn with_no_backend_it_serves_the_built_in_ones() {

@@ -4,7 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
+use assert_cmd::Command;
 use common::*;
+use predicates::prelude::*;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::{ServerName, UnixTime};
 
@@ -36,16 +38,43 @@ fn writes_a_ca_and_a_leaf_that_verifies() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
+    // A second run, as chapters 5, 6 and 7 each ask for, keeps the valid set and succeeds.
     let before = std::fs::read(dir.join("ca.pem")).unwrap();
-    assert_one_line_error(
-        bin!("certs"),
-        &["--out", path_str(&dir)],
-        &["already exists", "--force"],
-    );
+    Command::new(bin!("certs"))
+        .args(["--out", path_str(&dir)])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("kept the certificates already in"));
     assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), before);
-    let (code, _, _) = run(bin!("certs"), &["--out", path_str(&dir), "--force"]);
-    assert_eq!(code, 0);
+    // Asked for a name the kept leaf lacks, it refuses to touch them without --force.
+    Command::new(bin!("certs"))
+        .args(["--out", path_str(&dir), "--name", "example.com"])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::starts_with("error: ")
+                .and(predicate::str::contains("--force"))
+                .and(predicate::str::contains("example.com")),
+        );
+    Command::new(bin!("certs"))
+        .args(["--out", path_str(&dir), "--force"])
+        .assert()
+        .success();
     assert_ne!(std::fs::read(dir.join("ca.pem")).unwrap(), before);
+}
+
+/// A set with a file missing is not silently completed (the CA would no longer match).
+#[test]
+fn an_incomplete_set_is_refused_without_force() {
+    let dir = make_certs("incomplete");
+    std::fs::remove_file(dir.join("localhost-key.pem")).unwrap();
+    Command::new(bin!("certs"))
+        .args(["--out", path_str(&dir)])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("already exists").and(predicate::str::contains("--force")),
+        );
 }
 
 /// The Go tutorial's recipe (`openssl req -x509`, CN only) makes a certificate rustls refuses,

@@ -45,6 +45,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Where cargo puts the binaries: CARGO_TARGET_DIR when set, as cargo itself reads it.
+CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 TARGETS = ["direct", "haproxy", "nginx", "tcp-lb"]
@@ -457,9 +459,9 @@ def main():
                     help="idle pairs (each takes two of the proxy's file descriptors)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--tcp-lb", default=os.path.join(ROOT, "target/release/tcp-lb"))
-    ap.add_argument("--dummy", default=os.path.join(ROOT, "target/release/dummy-server"))
-    ap.add_argument("--certs", default=os.path.join(ROOT, "target/release/certs"))
+    ap.add_argument("--tcp-lb", default=os.path.join(CARGO_TARGET, "release/tcp-lb"))
+    ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
+    ap.add_argument("--certs", default=os.path.join(CARGO_TARGET, "release/certs"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for tcp-lb")
     ap.add_argument("--out", help="also write the tables (markdown) to this file")
     ap.add_argument("tcp_lb_args", nargs="*", help="extra tcp-lb flags, after --")

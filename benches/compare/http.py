@@ -41,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import Procs, cpu_seconds, family, free_port, log, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Where cargo puts the binaries: CARGO_TARGET_DIR when set, as cargo itself reads it.
+CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TARGETS = ["direct", "haproxy", "nginx", "http-lb"]
 WORKLOADS = ["keepalive", "close", "upload", "download"]
 GIB = 1 << 30
@@ -295,8 +297,8 @@ def main():
     ap.add_argument("--gib", type=int, default=1, help="size of the upload and download")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--http-lb", default=os.path.join(ROOT, "target/release/http-lb"))
-    ap.add_argument("--dummy", default=os.path.join(ROOT, "target/release/dummy-server"))
+    ap.add_argument("--http-lb", default=os.path.join(CARGO_TARGET, "release/http-lb"))
+    ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for http-lb")
     ap.add_argument("--out", help="also write the tables (markdown) to this file")
     opts = ap.parse_args()

@@ -11,6 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# Help first: nothing to install or build to print it.
+case "${1:-}" in
+    -h|--help) exec python3 benches/compare/compare.py --help ;;
+esac
+if [ "${1:-}" = "--http" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/http.py --help
+fi
+
 missing=()
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v nginx >/dev/null || missing+=(nginx)

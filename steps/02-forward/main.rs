@@ -28,8 +28,10 @@
 //!              curl -s --data-binary @Cargo.lock localhost:3000/echo | cmp - Cargo.lock
 //! ```
 //!
-//! Stop the dummy server and curl again: curl reports an empty reply, 02-forward logs
-//! `cannot reach backend` and keeps running. Start the dummy server again: it works again.
+//! Stop the dummy server and curl again: curl prints `curl: (56) Recv failure: Connection
+//! reset by peer` (02-forward closed the connection with the request unread, and the kernel
+//! answers that with a reset), 02-forward logs `cannot reach backend` and keeps running. Start
+//! the dummy server again: it works again.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

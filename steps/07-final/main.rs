@@ -22,7 +22,7 @@
 //! **Try it:**
 //!
 //! ```text
-//! terminal 1:  cargo run --release
+//! terminal 1:  cargo run --release --bin 07-final
 //! terminal 2:  for i in 1 2 3; do curl -s localhost:3000 | head -1; done
 //!
 //! with files:  cargo run --bin certs

@@ -35,8 +35,9 @@
 //!
 //! Every curl gets an answer from the start, although 4446 is down; terminal 2 logs it going
 //! down. Start terminal 4: within a few seconds server3 is logged back up and takes its turn.
-//! Stop terminal 1 with Ctrl-C: server3 answers everything. Stop terminal 4 too: curl gets an
-//! empty reply at once, and the balancer keeps running for when they come back.
+//! Stop terminal 1 with Ctrl-C: server3 answers everything. Stop terminal 4 too: the loop prints
+//! nothing (`curl -sS` would show `curl: (56) Recv failure: Connection reset by peer`), and the
+//! balancer keeps running for when they come back.
 
 use std::process::ExitCode;
 

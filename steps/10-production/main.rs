@@ -35,17 +35,19 @@
 //! loop logs and retries at full speed), `os.Exit` on a signal (every transfer cut), and a
 //! restart as the only way to change a backend.
 //!
-//! **Try it** in three terminals:
+//! **Try it** in two terminals (`$LB` is the PID of this `tcp-lb`, not of every one on the
+//! machine):
 //!
 //! ```text
 //! terminal 1:  cargo run --bin dummy-server
-//! terminal 2:  cargo run --release -- --config examples/10-production.toml
-//! terminal 3:  curl -s localhost:3000/delay/3000 & sleep 0.5; kill -TERM $(pgrep -x tcp-lb); wait
+//! terminal 2:  cargo build --release
+//!              target/release/tcp-lb --config examples/10-production.toml & LB=$!
 //!              curl -s localhost:9000/metrics | grep backend_connections_total
+//!              curl -s localhost:3000/delay/3000 | head -1 & sleep 1; kill -TERM $LB; wait
 //! ```
 //!
-//! The delayed answer still arrives after the SIGTERM (terminal 2 logs the drain); restart it,
-//! edit the file (remove a backend), `kill -HUP $(pgrep -x tcp-lb)`, and watch the log.
+//! The delayed answer still arrives after the SIGTERM (the log shows the drain). Start it again
+//! the same way, edit the file (remove a backend), `kill -HUP $LB`, and watch the log.
 
 use std::process::ExitCode;
 

@@ -279,22 +279,33 @@ pub fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Asserts a start-up failure: non-zero exit, and exactly one line on stderr that starts with
-/// `error:` and contains every one of `words`.
+/// Asserts a start-up failure: non-zero exit (not a panic's 101), and exactly one line on
+/// stderr that starts with `error:` and contains every one of `words`. One-shot runs use
+/// `assert_cmd`, the ecosystem's way to test a command line.
 pub fn assert_one_line_error(bin: &str, args: &[&str], words: &[&str]) {
-    let (code, _, stderr) = run(bin, args);
-    assert_ne!(code, 0, "{bin} {args:?} should fail; stderr: {stderr}");
-    assert!(code != 101, "{bin} {args:?} panicked: {stderr}");
+    use predicates::prelude::*;
+    let mut line = predicate::str::starts_with("error: ").boxed();
+    for w in words {
+        line = line.and(predicate::str::contains(*w)).boxed();
+    }
+    let assert = assert_cmd::Command::new(bin)
+        .args(args)
+        .timeout(PATIENCE)
+        .assert()
+        .failure()
+        .code(predicate::ne(101));
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
         lines.len(),
         1,
         "{bin} {args:?}: expected one line, got:\n{stderr}"
     );
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for w in words {
-        assert!(lines[0].contains(w), "{:?} lacks {w:?}", lines[0]);
-    }
+    assert!(
+        line.eval(lines[0]),
+        "{bin} {args:?}: {:?} lacks one of {words:?}",
+        lines[0]
+    );
 }
 
 /// A TCP connection with timeouts, so a test that goes wrong fails instead of hanging.
