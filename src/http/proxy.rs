@@ -427,10 +427,16 @@ impl HttpServer {
         // 4: send it, on a pooled connection when there is one.
         let attempts = 2 * up.backends.len() + pool::DEFAULT_MAX_IDLE.min(8);
         let mut failure = StatusCode::BAD_GATEWAY;
+        // After a pooled connection failed under a request: dial rather than reuse.
+        let mut fresh_only = false;
         let mut answered = None;
         for _ in 0..attempts {
             let backend = &up.backends[i];
-            let (mut sender, fresh) = match backend.pool.take() {
+            let pooled = match fresh_only {
+                true => None,
+                false => backend.pool.take(),
+            };
+            let (mut sender, fresh) = match pooled {
                 Some(sender) => (sender, false),
                 None => match self.dial(&up, i).await {
                     Ok(sender) => (sender, true),
@@ -481,16 +487,27 @@ impl HttpServer {
                         failure = StatusCode::PAYLOAD_TOO_LARGE;
                         break;
                     }
-                    tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "backend failed before answering: {error}");
                     let Some((method, uri, headers)) = &replay else {
+                        tracing::warn!(client = %info.client, backend = %up.names[i],
+                            "backend failed before answering: {error}");
                         break;
                     };
-                    tried.push(i);
-                    let Some(next) = balancer.pick(info.client.ip(), &tried) else {
-                        break;
-                    };
-                    i = next;
+                    if fresh {
+                        tracing::warn!(client = %info.client, backend = %up.names[i],
+                            "backend failed before answering: {error}");
+                        tried.push(i);
+                        let Some(next) = balancer.pick(info.client.ip(), &tried) else {
+                            break;
+                        };
+                        i = next;
+                    } else {
+                        // A reused connection that the backend closed while the request was on
+                        // its way (the keep-alive race, RFC 9112 §9.3.1): not the backend's
+                        // failure. The same backend again, on a new connection.
+                        tracing::debug!(backend = %up.names[i],
+                            "pooled connection closed under the request: sending it again");
+                        fresh_only = true;
+                    }
                     let mut again = Request::new(Upload::empty());
                     *again.method_mut() = method.clone();
                     *again.uri_mut() = uri.clone();
