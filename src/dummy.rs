@@ -3,7 +3,8 @@
 //! The Go tutorial's dummy server prints which server it is, how many times it was called and
 //! the headers it received. This one does the same on every path, plus two endpoints for
 //! checking a proxy: `GET /bytes/N` answers N bytes of a fixed pseudo-random pattern (so a
-//! test can check every byte that came through), and `/echo` streams the request body back.
+//! test can check every byte that came through), `/echo` streams the request body back, and
+//! `/sink` reads it to the end and answers how many bytes arrived.
 //!
 //! Chapter 8 and 9 add what a learner needs to watch a balancer react to a *slow* backend:
 //! a per-server delay before every answer ([`DummyServer::with_delay`], `--delay MS`) and
@@ -172,6 +173,33 @@ impl DummyServer {
                 Err(_) => (
                     StatusCode::BAD_REQUEST,
                     DummyBody::text(format!("`{n}` is not a byte count\n")),
+                ),
+            }
+        } else if path == "/sink" {
+            // The far end of an upload: the body is read to the end and thrown away, and the
+            // answer says how much arrived (for measuring a proxy on uploads alone).
+            let mut body = req.into_body();
+            let mut received = 0u64;
+            let mut failed = None;
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                match frame {
+                    Ok(frame) => received += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => (
+                    StatusCode::OK,
+                    DummyBody::text(format!("received: {received}\n")),
+                ),
+                Some(e) => (
+                    StatusCode::BAD_REQUEST,
+                    DummyBody::text(format!("cannot read the request body: {e}\n")),
                 ),
             }
         } else if path == "/echo" {

@@ -18,8 +18,9 @@ Workloads:
   keepalive   wrk, 50 keep-alive connections: requests/s, proxy CPU per request, p99 latency.
   close       wrk with `Connection: close`: one new client connection per request (the
               backend connections stay pooled).
-  upload      one 1 GiB POST streamed through to the backend's /echo (which streams it back):
-              throughput, and the proxy's peak resident memory above its idle size.
+  upload      one 1 GiB POST streamed through to the backend's /sink (which reads it and
+              answers how much arrived): throughput, and the proxy's peak resident memory above
+              its size at the start.
   download    one 1 GiB GET of /bytes/N: throughput and peak memory likewise.
 
 Pinned mode: each proxy has one worker on CPU 1, everything else on CPU 0. Unpinned: two
@@ -210,8 +211,8 @@ class Bench:
         url = f"http://127.0.0.1:{port}/"
         if upload:
             # Streamed from /dev/zero with chunked encoding: curl holds none of it either.
-            cmd = (f"head -c {size} /dev/zero | curl -sS -o /dev/null -w '%{{size_download}}' "
-                   f"-H 'Expect:' -T - -X POST {url}echo")
+            cmd = (f"head -c {size} /dev/zero | curl -sS -w '%{{size_upload}}' -o /dev/null "
+                   f"-H 'Expect:' -T - -X POST {url}sink")
         else:
             cmd = f"curl -sS -o /dev/null -w '%{{size_download}}' {url}bytes/{size}"
         if self.load_cpu is not None:
@@ -222,7 +223,7 @@ class Bench:
         done.set()
         if sampler:
             sampler.join()
-        if out.returncode != 0 or out.stdout.strip() != str(size):
+        if out.returncode != 0 or out.stdout.strip().split(".")[0] != str(size):
             raise RuntimeError(f"transfer failed: {out.stdout[-200:]} {out.stderr[-300:]}")
         return size / elapsed / 2**20, peak[0] - base
 
@@ -237,25 +238,33 @@ class Bench:
                 for target, (port, proc) in started.items():
                     pid = proc.pid if proc else None
                     before = cpu_seconds(pid) if pid else 0.0
-                    if workload in ("keepalive", "close"):
-                        rps, n, p99 = self.wrk(port, workload == "close")
-                        cpu = (cpu_seconds(pid) - before) if pid else None
-                        samples[target].append((rps, n, cpu, p99))
-                        per = "" if cpu is None else f", {cpu / n * 1e6:.1f} µs CPU/req"
-                        log(f"  {self.opts.mode} {workload:9} round {r + 1} {target:8} "
-                            f"{rps:10.0f} req/s, p99 {p99:.2f} ms{per}")
-                    else:
-                        mibs, peak = self.transfer(port, pid, workload == "upload")
-                        cpu = (cpu_seconds(pid) - before) if pid else None
-                        samples[target].append((mibs, self.opts.gib, cpu, peak))
-                        log(f"  {self.opts.mode} {workload:9} {target:8} {mibs:8.0f} MiB/s, "
-                            f"peak +{peak / 1024:.1f} MiB")
+                    try:
+                        self.measure(workload, target, port, pid, before, samples, r)
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        log(f"  {self.opts.mode} {workload:9} {target:8} FAILED: {e}")
+                        samples[target].append(None)
             for _, proc in started.values():
                 if proc:
                     self.procs.stop(proc)
             rows[workload] = samples
         self.procs.stop_all()
         return rows
+
+    def measure(self, workload, target, port, pid, before, samples, r):
+        """One measurement of `workload` through `target`, appended to its samples."""
+        if workload in ("keepalive", "close"):
+            rps, n, p99 = self.wrk(port, workload == "close")
+            cpu = (cpu_seconds(pid) - before) if pid else None
+            samples[target].append((rps, n, cpu, p99))
+            per = "" if cpu is None else f", {cpu / n * 1e6:.1f} µs CPU/req"
+            log(f"  {self.opts.mode} {workload:9} round {r + 1} {target:8} "
+                f"{rps:10.0f} req/s, p99 {p99:.2f} ms{per}")
+        else:
+            mibs, peak = self.transfer(port, pid, workload == "upload")
+            cpu = (cpu_seconds(pid) - before) if pid else None
+            samples[target].append((mibs, self.opts.gib, cpu, peak))
+            log(f"  {self.opts.mode} {workload:9} {target:8} {mibs:8.0f} MiB/s, "
+                f"peak +{peak / 1024:.1f} MiB")
 
 
 def table(mode, rows, targets):
@@ -264,9 +273,9 @@ def table(mode, rows, targets):
     for workload, samples in rows.items():
         cells = []
         for t in targets:
-            s = samples.get(t)
+            s = [x for x in samples.get(t, []) if x is not None]
             if not s:
-                cells.append("—")
+                cells.append("failed" if samples.get(t) else "—")
                 continue
             if workload in ("keepalive", "close"):
                 rps = statistics.median(x[0] for x in s)

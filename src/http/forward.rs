@@ -116,13 +116,14 @@ impl Forwarding {
                     .filter(|v| !v.is_empty())
                     .collect();
                 match before.is_empty() {
-                    true => client_text.clone(),
+                    true => client_text,
                     false => format!("{}, {client_text}", before.join(", ")),
                 }
             }
-            false => client_text.clone(),
+            false => client_text,
         };
-        if let Ok(v) = HeaderValue::from_str(&chain) {
+        // `try_from(String)` keeps the string's buffer instead of copying it.
+        if let Ok(v) = HeaderValue::try_from(chain) {
             headers.insert(X_FORWARDED_FOR, v);
         }
         let proto = if tls { "https" } else { "http" };

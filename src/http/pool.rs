@@ -59,22 +59,29 @@ impl Pool {
         }
     }
 
-    /// The most recently returned idle connection that is still open and young enough;
-    /// older ones met on the way are closed.
+    /// The most recently returned idle connection that is ready for a request; closed and
+    /// expired ones met on the way are dropped, and one not ready yet (hyper still finishing
+    /// the previous response's end) stays for the next request.
     pub fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < self.idle_timeout && conn.sender.is_ready() {
-                return Some(conn.sender);
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let conn = &idle[i];
+            if conn.sender.is_closed() || conn.since.elapsed() >= self.idle_timeout {
+                idle.remove(i);
+            } else if conn.sender.is_ready() {
+                return Some(idle.remove(i).sender);
             }
         }
         None
     }
 
-    /// Puts a connection whose last response is complete back for the next request, unless
-    /// the pool is full.
-    fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    /// Puts back a connection whose last response was read to the end, for the next request,
+    /// unless the pool is full. Giving it back as the body ends, rather than from a task that
+    /// waits for hyper to say it is ready, saves a task per request.
+    pub fn put(&self, sender: Sender) {
+        if self.max_idle == 0 || sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,20 +97,6 @@ impl Pool {
                 since: Instant::now(),
             });
         }
-    }
-
-    /// Gives `sender` back once the response in flight on it has been read to the end (hyper
-    /// says so by becoming ready again); a connection that fails meanwhile is dropped.
-    pub fn give_back_when_done(self: &std::sync::Arc<Self>, mut sender: Sender) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let pool = std::sync::Arc::clone(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.put(sender);
-            }
-        });
     }
 
     /// Idle connections now.

@@ -340,6 +340,19 @@ impl HttpServer {
             )
             .await;
         }
+        // Lingering costs a wait for the client's FIN; like nginx, pay it only when unread bytes
+        // may be left: after an error, over TLS (the client's close_notify), or when the socket
+        // still holds something. A clean plain-TCP end with nothing pending closes at once.
+        if error.is_none()
+            && let Conn::Plain(tcp) = &stream
+        {
+            let mut probe = [0u8; 512];
+            match tcp.try_read(&mut probe) {
+                Ok(0) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                _ => {}
+            }
+        }
         net::lingering_close(stream, net::LINGER).await;
     }
 
@@ -357,10 +370,14 @@ impl HttpServer {
         let mut line = Line {
             client: info.client,
             method: parts.method.clone(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            // Copied only when the access log is on: a string per request otherwise wasted.
+            path: match tracing::enabled!(target: "access", tracing::Level::INFO) {
+                true => parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                false => String::new(),
+            },
             backend: None,
             affinity: AffinityOutcome::Off,
             started,
@@ -534,7 +551,12 @@ impl HttpServer {
 
         // 5 and 6: the response head, and what becomes of the connection.
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let mut reusable = Some(sender);
+        let mut active = Some(active);
         if switching && let Some(client_side) = client_upgrade {
+            // The backend connection becomes the tunnel: it never goes back to the pool.
+            reusable = None;
+            let active = active.take();
             let backend_side = hyper::upgrade::on(&mut response);
             let idle = balancer.idle_timeout;
             let state = Arc::clone(&up.balancer);
@@ -555,9 +577,6 @@ impl HttpServer {
                 )
                 .await;
             });
-        } else {
-            // The connection goes back to the pool once this response's body has been read.
-            backend.pool.give_back_when_done(sender);
         }
         let (mut head, body) = response.into_parts();
         forward::strip_hop_by_hop(&mut head.headers, switching && upgrade);
@@ -578,9 +597,15 @@ impl HttpServer {
         }
         self.counters.affinity(outcome);
         let status = head.status;
-        let counters = Arc::clone(&backend);
         let on_end: body::OnEnd = Box::new(move |bytes, complete| {
-            counters.counters.bytes(bytes);
+            // The request counts on its backend (least-connections) until its body is sent.
+            drop(active);
+            backend.counters.bytes(bytes);
+            // A connection whose response was read to the end can carry the next request; one
+            // abandoned halfway cannot (hyper would have to read the rest first) and closes.
+            if complete && let Some(sender) = reusable {
+                backend.pool.put(sender);
+            }
             line.log(status, bytes, complete);
         });
         Response::from_parts(head, Download::new(Payload::Upstream(body), Some(on_end)))
