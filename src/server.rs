@@ -104,6 +104,22 @@ impl Server {
     /// closed when this returns) and stops the health checks. Connections in flight go on;
     /// see [`Server::drain`].
     pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.accept_loop(listener, shutdown, |stream, peer, balancer, entry| {
+            tokio::spawn(Arc::clone(self).serve(stream, peer, balancer, entry));
+        })
+        .await;
+    }
+
+    /// The accept loop both balancers share: accepts until `shutdown` resolves, decides each
+    /// client's slot at once ([`Server::enter`]) and hands the admitted ones to `serve`, which
+    /// spawns their task (`tcp-lb` relays bytes, `http-lb` reads requests). Health checks and
+    /// the memory trimmer run for as long as it does.
+    pub(crate) async fn accept_loop(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        mut serve: impl FnMut(TcpStream, SocketAddr, Arc<Balancer>, Entry),
+    ) {
         let _serving = self.begin_serving();
         tokio::pin!(shutdown);
         loop {
@@ -113,9 +129,7 @@ impl Server {
                 () = &mut shutdown => break,
                 (stream, peer) = net::accept(&listener) => {
                     match self.enter(peer) {
-                        Ok((balancer, entry)) => {
-                            tokio::spawn(Arc::clone(self).serve(stream, peer, balancer, entry));
-                        }
+                        Ok((balancer, entry)) => serve(stream, peer, balancer, entry),
                         // Closed here, before the next accept (see `Gate::enter`).
                         Err(refused) => {
                             drop(stream);
@@ -129,7 +143,7 @@ impl Server {
 
     /// What serving needs running beside the accept loop, for as long as the returned guard
     /// lives: the current configuration's health checks, and the memory trimmer.
-    pub(crate) fn begin_serving(self: &Arc<Self>) -> Serving<'_> {
+    fn begin_serving(self: &Arc<Self>) -> Serving<'_> {
         self.serving.store(true, Ordering::Release);
         *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = self.balancer().spawn_checker();
         Serving {

@@ -539,7 +539,7 @@ impl clap::builder::TypedValueParser for StrategyParser {
     fn parse_ref(
         &self,
         cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
+        arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<StrategyKind, clap::Error> {
         let name = value.to_string_lossy();
@@ -553,13 +553,13 @@ impl clap::builder::TypedValueParser for StrategyParser {
             .map(|k| k.name())
             .collect::<Vec<_>>()
             .join(", ");
-        let message = match StrategyKind::ALL.iter().find(|k| k.name() == name) {
+        let why = match StrategyKind::ALL.iter().find(|k| k.name() == name) {
             Some(kind) if self.0.contains(kind) => return Ok(*kind),
-            Some(_) => {
-                format!("strategy {name} comes with step 09-strategies; {step} knows {known}\n")
-            }
-            None => format!("unknown strategy `{name}`; {step} knows {known}\n"),
+            Some(_) => format!("strategy {name} comes with step 09-strategies"),
+            None => format!("unknown strategy `{name}`"),
         };
+        let flag = arg.map_or_else(|| "--strategy".to_owned(), ToString::to_string);
+        let message = format!("invalid value '{name}' for '{flag}': {why}; {step} knows {known}\n");
         Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd))
     }
 

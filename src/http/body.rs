@@ -42,6 +42,13 @@ pub fn is_too_large(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// hyper's frame, with its error boxed as our bodies' error type.
+fn boxed(
+    polled: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+}
+
 /// A client's request body on its way to a backend, stopped at `limit` bytes.
 pub struct Upload {
     inner: Option<Incoming>,
@@ -86,20 +93,16 @@ impl Body for Upload {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
+        let polled = boxed(Pin::new(inner).poll_frame(cx));
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.seen += data.len() as u64;
+            if this.seen > this.limit {
+                return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -175,12 +178,7 @@ impl Body for Download {
         let this = &mut *self;
         let polled = match &mut this.payload {
             Payload::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Payload::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Payload::Upstream(body) => boxed(Pin::new(body).poll_frame(cx)),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

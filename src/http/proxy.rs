@@ -199,25 +199,11 @@ impl HttpServer {
 
     /// Serves `listener` until `shutdown` resolves; see [`HttpServer::drain`] for what follows.
     pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let _serving = self.server.begin_serving();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                (stream, peer) = net::accept(&listener) => {
-                    match self.server.enter(peer) {
-                        Ok((balancer, entry)) => {
-                            tokio::spawn(Arc::clone(self).connection(stream, peer, balancer, entry));
-                        }
-                        Err(refused) => {
-                            drop(stream);
-                            refused.log(Instant::now());
-                        }
-                    }
-                }
-            }
-        }
+        self.server
+            .accept_loop(listener, shutdown, |stream, peer, balancer, entry| {
+                tokio::spawn(Arc::clone(self).connection(stream, peer, balancer, entry));
+            })
+            .await;
     }
 
     /// After [`HttpServer::run`]: idle keep-alive connections close at once, a request in
