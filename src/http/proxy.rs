@@ -1,7 +1,7 @@
 //! The HTTP balancer itself (chapter 12): every request balanced on its own.
 //!
 //! Per client connection, the listener's work is chapter 10's, shared with `tcp-lb`
-//! ([`Server::admit`]: the slot under `max-connections`, the PROXY header, allow/deny, the
+//! (`Server::admit`: the slot under `max-connections`, the PROXY header, allow/deny, the
 //! TLS handshake). Then, instead of relaying bytes, hyper reads HTTP/1.1 requests from the
 //! connection, and for each one:
 //!

@@ -19,6 +19,12 @@
 //! mutated without a lock; and everything from steps 2–6 (1024-byte reads, shared buffers,
 //! panics) is still there.
 //!
+//! **Where the code is:** this `main.rs` is a [`Step`] value handed to [`lb::app::run`], the
+//! start-up steps 07 to 12 share ([`lb::app`]: flags over file over defaults, the built-in
+//! backends, TLS configs built once). `health: None, production: None` switch chapters 8 and 10
+//! off; `strategies: TUTORIAL` limits `--strategy` and the file's `strategy` to this chapter's
+//! three. The file is [`lb::config`]; the balancer it builds is [`lb::balancer`].
+//!
 //! **Try it:**
 //!
 //! ```text

@@ -23,6 +23,11 @@
 //! every client), no timeout on the dial (a silent host holds the client for the kernel's two
 //! minutes of SYN retries), and no memory of failure (every request pays for a dead server).
 //!
+//! **Where the code is:** the [`Step`] value below is chapter 7's start-up ([`lb::app::run`])
+//! with `health: Some(flags)`, which turns on failover and the `[health]` section: passive
+//! and active health in [`lb::health`], the retry loop in `Balancer::connect_upstream` and the
+//! probes in `Balancer::check_health` ([`lb::balancer`]).
+//!
 //! **Try it** in four terminals (the third backend is down to begin with):
 //!
 //! ```text

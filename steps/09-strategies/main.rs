@@ -24,6 +24,10 @@
 //! connections open now (see [`lb::strategy::LeastCalled`]): a slow backend receives as many
 //! new clients as a fast one, and a backend back from an outage is flooded until it catches up.
 //!
+//! **Where the code is:** the [`Step`] value below is chapter 8's with `strategies: ALL`: the
+//! four new strategies are in [`lb::strategy`] (`LeastConnections`, `SmoothWeighted`,
+//! `PowerOfTwo`, `IpHash`), fed by the live counts the balancer keeps ([`lb::balancer`]).
+//!
 //! **Try it** in three terminals, with the third server 100 ms slow:
 //!
 //! ```text

@@ -35,6 +35,12 @@
 //! loop logs and retries at full speed), `os.Exit` on a signal (every transfer cut), and a
 //! restart as the only way to change a backend.
 //!
+//! **Where the code is:** the [`Step`] value below switches on `production`, chapter 10's flags
+//! ([`lb::app::ProductionArgs`]) and config keys: the accept loop that outlives a configuration
+//! (reload, drain) in [`lb::server`], limits and the queue in [`lb::limits`], PROXY protocol in
+//! [`lb::proxy_protocol`], counters in [`lb::metrics`], the admin listener in [`lb::admin`];
+//! chapter 11's relay and splice path in [`lb::proxy`] and `lb::splice`.
+//!
 //! **Try it** in two terminals (`$LB` is the PID of this `tcp-lb`, not of every one on the
 //! machine):
 //!
