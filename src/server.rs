@@ -226,8 +226,10 @@ impl Server {
             Ok(admitted) => admitted,
             Err(refused) => return refused,
         };
-        let (mut conn, client, addrs) = (admitted.conn, admitted.client, admitted.addrs);
+        // Declared first, so dropped last: the slots are freed only once the sockets are
+        // closed, and the descriptor budget behind `max-connections` stays exact.
         let _held = admitted.held;
+        let (mut conn, client, addrs) = (admitted.conn, admitted.client, admitted.addrs);
         let Some((backend, mut upstream, _active, counters)) =
             balancer.connect_upstream(client, addrs).await
         else {
