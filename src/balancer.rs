@@ -14,7 +14,7 @@
 //! 4. with failover (chapter 8), a failed dial is reported to that backend's [`Health`] and we
 //!    go back to 2 with the backend excluded, so each backend is tried at most once per client;
 //!    without it (chapters 3–7), the client's connection ends there;
-//! 5. [`proxy::relay_conns`](crate::proxy::relay_conns) until both directions are done (or the
+//! 5. [`relay::relay_conns`](crate::relay::relay_conns) until both directions are done (or the
 //!    pair sits idle longer than `idle-timeout`);
 //! 6. one log line: client, backend, bytes each way, duration, and the error if there was one.
 //!

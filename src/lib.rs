@@ -10,7 +10,7 @@
 //! | [`cli`] | 01-ping | one-line start-up errors, logging set-up |
 //! | [`files`] | hardening | reading operator-named files: regular files only, size caps, no blocking |
 //! | [`dummy`] | dummy-server | the HTTP backend the tutorial balances over |
-//! | [`proxy`] | 02-forward | copying bytes both ways with half-close |
+//! | [`proxy`] | 02-forward | copying bytes both ways with half-close; `Conn`, one side plain or TLS |
 //! | [`backend`] | 02-forward | a backend address, resolved once, dialled with a timeout |
 //! | [`strategy`] | 03-round-robin | the `Strategy` trait and its implementations |
 //! | [`balancer`] | 03-round-robin | accept, pick, dial, forward, log: the load balancer itself |
@@ -25,6 +25,7 @@
 //! | [`memory`] | hardening | returning freed memory to the system after a burst of connections |
 //! | [`metrics`] | 10-production | counters and their Prometheus text |
 //! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
+//! | [`relay`] | 10-production, 11 | the metered, idle-aware relay; buffers only while bytes move; splice |
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
 //! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
 
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod relay;
 pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;

@@ -23,7 +23,7 @@
 //! 4. the TLS handshake, if the listener terminates TLS;
 //! 5. pick and dial a backend (with failover from chapter 8), sending it a PROXY header if
 //!    it wants one;
-//! 6. [`proxy::relay`], until both directions end or the pair is idle too long.
+//! 6. [`relay::relay_conns`], until both directions end or the pair is idle too long.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -39,7 +39,8 @@ use crate::backend::Backend;
 use crate::balancer::{AbortOnDrop, Balancer};
 use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
-use crate::proxy::{self, Conn, End};
+use crate::proxy::Conn;
+use crate::relay::{self, End};
 use crate::{net, proxy_protocol, tls};
 
 impl Balancer {
@@ -238,7 +239,7 @@ impl Server {
             metrics::inc(&self.counters.no_backend);
             return Outcome::early(client, "no-backend");
         };
-        let relayed = proxy::relay_conns(
+        let relayed = relay::relay_conns(
             &mut conn,
             &mut upstream,
             balancer.idle_timeout,

@@ -5,7 +5,7 @@
 //! (`send`). `splice` moves them from a socket into a pipe and from the pipe into the other
 //! socket as references to the kernel's own pages: the bytes never enter the process. For a
 //! bulk stream that cuts the proxy's CPU per byte by more than half (60 % in chapter 11); for a 100-byte request it saves nothing
-//! and costs the same two system calls, so [`crate::proxy`] switches a direction to splicing
+//! and costs the same two system calls, so [`crate::relay`] switches a direction to splicing
 //! only once a read fills its whole buffer (HAProxy calls this `splice-auto`).
 //!
 //! A pipe is two file descriptors and a small kernel structure; like the buffers, pipes are

@@ -47,7 +47,8 @@ use super::pool::{self, Pool, Sender};
 use crate::balancer::Balancer;
 use crate::limits::Entry;
 use crate::net;
-use crate::proxy::{self, Conn};
+use crate::proxy::Conn;
+use crate::relay;
 use crate::server::Server;
 
 /// How long a client may take to send a request head unless configured.
@@ -554,7 +555,7 @@ impl HttpServer {
                 let (mut a, mut b) = (TokioIo::new(client_io), TokioIo::new(backend_io));
                 let counters = &state.state(i).counters;
                 let _active = active;
-                proxy::relay(
+                relay::relay(
                     &mut a,
                     &mut b,
                     idle,

@@ -39,7 +39,7 @@
 //! ([`lb::app::ProductionArgs`]) and config keys: the accept loop that outlives a configuration
 //! (reload, drain) in [`lb::server`], limits and the queue in [`lb::limits`], PROXY protocol in
 //! [`lb::proxy_protocol`], counters in [`lb::metrics`], the admin listener in [`lb::admin`];
-//! chapter 11's relay and splice path in [`lb::proxy`] and `lb::splice`.
+//! chapter 10 and 11's relay and splice path in [`lb::relay`] and `lb::splice`.
 //!
 //! **Try it** in two terminals (`$LB` is the PID of this `tcp-lb`, not of every one on the
 //! machine):
