@@ -192,14 +192,17 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
     let plan = setup.plan(config).await?;
 
     let server = Server::new(plan.balancer);
+    // Before the `listening on` line: see `Hangups`.
+    let hangups = production.then(hangups);
     net::announce(&listener)?;
     if let Some(admin) = admin_listener {
         net::announce(&admin)?;
         tokio::spawn(admin::run(admin, Arc::clone(&server)));
     }
     tracing::info!("{}", plan.summary);
-    if production {
+    if let Some(hangups) = hangups {
         tokio::spawn(reload_on_sighup(
+            hangups,
             Arc::clone(&setup),
             Arc::clone(&server),
             (listen, admin),
@@ -491,11 +494,12 @@ fn production_options(flags: &ProductionArgs, config: &Config, options: &mut Opt
 /// result in place; a file that does not load or does not make sense leaves the running
 /// configuration alone.
 async fn reload_on_sighup(
+    hangups: Hangups,
     setup: Arc<Setup>,
     server: Arc<Server>,
     bound: (SocketAddr, Option<SocketAddr>),
 ) {
-    on_sighup(|| async {
+    on_sighup(hangups, || async {
         let planned = reload_config(&setup, bound, |setup, config| async move {
             setup.plan(config).await
         })
@@ -514,28 +518,48 @@ async fn reload_on_sighup(
     .await;
 }
 
+/// SIGHUP, caught from the moment this is made. It must exist before the `listening on` line:
+/// until a process asks for SIGHUP, the signal's default action is to terminate it, and a
+/// supervisor (or a test) that reloads as soon as the balancer says it is ready would kill it
+/// instead (seen under load, when the task that used to ask had not run yet).
+pub(crate) struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+/// Starts catching SIGHUP (a warning, and reload off, where it cannot).
+pub(crate) fn hangups() -> Hangups {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signal = signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reload is off: {e}"))
+            .ok();
+        Hangups { signal }
+    }
+    #[cfg(not(unix))]
+    {
+        tracing::warn!("no SIGHUP on this platform: reload is off");
+        Hangups {}
+    }
+}
+
 /// Runs `reload` on every SIGHUP, for as long as the task lives.
-pub(crate) async fn on_sighup<F, Fut>(mut reload: F)
+pub(crate) async fn on_sighup<F, Fut>(hangups: Hangups, mut reload: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
     #[cfg(not(unix))]
     {
-        let _ = &mut reload;
-        tracing::warn!("no SIGHUP on this platform: reload is off");
+        let _ = (hangups, &mut reload);
     }
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGHUP, reload is off: {e}");
-                return;
-            }
+        let Some(mut signal) = hangups.signal else {
+            return;
         };
-        while hangups.recv().await.is_some() {
+        while signal.recv().await.is_some() {
             reload().await;
         }
     }

@@ -607,11 +607,14 @@ fn the_sample_config_serves_and_a_reload_changes_the_backends() {
     .unwrap();
     let config = dir.join("lb.toml");
     let write = |first: &str| {
+        // Quoted, so that an address put in by one replacement (`127.0.0.1:44459`) is never
+        // matched by the next (`127.0.0.1:4445`): a bug that depended on the port drawn.
+        let first = format!("\"{first}\"");
         let text = sample
             .replace("examples/affinity-secret.example", path_str(&secret))
-            .replace("127.0.0.1:4444", first)
-            .replace("127.0.0.1:4445", first)
-            .replace("127.0.0.1:4446", first);
+            .replace("\"127.0.0.1:4444\"", &first)
+            .replace("\"127.0.0.1:4445\"", &first)
+            .replace("\"127.0.0.1:4446\"", &first);
         std::fs::write(&config, text).unwrap();
     };
     write(&backends[1]);

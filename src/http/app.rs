@@ -103,6 +103,8 @@ pub async fn run(
     }
     let summary = describe(&plan.summary, &settings);
     let server = HttpServer::new(plan.balancer, settings);
+    // Before the `listening on` line: see `app::Hangups`.
+    let hangups = app::hangups();
     net::announce(&listener)?;
     if let Some(admin) = admin_listener {
         net::announce(&admin)?;
@@ -110,7 +112,7 @@ pub async fn run(
     }
     tracing::info!("{summary}");
     let reloading = Arc::clone(&server);
-    tokio::spawn(app::on_sighup(move || {
+    tokio::spawn(app::on_sighup(hangups, move || {
         let (setup, http, fallback, server) = (
             Arc::clone(&setup),
             Arc::clone(&http),
