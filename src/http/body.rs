@@ -10,6 +10,8 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -54,15 +56,30 @@ pub struct Upload {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
+    /// Set if the body is dropped before its end: the client's connection then still holds
+    /// (or will receive) bytes nobody reads, and must be closed lingering.
+    left_unread: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.left_unread
+            && !self.is_end_stream()
+        {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Upload {
     /// `body`, refused past `limit` bytes (`None`: no limit).
-    pub fn new(body: Incoming, limit: Option<u64>) -> Upload {
+    /// `left_unread` is set if the body is dropped before its end.
+    pub fn new(body: Incoming, limit: Option<u64>, left_unread: Arc<AtomicBool>) -> Upload {
         Upload {
             inner: Some(body),
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
+            left_unread: Some(left_unread),
         }
     }
 
@@ -72,6 +89,7 @@ impl Upload {
             inner: None,
             limit: u64::MAX,
             seen: 0,
+            left_unread: None,
         }
     }
 

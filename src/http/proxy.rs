@@ -27,6 +27,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -166,6 +167,8 @@ pub struct HttpServer {
 struct ConnInfo {
     client: SocketAddr,
     tls: bool,
+    /// A request body was left (partly) unread: the connection must close lingering.
+    body_left: Arc<AtomicBool>,
 }
 
 impl HttpServer {
@@ -252,6 +255,7 @@ impl HttpServer {
         let info = Arc::new(ConnInfo {
             client: admitted.client,
             tls: admitted.tls,
+            body_left: Arc::new(AtomicBool::new(false)),
         });
         let settings = self.upstreams().settings.clone();
         let (back, returned) = oneshot::channel();
@@ -328,9 +332,11 @@ impl HttpServer {
             .await;
         }
         // Lingering costs a wait for the client's FIN; like nginx, pay it only when unread bytes
-        // may be left: after an error, over TLS (the client's close_notify), or when the socket
-        // still holds something. A clean plain-TCP end with nothing pending closes at once.
+        // may be left: after an error, over TLS (the client's close_notify), when a request
+        // body was not read to its end (a 413: the rest may still be on its way), or when the
+        // socket still holds something. A clean plain-TCP end closes at once.
         if error.is_none()
+            && !info.body_left.load(Ordering::Relaxed)
             && let Conn::Plain(tcp) = &stream
         {
             let mut probe = [0u8; 512];
@@ -370,9 +376,18 @@ impl HttpServer {
             started,
         };
 
+        let has_body = !hyper::body::Body::is_end_stream(&body);
+        // An answer given before the body is passed on leaves it unread (later, `Upload` says
+        // so itself if it is dropped before its end).
+        let unread = |info: &ConnInfo| {
+            if has_body {
+                info.body_left.store(true, Ordering::Relaxed);
+            }
+        };
         if let Some(max) = up.settings.max_body
             && content_length(&parts.headers).is_some_and(|len| len > max)
         {
+            unread(info);
             return self.local(StatusCode::PAYLOAD_TOO_LARGE, line);
         }
 
@@ -399,6 +414,7 @@ impl HttpServer {
         }
         let Some(mut i) = pick else {
             tracing::warn!(client = %info.client, "no backend is up: 503");
+            unread(info);
             return self.local(StatusCode::SERVICE_UNAVAILABLE, line);
         };
         if outcome == AffinityOutcome::Redispatch {
@@ -413,7 +429,6 @@ impl HttpServer {
             .apply(&mut parts.headers, info.client.ip(), info.tls);
         origin_form(&mut parts.uri, &mut parts.headers);
         parts.version = Version::HTTP_11;
-        let has_body = !hyper::body::Body::is_end_stream(&body);
         // A copy to send again should a backend reset before answering: only for requests
         // that may be repeated (RFC 9110 §9.2.2) and have no body we would have to keep.
         let replay = (is_idempotent(&parts.method) && !has_body && !upgrade).then(|| {
@@ -425,7 +440,7 @@ impl HttpServer {
         });
         let mut request = Some(Request::from_parts(
             parts,
-            Upload::new(body, up.settings.max_body),
+            Upload::new(body, up.settings.max_body, Arc::clone(&info.body_left)),
         ));
 
         // 4: send it, on a pooled connection when there is one.
