@@ -28,7 +28,8 @@ fn a_backend_down_costs_only_its_turn() {
         &["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
         2,
     );
-    let down = free_port().to_string();
+    let (down, _held) = refusing_port();
+    let down = down.to_string();
     let (a, b) = (dummy.addrs[0].to_string(), dummy.addrs[1].to_string());
     let mut lb = Proc::start(
         bin!("03-round-robin"),

@@ -78,7 +78,8 @@ fn a_backend_that_times_out_is_retried_elsewhere() {
 #[test]
 fn one_backend_down_from_the_start_costs_no_request() {
     let (_dummies, mut backends) = dummies(2);
-    let dead = free_port().to_string();
+    let (dead, _held) = refusing_port();
+    let dead = dead.to_string();
     backends.extend(["--backend".to_owned(), dead.clone()]);
     let backends: Vec<String> = backends.chunks(2).map(|c| c[1].clone()).collect();
     let lb = failover(&backends, &[]);
@@ -126,7 +127,7 @@ fn a_killed_backend_is_skipped_and_comes_back_by_itself() {
 /// first backend to come back is used.
 #[test]
 fn with_every_backend_down_clients_are_closed_and_service_resumes() {
-    let (a, b) = (free_port(), free_port());
+    let ((a, _held), b) = (refusing_port(), free_port());
     let lb = failover(
         &[a.to_string(), b.to_string()],
         &["--health-interval", "0.2", "--fall", "1", "--rise", "1"],
@@ -165,7 +166,7 @@ fn an_http_check_takes_out_a_backend_that_listens_but_is_unhealthy() {
 /// connects the dead backend is no longer dialled during its cooldown.
 #[test]
 fn passive_health_stops_dialling_a_dead_backend() {
-    let dead = free_port();
+    let (dead, _held) = refusing_port();
     let live = dummy("live", "127.0.0.1:0");
     let dir = temp_dir("t08-passive");
     let file = dir.join("lb.toml");

@@ -89,7 +89,8 @@ fn the_sample_config_serves_with_metrics_health_and_an_access_log() {
 #[test]
 fn metrics_count_connect_failures_and_health_follows_the_backends() {
     let (dummy, backends) = dummies(1);
-    let (live, dead) = (backends[1].clone(), free_port().to_string());
+    let (dead, _held) = refusing_port();
+    let (live, dead) = (backends[1].clone(), dead.to_string());
     let lb = start(&[
         "--backend",
         &live,

@@ -347,7 +347,8 @@ fn a_websocket_upgrade_tunnels_both_ways() {
 /// --response-timeout; each an access-log line and a counter.
 #[test]
 fn unreachable_down_and_slow_backends_get_502_503_504() {
-    let nothing = free_port().to_string();
+    let (nothing, _held) = refusing_port();
+    let nothing = nothing.to_string();
     let lb = start(&[
         "--backend",
         &nothing,

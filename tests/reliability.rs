@@ -185,7 +185,8 @@ fn a_backend_killed_mid_transfer_ends_the_client_within_3_s_and_frees_every_fd()
 #[test]
 fn with_one_of_three_backends_down_every_request_succeeds() {
     let (_dummies, mut backends) = dummies(2);
-    backends.extend(["--backend".to_owned(), free_port().to_string()]);
+    let (down, _held) = refusing_port();
+    backends.extend(["--backend".to_owned(), down.to_string()]);
     let lb = start(&backends.iter().map(String::as_str).collect::<Vec<_>>());
     let served = served_by(lb.addr(), 300);
     assert!(served.iter().all(|s| s == "server1" || s == "server2"));

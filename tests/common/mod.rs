@@ -317,7 +317,24 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// A loopback port that was free a moment ago (nothing listens on it now).
+/// A loopback port where nothing listens, for as long as the returned guard lives: the port
+/// is bound but not listening, so a connect is refused and no other socket (not even the
+/// balancer's own `127.0.0.1:0` listener, which once drew it and dialled itself in a loop)
+/// can take it meanwhile.
+pub fn refusing_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (addr, socket)
+}
+
+/// A loopback port that was free a moment ago (nothing listens on it now), for a test that
+/// starts a server on it later; a port that must stay dead is [`refusing_port`].
 pub fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
