@@ -115,6 +115,10 @@ pub struct ProductionArgs {
     /// Serve /metrics (Prometheus) and /health on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Session-ticket keys shared with other TLS listeners (one per line, 96 hex digits, mode
+    /// 600; re-read on SIGHUP) [default: a random key per process].
+    #[arg(long, value_name = "FILE")]
+    pub ticket_keys: Option<PathBuf>,
     /// Threads that serve connections; 1 runs everything on the main thread [default: one per
     /// CPU].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
@@ -335,9 +339,20 @@ impl Setup {
             .clone()
             .or(config.ca.clone())
             .unwrap_or_else(|| tls::DEFAULT_CA.into());
+        let ticket_keys = step
+            .production
+            .as_ref()
+            .and_then(|p| p.ticket_keys.clone())
+            .or(config.tls.as_ref().and_then(|t| t.ticket_keys.clone()));
+        let keys = ticket_keys.as_deref();
         let listener_tls = match (&common.cert, &common.key, &config.tls) {
-            (Some(cert), Some(key), _) => Some(tls::server_config_from_files(cert, key)?),
-            (_, _, Some(t)) => Some(tls::server_config_from_files(&t.cert, &t.key)?),
+            (Some(cert), Some(key), _) => {
+                Some(tls::server_config_from_files_with(cert, key, keys)?)
+            }
+            (_, _, Some(t)) => Some(tls::server_config_from_files_with(&t.cert, &t.key, keys)?),
+            _ if ticket_keys.is_some() => anyhow::bail!(
+                "ticket keys are for a TLS listener: give --cert and --key (or [tls]) too"
+            ),
             _ => None,
         };
         let secs = |s: f64| Duration::from_secs_f64(s);

@@ -46,6 +46,7 @@ use crate::health::{Checks, Clock, Failover, Health};
 use crate::limits::Limits;
 use crate::metrics::{self, BackendCounters};
 use crate::proxy::Conn;
+use crate::proxy_protocol::Origin;
 use crate::strategy::{Candidates, Strategy};
 use crate::{net, proxy_protocol, tls};
 
@@ -240,12 +241,12 @@ impl Balancer {
     /// Picks and dials a backend for `client`: with failover, every eligible backend once, in
     /// the strategy's order, until one answers. `None` (logged) when none did.
     ///
-    /// `addrs` (the client's address and the one it dialled) are for a backend that wants a
-    /// PROXY header.
+    /// `origin` (the client's address, the one it dialled, whether it spoke TLS) is for a
+    /// backend that wants a PROXY header.
     pub(crate) async fn connect_upstream(
         &self,
         client: SocketAddr,
-        addrs: Option<(SocketAddr, SocketAddr)>,
+        origin: Option<Origin>,
     ) -> Option<(&Backend, Conn, ActiveGuard<'_>, &BackendCounters)> {
         let mut tried = Vec::new();
         loop {
@@ -261,7 +262,7 @@ impl Balancer {
             // connections that are still being dialled, or they would all choose the same
             // "idle" backend.
             let active = self.count_active(i);
-            match self.dial_reporting(i, addrs).await {
+            match self.dial_reporting(i, origin).await {
                 Ok(upstream) => {
                     let state = &self.states[i];
                     metrics::inc(&state.counters.connections);
@@ -307,10 +308,10 @@ impl Balancer {
     pub(crate) async fn dial_reporting(
         &self,
         i: usize,
-        addrs: Option<(SocketAddr, SocketAddr)>,
+        origin: Option<Origin>,
     ) -> io::Result<Conn> {
         let (backend, state) = (&self.backends[i], &self.states[i]);
-        match self.dial(i, addrs).await {
+        match self.dial(i, origin).await {
             Ok(upstream) => {
                 if self.failover.is_some()
                     && let Some(news) = state.health.connected()
@@ -432,7 +433,7 @@ impl Balancer {
     /// TCP, the PROXY header if the backend wants one (before TLS: it is for whoever accepts
     /// the TCP connection), then TLS if the backend wants it, each within `connect_timeout`.
     /// A failure counts in the backend's metrics.
-    async fn dial(&self, i: usize, addrs: Option<(SocketAddr, SocketAddr)>) -> io::Result<Conn> {
+    async fn dial(&self, i: usize, origin: Option<Origin>) -> io::Result<Conn> {
         let counters = &self.states[i].counters;
         let backend = &self.backends[i];
         let failed = |e: io::Error| {
@@ -444,7 +445,7 @@ impl Balancer {
             .await
             .map_err(failed)?;
         if let Some(version) = backend.spec().proxy {
-            let header = proxy_protocol::header(version, addrs);
+            let header = proxy_protocol::encode(version, origin);
             match tokio::time::timeout(self.connect_timeout, tcp.write_all(&header)).await {
                 Ok(result) => result.map_err(failed)?,
                 Err(_) => {

@@ -181,6 +181,9 @@ impl HealthSection {
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A session-ticket key file shared with other TLS listeners, so that a client resumes
+    /// whichever of them it reaches (chapter 13; `lb::tickets`).
+    pub ticket_keys: Option<PathBuf>,
 }
 
 /// One `[[backend]]`.
@@ -242,6 +245,10 @@ impl Config {
             ("admin", self.admin.is_some()),
             ("workers", self.workers.is_some()),
             ("[limits]", self.limits.is_some()),
+            (
+                "tls.ticket-keys",
+                self.tls.as_ref().is_some_and(|t| t.ticket_keys.is_some()),
+            ),
             (
                 "proxy-protocol",
                 self.backends.iter().any(|b| b.proxy_protocol.is_some()),

@@ -48,8 +48,12 @@ pub struct ReadError {
 pub enum Why {
     Io(io::Error),
     NotRegular(&'static str),
-    TooLarge { cap: u64 },
+    TooLarge {
+        cap: u64,
+    },
     TimedOut(Duration),
+    /// A key file that users other than its owner may read (its permission bits).
+    Exposed(u32),
 }
 
 impl std::fmt::Display for ReadError {
@@ -60,6 +64,11 @@ impl std::fmt::Display for ReadError {
             Why::NotRegular(kind) => write!(f, "not a regular file ({kind})"),
             Why::TooLarge { cap } => write!(f, "larger than the {} limit", human(*cap)),
             Why::TimedOut(limit) => write!(f, "no answer from the file system within {limit:?}"),
+            Why::Exposed(mode) => write!(
+                f,
+                "readable by other users (mode {mode:03o}); a key must be readable by its owner \
+                 only: chmod 600 it"
+            ),
         }
     }
 }
@@ -83,6 +92,17 @@ fn human(bytes: u64) -> String {
 /// Reads the regular file at `path` whole, refusing anything else and anything over `cap`
 /// bytes. `what` names it in the error ("config file", "certificate file").
 pub fn read_capped(path: &Path, what: &'static str, cap: u64) -> Result<Vec<u8>, ReadError> {
+    read(path, what, cap, false)
+}
+
+/// [`read_capped`] for a key that must stay secret (session-ticket keys, chapter 13): the file
+/// must also be unreadable by group and others, as OpenSSH requires of its private keys. A key
+/// every local user can read is a key every local user can use to decrypt recorded traffic.
+pub fn read_private(path: &Path, what: &'static str, cap: u64) -> Result<Vec<u8>, ReadError> {
+    read(path, what, cap, true)
+}
+
+fn read(path: &Path, what: &'static str, cap: u64, private: bool) -> Result<Vec<u8>, ReadError> {
     let fail = |why| ReadError {
         path: path.to_owned(),
         what,
@@ -93,6 +113,17 @@ pub fn read_capped(path: &Path, what: &'static str, cap: u64) -> Result<Vec<u8>,
     if !meta.is_file() {
         return Err(fail(Why::NotRegular(kind(&meta))));
     }
+    // Checked on the opened file, not the path: the path may be swapped in between.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(fail(Why::Exposed(mode)));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = private;
     if meta.len() > cap {
         return Err(fail(Why::TooLarge { cap }));
     }
@@ -208,6 +239,26 @@ mod tests {
         assert_eq!(read_capped(&p, "config file", 11).unwrap(), b"listen = 1\n");
         let e = read_capped(&p, "config file", 10).unwrap_err().to_string();
         assert!(e.contains("larger than the 10-byte limit"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_must_be_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp("private");
+        let p = dir.join("tickets.key");
+        std::fs::write(&p, b"s3cret").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = read_private(&p, "ticket key file", MAX_SECRET)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("readable by other users (mode 640)"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_private(&p, "ticket key file", MAX_SECRET).unwrap(),
+            b"s3cret"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! | [`relay`] | 10-production, 11 | the metered, idle-aware relay; buffers only while bytes move; splice |
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
 //! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
+//! | [`tickets`] | 13-ssl-farm | session-ticket keys from a file, shared by every offloader, rotated |
 
 pub mod admin;
 pub mod app;
@@ -51,6 +52,7 @@ pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod strategy;
+pub mod tickets;
 pub mod tls;
 
 /// The three servers of the Go tutorial (`SERVER1`..`SERVER3`), on the IPv4 loopback.

@@ -20,6 +20,11 @@ pub struct Counters {
     pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Client TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// Client TLS handshakes that completed in full (a key exchange and a signature).
+    pub tls_full: AtomicU64,
+    /// Client TLS handshakes that resumed a session from a ticket (chapter 13: the number
+    /// that shows offloaders sharing their ticket keys).
+    pub tls_resumed: AtomicU64,
     /// `accept-proxy` clients whose PROXY header was missing or malformed.
     pub proxy_header_errors: AtomicU64,
     /// Clients closed because no backend could be reached.
@@ -34,6 +39,14 @@ impl Counters {
     pub fn refused(&self, why: Refusal) {
         let i = Refusal::ALL.iter().position(|&r| r == why).unwrap_or(0);
         inc(&self.refused[i]);
+    }
+
+    /// Counts a completed client handshake as full or resumed.
+    pub fn tls_handshake<IO>(&self, tls: &tokio_rustls::server::TlsStream<IO>) {
+        match tls.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => inc(&self.tls_resumed),
+            _ => inc(&self.tls_full),
+        }
     }
 }
 

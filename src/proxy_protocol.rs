@@ -8,7 +8,11 @@
 //!
 //! * v1 is one line of text: `PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n`;
 //! * v2 is binary: a 12-byte signature, version and command, address family, a length, then
-//!   the addresses (and optional TLVs, which we skip).
+//!   the addresses and optional TLVs (type, length, value). We send and read one of them, the
+//!   SSL TLV: "the client spoke TLS to the first proxy". A TLS offloader (chapter 13) decrypts
+//!   and forwards plain HTTP, so the HTTP balancer behind it would otherwise believe the
+//!   client came over plain HTTP: it would say `X-Forwarded-Proto: http` and leave `Secure`
+//!   off its cookie. v1 has no room for it.
 //!
 //! The backend must be configured to expect it (nginx `listen … proxy_protocol`, HAProxy
 //! `accept-proxy`, PostgreSQL behind pgbouncer …): a server that does not expect it sees the
@@ -64,10 +68,40 @@ const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// v1's longest header, `\r\n` included (the spec's own bound).
 const V1_MAX: usize = 107;
 
+/// v2's TLV type for "the client connected over SSL/TLS" (`PP2_TYPE_SSL`).
+const PP2_TYPE_SSL: u8 = 0x20;
+/// Its `client` bit saying TLS was used (`PP2_CLIENT_SSL`).
+const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// Where a connection really comes from, as a PROXY header carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The address the client dialled (the first proxy's listener).
+    pub dialled: SocketAddr,
+    /// Whether the client spoke TLS to the first proxy (v2's SSL TLV).
+    pub tls: bool,
+}
+
 /// The header announcing a connection from `client` to `local` (the address the client dialled).
 /// `None` is the proxy's own connection (a health probe): `LOCAL` / `UNKNOWN`.
 pub fn header(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
-    let addrs = addrs.map(same_family);
+    encode(
+        version,
+        addrs.map(|(client, dialled)| Origin {
+            client,
+            dialled,
+            tls: false,
+        }),
+    )
+}
+
+/// The header for `origin`; v2 adds the SSL TLV when the client spoke TLS. `None` is the
+/// proxy's own connection: `LOCAL` / `UNKNOWN`.
+pub fn encode(version: Version, origin: Option<Origin>) -> Vec<u8> {
+    let tls = origin.is_some_and(|o| o.tls);
+    let addrs = origin.map(|o| same_family((o.client, o.dialled)));
     match version {
         Version::V1 => match addrs {
             None => b"PROXY UNKNOWN\r\n".to_vec(),
@@ -84,7 +118,7 @@ pub fn header(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<
             }
         },
         Version::V2 => {
-            let mut out = Vec::with_capacity(16 + 36);
+            let mut out = Vec::with_capacity(16 + 36 + SSL_TLV.len());
             out.extend_from_slice(&SIGNATURE);
             match addrs {
                 None => out.extend_from_slice(&[0x20, 0x00, 0, 0]),
@@ -94,6 +128,7 @@ pub fn header(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<
                     } else {
                         (0x21, 36)
                     };
+                    let len = len + if tls { SSL_TLV.len() as u16 } else { 0 };
                     out.extend_from_slice(&[0x21, family]);
                     out.extend_from_slice(&len.to_be_bytes());
                     for ip in [src.ip(), dst.ip()] {
@@ -104,11 +139,39 @@ pub fn header(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<
                     }
                     out.extend_from_slice(&src.port().to_be_bytes());
                     out.extend_from_slice(&dst.port().to_be_bytes());
+                    if tls {
+                        out.extend_from_slice(&SSL_TLV);
+                    }
                 }
             }
             out
         }
     }
+}
+
+/// The SSL TLV we send: type, length 5, `client` = TLS used, then `verify` = 1. `verify` is 0
+/// only for "a client certificate was presented and verified"; we ask for none, so a receiver
+/// that checks it must not read our header as a verified client.
+const SSL_TLV: [u8; 8] = [PP2_TYPE_SSL, 0, 5, PP2_CLIENT_SSL, 0, 0, 0, 1];
+
+/// Whether v2's TLVs (what follows the addresses) hold an SSL TLV whose `client` field says
+/// TLS. A TLV that runs past the header is an error: the header is corrupt.
+fn says_tls(mut tlvs: &[u8]) -> io::Result<bool> {
+    let mut tls = false;
+    while !tlvs.is_empty() {
+        let [kind, hi, lo, rest @ ..] = tlvs else {
+            return Err(invalid("PROXY v2 TLV cut short"));
+        };
+        let len = u16::from_be_bytes([*hi, *lo]) as usize;
+        let Some(value) = rest.get(..len) else {
+            return Err(invalid("PROXY v2 TLV longer than its header"));
+        };
+        if *kind == PP2_TYPE_SSL && value.first().is_some_and(|c| c & PP2_CLIENT_SSL != 0) {
+            tls = true;
+        }
+        tlvs = &rest[len..];
+    }
+    Ok(tls)
 }
 
 /// Both addresses in one family, as the header requires: IPv4 when both are (or map to) IPv4,
@@ -127,11 +190,11 @@ fn same_family((src, dst): (SocketAddr, SocketAddr)) -> (SocketAddr, SocketAddr)
 }
 
 /// Reads one PROXY header (v1 or v2) from the start of `stream`, consuming exactly the header
-/// and not one byte of what follows it. Returns the client's and the dialled address, or `None`
+/// and not one byte of what follows it. Returns where the connection comes from, or `None`
 /// for `LOCAL`/`UNKNOWN` (the sender's own connection: keep the TCP peer's address).
 ///
 /// Bound it with a timeout: a client that sends nothing would otherwise wait here forever.
-pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
+pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<Origin>> {
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 0 {
         return Err(invalid("connection closed before the PROXY header"));
@@ -145,7 +208,7 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<(SocketAdd
     }
 }
 
-async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
+async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<Origin>> {
     let mut head = [0u8; 16];
     stream.read_exact(&mut head).await?;
     if head[..12] != SIGNATURE {
@@ -163,20 +226,29 @@ async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<(SocketAddr, Socke
         IpAddr::V6(Ipv6Addr::from(octets))
     };
     let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let origin = |client, dialled, tlvs| {
+        Ok(Some(Origin {
+            client,
+            dialled,
+            tls: says_tls(tlvs)?,
+        }))
+    };
     match (head[12] & 0x0f, head[13] >> 4) {
         // LOCAL: a health check or the proxy's own traffic.
         (0, _) => Ok(None),
         (1, 1) if len >= 12 => {
             let ip = |b: &[u8]| IpAddr::from([b[0], b[1], b[2], b[3]]);
-            Ok(Some((
+            origin(
                 SocketAddr::new(ip(&body[0..4]), port(&body[8..10])),
                 SocketAddr::new(ip(&body[4..8]), port(&body[10..12])),
-            )))
+                &body[12..],
+            )
         }
-        (1, 2) if len >= 36 => Ok(Some((
+        (1, 2) if len >= 36 => origin(
             SocketAddr::new(ip6(&body[0..16]), port(&body[32..34])),
             SocketAddr::new(ip6(&body[16..32]), port(&body[34..36])),
-        ))),
+            &body[36..],
+        ),
         // UNSPEC or a UNIX socket: nothing we can use; keep the TCP peer's address.
         (1, 0 | 3) => Ok(None),
         (1, _) => Err(invalid("PROXY v2 header too short for its address family")),
@@ -187,7 +259,7 @@ async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<(SocketAddr, Socke
 /// v1 is a line of at most 107 bytes. We peek, and consume only up to the `\r\n`: what comes
 /// after it is the client's data. Peeked bytes with no `\r\n` among them are all header, so we
 /// consume them and peek again (a peek with data pending would return at once, forever).
-async fn read_v1(stream: &mut TcpStream) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
+async fn read_v1(stream: &mut TcpStream) -> io::Result<Option<Origin>> {
     let mut line = Vec::with_capacity(V1_MAX);
     let mut buf = [0u8; V1_MAX];
     loop {
@@ -215,7 +287,7 @@ async fn read_v1(stream: &mut TcpStream) -> io::Result<Option<(SocketAddr, Socke
     }
 }
 
-fn parse_v1(line: &[u8]) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
+fn parse_v1(line: &[u8]) -> io::Result<Option<Origin>> {
     let text = std::str::from_utf8(line).map_err(|_| invalid("PROXY v1 header is not text"))?;
     let text = text.trim_end_matches("\r\n");
     let fields: Vec<&str> = text.split(' ').collect();
@@ -235,10 +307,11 @@ fn parse_v1(line: &[u8]) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
                 s.parse()
                     .map_err(|_| invalid("bad port in PROXY v1 header"))
             };
-            Ok(Some((
-                SocketAddr::new(ip(src)?, port(sport)?),
-                SocketAddr::new(ip(dst)?, port(dport)?),
-            )))
+            Ok(Some(Origin {
+                client: SocketAddr::new(ip(src)?, port(sport)?),
+                dialled: SocketAddr::new(ip(dst)?, port(dport)?),
+                tls: false,
+            }))
         }
         _ => Err(invalid("malformed PROXY v1 header")),
     }
@@ -295,7 +368,7 @@ mod tests {
 
     /// Writes `bytes` to a loopback connection and runs `read_header` on the other end;
     /// returns its result and what the stream yields after it.
-    async fn read_back(bytes: Vec<u8>) -> (io::Result<Option<(SocketAddr, SocketAddr)>>, Vec<u8>) {
+    async fn read_back(bytes: Vec<u8>) -> (io::Result<Option<Origin>>, Vec<u8>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let writer = tokio::spawn(async move {
@@ -327,7 +400,9 @@ mod tests {
                 let mut bytes = header(version, Some((src, dst)));
                 bytes.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
                 let (result, rest) = read_back(bytes).await;
-                assert_eq!(result.unwrap(), Some((src, dst)), "{version}");
+                let origin = result.unwrap().unwrap();
+                assert_eq!((origin.client, origin.dialled), (src, dst), "{version}");
+                assert!(!origin.tls);
                 assert_eq!(rest, b"GET / HTTP/1.1\r\n\r\n");
             }
             let mut bytes = header(version, None);
@@ -336,6 +411,39 @@ mod tests {
             assert_eq!(result.unwrap(), None);
             assert_eq!(rest, b"x");
         }
+    }
+
+    #[tokio::test]
+    async fn v2_carries_the_clients_tls_and_skips_other_tlvs() {
+        let origin = Origin {
+            client: addr("192.0.2.7:51234"),
+            dialled: addr("198.51.100.1:443"),
+            tls: true,
+        };
+        let bytes = encode(Version::V2, Some(origin));
+        assert_eq!(&bytes[16 + 12..], &SSL_TLV);
+        assert_eq!(u16::from_be_bytes([bytes[14], bytes[15]]), 12 + 8);
+        let (result, rest) = read_back([&bytes[..], b"x"].concat()).await;
+        assert_eq!(result.unwrap(), Some(origin));
+        assert_eq!(rest, b"x");
+        // HAProxy's own TLVs (ALPN 0x01, authority 0x02, a CRC 0x03) before ours: skipped.
+        let mut bytes = encode(
+            Version::V2,
+            Some(Origin {
+                tls: false,
+                ..origin
+            }),
+        );
+        let others = [0x01, 0, 2, b'h', b'2', 0x02, 0, 1, b'a', 0x03, 0, 0];
+        bytes.extend_from_slice(&others);
+        bytes.extend_from_slice(&SSL_TLV);
+        let len = (12 + others.len() + SSL_TLV.len()) as u16;
+        bytes[14..16].copy_from_slice(&len.to_be_bytes());
+        let (result, _) = read_back(bytes).await;
+        assert_eq!(result.unwrap(), Some(origin));
+        // v1 cannot say it: the bit is lost, not invented.
+        let (result, _) = read_back(encode(Version::V1, Some(origin))).await;
+        assert!(!result.unwrap().unwrap().tls);
     }
 
     #[tokio::test]
@@ -348,6 +456,9 @@ mod tests {
             vec![b'P'; 200],
             b"\r\n\r\n\0\r\nQUIT\n\x31\x11\0\0".to_vec(),
             b"\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x04abcd".to_vec(),
+            // A TLV that claims more bytes than the header holds, and one cut short.
+            [&SIGNATURE[..], b"\x21\x11\0\x0f", &[1; 12], b"\x20\0\x09"].concat(),
+            [&SIGNATURE[..], b"\x21\x11\0\x0e", &[1; 12], b"\x20\0"].concat(),
             b"PROXY TCP4 1.2".to_vec(),
             Vec::new(),
         ] {

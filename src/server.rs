@@ -40,6 +40,7 @@ use crate::balancer::{AbortOnDrop, Balancer};
 use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy::Conn;
+use crate::proxy_protocol::Origin;
 use crate::relay::{self, End};
 use crate::{net, proxy_protocol, tls};
 
@@ -230,9 +231,9 @@ impl Server {
         // Declared first, so dropped last: the slots are freed only once the sockets are
         // closed, and the descriptor budget behind `max-connections` stays exact.
         let _held = admitted.held;
-        let (mut conn, client, addrs) = (admitted.conn, admitted.client, admitted.addrs);
+        let (mut conn, client, origin) = (admitted.conn, admitted.client, admitted.origin);
         let Some((backend, mut upstream, _active, counters)) =
-            balancer.connect_upstream(client, addrs).await
+            balancer.connect_upstream(client, origin).await
         else {
             // Returning drops `conn`, which closes it at once: the client sees the connection
             // end rather than waiting on a backend that will never answer.
@@ -284,10 +285,10 @@ impl Server {
             },
         };
 
-        let (client, dialled) = if balancer.accept_proxy {
+        let (client, proxied) = if balancer.accept_proxy {
             let header = proxy_protocol::read_header(&mut stream);
             let read = match tokio::time::timeout(balancer.handshake_timeout, header).await {
-                Ok(Ok(Some((client, dialled)))) => Ok((client, Some(dialled))),
+                Ok(Ok(Some(origin))) => Ok((origin.client, Some(origin))),
                 Ok(Ok(None)) => Ok((peer, None)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no header in time")),
@@ -315,17 +316,20 @@ impl Server {
         };
         // What the backend's PROXY header says the client dialled: read before TLS takes the
         // socket, and only when some backend wants it (it costs a system call).
-        let addrs = match (balancer.sends_proxy_header, dialled) {
+        let dialled = match (balancer.sends_proxy_header, proxied) {
             (false, _) => None,
-            (true, Some(dialled)) => Some((client, dialled)),
-            (true, None) => stream.local_addr().ok().map(|local| (client, local)),
+            (true, Some(origin)) => Some(origin.dialled),
+            (true, None) => stream.local_addr().ok(),
         };
 
         let conn = match &balancer.acceptor {
             None => Conn::Plain(stream),
             Some(acceptor) => match tls::accept(acceptor, stream, balancer.handshake_timeout).await
             {
-                Ok(tls) => Conn::TlsServer(Box::new(tls)),
+                Ok(tls) => {
+                    self.counters.tls_handshake(&tls);
+                    Conn::TlsServer(Box::new(tls))
+                }
                 Err(e) => {
                     metrics::inc(&self.counters.tls_handshake_failures);
                     tracing::warn!(%client, "TLS handshake with client failed: {e}");
@@ -333,12 +337,19 @@ impl Server {
                 }
             },
         };
+        // TLS to us, or to a proxy in front that said so (chapter 13's offloaders): either way
+        // the user's browser spoke HTTPS.
+        let tls = matches!(conn, Conn::TlsServer(_)) || proxied.is_some_and(|o| o.tls);
 
         Ok(Admitted {
-            tls: matches!(conn, Conn::TlsServer(_)),
+            tls,
             conn,
             client,
-            addrs,
+            origin: dialled.map(|dialled| Origin {
+                client,
+                dialled,
+                tls,
+            }),
             held: (_slot, _per_client),
         })
     }
@@ -390,6 +401,14 @@ impl Server {
         for (why, n) in Refusal::ALL.iter().zip(&c.refused) {
             e.sample(name, &[("reason", why.as_str())], get(n));
         }
+        let name = "tcplb_client_tls_handshakes_total";
+        e.metric(
+            name,
+            "counter",
+            "Client TLS handshakes completed: full, or resumed from a session ticket.",
+        );
+        e.sample(name, &[("kind", "full")], get(&c.tls_full));
+        e.sample(name, &[("kind", "resumed")], get(&c.tls_resumed));
         counter(
             &mut e,
             "tcplb_client_tls_handshake_failures_total",
@@ -512,9 +531,11 @@ pub(crate) struct Admitted<'g> {
     pub(crate) conn: Conn,
     /// The real client: the peer, or what its PROXY header said.
     pub(crate) client: SocketAddr,
-    /// The client and the address it dialled, for a backend that wants a PROXY header.
-    pub(crate) addrs: Option<(SocketAddr, SocketAddr)>,
-    /// Whether the client spoke TLS to us.
+    /// The client, the address it dialled and whether it spoke TLS, for a backend that wants a
+    /// PROXY header.
+    pub(crate) origin: Option<Origin>,
+    /// Whether the client spoke TLS: to us, or to the proxy in front (its PROXY v2 header's
+    /// SSL TLV).
     pub(crate) tls: bool,
     /// Its slot under `max-connections` and its count against its IP, freed when dropped.
     pub(crate) held: (Slot, ClientSlot<'g>),

@@ -16,13 +16,14 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ProducesTickets;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::files;
@@ -112,10 +113,21 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 /// A server config presenting `certs` (leaf first): TLS 1.2 and 1.3, no client certificates,
-/// [`provider`]'s suite order over the client's, and stateless session tickets.
+/// [`provider`]'s suite order over the client's, and stateless session tickets under the
+/// process's own random key ([`process_ticketer`]).
 pub fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config_with_tickets(certs, key, process_ticketer()?)
+}
+
+/// [`server_config`] with tickets from `ticketer`: a key file shared by a farm of offloaders
+/// (chapter 13, [`crate::tickets`]).
+pub fn server_config_with_tickets(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ticketer: Arc<dyn ProducesTickets>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -127,16 +139,42 @@ pub fn server_config(
     // would rather have ChaCha20, are the price: they get AES-128-GCM too.
     config.ignore_client_order = true;
     // Resumption keeps working however many clients there are: the ticket carries the session,
-    // encrypted under a key that rotates every 6 hours, where rustls' default keeps sessions in
-    // a 256-entry cache (about 128 clients, at 2 tickets each). HAProxy and nginx do the same.
-    config.ticketer =
-        rustls::crypto::aws_lc_rs::Ticketer::new().context("cannot make the session-ticket key")?;
+    // encrypted under the ticketer's key, where rustls' default keeps sessions in a 256-entry
+    // cache (about 128 clients, at 2 tickets each). HAProxy and nginx do the same.
+    config.ticketer = ticketer;
     Ok(Arc::new(config))
+}
+
+/// The process's own ticket key, random, rotating every 6 hours: made once, so that a config
+/// rebuilt by a reload (SIGHUP) still reads the tickets the old one issued. A new key per
+/// reload made every returning client pay a full handshake after each one.
+pub fn process_ticketer() -> anyhow::Result<Arc<dyn ProducesTickets>> {
+    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
+    if let Some(ticketer) = TICKETER.get() {
+        return Ok(Arc::clone(ticketer));
+    }
+    let made =
+        rustls::crypto::aws_lc_rs::Ticketer::new().context("cannot make the session-ticket key")?;
+    Ok(Arc::clone(TICKETER.get_or_init(|| made)))
 }
 
 /// [`server_config`] from PEM files.
 pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    server_config(load_certs(cert)?, load_key(key)?)
+    server_config_from_files_with(cert, key, None)
+}
+
+/// [`server_config_from_files`], with tickets from a shared key file when `ticket_keys` names
+/// one (chapter 13).
+pub fn server_config_from_files_with(
+    cert: &Path,
+    key: &Path,
+    ticket_keys: Option<&Path>,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    let ticketer: Arc<dyn ProducesTickets> = match ticket_keys {
+        Some(path) => crate::tickets::TicketKeys::load(path)?,
+        None => process_ticketer()?,
+    };
+    server_config_with_tickets(load_certs(cert)?, load_key(key)?, ticketer)
         .with_context(|| format!("{} and {}", cert.display(), key.display()))
 }
 
