@@ -107,6 +107,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         servers.push((server, net::listen(addr)?));
     }
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut running = tokio::task::JoinSet::new();
     for (server, listener) in servers {
         let addr = net::announce(&listener)?;
         tracing::info!(
@@ -118,8 +120,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 d => format!(", answering after {d:?}"),
             }
         );
-        tokio::spawn(server.run(listener, std::future::pending()));
+        let mut stopped = stop.subscribe();
+        running.spawn(server.run(listener, async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        }));
     }
+    // Ctrl-C or SIGTERM: every server stops accepting and lets the requests in flight finish
+    // (`DummyServer::run`), so a farm that removes this server cuts nothing (chapter 13).
     cli::shutdown_signal().await;
+    let _ = stop.send(true);
+    while running.join_next().await.is_some() {}
     Ok(())
 }

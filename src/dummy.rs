@@ -53,6 +53,9 @@ pub struct DummyServer {
 /// enough that a typo cannot park a connection for a day.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
+/// How long a stopping server waits for its open connections to finish.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 impl DummyServer {
     /// Fails if `name` cannot be sent as a header value (control characters, non-ASCII).
     pub fn new(name: &str) -> anyhow::Result<DummyServer> {
@@ -87,17 +90,25 @@ impl DummyServer {
         self.delay
     }
 
-    /// Serves `listener` until `shutdown` resolves, each connection in its own task.
+    /// Serves `listener` until `shutdown` resolves, each connection in its own task; then
+    /// drains: no new connection, each open one finishes the request it is on (a long download
+    /// included) and closes, idle ones close at once, for at most [`DRAIN_LIMIT`]. A farm that
+    /// removes an application server (chapter 13) cuts no request.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let this = Arc::new(self);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
+                // Reap finished connections, so the set holds only live ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 (stream, peer) = net::accept(&listener) => {
                     let this = Arc::clone(&this);
-                    tokio::spawn(async move {
+                    let stopping = stopping.clone();
+                    connections.spawn(async move {
                         let io = match &this.tls {
                             None => Conn::Plain(stream),
                             Some(acceptor) => match tls::accept(acceptor, stream, DEFAULT_HANDSHAKE_TIMEOUT).await {
@@ -108,20 +119,38 @@ impl DummyServer {
                                 }
                             },
                         };
-                        this.serve_connection(io, peer).await;
+                        this.serve_connection(io, peer, stopping).await;
                     });
                 }
             }
         }
+        drop(listener);
+        if connections.is_empty() {
+            return;
+        }
+        let _ = stop.send(true);
+        tracing::info!(server = %this.name, open = connections.len(), "draining");
+        let drained = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN_LIMIT, drained).await.is_err() {
+            tracing::warn!(server = %this.name, open = connections.len(), "drain limit reached: closing");
+        }
     }
 
-    async fn serve_connection(self: Arc<Self>, io: Conn, peer: SocketAddr) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        io: Conn,
+        peer: SocketAddr,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
         let this = Arc::clone(&self);
         let service = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
-            async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer).await) }
+            // Boxed: `poll_without_shutdown` below needs an `Unpin` connection.
+            Box::pin(
+                async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer).await) },
+            )
         });
-        let result = hyper::server::conn::http1::Builder::new()
+        let mut conn = hyper::server::conn::http1::Builder::new()
             // A client that opens a connection and sends half a request head is dropped
             // after this long instead of holding the connection forever.
             .timer(TokioTimer::new())
@@ -129,12 +158,24 @@ impl DummyServer {
             // A client that half-closes after its request (as proxies' tests do) still gets the
             // whole answer; hyper's default would close as soon as it reads the EOF.
             .half_close(true)
-            .serve_connection(TokioIo::new(io), service)
-            // We close the connection ourselves, lingering: see `net::lingering_close`.
-            .without_shutdown()
-            .await;
+            .serve_connection(TokioIo::new(io), service);
+        // We close the connection ourselves, lingering (see `net::lingering_close`): hence
+        // `poll_without_shutdown`, which leaves the socket to us when HTTP is done with it.
+        let mut draining = false;
+        let result = loop {
+            tokio::select! {
+                result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
+                // Finish the request in flight, then close: hyper's graceful shutdown.
+                changed = stopping.wait_for(|&stop| stop), if !draining => {
+                    draining = true;
+                    if changed.is_ok() {
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                }
+            }
+        };
         match result {
-            Ok(parts) => net::lingering_close(parts.io.into_inner(), net::LINGER).await,
+            Ok(()) => net::lingering_close(conn.into_parts().io.into_inner(), net::LINGER).await,
             Err(e) => {
                 tracing::debug!(server = %self.name, client = %peer, "connection ended: {e}")
             }
