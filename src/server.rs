@@ -330,6 +330,15 @@ impl Server {
                     self.counters.tls_handshake(&tls);
                     Conn::TlsServer(Box::new(tls))
                 }
+                // The proxy in front said LOCAL ("my own connection") and closed before a TLS
+                // byte: its health probe, every second or so. Not a client, not a failure.
+                Err(e)
+                    if balancer.accept_proxy
+                        && proxied.is_none()
+                        && e.kind() == io::ErrorKind::UnexpectedEof =>
+                {
+                    return Err(Outcome::early(client, PROBE));
+                }
                 Err(e) => {
                     metrics::inc(&self.counters.tls_handshake_failures);
                     tracing::warn!(%client, "TLS handshake with client failed: {e}");
@@ -526,6 +535,9 @@ impl Drop for Serving<'_> {
     }
 }
 
+/// How a connection that was the health probe of the proxy in front ends.
+const PROBE: &str = "health-probe";
+
 /// A client past every check of the listener, with what it holds while it is served.
 pub(crate) struct Admitted<'g> {
     pub(crate) conn: Conn,
@@ -580,6 +592,10 @@ impl Outcome<'_> {
             None => &"-",
         };
         let duration = started.elapsed();
+        if end == PROBE {
+            tracing::debug!(target: "access", %client, "health probe from the proxy in front");
+            return;
+        }
         match self.error {
             None => tracing::info!(
                 target: "access",

@@ -1,0 +1,275 @@
+//! # Step 13: `ssl-farm`, seed 000's load-balanced SSL farm, four tiers from one command
+//!
+//! Seed 000 describes how a site serves HTTPS to more users than one machine can handshake
+//! with: a **layer-4 balancer** spreads TLS connections, untouched, over a farm of cheap
+//! **TLS offloaders**; they decrypt and pass plain HTTP to a **layer-7 balancer** that pins each
+//! user to an **application server** by a cookie. Every piece already exists: chapter 10's
+//! `tcp-lb` is tiers 1 and 2, chapter 12's `http-lb` tier 3, `dummy-server` tier 4. This step
+//! starts them as separate processes, each tier on its own loopback /24 so each looks like its
+//! own host, wires them as the seed says, and changes the farm while it runs:
+//!
+//! * the client's address crosses two PROXY v2 headers (tier 1 → 2 → 3) and reaches the
+//!   application as `X-Forwarded-For`; the second header also says "the client spoke TLS"
+//!   (the SSL TLV, [`lb::proxy_protocol`]), so tier 3 says `X-Forwarded-Proto: https` and
+//!   marks its cookie `Secure`;
+//! * every offloader reads one ticket-key file ([`lb::tickets`]), so a returning client that
+//!   tier 1 sends to *another* offloader still resumes its TLS session;
+//! * commands on standard input add and remove members: the tier in front is reconfigured and
+//!   reloaded (SIGHUP) first, then the member drains (SIGTERM), so nothing in flight is cut.
+//!
+//! The config files it writes under `--state-dir` are the deployment: on four machines, the
+//! same files with real addresses (README, chapter 13).
+//!
+//! **What the Go version got wrong:** it has one process doing everything; its TLS
+//! termination cannot be scaled out, and nothing behind it learns who the client was.
+//!
+//! **Try it** in two terminals:
+//!
+//! ```text
+//! terminal 1:  cargo build --release && cargo run --release --bin ssl-farm
+//! terminal 2:  for i in $(seq 5); do curl -s --cacert target/ssl-farm/ca.pem -c jar -b jar \
+//!                  https://localhost:3000/ | head -1; done
+//!              kill -9 <an offloader's PID from the table>; curl … again: still answered
+//! terminal 1:  add offloader     remove app 2     rotate keys     status     stop
+//! ```
+
+mod farm;
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use farm::{Exit, Farm, Tier};
+use lb::cli;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// ssl-farm: the four-tier SSL farm of seed 000 on one machine, as real processes.
+#[derive(Parser)]
+#[command(name = "ssl-farm", version)]
+struct Args {
+    /// Tier 1's address: where clients connect (HTTPS).
+    #[arg(long, value_name = "ADDR", default_value = lb::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// TLS offloaders (tier 2).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=254))]
+    offloaders: u32,
+    /// http-lb instances (tier 3), sharing one affinity secret.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=254))]
+    l7: u32,
+    /// Application servers (tier 4).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=254))]
+    apps: u32,
+    /// Where the certificates, keys, configs, logs and farm.json go.
+    #[arg(long, value_name = "DIR", default_value = "target/ssl-farm")]
+    state_dir: PathBuf,
+    /// Where tcp-lb, http-lb and dummy-server are [default: beside ssl-farm].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Args = cli::parse();
+    cli::init_tracing();
+    cli::report(run(args).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Caught before the first child starts: a Ctrl-C during start-up must stop the children
+    // already started, not kill ssl-farm and leave them running.
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let bins = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()
+            .context("cannot find ssl-farm's own path")?
+            .parent()
+            .context("ssl-farm's path has no folder")?
+            .to_owned(),
+    };
+    let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel();
+    let mut farm = Farm::new(&args.state_dir, bins, args.listen, exits)?;
+
+    // Back to front: each tier starts with the tier behind it already listening.
+    let sizes = [
+        (Tier::App, args.apps),
+        (Tier::L7, args.l7),
+        (Tier::Offload, args.offloaders),
+        (Tier::L4, 1),
+    ];
+    let start = async {
+        for (tier, n) in sizes {
+            for _ in 0..n {
+                farm.start(tier).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let started = tokio::select! {
+        result = start => result,
+        _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted while starting")),
+        _ = terminate.recv() => Err(anyhow::anyhow!("terminated while starting")),
+    };
+    if let Err(e) = started {
+        farm.stop_all().await;
+        return Err(e);
+    }
+
+    println!("listening on {}", farm.entry());
+    print_table(&farm);
+    print_try(&farm);
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut draining = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            Some(exit) = exited.recv() => {
+                if on_exit(&mut farm, &exit).await.is_break() {
+                    farm.stop_all().await;
+                    anyhow::bail!("tier 1 ({}) exited: {}; the farm cannot serve", exit.pid, exit.how);
+                }
+            }
+            line = stdin.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => match command(&mut farm, line.trim()).await {
+                    Ok(Reply::Said(text)) => tracing::info!("{text}"),
+                    Ok(Reply::Draining(text, task)) => {
+                        tracing::info!("{text}");
+                        draining.spawn(async move { let _ = task.await; });
+                    }
+                    Ok(Reply::Stop) => break,
+                    Err(e) => tracing::error!("{e:#}"),
+                },
+                // No terminal (started in the background, stdin from /dev/null): the farm
+                // keeps serving; signals stop it.
+                _ => stdin_open = false,
+            },
+            Some(_) = draining.join_next(), if !draining.is_empty() => {}
+        }
+    }
+    tracing::info!("stopping the farm, front to back");
+    farm.stop_all().await;
+    while draining.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// What a command did.
+enum Reply {
+    Said(String),
+    /// A member removed from its tier and now draining in this task.
+    Draining(String, tokio::task::JoinHandle<()>),
+    Stop,
+}
+
+async fn command(farm: &mut Farm, line: &str) -> anyhow::Result<Reply> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let tier = |word: &str| {
+        Tier::parse(word).with_context(|| {
+            format!("no tier `{word}`: offloader, l7 or app (tier 1 is one process)")
+        })
+    };
+    match words.as_slice() {
+        [] => Ok(Reply::Said(String::new())),
+        ["add", what] => Ok(Reply::Said(farm.add(tier(what)?).await?)),
+        ["remove", what, n] => {
+            let n: u32 = n
+                .parse()
+                .with_context(|| format!("`{n}` is not a number from the table"))?;
+            let (text, task) = farm.remove(tier(what)?, n).await?;
+            Ok(Reply::Draining(text, task))
+        }
+        ["rotate", "keys"] => Ok(Reply::Said(farm.rotate_keys().await?)),
+        ["status" | "table"] => {
+            print_table(farm);
+            Ok(Reply::Said(String::new()))
+        }
+        ["stop" | "quit" | "exit"] => Ok(Reply::Stop),
+        ["help"] | _ => Ok(Reply::Said(
+            "commands: add offloader|l7|app, remove offloader|l7|app N, rotate keys, status, \
+             stop"
+                .to_owned(),
+        )),
+    }
+}
+
+/// Reports a member that exited unexpectedly, and takes it out of the farm. `Break` when it
+/// was tier 1: without it nothing reaches the farm.
+async fn on_exit(farm: &mut Farm, exit: &Exit) -> std::ops::ControlFlow<()> {
+    let Some(result) = farm.exited(exit).await else {
+        return std::ops::ControlFlow::Continue(());
+    };
+    if exit.tier == Tier::L4 {
+        return std::ops::ControlFlow::Break(());
+    }
+    let left = farm.count(exit.tier);
+    tracing::error!(
+        pid = exit.pid,
+        "{} {} exited unexpectedly ({}); {left} left in its tier{}",
+        exit.tier.key(),
+        exit.number,
+        exit.how,
+        if left == 0 {
+            ": the farm cannot answer until one is added"
+        } else {
+            ""
+        }
+    );
+    if let Err(e) = result {
+        tracing::error!("could not reconfigure the tier in front: {e:#}");
+    }
+    std::ops::ControlFlow::Continue(())
+}
+
+/// The table of processes, on stdout: what the chapter is about.
+fn print_table(farm: &Farm) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let short = |p: &std::path::Path| p.strip_prefix(&cwd).unwrap_or(p).display().to_string();
+    let mut out = format!(
+        "\n{:<8} {:<9} {:<21} {:<8} {:<21} {:<34} {}\n",
+        "tier", "process", "address", "pid", "admin", "config", "log"
+    );
+    for m in farm.members() {
+        out.push_str(&format!(
+            "{:<8} {:<9} {:<21} {:<8} {:<21} {:<34} {}\n",
+            m.tier.key(),
+            m.name,
+            m.address.to_string(),
+            m.pid,
+            m.admin.map_or("-".to_owned(), |a| a.to_string()),
+            m.config.as_deref().map_or("-".to_owned(), short),
+            short(&m.log),
+        ));
+    }
+    print!("{out}");
+}
+
+fn print_try(farm: &Farm) {
+    let ca = farm.dir.join("ca.pem");
+    let addr = farm.entry();
+    let url = match addr.ip() {
+        ip if ip.is_loopback() => format!("https://localhost:{}/", addr.port()),
+        ip => format!("https://{ip}:{}/", addr.port()),
+    };
+    let mut text = format!(
+        "\nTry (state and logs in {}):\n  \
+         curl --cacert {} -c jar -b jar {url}      same app every time, your address in X-Forwarded-For\n  \
+         kill -9 <an offload PID>; curl again                 still answered\n  \
+         curl http://<an admin address>/metrics               each tier's numbers\n\
+         Commands here: add offloader|l7|app, remove offloader|l7|app N, rotate keys, status, stop\n",
+        farm.dir.display(),
+        ca.display(),
+    );
+    if !std::io::stdin().is_terminal() {
+        text.push_str(
+            "(standard input is not a terminal: commands are read from it all the same)\n",
+        );
+    }
+    print!("{text}");
+}
