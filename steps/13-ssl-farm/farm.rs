@@ -235,6 +235,9 @@ impl Farm {
             }
         }
         cmd.stdin(Stdio::null())
+            // Run in the state folder, which names the farm each process belongs to: tests
+            // (and `ls -l /proc/*/cwd`) find a farm's processes by it.
+            .current_dir(&self.dir)
             .stdout(Stdio::piped())
             .stderr(logfile)
             // Its own process group: a Ctrl-C in the terminal reaches ssl-farm alone, which

@@ -71,11 +71,19 @@ struct Args {
     bin_dir: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: Args = cli::parse();
     cli::init_tracing();
-    cli::report(run(args).await)
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return cli::report(Err(anyhow::anyhow!("cannot start the runtime: {e}"))),
+    };
+    let result = runtime.block_on(run(args));
+    // Not a plain drop: the read of standard input runs on a blocking thread that no one can
+    // interrupt, and dropping the runtime would wait for it, that is, for a line that may
+    // never come.
+    runtime.shutdown_background();
+    cli::report(result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -107,6 +107,8 @@ impl Output {
 /// A running binary, killed when dropped.
 pub struct Proc {
     child: Child,
+    /// Its standard input, for [`Proc::start_with_input`].
+    stdin: Option<std::process::ChildStdin>,
     /// The addresses of its `listening on` lines, in order.
     pub addrs: Vec<SocketAddr>,
     stdout: Arc<Output>,
@@ -121,11 +123,27 @@ impl Proc {
 
     /// [`Proc::start`] in the working directory `dir`.
     pub fn start_in(bin: &str, args: &[&str], listeners: usize, dir: Option<&Path>) -> Proc {
+        Self::launch(bin, args, listeners, dir, false)
+    }
+
+    /// [`Proc::start`] with a pipe to its standard input, for [`Proc::send_line`].
+    pub fn start_with_input(bin: &str, args: &[&str], listeners: usize) -> Proc {
+        Self::launch(bin, args, listeners, None, true)
+    }
+
+    /// Writes `line` and a newline to its standard input.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("started with start_with_input");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn launch(bin: &str, args: &[&str], listeners: usize, dir: Option<&Path>, input: bool) -> Proc {
         note_running();
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(dir) = dir {
@@ -180,6 +198,7 @@ impl Proc {
             }
         }
         Proc {
+            stdin: child.stdin.take(),
             child,
             addrs,
             stdout,

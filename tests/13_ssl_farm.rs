@@ -1,0 +1,415 @@
+//! Chapter 13: `ssl-farm`, the four tiers of seed 000 as real processes. Each test starts its
+//! own small farm (2 offloaders, 2 L7 instances, 2 applications) on port 0.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::tls::TlsClient;
+use common::{PATIENCE, Proc, Reply, read_reply, temp_dir};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
+use serde_json::Value;
+
+/// A running farm; on drop, every process it started is killed too, whatever state the test
+/// left it in (its children all run in its state folder).
+struct Farm {
+    proc: Proc,
+    dir: PathBuf,
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+}
+
+impl Farm {
+    fn start() -> Farm {
+        let dir = temp_dir("ssl-farm");
+        let proc = Proc::start_with_input(
+            bin!("ssl-farm"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--offloaders",
+                "2",
+                "--l7",
+                "2",
+                "--apps",
+                "2",
+                "--state-dir",
+                dir.to_str().unwrap(),
+            ],
+            1,
+        );
+        let tls = common::tls::config_trusting(&dir.join("ca.pem"));
+        Farm {
+            addr: proc.addr(),
+            proc,
+            dir,
+            tls,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.join("farm.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The processes of `tier` in farm.json.
+    fn tier(&self, tier: &str) -> Vec<Value> {
+        self.json()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["tier"] == tier)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until farm.json satisfies `done`.
+    fn wait_json(&self, what: &str, done: impl Fn(&Value) -> bool) {
+        eventually(what, || done(&self.json()));
+    }
+
+    /// One HTTPS request on a new TLS connection from `source`, with `cookie` if given.
+    fn get(&self, source: [u8; 4], path: &str, cookie: Option<&str>) -> (Reply, HandshakeKind) {
+        self.get_with(&self.tls, source, path, cookie)
+    }
+
+    fn get_with(
+        &self,
+        tls: &Arc<ClientConfig>,
+        source: [u8; 4],
+        path: &str,
+        cookie: Option<&str>,
+    ) -> (Reply, HandshakeKind) {
+        let mut s = connect_tls(self.addr, source, tls);
+        let cookie = cookie
+            .map(|c| format!("cookie: {c}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\n{cookie}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        s.flush().unwrap();
+        let reply = read_reply(&mut s);
+        // To the end: TLS 1.3 tickets arrive after the handshake, with the data.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        (reply, s.conn.handshake_kind().unwrap())
+    }
+
+    fn pid(&self, tier: &str, name: &str) -> u32 {
+        let p = self.tier(tier);
+        let p = p.iter().find(|p| p["name"] == name).unwrap();
+        p["pid"].as_u64().unwrap() as u32
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        for pid in children_in(&self.dir) {
+            kill(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The processes whose working folder is `dir`: the farm runs each child there.
+fn children_in(dir: &Path) -> Vec<u32> {
+    let want = dir.canonicalize().unwrap_or(dir.to_owned());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == want) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Waits (bounded) until `done()`; the test fails naming `what` otherwise.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A TLS connection to `addr` from the loopback address `source`.
+fn connect_tls(addr: SocketAddr, source: [u8; 4], tls: &Arc<ClientConfig>) -> TlsClient {
+    let tcp = common::connect_from(source, addr);
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(Arc::clone(tls), name).unwrap();
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s
+}
+
+/// The `name=value` part of a `Set-Cookie`.
+fn cookie_of(reply: &Reply) -> String {
+    let set = reply.header("set-cookie").expect("a Set-Cookie");
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// Lines of `member`'s log containing `needle`.
+fn log_lines(member: &Value, needle: &str) -> usize {
+    let log = std::fs::read_to_string(member["log"].as_str().unwrap()).unwrap_or_default();
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// `name{labels} value` from the `/metrics` of `member`'s admin listener.
+fn metric(member: &Value, sample: &str) -> u64 {
+    let admin: SocketAddr = member["admin"].as_str().unwrap().parse().unwrap();
+    let reply = common::get(admin, "/metrics");
+    let text = reply.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// HTTPS through all four tiers, verified against the farm's CA: one application for 30 new
+/// TLS connections with the cookie, whichever offloader and L7 instance each crossed; the
+/// application sees each client's own address and `https`; the cookie is `Secure`.
+#[test]
+fn https_crosses_the_four_tiers_and_affinity_holds_on_every_path() {
+    let farm = Farm::start();
+    let json = farm.json();
+    assert_eq!(json["listen"], farm.addr.to_string());
+    assert_eq!(json["processes"].as_array().unwrap().len(), 7);
+    for p in json["processes"].as_array().unwrap() {
+        for key in ["tier", "name", "pid", "address", "config", "log"] {
+            assert!(p.get(key).is_some(), "{key} missing in {p}");
+        }
+    }
+
+    let (first, _) = farm.get([127, 0, 0, 2], "/", None);
+    assert_eq!(first.status, 200);
+    let set = first.header("set-cookie").unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    let cookie = cookie_of(&first);
+    let pinned = first.served_by();
+    for i in 0..30 {
+        let source = [127, 0, 0, 2 + (i % 3) as u8];
+        let (reply, _) = farm.get(source, "/", Some(&cookie));
+        let source = std::net::Ipv4Addr::from(source);
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.served_by(),
+            pinned,
+            "request {i} left its application"
+        );
+        let body = reply.text();
+        let has = |line: String| body.lines().any(|l| l.trim_end() == line);
+        assert!(has(format!("x-forwarded-for: {source}")), "{body}");
+        assert!(has("x-forwarded-proto: https".to_owned()), "{body}");
+    }
+    // Both offloaders and both L7 instances carried some of them: the access logs say so.
+    for tier in ["offload", "l7"] {
+        for member in farm.tier(tier) {
+            let needle = match tier {
+                "offload" => "connection closed client=127.0.0.",
+                _ => "request client=127.0.0.",
+            };
+            eventually(&format!("{} logged a client", member["name"]), || {
+                log_lines(&member, needle) > 0
+            });
+        }
+    }
+}
+
+/// `kill -9` of an offloader: the next 100 new connections all succeed (tier 1 retries a dead
+/// offloader on the other, then health takes it out), and farm.json drops it.
+#[test]
+fn a_dead_offloader_costs_no_new_connection() {
+    let farm = Farm::start();
+    let pid = farm.pid("offload", "offload1");
+    kill(pid, rustix::process::Signal::KILL);
+    for i in 0..100 {
+        let (reply, _) = farm.get([127, 0, 0, 5], "/", None);
+        assert_eq!(reply.status, 200, "connection {i}");
+    }
+    farm.wait_json("farm.json drops the dead offloader", |j| {
+        !j["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "offload1")
+    });
+    farm.proc.wait_stderr("offload 1 exited unexpectedly", 1);
+}
+
+/// `kill -9` of the application a user is pinned to: their next request is answered by
+/// another, with a new cookie.
+#[test]
+fn a_dead_application_moves_its_users_with_a_new_cookie() {
+    let farm = Farm::start();
+    let (first, _) = farm.get([127, 0, 0, 6], "/", None);
+    let cookie = cookie_of(&first);
+    let pinned = first.served_by();
+    kill(farm.pid("app", &pinned), rustix::process::Signal::KILL);
+    let (moved, _) = farm.get([127, 0, 0, 6], "/", Some(&cookie));
+    assert_eq!(moved.status, 200);
+    assert_ne!(moved.served_by(), pinned);
+    let new = cookie_of(&moved);
+    assert_ne!(new, cookie);
+    let (again, _) = farm.get([127, 0, 0, 6], "/", Some(&new));
+    assert_eq!(again.served_by(), moved.served_by());
+}
+
+/// A returning client resumes its TLS session whichever offloader tier 1 sends it to: they
+/// share the ticket keys. Every visit after the first resumes, and both offloaders resumed
+/// some.
+#[test]
+fn returning_clients_resume_through_either_offloader() {
+    let mut farm = Farm::start();
+    // One client: its own session cache, as a browser has.
+    let client = common::tls::config_trusting(&farm.dir.join("ca.pem"));
+    let (_, kind) = farm.get_with(&client, [127, 0, 0, 7], "/", None);
+    assert_eq!(kind, HandshakeKind::Full);
+    for visit in 1..10 {
+        let (reply, kind) = farm.get_with(&client, [127, 0, 0, 7], "/", None);
+        assert_eq!(reply.status, 200);
+        assert_eq!(kind, HandshakeKind::Resumed, "visit {visit}");
+    }
+    for member in farm.tier("offload") {
+        let resumed = metric(
+            &member,
+            "tcplb_client_tls_handshakes_total{kind=\"resumed\"}",
+        );
+        assert!(resumed > 0, "{} resumed none", member["name"]);
+    }
+    // Rotating the keys keeps every ticket already issued readable.
+    farm.proc.send_line("rotate keys");
+    farm.proc.wait_stderr("ticket keys rotated", 1);
+    let (_, kind) = farm.get_with(&client, [127, 0, 0, 7], "/", None);
+    assert_eq!(kind, HandshakeKind::Resumed, "after a rotation");
+}
+
+/// Offloaders added and removed while a 16 MiB download crosses the farm: one is added, then
+/// both original ones are removed (so one of them certainly carried it); the download
+/// completes byte for byte, and each removed offloader exits once it has drained.
+#[test]
+fn offloaders_come_and_go_under_a_long_transfer() {
+    let mut farm = Farm::start();
+    let len: usize = 16 << 20;
+    let mut s = connect_tls(farm.addr, [127, 0, 0, 8], &farm.tls);
+    write!(
+        s,
+        "GET /bytes/{len} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let mut body = vec![0u8; 1 << 20];
+    s.read_exact(&mut body).unwrap();
+
+    farm.proc.send_line("add offloader");
+    farm.proc.wait_stderr("offload3 added", 1);
+    assert_eq!(farm.tier("offload").len(), 3);
+    let old = [
+        farm.pid("offload", "offload1"),
+        farm.pid("offload", "offload2"),
+    ];
+    farm.proc.send_line("remove offloader 1");
+    farm.proc.wait_stderr("offload1 removed", 1);
+    farm.proc.send_line("remove offloader 2");
+    farm.proc.wait_stderr("offload2 removed", 1);
+    let names: Vec<Value> = farm
+        .tier("offload")
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, ["offload3"]);
+    // New connections all go to the new offloader now.
+    for _ in 0..4 {
+        assert_eq!(farm.get([127, 0, 0, 8], "/", None).0.status, 200);
+    }
+
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    // Closing our side too ends the connection at every tier (each relays the half-close).
+    drop(s);
+    body.extend_from_slice(&rest);
+    assert_eq!(body.len(), len, "the download was cut");
+    assert!(
+        body == lb::dummy::pattern_bytes(0, len),
+        "the download was corrupted"
+    );
+    for pid in old {
+        eventually(&format!("removed offloader {pid} exits"), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+}
+
+/// Ctrl-C (SIGINT to ssl-farm alone) stops every tier, front to back, and leaves no process.
+#[test]
+fn ctrl_c_leaves_no_process_running() {
+    let mut farm = Farm::start();
+    let pids: Vec<u64> = farm.json()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 7);
+    farm.proc.signal("INT");
+    let code = farm.proc.wait_exit();
+    assert_eq!(code, 0, "{}", farm.proc.stderr());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still there"
+        );
+    }
+    assert!(children_in(&farm.dir).is_empty());
+    assert_eq!(farm.json()["processes"].as_array().unwrap().len(), 0);
+}
+
+/// Start-up failures are one `error:` line, and every child already started is stopped: tier
+/// 1's port in use, a binary that is not there, a tier of zero.
+#[test]
+fn start_up_failures_are_one_line_and_leave_no_process() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = temp_dir("ssl-farm-busy");
+    let dir_arg = dir.to_str().unwrap();
+    let small = ["--offloaders", "1", "--l7", "1", "--apps", "1"];
+    let args: Vec<&str> = [&["--listen", &addr, "--state-dir", dir_arg][..], &small].concat();
+    common::assert_one_line_error(bin!("ssl-farm"), &args, &["l4", "tcp-lb", &addr]);
+    assert!(children_in(&dir).is_empty(), "children left behind");
+
+    let dir = temp_dir("ssl-farm-nobin");
+    common::assert_one_line_error(
+        bin!("ssl-farm"),
+        &[
+            "--bin-dir",
+            "/nonexistent",
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ],
+        &["/nonexistent/tcp-lb", "is missing", "cargo build --release"],
+    );
+    common::assert_one_line_error(bin!("ssl-farm"), &["--offloaders", "0"], &["--offloaders"]);
+}
