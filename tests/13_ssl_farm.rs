@@ -413,3 +413,72 @@ fn start_up_failures_are_one_line_and_leave_no_process() {
     );
     common::assert_one_line_error(bin!("ssl-farm"), &["--offloaders", "0"], &["--offloaders"]);
 }
+
+/// tcp-lb's `--ticket-keys`: a file others can read is refused in one line that shows no key;
+/// two tcp-lb processes reading one file resume each other's sessions, where two without it
+/// cannot (each has its own random key).
+#[test]
+fn tcp_lb_processes_sharing_a_ticket_key_file_resume_each_others_sessions() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let certs = common::make_certs("tickets");
+    let keys = certs.join("tickets.key");
+    let key = "ab".repeat(48);
+    std::fs::write(&keys, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_dummy, backends) = common::dummies(1);
+    let cert = certs.join("localhost.pem");
+    let tls_key = certs.join("localhost-key.pem");
+    let args = |with_keys: bool| {
+        let mut a: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cert".into(),
+            cert.to_str().unwrap().into(),
+            "--key".into(),
+            tls_key.to_str().unwrap().into(),
+        ];
+        if with_keys {
+            a.extend(["--ticket-keys".into(), keys.to_str().unwrap().into()]);
+        }
+        a.extend(backends.iter().cloned());
+        a
+    };
+    let refused = args(true);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    common::assert_one_line_error(
+        bin!("tcp-lb"),
+        &refused,
+        &["tickets.key", "mode 644", "chmod 600"],
+    );
+    let (_, _, stderr) = common::run(bin!("tcp-lb"), &refused);
+    assert!(!stderr.contains(&key[..16]), "{stderr}");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    for shared in [true, false] {
+        let a = args(shared);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let first = Proc::start(bin!("tcp-lb"), &a, 1);
+        let second = Proc::start(bin!("tcp-lb"), &a, 1);
+        let client = common::tls::config_trusting(&certs.join("ca.pem"));
+        let visit = |addr: SocketAddr| {
+            let mut s = connect_tls(addr, [127, 0, 0, 1], &client);
+            write!(
+                s,
+                "GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            s.flush().unwrap();
+            let _ = read_reply(&mut s);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            s.conn.handshake_kind().unwrap()
+        };
+        assert_eq!(visit(first.addr()), HandshakeKind::Full);
+        let want = if shared {
+            HandshakeKind::Resumed
+        } else {
+            HandshakeKind::Full
+        };
+        assert_eq!(visit(second.addr()), want, "shared key file: {shared}");
+    }
+}

@@ -6,6 +6,7 @@
 #   benches/compare/run.sh                       # both modes, about 15 minutes
 #   benches/compare/run.sh --mode pinned --workloads keepalive,close --targets haproxy,tcp-lb
 #   benches/compare/run.sh --http                # http-lb (chapter 12): benches/compare/http.py
+#   benches/compare/run.sh --farm                # ssl-farm (chapter 13): benches/compare/farm.py
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -17,6 +18,9 @@ case "${1:-}" in
 esac
 if [ "${1:-}" = "--http" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/http.py --help
+fi
+if [ "${1:-}" = "--farm" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/farm.py --help
 fi
 
 missing=()
@@ -38,6 +42,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
 fi
 
+if [ "${1:-}" = "--farm" ]; then
+    shift
+    cargo build --release --bin ssl-farm --bin tcp-lb --bin http-lb --bin dummy-server >&2
+    exec python3 benches/compare/farm.py "$@"
+fi
 if [ "${1:-}" = "--http" ]; then
     shift
     cargo build --release --bin http-lb --bin dummy-server >&2

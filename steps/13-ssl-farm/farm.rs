@@ -162,6 +162,7 @@ impl Farm {
         dir: &Path,
         bins: PathBuf,
         listen: SocketAddr,
+        leaf_key: lb::certs::LeafKey,
         exits: mpsc::UnboundedSender<Exit>,
     ) -> anyhow::Result<Farm> {
         for tier in [Tier::L4, Tier::Offload, Tier::L7, Tier::App] {
@@ -179,7 +180,9 @@ impl Farm {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
-        let bundle = lb::certs::generate_localhost().context("cannot make the certificates")?;
+        let names: Vec<String> = lb::certs::DEFAULT_NAMES.map(str::to_owned).to_vec();
+        let bundle =
+            lb::certs::generate_with(&names, leaf_key).context("cannot make the certificates")?;
         write(&dir.join("ca.pem"), &bundle.ca_cert_pem, false)?;
         write(&dir.join("cert.pem"), &bundle.leaf_cert_pem, false)?;
         write(&dir.join("key.pem"), &bundle.leaf_key_pem, true)?;
@@ -458,6 +461,9 @@ impl Farm {
                  # (PROXY v2).\n\
                  listen = \"{}\"\n\
                  admin = \"127.0.0.1:0\"\n\
+                 # One thread: a byte relay that never decrypts has no use for a second core,\n\
+                 # and one thread wakes no other (chapter 11).\n\
+                 workers = 1\n\
                  strategy = \"round-robin\"\n\
                  connect-timeout = 2\n\
                  drain-timeout = {DRAIN_SECS}\n\

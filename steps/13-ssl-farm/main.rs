@@ -66,6 +66,10 @@ struct Args {
     /// Where the certificates, keys, configs, logs and farm.json go.
     #[arg(long, value_name = "DIR", default_value = "target/ssl-farm")]
     state_dir: PathBuf,
+    /// The certificate's key: `rsa` shows the economics seed 000 was written for (a full
+    /// handshake fifty times dearer).
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = lb::certs::LeafKey::Ecdsa)]
+    key_type: lb::certs::LeafKey,
     /// Where tcp-lb, http-lb and dummy-server are [default: beside ssl-farm].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -100,7 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .to_owned(),
     };
     let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel();
-    let mut farm = Farm::new(&args.state_dir, bins, args.listen, exits)?;
+    let mut farm = Farm::new(&args.state_dir, bins, args.listen, args.key_type, exits)?;
 
     // Back to front: each tier starts with the tier behind it already listening.
     let sizes = [
