@@ -482,3 +482,29 @@ fn tcp_lb_processes_sharing_a_ticket_key_file_resume_each_others_sessions() {
         assert_eq!(visit(second.addr()), want, "shared key file: {shared}");
     }
 }
+
+/// The four-host deployment in examples/13-ssl-farm/ is valid config for each binary, and
+/// wired as the farm is: tier 1 sends PROXY v2 to offloaders that accept it and share one
+/// ticket-key file; they send PROXY v2 to L7 instances that accept it, with one affinity secret.
+#[test]
+fn the_four_host_example_configs_load_and_are_wired_as_the_farm_is() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/13-ssl-farm");
+    let load = |name: &str| lb::config::Config::load(&dir.join(name)).unwrap();
+    let (l4, offload, l7) = (load("l4.toml"), load("offload.toml"), load("l7.toml"));
+    assert!(l4.tls.is_none() && l4.accept_proxy.is_none());
+    assert!(l4.backends.iter().all(|b| b.proxy_protocol.is_some()));
+    assert_eq!(offload.accept_proxy, Some(true));
+    assert!(offload.tls.as_ref().unwrap().ticket_keys.is_some());
+    assert!(offload.backends.iter().all(|b| b.proxy_protocol.is_some()));
+    assert_eq!(l7.accept_proxy, Some(true));
+    assert!(l7.http.as_ref().unwrap().affinity_secret_file.is_some());
+    // Each tier lists the addresses the next tier listens on.
+    let offloaders: Vec<String> = l4.backends.iter().map(|b| b.address.to_string()).collect();
+    assert!(offloaders.contains(&offload.listen.unwrap().to_string()));
+    let l7s: Vec<String> = offload
+        .backends
+        .iter()
+        .map(|b| b.address.to_string())
+        .collect();
+    assert!(l7s.contains(&l7.listen.unwrap().to_string()));
+}

@@ -172,6 +172,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+const COMMANDS: &str =
+    "commands: add offloader|l7|app, remove offloader|l7|app N, rotate keys, status, stop";
+
 /// What a command did.
 enum Reply {
     Said(String),
@@ -203,11 +206,8 @@ async fn command(farm: &mut Farm, line: &str) -> anyhow::Result<Reply> {
             Ok(Reply::Said(String::new()))
         }
         ["stop" | "quit" | "exit"] => Ok(Reply::Stop),
-        ["help"] | _ => Ok(Reply::Said(
-            "commands: add offloader|l7|app, remove offloader|l7|app N, rotate keys, status, \
-             stop"
-                .to_owned(),
-        )),
+        ["help"] => Ok(Reply::Said(COMMANDS.to_owned())),
+        _ => anyhow::bail!("unknown command `{line}`; {COMMANDS}"),
     }
 }
 
