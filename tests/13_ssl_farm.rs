@@ -85,21 +85,7 @@ impl Farm {
         path: &str,
         cookie: Option<&str>,
     ) -> (Reply, HandshakeKind) {
-        let mut s = connect_tls(self.addr, source, tls);
-        let cookie = cookie
-            .map(|c| format!("cookie: {c}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: localhost\r\n{cookie}connection: close\r\n\r\n"
-        )
-        .unwrap();
-        s.flush().unwrap();
-        let reply = read_reply(&mut s);
-        // To the end: TLS 1.3 tickets arrive after the handshake, with the data.
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-        (reply, s.conn.handshake_kind().unwrap())
+        https_get(self.addr, source, tls, path, cookie)
     }
 
     fn pid(&self, tier: &str, name: &str) -> u32 {
@@ -138,6 +124,19 @@ fn kill(pid: u32, signal: rustix::process::Signal) {
     }
 }
 
+/// Whether every thread of `pid` has exited (zombie, or the process reaped).
+fn is_dead(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        })
+    })
+}
+
 /// Waits (bounded) until `done()`; the test fails naming `what` otherwise.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
@@ -157,6 +156,31 @@ fn connect_tls(addr: SocketAddr, source: [u8; 4], tls: &Arc<ClientConfig>) -> Tl
         s.conn.complete_io(&mut s.sock).unwrap();
     }
     s
+}
+
+/// One request on a new TLS connection from `source`, read to the end (TLS 1.3 tickets
+/// arrive after the handshake, with the data); the reply and how the handshake went.
+fn https_get(
+    addr: SocketAddr,
+    source: [u8; 4],
+    tls: &Arc<ClientConfig>,
+    path: &str,
+    cookie: Option<&str>,
+) -> (Reply, HandshakeKind) {
+    let mut s = connect_tls(addr, source, tls);
+    let cookie = cookie
+        .map(|c| format!("cookie: {c}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{cookie}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let reply = read_reply(&mut s);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    (reply, s.conn.handshake_kind().unwrap())
 }
 
 /// The `name=value` part of a `Set-Cookie`.
@@ -240,6 +264,11 @@ fn a_dead_offloader_costs_no_new_connection() {
     let farm = Farm::start();
     let pid = farm.pid("offload", "offload1");
     kill(pid, rustix::process::Signal::KILL);
+    // kill(2) returns before the process is gone: until then its listening socket still
+    // completes handshakes, and those connections die with it (as they would in any crash).
+    // "After the kill" starts once every one of its threads is dead: the main thread turns
+    // zombie while the others, which share its sockets, may still be exiting.
+    eventually("offload1 is dead", || is_dead(pid));
     for i in 0..100 {
         let (reply, _) = farm.get([127, 0, 0, 5], "/", None);
         assert_eq!(reply.status, 200, "connection {i}");
@@ -460,19 +489,7 @@ fn tcp_lb_processes_sharing_a_ticket_key_file_resume_each_others_sessions() {
         let first = Proc::start(bin!("tcp-lb"), &a, 1);
         let second = Proc::start(bin!("tcp-lb"), &a, 1);
         let client = common::tls::config_trusting(&certs.join("ca.pem"));
-        let visit = |addr: SocketAddr| {
-            let mut s = connect_tls(addr, [127, 0, 0, 1], &client);
-            write!(
-                s,
-                "GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-            )
-            .unwrap();
-            s.flush().unwrap();
-            let _ = read_reply(&mut s);
-            let mut rest = Vec::new();
-            let _ = s.read_to_end(&mut rest);
-            s.conn.handshake_kind().unwrap()
-        };
+        let visit = |addr| https_get(addr, [127, 0, 0, 1], &client, "/", None).1;
         assert_eq!(visit(first.addr()), HandshakeKind::Full);
         let want = if shared {
             HandshakeKind::Resumed

@@ -363,22 +363,23 @@ impl Farm {
         ))
     }
 
-    /// A member exited without being asked: drop it and tell the tier in front. Returns
-    /// `None` for an exit that was asked for.
-    pub async fn exited(&mut self, exit: &Exit) -> Option<anyhow::Result<()>> {
+    /// A member exited: `true` when nobody asked it to, in which case it is dropped from the
+    /// farm (farm.json too). The caller reports it, then [`Farm::reconfigure_front`].
+    pub fn forget(&mut self, exit: &Exit) -> anyhow::Result<bool> {
         if let Some(i) = self.stopping.iter().position(|&p| p == exit.pid) {
             self.stopping.remove(i);
-            return None;
+            return Ok(false);
         }
-        let i = self
+        let Some(i) = self
             .members
             .iter()
-            .position(|m| m.tier == exit.tier && m.number == exit.number)?;
+            .position(|m| m.tier == exit.tier && m.number == exit.number)
+        else {
+            return Ok(false);
+        };
         self.members.remove(i);
-        if let Err(e) = self.write_json() {
-            return Some(Err(e));
-        }
-        Some(self.reconfigure_front(exit.tier).await)
+        self.write_json()?;
+        Ok(true)
     }
 
     /// `rotate keys`: a new *next* key, the oldest dropped, every offloader reloaded. In any
@@ -407,7 +408,7 @@ impl Farm {
     }
 
     /// Rewrites and reloads the configs of the tier in front of `tier`.
-    async fn reconfigure_front(&self, tier: Tier) -> anyhow::Result<()> {
+    pub async fn reconfigure_front(&self, tier: Tier) -> anyhow::Result<()> {
         let Some(front) = tier.front() else {
             return Ok(());
         };
@@ -476,17 +477,13 @@ impl Farm {
                  # header, decrypts, and sends plain HTTP to the L7 tier behind a PROXY v2\n\
                  # header of its own that carries the client's address and says \"TLS\".\n\
                  # Every offloader shares tickets.key, so a client resumes whichever it reaches.\n\
-                 listen = \"{host}:0\"\n\
-                 admin = \"{host}:0\"\n\
-                 accept-proxy = true\n\
-                 strategy = \"round-robin\"\n\
-                 connect-timeout = 2\n\
-                 drain-timeout = {DRAIN_SECS}\n\
+                 {}\
                  \n[tls]\n\
                  cert = \"{}\"\n\
                  key = \"{}\"\n\
                  ticket-keys = \"{}\"\n\
                  \n[health]\ninterval = 1\nrise = 1\nfall = 2",
+                behind_tier_1(host),
                 dir.join("cert.pem").display(),
                 dir.join("key.pem").display(),
                 dir.join("tickets.key").display()
@@ -495,16 +492,12 @@ impl Farm {
                 t,
                 "# Tier 3: http-lb, pinning each user to an application by a cookie. Every\n\
                  # instance shares affinity.secret, so they agree with no state between them.\n\
-                 listen = \"{host}:0\"\n\
-                 admin = \"{host}:0\"\n\
-                 accept-proxy = true\n\
-                 strategy = \"round-robin\"\n\
-                 connect-timeout = 2\n\
-                 drain-timeout = {DRAIN_SECS}\n\
+                 {}\
                  \n[http]\n\
                  affinity = \"cookie\"\n\
                  affinity-secret-file = \"{}\"\n\
                  \n[health]\ninterval = 1\nrise = 1\nfall = 2",
+                behind_tier_1(host),
                 dir.join("affinity.secret").display()
             ),
             Tier::App => Ok(()),
@@ -529,6 +522,15 @@ impl Farm {
         }
         t
     }
+}
+
+/// The top of an offloader's or an L7 instance's config: its own host, port 0 (the table and
+/// farm.json say which port it got), and the PROXY header of the tier in front.
+fn behind_tier_1(host: IpAddr) -> String {
+    format!(
+        "listen = \"{host}:0\"\nadmin = \"{host}:0\"\naccept-proxy = true\n\
+         strategy = \"round-robin\"\nconnect-timeout = 2\ndrain-timeout = {DRAIN_SECS}\n"
+    )
 }
 
 /// SIGHUP `member`, and wait until its `/metrics` counts the reload: only then does it send

@@ -214,12 +214,16 @@ async fn command(farm: &mut Farm, line: &str) -> anyhow::Result<Reply> {
 /// Reports a member that exited unexpectedly, and takes it out of the farm. `Break` when it
 /// was tier 1: without it nothing reaches the farm.
 async fn on_exit(farm: &mut Farm, exit: &Exit) -> std::ops::ControlFlow<()> {
-    let Some(result) = farm.exited(exit).await else {
-        return std::ops::ControlFlow::Continue(());
-    };
+    match farm.forget(exit) {
+        Ok(true) => {}
+        Ok(false) => return std::ops::ControlFlow::Continue(()),
+        Err(e) => tracing::error!("cannot rewrite farm.json: {e:#}"),
+    }
     if exit.tier == Tier::L4 {
         return std::ops::ControlFlow::Break(());
     }
+    // Reported first: the reload of the tier in front may take a while, and until it lands
+    // that tier's retries and health checks are what keep the farm answering.
     let left = farm.count(exit.tier);
     tracing::error!(
         pid = exit.pid,
@@ -233,7 +237,7 @@ async fn on_exit(farm: &mut Farm, exit: &Exit) -> std::ops::ControlFlow<()> {
             ""
         }
     );
-    if let Err(e) = result {
+    if let Err(e) = farm.reconfigure_front(exit.tier).await {
         tracing::error!("could not reconfigure the tier in front: {e:#}");
     }
     std::ops::ControlFlow::Continue(())
