@@ -95,6 +95,13 @@ pub struct BackendSpec {
     pub check: HealthCheck,
     /// Send this PROXY protocol header before anything else.
     pub proxy: Option<proxy_protocol::Version>,
+    /// The name it goes by: a server that registered itself (chapter 14), or a `name` in the
+    /// config. Where it has one, the affinity cookie names it by it, so the cookie survives
+    /// the server coming back on another port.
+    pub name: Option<String>,
+    /// Where clients reach it themselves, for `http-lb --mode assign` (chapter 14):
+    /// `https://s1.apps.example`. Default: `http://` (or `https://`) and its address.
+    pub url: Option<String>,
 }
 
 /// How the active health checker of chapter 8 probes a backend.
@@ -118,6 +125,29 @@ impl BackendSpec {
             weight: 1,
             check: HealthCheck::Tcp,
             proxy: None,
+            name: None,
+            url: None,
+        }
+    }
+
+    /// What the affinity cookie is keyed on: the name where it has one, else the address as
+    /// configured (`tls://host:port` or `host:port`), never its position or resolved address.
+    pub fn identity(&self) -> String {
+        match &self.name {
+            Some(name) => format!("name:{name}"),
+            None => self.to_string(),
+        }
+    }
+
+    /// The URL clients are sent to in assign mode.
+    pub fn public_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!(
+                "{}://{}",
+                if self.tls { "https" } else { "http" },
+                self.addr
+            ),
         }
     }
 

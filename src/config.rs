@@ -203,6 +203,10 @@ pub struct BackendEntry {
     pub health_check: HealthCheck,
     /// `"v1"` or `"v2"`: send a PROXY protocol header first (chapter 10).
     pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// A name for it: the affinity cookie is keyed on it instead of the address (chapter 14).
+    pub name: Option<String>,
+    /// Where clients reach it themselves, for `http-lb --mode assign` (chapter 14).
+    pub url: Option<String>,
 }
 
 /// A `weight`, checked while parsing so that an error points at the offending line.
@@ -231,6 +235,8 @@ impl BackendEntry {
             weight: self.weight.0,
             check: self.health_check,
             proxy: self.proxy_protocol,
+            name: self.name.clone(),
+            url: self.url.clone(),
         }
     }
 }

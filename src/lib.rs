@@ -29,6 +29,7 @@
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
 //! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
 //! | [`tickets`] | 13-ssl-farm | session-ticket keys from a file, shared by every offloader, rotated |
+//! | [`registry`] | 14-assign | servers that register themselves: leases, a token, a cap |
 
 pub mod admin;
 pub mod app;
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod relay;
 pub mod server;
 #[cfg(target_os = "linux")]

@@ -138,9 +138,10 @@ impl Upstreams {
             .map(|b| Arc::from(b.to_string()))
             .collect();
         let affinity = settings.affinity.as_ref().map(|(secret, cookie)| {
-            // The identity is the backend as configured (`tls://host:port` or `host:port`):
-            // what every instance's config says, whatever the order or the resolved address.
-            let ids: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            // The identity is the backend's name, or its address as configured
+            // (`tls://host:port` or `host:port`): what every instance's config (or registry)
+            // says, whatever the order or the resolved address.
+            let ids: Vec<String> = specs.iter().map(|s| s.identity()).collect();
             Affinity::new(secret, cookie.clone(), &ids)
         });
         Upstreams {
