@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::backend::{self, Backend, BackendSpec, DEFAULT_CONNECT_TIMEOUT};
@@ -17,6 +17,7 @@ use crate::balancer::{Balancer, Options};
 use crate::config::{Config, HealthSection};
 use crate::health::{Checks, Failover};
 use crate::limits::{self, Cidr, Limits};
+use crate::registry::Registry;
 use crate::server::Server;
 use crate::strategy::StrategyKind;
 use crate::{admin, cli, dummy, net, tls};
@@ -115,6 +116,13 @@ pub struct ProductionArgs {
     /// Serve /metrics (Prometheus) and /health on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Bearer token (a file, mode 600) that lets servers register themselves on the admin
+    /// listener (`PUT /backends/NAME`); without it, registration is off.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Only servers in this network may register (repeat). Replaces the config's list.
+    #[arg(long = "register-allow", value_name = "CIDR")]
+    pub register_allow: Vec<Cidr>,
     /// Session-ticket keys shared with other TLS listeners (one per line, 96 hex digits, mode
     /// 600; re-read on SIGHUP) [default: a random key per process].
     #[arg(long, value_name = "FILE")]
@@ -201,9 +209,24 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
     net::announce(&listener)?;
     if let Some(admin) = admin_listener {
         net::announce(&admin)?;
-        tokio::spawn(admin::run(admin, Arc::clone(&server)));
+        tokio::spawn(admin::run(
+            admin,
+            Arc::clone(&server),
+            Arc::clone(&setup.registry),
+        ));
     }
     tracing::info!("{}", plan.summary);
+    if production {
+        let (server, following) = (Arc::clone(&server), Arc::clone(&setup));
+        tokio::spawn(follow_registry(following, move |setup, config| {
+            let server = Arc::clone(&server);
+            async move {
+                let plan = setup.plan(config).await?;
+                server.replace(plan.balancer);
+                Ok(plan.summary)
+            }
+        }));
+    }
     if let Some(hangups) = hangups {
         tokio::spawn(reload_on_sighup(
             hangups,
@@ -240,6 +263,15 @@ pub(crate) struct Setup {
     /// The in-process servers of `cargo run`, started by the first plan that needs them, and
     /// the client config that trusts their in-memory CA.
     builtin: OnceLock<(Vec<Backend>, Option<Arc<rustls::ClientConfig>>)>,
+    /// Servers that registered themselves (chapter 14): kept across reloads.
+    pub(crate) registry: Arc<Registry>,
+    /// The configuration of the last plan that succeeded: what a registry change rebuilds
+    /// from, without reading the file again.
+    last: Mutex<Option<Config>>,
+    /// Held while a new configuration is planned and put in place, by a reload or a registry
+    /// change: one after the other, or a registry change planned from the old file could
+    /// land after a reload and undo it.
+    pub(crate) applying: tokio::sync::Mutex<()>,
 }
 
 /// One configuration, ready to serve.
@@ -262,7 +294,19 @@ impl Setup {
             strategy,
             layer,
             builtin: OnceLock::new(),
+            registry: Arc::default(),
+            last: Mutex::new(None),
+            applying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The configuration the running balancer was planned from.
+    pub(crate) fn last_config(&self) -> Config {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     pub(crate) fn load_config(&self) -> anyhow::Result<Config> {
@@ -306,6 +350,13 @@ impl Setup {
     }
 
     pub(crate) async fn plan(&self, config: Config) -> anyhow::Result<Plan> {
+        let kept = config.clone();
+        let plan = self.plan_from(config).await?;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+        Ok(plan)
+    }
+
+    async fn plan_from(&self, config: Config) -> anyhow::Result<Plan> {
         let step = &self.step;
         let strategy = self
             .strategy
@@ -376,7 +427,21 @@ impl Setup {
             tracing::warn!("{}", tls::INSECURE_WARNING);
         }
 
-        let backends: Vec<Backend> = if !common.backends.is_empty() {
+        // Registration (chapter 14): the token and who may register, read again on every
+        // reload; then the servers registered so far, after the configured ones.
+        if let Some(flags) = &step.production {
+            let token = flags
+                .admin_token_file
+                .as_deref()
+                .or(config.admin_token_file.as_deref());
+            let allow = match flags.register_allow.is_empty() {
+                false => flags.register_allow.clone(),
+                true => config.register_allow.clone(),
+            };
+            self.registry.configure(token, allow)?;
+            options.may_be_empty = self.registry.is_on();
+        }
+        let mut backends: Vec<Backend> = if !common.backends.is_empty() {
             backend::resolve_all(common.backends.clone(), None).await?
         } else if !config.backends.is_empty() {
             let mut backends = Vec::new();
@@ -384,6 +449,9 @@ impl Setup {
                 backends.push(Backend::resolve(entry.spec(), entry.sni.as_deref()).await?);
             }
             backends
+        } else if self.registry.is_on() {
+            // Its servers will register: no built-in demo servers in their place.
+            Vec::new()
         } else {
             let (backends, client_tls) = match self.builtin.get() {
                 Some(started) => started.clone(),
@@ -396,6 +464,14 @@ impl Setup {
             backends
         };
 
+        for spec in self.registry.specs() {
+            // One server whose name no longer resolves must not stop the others: it stays
+            // out until it registers again.
+            match Backend::resolve(spec.clone(), None).await {
+                Ok(b) => backends.push(b),
+                Err(e) => tracing::warn!("registered backend {spec} left out: {e:#}"),
+            }
+        }
         if step.production.is_none()
             && let Some(b) = backends.iter().find(|b| b.spec().proxy.is_some())
         {
@@ -515,6 +591,7 @@ async fn reload_on_sighup(
     bound: (SocketAddr, Option<SocketAddr>),
 ) {
     on_sighup(hangups, || async {
+        let _applying = setup.applying.lock().await;
         let planned = reload_config(&setup, bound, |setup, config| async move {
             setup.plan(config).await
         })
@@ -531,6 +608,43 @@ async fn reload_on_sighup(
         }
     })
     .await;
+}
+
+/// How often leases are checked for expiry: a server that stopped renewing is gone at most
+/// this long after its TTL.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// Chapter 14: keeps the balancer in step with the registry. A registration, a change, a
+/// deregistration or an expired lease rebuilds it from the last configuration with `rebuild`
+/// (the balancer's own plan-and-replace), as a reload would, so backends that stay keep their
+/// health and counters. Runs for the life of the process; a registry that is off never wakes
+/// it but for the expiry tick.
+pub(crate) async fn follow_registry<F, Fut>(setup: Arc<Setup>, rebuild: F)
+where
+    F: Fn(Arc<Setup>, Config) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    loop {
+        tokio::select! {
+            () = setup.registry.changed() => {}
+            () = tokio::time::sleep(EXPIRY_TICK) => {
+                let gone = setup.registry.expire(std::time::Instant::now());
+                if gone.is_empty() {
+                    continue;
+                }
+                for name in &gone {
+                    tracing::warn!("registered backend {name}: its lease ran out without a renewal; removed");
+                }
+            }
+        }
+        let _applying = setup.applying.lock().await;
+        match rebuild(Arc::clone(&setup), setup.last_config()).await {
+            Ok(summary) => tracing::info!("backends changed: {summary}"),
+            Err(e) => {
+                tracing::error!("the registry changed but the balancer could not follow: {e:#}")
+            }
+        }
+    }
 }
 
 /// SIGHUP, caught from the moment this is made. It must exist before the `listening on` line:

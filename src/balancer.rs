@@ -72,6 +72,9 @@ pub struct Options {
     pub accept_proxy: bool,
     /// How long [`Server::drain`](crate::server::Server::drain) lets connections finish (chapter 10).
     pub drain_timeout: Duration,
+    /// Serve with no backend at all: servers will register themselves (chapter 14); until
+    /// then every client is turned away as when every backend is down.
+    pub may_be_empty: bool,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             limits: Limits::default(),
             accept_proxy: false,
             drain_timeout: Duration::ZERO,
+            may_be_empty: false,
         }
     }
 }
@@ -178,7 +182,7 @@ impl Balancer {
         strategy: Box<dyn Strategy>,
         options: Options,
     ) -> anyhow::Result<Balancer> {
-        if backends.is_empty() {
+        if backends.is_empty() && !options.may_be_empty {
             anyhow::bail!("no backend to balance over");
         }
         if options.upstream_tls.is_none()

@@ -38,7 +38,7 @@ use crate::strategy::StrategyKind;
 /// More worker threads than this is a typo, not a tuning.
 pub const MAX_WORKERS: usize = 1024;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     pub listen: Option<SocketAddr>,
@@ -63,6 +63,12 @@ pub struct Config {
     pub accept_proxy: Option<bool>,
     /// Address of the admin listener (`/metrics`, `/health`).
     pub admin: Option<SocketAddr>,
+    /// A file holding the bearer token of the admin listener's registry (chapter 14); without
+    /// it, servers cannot register.
+    pub admin_token_file: Option<PathBuf>,
+    /// When given, only these networks may register servers.
+    #[serde(default)]
+    pub register_allow: Vec<Cidr>,
     /// Threads that serve connections (chapter 11); read once, at start-up.
     pub workers: Option<usize>,
     /// `[limits]`: who may connect, and how many.
@@ -74,7 +80,7 @@ pub struct Config {
 }
 
 /// `[limits]` (chapter 10).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LimitsSection {
     /// Connections served at once; 0 for no limit.
@@ -94,7 +100,7 @@ pub struct LimitsSection {
 }
 
 /// `[http]` (chapter 12, `http-lb` only): each key is also a flag of the same name.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpSection {
     /// `"cookie"` (the default) or `"none"`.
@@ -143,7 +149,7 @@ pub enum AffinityMode {
 pub const MAX_HEAD_RANGE: std::ops::RangeInclusive<usize> = 8192..=16 * 1024 * 1024;
 
 /// `[health]`: every key optional, defaulting as the flags of chapter 8 do.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HealthSection {
     /// Consecutive failed connects before passive health skips a backend.
@@ -176,7 +182,7 @@ impl HealthSection {
 }
 
 /// `[tls]`: terminate TLS on the listener with this certificate chain and key.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListenerTls {
     pub cert: PathBuf,
@@ -187,7 +193,7 @@ pub struct ListenerTls {
 }
 
 /// One `[[backend]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BackendEntry {
     pub address: HostPort,
@@ -249,6 +255,8 @@ impl Config {
             ("drain-timeout", self.drain_timeout.is_some()),
             ("accept-proxy", self.accept_proxy.is_some()),
             ("admin", self.admin.is_some()),
+            ("admin-token-file", self.admin_token_file.is_some()),
+            ("register-allow", !self.register_allow.is_empty()),
             ("workers", self.workers.is_some()),
             ("[limits]", self.limits.is_some()),
             (

@@ -316,7 +316,7 @@ impl Registry {
         }
     }
 
-    /// Removes the leases that ran out before `now`; their names.
+    /// Removes the leases that ran out before `now`; their names. The caller rebuilds.
     pub fn expire(&self, now: Instant) -> Vec<String> {
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<String> = leases
@@ -328,9 +328,7 @@ impl Registry {
             leases.remove(name);
             metrics::inc(&self.counters.expired);
         }
-        if !gone.is_empty() {
-            self.changed.notify_one();
-        }
+        // No notification: the caller, which rebuilds the balancer, knows already.
         gone
     }
 

@@ -82,7 +82,18 @@ impl Server {
 
     /// Puts `new` in place for the connections accepted from now on. Backends it keeps carry
     /// their health, live counts and counters over; established connections are not touched.
-    pub fn reload(&self, mut new: Balancer) {
+    pub fn reload(&self, new: Balancer) {
+        self.replace(new);
+        self.count_reload();
+    }
+
+    /// Counts a reload that took effect.
+    pub fn count_reload(&self) {
+        metrics::inc(&self.counters.reloads_ok);
+    }
+
+    /// [`Server::reload`] without counting a reload: the registry's changes (chapter 14).
+    pub fn replace(&self, mut new: Balancer) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         new.inherit(&current);
         *current = Arc::new(new);
@@ -94,7 +105,6 @@ impl Server {
         drop(current);
         // Replacing the handle aborts the old configuration's checks.
         *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = checker;
-        metrics::inc(&self.counters.reloads_ok);
     }
 
     /// Counts a reload that was refused (the old configuration stays).

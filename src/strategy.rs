@@ -72,6 +72,17 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     fn pick(&self, client: IpAddr, candidates: &dyn Candidates) -> Option<usize>;
 }
 
+/// The strategy of a balancer with no backend yet (servers that will register themselves,
+/// chapter 14): it never picks.
+#[derive(Debug)]
+pub struct Nobody;
+
+impl Strategy for Nobody {
+    fn pick(&self, _: IpAddr, _: &dyn Candidates) -> Option<usize> {
+        None
+    }
+}
+
 /// A backend as a strategy sees it: a stable key (its address as typed, which is what
 /// consistent hashing hashes, so that the mapping survives reordering the list) and a weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -488,6 +499,9 @@ impl StrategyKind {
     /// The strategy for `members` (at least one).
     pub fn build(self, members: &[Member]) -> Box<dyn Strategy> {
         let len = members.len();
+        if len == 0 {
+            return Box::new(Nobody);
+        }
         match self {
             StrategyKind::RoundRobin => Box::new(RoundRobin::new(len)),
             StrategyKind::Random => Box::new(Random::new(len)),

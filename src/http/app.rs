@@ -108,9 +108,24 @@ pub async fn run(
     net::announce(&listener)?;
     if let Some(admin) = admin_listener {
         net::announce(&admin)?;
-        tokio::spawn(admin::run(admin, Arc::clone(&server)));
+        tokio::spawn(admin::run(
+            admin,
+            Arc::clone(&server),
+            Arc::clone(&setup.registry),
+        ));
     }
     tracing::info!("{summary}");
+    let (following, rebuilt, secret) = (Arc::clone(&setup), Arc::clone(&server), Arc::clone(&fallback));
+    let flags = Arc::clone(&http);
+    tokio::spawn(app::follow_registry(following, move |setup, config| {
+        let (server, http, fallback) = (Arc::clone(&rebuilt), Arc::clone(&flags), Arc::clone(&secret));
+        async move {
+            let (settings, plan) = prepare(&setup, &http, &fallback, config).await?;
+            let summary = describe(&plan.summary, &settings);
+            server.replace(plan.balancer, settings);
+            Ok(summary)
+        }
+    }));
     let reloading = Arc::clone(&server);
     tokio::spawn(app::on_sighup(hangups, move || {
         let (setup, http, fallback, server) = (
@@ -120,6 +135,7 @@ pub async fn run(
             Arc::clone(&reloading),
         );
         async move {
+            let _applying = setup.applying.lock().await;
             let planned =
                 app::reload_config(&setup, (listen, admin), move |setup, config| async move {
                     prepare(&setup, &http, &fallback, config).await

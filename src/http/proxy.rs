@@ -191,7 +191,14 @@ impl HttpServer {
     /// Puts a new configuration in place for the requests that start from now on. Backends
     /// it keeps keep their health, pool and counters.
     pub fn reload(&self, balancer: Balancer, settings: Settings) {
-        self.server.reload(balancer);
+        self.replace(balancer, settings);
+        // Counted once in place: whoever waits for the count (ssl-farm) may rely on it.
+        self.server.count_reload();
+    }
+
+    /// [`HttpServer::reload`] without counting a reload: the registry's changes (chapter 14).
+    pub fn replace(&self, balancer: Balancer, settings: Settings) {
+        self.server.replace(balancer);
         let old = self.upstreams();
         let new = Upstreams::new(self.server.balancer(), settings, Some(&old));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
@@ -813,5 +820,11 @@ impl crate::admin::Status for HttpServer {
     }
     fn health(&self) -> Result<&'static str, &'static str> {
         HttpServer::health(self)
+    }
+    fn balancer(&self) -> Arc<Balancer> {
+        self.server.balancer()
+    }
+    fn prefix(&self) -> &'static str {
+        "httplb"
     }
 }
