@@ -213,8 +213,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, Refused> {
     let read = async {
         let mut bytes = Vec::new();
         while let Some(frame) =
-            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx))
-                .await
+            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx)).await
         {
             let frame =
                 frame.map_err(|e| Refused::BadRequest(format!("cannot read the body: {e}")))?;
@@ -229,7 +228,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, Refused> {
     };
     tokio::time::timeout(READ_TIMEOUT, read)
         .await
-        .unwrap_or_else(|_| Err(Refused::BadRequest("the body did not arrive in time".into())))
+        .unwrap_or_else(|_| {
+            Err(Refused::BadRequest(
+                "the body did not arrive in time".into(),
+            ))
+        })
 }
 
 /// A refused call: its status, a one-line reason, and a log line that names the caller and
@@ -284,12 +287,18 @@ fn list(balancer: &Balancer, registry: &Registry) -> Vec<Listed> {
         .enumerate()
         .map(|(i, b)| {
             let spec = b.spec();
-            let lease = leases.iter().find(|(s, ..)| s.same_target(spec) && s.name == spec.name);
+            let lease = leases
+                .iter()
+                .find(|(s, ..)| s.same_target(spec) && s.name == spec.name);
             Listed {
                 name: spec.name.clone().unwrap_or_else(|| spec.to_string()),
                 address: spec.addr.to_string(),
                 url: spec.public_url(),
-                source: if lease.is_some() { "registered" } else { "config" },
+                source: if lease.is_some() {
+                    "registered"
+                } else {
+                    "config"
+                },
                 up: balancer.is_up(i),
                 weight: spec.weight,
                 expires_in: lease.map(|(_, left, _)| left.as_secs_f64()),

@@ -272,6 +272,8 @@ pub(crate) struct Setup {
     /// change: one after the other, or a registry change planned from the old file could
     /// land after a reload and undo it.
     pub(crate) applying: tokio::sync::Mutex<()>,
+    /// `http-lb --mode assign` (chapter 14): least-connections counts assignments.
+    assigning: std::sync::atomic::AtomicBool,
 }
 
 /// One configuration, ready to serve.
@@ -297,7 +299,15 @@ impl Setup {
             registry: Arc::default(),
             last: Mutex::new(None),
             applying: tokio::sync::Mutex::new(()),
+            assigning: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the next plans are for assignment mode, where the balancer holds no
+    /// connections: `least-connections` then counts assignments (`least-called`).
+    pub(crate) fn count_assignments(&self, on: bool) {
+        self.assigning
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The configuration the running balancer was planned from.
@@ -362,6 +372,14 @@ impl Setup {
             .strategy
             .or(config.strategy)
             .unwrap_or(StrategyKind::RoundRobin);
+        let strategy = match strategy {
+            StrategyKind::LeastConnections
+                if self.assigning.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                StrategyKind::LeastCalled
+            }
+            other => other,
+        };
         if !step.strategies.contains(&strategy) {
             anyhow::bail!(
                 "strategy {strategy} comes with step 09-strategies; {} knows {}",

@@ -103,6 +103,8 @@ pub struct LimitsSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpSection {
+    /// `"proxy"` (the default) or `"assign"` (chapter 14).
+    pub mode: Option<crate::http::assign::Mode>,
     /// `"cookie"` (the default) or `"none"`.
     pub affinity: Option<AffinityMode>,
     /// The affinity cookie's name.

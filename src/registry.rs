@@ -179,7 +179,10 @@ impl Registry {
     /// Whether a token is configured: registration is on, and the balancer may start with no
     /// backend at all (its servers are on their way).
     pub fn is_on(&self) -> bool {
-        self.token.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Checks the caller: a token must be configured and presented (`Authorization: Bearer
@@ -260,8 +263,15 @@ impl Registry {
         }
         let body: Body = serde_json::from_slice(body)
             .map_err(|e| Refused::BadRequest(format!("not a registration: {e}")))?;
-        let spec = spec(name, body.address, body.url, body.tls, body.weight, body.check)
-            .map_err(Refused::BadRequest)?;
+        let spec = spec(
+            name,
+            body.address,
+            body.url,
+            body.tls,
+            body.weight,
+            body.check,
+        )
+        .map_err(Refused::BadRequest)?;
         let ttl = match body.ttl {
             None => DEFAULT_TTL,
             Some(secs) if TTL_RANGE.contains(&secs) => Duration::from_secs_f64(secs),
@@ -531,7 +541,10 @@ mod tests {
         let t = Instant::now();
         let body = br#"{"address": "127.0.0.1:4444", "ttl": 5}"#;
         assert_eq!(r.put("s1", body, t), Ok(Put::Created));
-        assert_eq!(r.put("s1", body, t + Duration::from_secs(3)), Ok(Put::Renewed));
+        assert_eq!(
+            r.put("s1", body, t + Duration::from_secs(3)),
+            Ok(Put::Renewed)
+        );
         assert_eq!(
             r.put("s1", br#"{"address": "127.0.0.1:4445", "ttl": 5}"#, t),
             Ok(Put::Changed)
@@ -543,7 +556,10 @@ mod tests {
         assert!(r.expire(t + Duration::from_secs(4)).is_empty());
         assert_eq!(r.expire(t + Duration::from_secs(6)), ["s1", "s2"]);
         assert!(r.specs().is_empty());
-        assert_eq!(r.delete("s1"), Err(Refused::NotFound("no such registration")));
+        assert_eq!(
+            r.delete("s1"),
+            Err(Refused::NotFound("no such registration"))
+        );
     }
 
     #[test]
@@ -557,7 +573,10 @@ mod tests {
             ("s1", br#"{"address": "127.0.0.1:1", "ttl": 0}"#),
             ("s1", br#"{"address": "127.0.0.1:1", "weight": 0}"#),
             ("s1", br#"{"address": "127.0.0.1:1", "url": "ftp://x"}"#),
-            ("s1", br#"{"address": "127.0.0.1:1", "url": "http://x\r\nSet-Cookie: a=b"}"#),
+            (
+                "s1",
+                br#"{"address": "127.0.0.1:1", "url": "http://x\r\nSet-Cookie: a=b"}"#,
+            ),
             ("s1", br#"{"address": "127.0.0.1:1", "evil": true}"#),
             ("../x", br#"{"address": "127.0.0.1:1"}"#),
             ("", br#"{"address": "127.0.0.1:1"}"#),
@@ -568,7 +587,10 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        let huge = format!(r#"{{"address": "127.0.0.1:1", "url": "http://{}"}}"#, "a".repeat(5000));
+        let huge = format!(
+            r#"{{"address": "127.0.0.1:1", "url": "http://{}"}}"#,
+            "a".repeat(5000)
+        );
         assert_eq!(r.put("s1", huge.as_bytes(), t), Err(Refused::TooLarge));
         assert!(r.specs().is_empty());
     }

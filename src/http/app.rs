@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::affinity::{self, CookieSettings};
+use super::assign::Mode;
 use super::forward::Forwarding;
 use super::pool;
 use super::proxy::{self, HttpServer, Settings};
@@ -19,6 +20,10 @@ use crate::{admin, cli, net};
 /// The flags chapter 12 adds; each overrides its key in the config's `[http]` section.
 #[derive(clap::Args, Clone)]
 pub struct HttpArgs {
+    /// `proxy` carries each request to a backend; `assign` answers with the backend the
+    /// client should use itself: a 307 redirect, or JSON at /assign [default: proxy].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// How a user is kept on one backend: a cookie naming it (keyed), or none [default:
     /// cookie].
     #[arg(long, value_enum)]
@@ -115,10 +120,18 @@ pub async fn run(
         ));
     }
     tracing::info!("{summary}");
-    let (following, rebuilt, secret) = (Arc::clone(&setup), Arc::clone(&server), Arc::clone(&fallback));
+    let (following, rebuilt, secret) = (
+        Arc::clone(&setup),
+        Arc::clone(&server),
+        Arc::clone(&fallback),
+    );
     let flags = Arc::clone(&http);
     tokio::spawn(app::follow_registry(following, move |setup, config| {
-        let (server, http, fallback) = (Arc::clone(&rebuilt), Arc::clone(&flags), Arc::clone(&secret));
+        let (server, http, fallback) = (
+            Arc::clone(&rebuilt),
+            Arc::clone(&flags),
+            Arc::clone(&secret),
+        );
         async move {
             let (settings, plan) = prepare(&setup, &http, &fallback, config).await?;
             let summary = describe(&plan.summary, &settings);
@@ -183,6 +196,9 @@ async fn prepare(
             b.addr
         );
     }
+    // An assignment holds no connection, so least-connections would see none: it counts
+    // assignments instead (least-called), as seed 001 asks.
+    setup.count_assignments(settings.mode == Mode::Assign);
     let plan = setup.plan(config).await?;
     Ok((settings, plan))
 }
@@ -239,6 +255,10 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
             .unwrap_or_default(),
     };
     Ok(Settings {
+        mode: http
+            .mode
+            .or(section.and_then(|s| s.mode))
+            .unwrap_or_default(),
         affinity,
         forwarding: Forwarding {
             trusted,

@@ -171,6 +171,11 @@ impl Download {
         )
     }
 
+    /// [`Download::text`] for a text made at run time (an assignment, chapter 14).
+    pub fn text_owned(text: String) -> Download {
+        Download::new(Payload::Full(Some(Bytes::from(text))), None)
+    }
+
     pub fn set_on_end(&mut self, on_end: OnEnd) {
         self.on_end = Some(on_end);
     }

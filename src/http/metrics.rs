@@ -151,6 +151,15 @@ impl HttpCounters {
         for (backend, c, _) in backends {
             e.sample(name, &[("backend", backend)], get(&c.bytes));
         }
+        let name = "httplb_backend_assignments_total";
+        e.metric(
+            name,
+            "counter",
+            "Clients sent to each backend in assignment mode (--mode assign).",
+        );
+        for (backend, c, _) in backends {
+            e.sample(name, &[("backend", backend)], get(&c.assigned));
+        }
         e.finish()
     }
 }
@@ -163,6 +172,8 @@ pub struct BackendHttpCounters {
     count: AtomicU64,
     sum_micros: AtomicU64,
     bytes: AtomicU64,
+    /// Clients sent to it in assignment mode (chapter 14).
+    assigned: AtomicU64,
 }
 
 impl BackendHttpCounters {
@@ -182,5 +193,10 @@ impl BackendHttpCounters {
     /// Body bytes of one response, once sent.
     pub fn bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One client assigned to this backend (`--mode assign`).
+    pub fn assigned(&self) {
+        inc(&self.assigned);
     }
 }

@@ -17,9 +17,11 @@
 //! | [`metrics`] | per-request counters and the latency histogram |
 //! | [`proxy`] | the per-request balancer: pick, send, retry, upgrade, answer errors |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
+//! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
 
 pub mod affinity;
 pub mod app;
+pub mod assign;
 pub mod body;
 pub mod forward;
 pub mod metrics;

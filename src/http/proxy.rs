@@ -41,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use super::affinity::{Affinity, CookieSettings, Found};
+use super::assign::{self, Mode};
 use super::body::{self, Download, Payload, Upload};
 use super::forward::{self, Forwarding};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
@@ -64,6 +65,8 @@ pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
 /// The HTTP settings of one configuration (what `[http]` and the chapter's flags hold).
 #[derive(Clone)]
 pub struct Settings {
+    /// Proxy each request, or assign a backend (chapter 14).
+    pub mode: Mode,
     /// Cookie affinity: the shared secret and how the cookie is written; `None` balances every
     /// request afresh.
     pub affinity: Option<(Vec<u8>, CookieSettings)>,
@@ -79,6 +82,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            mode: Mode::Proxy,
             affinity: None,
             forwarding: Forwarding::default(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -103,6 +107,8 @@ struct Upstreams {
     balancer: Arc<Balancer>,
     backends: Vec<Arc<BackendHttp>>,
     names: Vec<Arc<str>>,
+    /// Each backend's public URL, for assignment mode.
+    urls: Vec<String>,
     affinity: Option<Affinity>,
     settings: Settings,
 }
@@ -132,10 +138,11 @@ impl Upstreams {
                 })
             })
             .collect();
+        // How logs and metrics name a backend: its registered name (chapter 14), or its address.
         let names: Vec<Arc<str>> = balancer
             .backends()
             .iter()
-            .map(|b| Arc::from(b.to_string()))
+            .map(|b| Arc::from(b.spec().name.clone().unwrap_or_else(|| b.to_string())))
             .collect();
         let affinity = settings.affinity.as_ref().map(|(secret, cookie)| {
             // The identity is the backend's name, or its address as configured
@@ -144,10 +151,12 @@ impl Upstreams {
             let ids: Vec<String> = specs.iter().map(|s| s.identity()).collect();
             Affinity::new(secret, cookie.clone(), &ids)
         });
+        let urls = specs.iter().map(|s| s.public_url()).collect();
         Upstreams {
             balancer,
             backends,
             names,
+            urls,
             affinity,
             settings,
         }
@@ -429,6 +438,10 @@ impl HttpServer {
             tracing::info!(client = %info.client, backend = %up.names[i],
                 "affinity cookie named a backend that is down or gone: redispatched");
         }
+        if up.settings.mode == Mode::Assign {
+            unread(info);
+            return self.assign(&up, i, outcome, &parts.uri, info.tls, line);
+        }
 
         // 3: what the backend is sent.
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -637,6 +650,42 @@ impl HttpServer {
             }
         });
         Ok(sender)
+    }
+
+    /// Assignment mode (chapter 14): the client is told to use `backends[i]` itself.
+    fn assign(
+        &self,
+        up: &Upstreams,
+        i: usize,
+        outcome: AffinityOutcome,
+        uri: &Uri,
+        tls: bool,
+        mut line: Line,
+    ) -> Response<Download> {
+        let spec = up.balancer.backends()[i].spec();
+        let cookie = match (outcome, &up.affinity) {
+            (AffinityOutcome::Hit, _) | (_, None) => None,
+            (_, Some(affinity)) => affinity.set_cookie(i, tls),
+        };
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut response = assign::answer(
+            &up.urls[i],
+            &up.names[i],
+            &spec.addr.to_string(),
+            path,
+            cookie,
+        );
+        self.counters.affinity(outcome);
+        up.backends[i].counters.assigned();
+        line.backend = Some(Arc::clone(&up.names[i]));
+        let status = response.status();
+        let len = hyper::body::Body::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        response
+            .body_mut()
+            .set_on_end(Box::new(move |_, complete| line.log(status, len, complete)));
+        response
     }
 
     /// An answer of our own: counted, logged, with a one-line body.
