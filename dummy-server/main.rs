@@ -37,7 +37,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use lb::dummy::{self, DummyServer};
-use lb::{cli, net, tls};
+use lb::registrant::{self, AdminUrl, Lease};
+use lb::{cli, files, net, registry, tls};
 
 /// The tutorial's dummy HTTP servers.
 #[derive(Parser)]
@@ -56,12 +57,46 @@ struct Args {
     /// Serve HTTPS instead of HTTP.
     #[arg(long)]
     tls: bool,
+    /// Register with the balancer whose admin listener is at this URL (http://HOST:PORT), and
+    /// keep the registration alive; repeat for several balancers (chapter 14).
+    #[arg(long = "register", value_name = "URL")]
+    register: Vec<AdminUrl>,
+    /// The URL clients should use to reach the server on the --listen at the same position,
+    /// handed out by assigning balancers [default: http(s)://its address].
+    #[arg(long = "advertise-url", value_name = "URL", value_parser = advertise_url)]
+    advertise_urls: Vec<String>,
+    /// The address balancers should dial for the --listen at the same position [default: the
+    /// address it is bound to; required for 0.0.0.0].
+    #[arg(long = "advertise", value_name = "HOST:PORT")]
+    advertise: Vec<lb::backend::HostPort>,
+    /// The balancers' registration token (a file, mode 600).
+    #[arg(long, value_name = "FILE")]
+    register_token_file: Option<PathBuf>,
+    /// Seconds a registration lasts without a renewal; renewed every third of it.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = registration_ttl)]
+    register_ttl: Duration,
     /// Certificate chain (PEM) for --tls.
     #[arg(long, value_name = "FILE", default_value = tls::DEFAULT_CERT)]
     cert: PathBuf,
     /// Private key (PEM) for --tls.
     #[arg(long, value_name = "FILE", default_value = tls::DEFAULT_KEY)]
     key: PathBuf,
+}
+
+fn advertise_url(s: &str) -> Result<String, String> {
+    registry::check_url(s).map(|()| s.to_owned())
+}
+
+fn registration_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = cli::seconds(s)?;
+    match registry::TTL_RANGE.contains(&ttl.as_secs_f64()) {
+        true => Ok(ttl),
+        false => Err(format!(
+            "must be from {} to {} seconds",
+            registry::TTL_RANGE.start(),
+            registry::TTL_RANGE.end()
+        )),
+    }
 }
 
 #[tokio::main]
@@ -72,7 +107,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    for (count, flag) in [(args.names.len(), "--name"), (args.delays.len(), "--delay")] {
+    for (count, flag) in [
+        (args.names.len(), "--name"),
+        (args.delays.len(), "--delay"),
+        (args.advertise_urls.len(), "--advertise-url"),
+        (args.advertise.len(), "--advertise"),
+    ] {
         if count > args.listen.len() {
             anyhow::bail!(
                 "{count} {flag} for {} --listen: each {flag} pairs with the --listen at its \
@@ -81,6 +121,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    let token = match (&args.register_token_file, args.register.is_empty()) {
+        (_, true) => None,
+        (None, false) => anyhow::bail!(
+            "--register needs --register-token-file: balancers take registrations with a token \
+             only"
+        ),
+        (Some(path), false) => {
+            let bytes = files::read_private(path, "registration token file", files::MAX_SECRET)?;
+            let token = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{}: the token is not text", path.display()))?;
+            Some(token.trim().to_owned())
+        }
+    };
     let tls_config = match args.tls {
         true => Some(tls::server_config_from_files(&args.cert, &args.key)?),
         false => None,
@@ -109,8 +162,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
-    for (server, listener) in servers {
+    let (deregister, _) = tokio::sync::watch::channel(false);
+    let mut registrations = tokio::task::JoinSet::new();
+    for (i, (server, listener)) in servers.into_iter().enumerate() {
         let addr = net::announce(&listener)?;
+        if let Some(token) = &token {
+            registry::check_name(server.name())
+                .map_err(|e| anyhow::anyhow!("cannot register as `{}`: {e}", server.name()))?;
+            let address = match args.advertise.get(i) {
+                Some(a) => a.to_string(),
+                None if addr.ip().is_unspecified() => anyhow::bail!(
+                    "{addr} is every address: give --advertise HOST:PORT, the one balancers \
+                     should dial"
+                ),
+                None => addr.to_string(),
+            };
+            let scheme = if args.tls { "https" } else { "http" };
+            let url = args
+                .advertise_urls
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("{scheme}://{address}"));
+            let lease = Lease::new(
+                server.name(),
+                &address,
+                &url,
+                args.tls,
+                args.register_ttl,
+                token.clone(),
+            );
+            for balancer in &args.register {
+                registrations.spawn(registrant::keep(
+                    balancer.clone(),
+                    lease.clone(),
+                    deregister.subscribe(),
+                ));
+            }
+        }
         tracing::info!(
             "{} serving {} on {addr}{}",
             server.name(),
@@ -128,6 +216,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM: every server stops accepting and lets the requests in flight finish
     // (`DummyServer::run`), so a farm that removes this server cuts nothing (chapter 13).
     cli::shutdown_signal().await;
+    // Deregistered first: the balancers stop sending clients before the servers stop taking
+    // them (chapter 14).
+    let _ = deregister.send(true);
+    while registrations.join_next().await.is_some() {}
     let _ = stop.send(true);
     while running.join_next().await.is_some() {}
     Ok(())

@@ -30,6 +30,7 @@
 //! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
 //! | [`tickets`] | 13-ssl-farm | session-ticket keys from a file, shared by every offloader, rotated |
 //! | [`registry`] | 14-assign | servers that register themselves: leases, a token, a cap |
+//! | [`registrant`] | 14-assign | the server's side: register with each balancer, renew, deregister |
 
 pub mod admin;
 pub mod app;
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod registrant;
 pub mod registry;
 pub mod relay;
 pub mod server;

@@ -1,0 +1,180 @@
+//! The other side of [`crate::registry`] (chapter 14): a server that registers itself with
+//! one or more balancers and keeps its lease alive.
+//!
+//! Every [`Lease::ttl`] / 3 it sends the same `PUT /backends/NAME` to each balancer. The call
+//! is idempotent, so one request covers both cases: a renewal while the balancer remembers
+//! the server, a fresh registration after the balancer restarted and forgot it. Two missed
+//! renewals in a row are still within the lease. On the way out (SIGTERM) it deregisters
+//! first, so the balancers stop sending clients before the server starts draining.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::backend::HostPort;
+
+/// How long one call to a balancer may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest wait between tries while a balancer is unreachable.
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// A balancer's admin listener: `http://HOST:PORT`, as given to `--register`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminUrl(pub HostPort);
+
+impl std::str::FromStr for AdminUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("http://").ok_or_else(|| {
+            format!("`{s}` is not a balancer's admin URL (http://HOST:PORT)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(format!("`{s}`: give the admin listener's base URL, without a path"));
+        }
+        rest.parse().map(AdminUrl)
+    }
+}
+
+impl std::fmt::Display for AdminUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.0)
+    }
+}
+
+/// One server's registration: its name, the JSON body, the token, the TTL.
+#[derive(Clone)]
+pub struct Lease {
+    pub name: String,
+    pub body: String,
+    pub token: String,
+    pub ttl: Duration,
+}
+
+impl Lease {
+    /// The body of `PUT /backends/NAME`.
+    pub fn new(
+        name: &str,
+        address: &str,
+        url: &str,
+        tls: bool,
+        ttl: Duration,
+        token: String,
+    ) -> Lease {
+        let body = serde_json::json!({
+            "address": address,
+            "url": url,
+            "ttl": ttl.as_secs_f64(),
+            "tls": tls,
+            "check": "http",
+        });
+        Lease {
+            name: name.to_owned(),
+            body: body.to_string(),
+            token,
+            ttl,
+        }
+    }
+}
+
+/// Keeps `lease` registered with `balancer` until `stop` says so, then deregisters (bounded
+/// by [`CALL_TIMEOUT`]). Failures are logged once per outage, and retried.
+pub async fn keep(balancer: AdminUrl, lease: Lease, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        let wait = match call(&balancer, "PUT", &lease).await {
+            Ok(200 | 201) => {
+                if failing {
+                    tracing::info!(server = %lease.name, %balancer, "registered again");
+                } else {
+                    tracing::debug!(server = %lease.name, %balancer, "lease renewed");
+                }
+                failing = false;
+                lease.ttl / 3
+            }
+            Ok(status) => {
+                // A refusal (401, 403, 400) will not go away by asking faster.
+                if !failing {
+                    tracing::error!(server = %lease.name, %balancer, "registration refused with {status}");
+                }
+                failing = true;
+                lease.ttl / 3
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(server = %lease.name, %balancer, "cannot register: {e}; retrying");
+                }
+                failing = true;
+                (lease.ttl / 3).min(MAX_RETRY)
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|&s| s) => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    match call(&balancer, "DELETE", &lease).await {
+        Ok(204 | 404) => {
+            tracing::info!(server = %lease.name, %balancer, "deregistered")
+        }
+        Ok(status) => {
+            tracing::warn!(server = %lease.name, %balancer, "deregistration answered {status}")
+        }
+        Err(e) => {
+            tracing::warn!(server = %lease.name, %balancer, "cannot deregister: {e}; the lease will run out")
+        }
+    }
+}
+
+/// One call to the registry; the response's status.
+async fn call(balancer: &AdminUrl, method: &str, lease: &Lease) -> io::Result<u16> {
+    let exchange = async {
+        let host = &balancer.0;
+        let mut s = TcpStream::connect((host.host.as_str(), host.port)).await?;
+        let body = if method == "PUT" { lease.body.as_str() } else { "" };
+        let request = format!(
+            "{method} /backends/{} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n\
+             {body}",
+            lease.name,
+            lease.token,
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await?;
+        let mut head = Vec::with_capacity(256);
+        let mut chunk = [0u8; 256];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split(' ')
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|_| line.starts_with("HTTP/1."))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))
+    };
+    tokio::time::timeout(CALL_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_urls_are_a_scheme_and_an_address() {
+        let u: AdminUrl = "http://127.0.0.1:9000/".parse().unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:9000");
+        assert!("127.0.0.1:9000".parse::<AdminUrl>().is_err());
+        assert!("https://127.0.0.1:9000".parse::<AdminUrl>().is_err());
+        assert!("http://127.0.0.1:9000/backends".parse::<AdminUrl>().is_err());
+    }
+}
