@@ -52,6 +52,26 @@ struct Args {
     /// A DNS name or IP address for the certificate; repeat for several.
     #[arg(long = "name", value_name = "NAME", default_values = lb::certs::DEFAULT_NAMES)]
     names: Vec<String>,
+    /// Also write wildcard.pem and wildcard.key: a certificate for *.DOMAIN (and DOMAIN),
+    /// signed by the CA in --out, that every server of a fleet presents on its own name
+    /// (chapter 14).
+    #[arg(long, value_name = "DOMAIN", value_parser = wildcard_domain)]
+    wildcard: Option<String>,
+}
+
+fn wildcard_domain(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with('.')
+        && !s.starts_with('*')
+        && s.contains('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    match ok {
+        true => Ok(s.to_ascii_lowercase()),
+        false => Err(format!(
+            "`{s}` is not a domain to put a wildcard under (for example apps.localhost)"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -60,6 +80,34 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    ca_and_localhost(&args)?;
+    if let Some(domain) = &args.wildcard {
+        let read = |name: &str| {
+            let path = args.out.join(name);
+            lb::files::read_capped_text(&path, "CA file", lb::files::MAX_PEM)
+        };
+        let (cert, key) = lb::certs::wildcard(&read("ca.pem")?, &read("ca-key.pem")?, domain)
+            .with_context(|| {
+                format!(
+                    "cannot sign *.{domain} with the CA in {}",
+                    args.out.display()
+                )
+            })?;
+        for (name, contents, private) in
+            [("wildcard.pem", &cert, false), ("wildcard.key", &key, true)]
+        {
+            let path = args.out.join(name);
+            write(&path, contents.as_bytes(), private)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        println!("wildcard names: *.{domain}, {domain}");
+    }
+    Ok(())
+}
+
+/// The CA and the `localhost` certificate: kept when valid, made otherwise.
+fn ca_and_localhost(args: &Args) -> anyhow::Result<()> {
     let names = ["ca.pem", "ca-key.pem", "localhost.pem", "localhost-key.pem"];
     if !args.force && names.iter().all(|n| args.out.join(n).exists()) {
         return match lb::certs::check_existing(&args.out, &args.names) {

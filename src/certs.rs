@@ -113,6 +113,32 @@ pub fn generate_with(names: &[String], leaf_key: LeafKey) -> Result<Bundle, rcge
     })
 }
 
+/// A leaf for `*.DOMAIN` and `DOMAIN`, signed by an existing CA (its certificate and key in
+/// PEM, as `certs` writes them): one certificate every server of a fleet can present on its
+/// own name (`s1.apps.example`, `s2.apps.example`, …; chapter 14). Returns the leaf and its
+/// key, in PEM.
+pub fn wildcard(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    domain: &str,
+) -> Result<(String, String), rcgen::Error> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
+    let now = OffsetDateTime::now_utc();
+    let mut leaf = CertificateParams::new(vec![format!("*.{domain}"), domain.to_owned()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, format!("*.{domain}"));
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = now - Duration::days(1);
+    leaf.not_after = now + Duration::days(365);
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// [`generate`] for [`DEFAULT_NAMES`].
 pub fn generate_localhost() -> Result<Bundle, rcgen::Error> {
     let names: Vec<String> = DEFAULT_NAMES.iter().map(|n| n.to_string()).collect();

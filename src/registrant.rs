@@ -28,12 +28,14 @@ pub struct AdminUrl(pub HostPort);
 impl std::str::FromStr for AdminUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s.strip_prefix("http://").ok_or_else(|| {
-            format!("`{s}` is not a balancer's admin URL (http://HOST:PORT)")
-        })?;
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{s}` is not a balancer's admin URL (http://HOST:PORT)"))?;
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') {
-            return Err(format!("`{s}`: give the admin listener's base URL, without a path"));
+            return Err(format!(
+                "`{s}`: give the admin listener's base URL, without a path"
+            ));
         }
         rest.parse().map(AdminUrl)
     }
@@ -134,7 +136,11 @@ async fn call(balancer: &AdminUrl, method: &str, lease: &Lease) -> io::Result<u1
     let exchange = async {
         let host = &balancer.0;
         let mut s = TcpStream::connect((host.host.as_str(), host.port)).await?;
-        let body = if method == "PUT" { lease.body.as_str() } else { "" };
+        let body = if method == "PUT" {
+            lease.body.as_str()
+        } else {
+            ""
+        };
         let request = format!(
             "{method} /backends/{} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\n\
              content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n\
@@ -175,6 +181,10 @@ mod tests {
         assert_eq!(u.to_string(), "http://127.0.0.1:9000");
         assert!("127.0.0.1:9000".parse::<AdminUrl>().is_err());
         assert!("https://127.0.0.1:9000".parse::<AdminUrl>().is_err());
-        assert!("http://127.0.0.1:9000/backends".parse::<AdminUrl>().is_err());
+        assert!(
+            "http://127.0.0.1:9000/backends"
+                .parse::<AdminUrl>()
+                .is_err()
+        );
     }
 }
