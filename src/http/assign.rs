@@ -30,6 +30,14 @@ pub enum Mode {
     Assign,
 }
 
+/// The name in `?exclude=NAME`, if the query has one: the server the client could not reach.
+pub fn excluded(uri: &hyper::Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("exclude="))
+        .filter(|name| !name.is_empty())
+}
+
 /// The path that answers JSON instead of a redirect.
 pub const ASSIGN_PATH: &str = "/assign";
 
@@ -76,6 +84,15 @@ pub fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exclude_names_the_server_that_failed() {
+        let uri: hyper::Uri = "/assign?x=1&exclude=s2".parse().unwrap();
+        assert_eq!(excluded(&uri), Some("s2"));
+        let uri: hyper::Uri = "/assign?exclude=".parse().unwrap();
+        assert_eq!(excluded(&uri), None);
+        assert_eq!(excluded(&"/".parse().unwrap()), None);
+    }
 
     #[test]
     fn a_redirect_keeps_the_path_and_query_and_json_names_the_server() {

@@ -440,6 +440,25 @@ impl HttpServer {
         }
         if up.settings.mode == Mode::Assign {
             unread(info);
+            // A client whose server stopped answering says which (`?exclude=NAME`): it gets
+            // another for this request, and a new cookie. Only for itself: one client cannot
+            // take a server out for everyone; health checks and leases do that.
+            if let Some(bad) = assign::excluded(&parts.uri)
+                && *up.names[i] == *bad
+            {
+                tried.push(i);
+                match balancer.pick(info.client.ip(), &tried) {
+                    Some(other) => {
+                        i = other;
+                        outcome = AffinityOutcome::Redispatch;
+                        line.affinity = outcome;
+                    }
+                    None => {
+                        tracing::warn!(client = %info.client, "no backend but the excluded one: 503");
+                        return self.local(StatusCode::SERVICE_UNAVAILABLE, line);
+                    }
+                }
+            }
             return self.assign(&up, i, outcome, &parts.uri, info.tls, line);
         }
 
