@@ -456,7 +456,10 @@ impl Setup {
                 false => flags.register_allow.clone(),
                 true => config.register_allow.clone(),
             };
-            self.registry.configure(token, allow)?;
+            let cap = config
+                .max_registered
+                .unwrap_or(crate::registry::DEFAULT_CAP);
+            self.registry.configure(token, allow, cap)?;
             options.may_be_empty = self.registry.is_on();
         }
         let mut backends: Vec<Backend> = if !common.backends.is_empty() {

@@ -69,6 +69,8 @@ pub struct Config {
     /// When given, only these networks may register servers.
     #[serde(default)]
     pub register_allow: Vec<Cidr>,
+    /// How many servers may be registered at once (default 256).
+    pub max_registered: Option<usize>,
     /// Threads that serve connections (chapter 11); read once, at start-up.
     pub workers: Option<usize>,
     /// `[limits]`: who may connect, and how many.
@@ -259,6 +261,7 @@ impl Config {
             ("admin", self.admin.is_some()),
             ("admin-token-file", self.admin_token_file.is_some()),
             ("register-allow", !self.register_allow.is_empty()),
+            ("max-registered", self.max_registered.is_some()),
             ("workers", self.workers.is_some()),
             ("[limits]", self.limits.is_some()),
             (

@@ -142,7 +142,7 @@ pub struct Registry {
     /// `None`: no token file, the registry is off.
     token: Mutex<Option<Vec<u8>>>,
     allow: Mutex<Vec<Cidr>>,
-    cap: usize,
+    cap: std::sync::atomic::AtomicUsize,
     leases: Mutex<BTreeMap<String, Lease>>,
     changed: tokio::sync::Notify,
     counters: Counters,
@@ -160,7 +160,7 @@ impl Registry {
         Registry {
             token: Mutex::new(None),
             allow: Mutex::new(Vec::new()),
-            cap,
+            cap: std::sync::atomic::AtomicUsize::new(cap),
             leases: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
@@ -169,8 +169,15 @@ impl Registry {
 
     /// Reads the token file (owner-only, as a key: [`files::read_private`]) and the networks
     /// that may register; `None` turns the registry off. Called at start and on every reload.
-    pub fn configure(&self, token_file: Option<&Path>, allow: Vec<Cidr>) -> anyhow::Result<()> {
+    pub fn configure(
+        &self,
+        token_file: Option<&Path>,
+        allow: Vec<Cidr>,
+        cap: usize,
+    ) -> anyhow::Result<()> {
         let token = token_file.map(read_token).transpose()?;
+        // Lowering the cap removes nobody: it refuses new names until enough have left.
+        self.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token;
         *self.allow.lock().unwrap_or_else(|e| e.into_inner()) = allow;
         Ok(())
@@ -283,11 +290,12 @@ impl Registry {
                 )));
             }
         };
+        let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed);
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = match leases.get(name) {
             Some(lease) if lease.spec == spec => Put::Renewed,
             Some(_) => Put::Changed,
-            None if leases.len() >= self.cap => return Err(Refused::Full(self.cap)),
+            None if leases.len() >= cap => return Err(Refused::Full(cap)),
             None => Put::Created,
         };
         let expires = now + ttl;
