@@ -25,10 +25,10 @@
 //! **Try it** in four terminals (`cargo build` first; see README chapter 14):
 //!
 //! ```text
-//! terminal 1:  openssl rand -hex 32 > token; chmod 600 token
-//!              cargo run --bin http-lb -- --mode assign --admin 127.0.0.1:9000 --admin-token-file token
+//! terminal 1:  mkdir -p certs; openssl rand -hex 32 > certs/token; chmod 600 certs/token
+//!              cargo run --bin http-lb -- --mode assign --admin 127.0.0.1:9000 --admin-token-file certs/token
 //! terminal 2:  cargo run --bin dummy-server -- --listen 127.0.0.1:5001 --name s1 --listen 127.0.0.1:5002 --name s2 \
-//!                  --register http://127.0.0.1:9000 --register-token-file token
+//!                  --register http://127.0.0.1:9000 --register-token-file certs/token
 //! terminal 3:  cargo run --bin assign-client -- --requests 20 --interval 500 http://127.0.0.1:8080
 //! ```
 
