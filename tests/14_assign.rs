@@ -536,7 +536,8 @@ fn servers_present_one_wildcard_certificate_on_their_own_names() {
     );
 }
 
-/// `tcp-lb` takes registrations too, and proxies to what registered.
+/// `tcp-lb` takes registrations too, and proxies to what registered; a SIGHUP reload keeps
+/// them.
 #[test]
 fn tcp_lb_balances_over_registered_servers() {
     let (token, value) = token();
@@ -559,6 +560,10 @@ fn tcp_lb_balances_over_registered_servers() {
     eventually("s1 serves through tcp-lb", PATIENCE, || {
         common::get(lb.addr(), "/").served_by() == "s1"
     });
+    lb.signal("HUP");
+    lb.wait_stderr("configuration reloaded", 1);
+    assert_eq!(listed(lb.addrs[1], &value), ["s1"]);
+    assert_eq!(common::get(lb.addr(), "/").served_by(), "s1");
 }
 
 /// Bad flags are one-line errors.
