@@ -117,6 +117,12 @@ async fn respond<S: Status>(
             server.metrics() + &registry.metrics(server.prefix()),
         ),
         (&Method::GET, "/health") => match server.health() {
+            // Serving, and saying so: stale discovery is not a reason to route around it.
+            Ok(ok) if registry.etcd_stale() => (
+                StatusCode::OK,
+                "text/plain",
+                format!("{ok}; etcd discovery is stale: serving the last known backends\n"),
+            ),
             Ok(ok) => (StatusCode::OK, "text/plain", format!("{ok}\n")),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -290,15 +296,16 @@ fn list(balancer: &Balancer, registry: &Registry) -> Vec<Listed> {
             let lease = leases
                 .iter()
                 .find(|(s, ..)| s.same_target(spec) && s.name == spec.name);
+            let source = match (&spec.name, lease) {
+                (_, Some(_)) => "registered",
+                (Some(name), None) => registry.source(name).unwrap_or("config"),
+                (None, None) => "config",
+            };
             Listed {
                 name: spec.name.clone().unwrap_or_else(|| spec.to_string()),
                 address: spec.addr.to_string(),
                 url: spec.public_url(),
-                source: if lease.is_some() {
-                    "registered"
-                } else {
-                    "config"
-                },
+                source,
                 up: balancer.is_up(i),
                 weight: spec.weight,
                 expires_in: lease.map(|(_, left, _)| left.as_secs_f64()),

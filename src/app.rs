@@ -116,6 +116,13 @@ pub struct ProductionArgs {
     /// Serve /metrics (Prometheus) and /health on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Discover backends from this etcd endpoint (http://HOST:PORT; repeat for a cluster):
+    /// every key under --etcd-prefix is one (chapter 15).
+    #[arg(long = "etcd", value_name = "URL")]
+    pub etcd: Vec<String>,
+    /// The etcd key prefix whose keys are backends [default: /lb/backends/].
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
     /// Bearer token (a file, mode 600) that lets servers register themselves on the admin
     /// listener (`PUT /backends/NAME`); without it, registration is off.
     #[arg(long, value_name = "FILE")]
@@ -201,6 +208,7 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
     let listener = net::listen(listen)?;
     let admin = setup.admin(&config);
     let admin_listener = admin.map(net::listen).transpose()?;
+    let etcd = start_etcd(&setup, &config).await?;
     let plan = setup.plan(config).await?;
 
     let server = Server::new(plan.balancer);
@@ -216,6 +224,7 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
         ));
     }
     tracing::info!("{}", plan.summary);
+    follow_etcd(&setup, etcd);
     if production {
         let (server, following) = (Arc::clone(&server), Arc::clone(&setup));
         tokio::spawn(follow_registry(following, move |setup, config| {
@@ -460,7 +469,7 @@ impl Setup {
                 .max_registered
                 .unwrap_or(crate::registry::DEFAULT_CAP);
             self.registry.configure(token, allow, cap)?;
-            options.may_be_empty = self.registry.is_on();
+            options.may_be_empty = self.registry.expects_backends();
         }
         let mut backends: Vec<Backend> = if !common.backends.is_empty() {
             backend::resolve_all(common.backends.clone(), None).await?
@@ -470,8 +479,8 @@ impl Setup {
                 backends.push(Backend::resolve(entry.spec(), entry.sni.as_deref()).await?);
             }
             backends
-        } else if self.registry.is_on() {
-            // Its servers will register: no built-in demo servers in their place.
+        } else if self.registry.expects_backends() {
+            // Its servers will register (or are in etcd): no demo servers in their place.
             Vec::new()
         } else {
             let (backends, client_tls) = match self.builtin.get() {
@@ -629,6 +638,56 @@ async fn reload_on_sighup(
         }
     })
     .await;
+}
+
+/// The etcd prefix unless configured.
+pub const DEFAULT_ETCD_PREFIX: &str = "/lb/backends/";
+
+/// Chapter 15: when the flags or the config name etcd endpoints, lists the prefix once (so a
+/// balancer whose etcd answers starts with its backends) and returns what [`follow_etcd`]
+/// needs to keep them current. Read at start-up only: new endpoints take a restart.
+pub(crate) async fn start_etcd(
+    setup: &Setup,
+    config: &Config,
+) -> anyhow::Result<Option<(Arc<crate::discovery::Source>, Option<i64>)>> {
+    let Some(flags) = &setup.step.production else {
+        return Ok(None);
+    };
+    let urls = match flags.etcd.is_empty() {
+        false => flags.etcd.clone(),
+        true => config.etcd.clone(),
+    };
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let etcd = crate::etcd::Etcd::new(&urls).map_err(anyhow::Error::msg)?;
+    let mut prefix = flags
+        .etcd_prefix
+        .clone()
+        .or(config.etcd_prefix.clone())
+        .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_owned());
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let source = Arc::new(crate::discovery::Source { etcd, prefix });
+    setup.registry.use_etcd();
+    let revision = crate::discovery::load(&source, &setup.registry).await;
+    Ok(Some((source, revision)))
+}
+
+/// Chapter 15: keeps the etcd backends current (see `lb::discovery`); the registry's
+/// notification rebuilds the balancer through [`follow_registry`].
+pub(crate) fn follow_etcd(
+    setup: &Setup,
+    started: Option<(Arc<crate::discovery::Source>, Option<i64>)>,
+) {
+    if let Some((source, revision)) = started {
+        tokio::spawn(crate::discovery::follow(
+            source,
+            Arc::clone(&setup.registry),
+            revision,
+        ));
+    }
 }
 
 /// How often leases are checked for expiry: a server that stopped renewing is gone at most

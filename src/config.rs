@@ -71,6 +71,11 @@ pub struct Config {
     pub register_allow: Vec<Cidr>,
     /// How many servers may be registered at once (default 256).
     pub max_registered: Option<usize>,
+    /// etcd endpoints to discover backends from (chapter 15): `http://HOST:PORT`.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// The etcd key prefix whose keys are backends (default `/lb/backends/`).
+    pub etcd_prefix: Option<String>,
     /// Threads that serve connections (chapter 11); read once, at start-up.
     pub workers: Option<usize>,
     /// `[limits]`: who may connect, and how many.
@@ -262,6 +267,8 @@ impl Config {
             ("admin-token-file", self.admin_token_file.is_some()),
             ("register-allow", !self.register_allow.is_empty()),
             ("max-registered", self.max_registered.is_some()),
+            ("etcd", !self.etcd.is_empty()),
+            ("etcd-prefix", self.etcd_prefix.is_some()),
             ("workers", self.workers.is_some()),
             ("[limits]", self.limits.is_some()),
             (

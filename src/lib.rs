@@ -30,6 +30,8 @@
 //! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
 //! | [`tickets`] | 13-ssl-farm | session-ticket keys from a file, shared by every offloader, rotated |
 //! | [`registry`] | 14-assign | servers that register themselves: leases, a token, a cap |
+//! | [`etcd`] | 15 | an etcd v3 client over its JSON gateway: range, watch, leases |
+//! | [`discovery`] | 15 | backends from an etcd prefix, listed then watched; stale but serving |
 //! | [`registrant`] | 14-assign | the server's side: register with each balancer, renew, deregister |
 
 pub mod admin;
@@ -39,7 +41,9 @@ pub mod balancer;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod dummy;
+pub mod etcd;
 pub mod files;
 pub mod health;
 pub mod http;

@@ -144,6 +144,12 @@ pub struct Registry {
     allow: Mutex<Vec<Cidr>>,
     cap: std::sync::atomic::AtomicUsize,
     leases: Mutex<BTreeMap<String, Lease>>,
+    /// Backends found in etcd (chapter 15), by name; kept by `lb::discovery`.
+    etcd: Mutex<BTreeMap<String, BackendSpec>>,
+    /// etcd discovery is configured: the balancer may start with no backend.
+    etcd_on: std::sync::atomic::AtomicBool,
+    /// etcd cannot be reached: the etcd backends are the last ones known.
+    etcd_stale: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
     counters: Counters,
 }
@@ -162,6 +168,9 @@ impl Registry {
             allow: Mutex::new(Vec::new()),
             cap: std::sync::atomic::AtomicUsize::new(cap),
             leases: Mutex::new(BTreeMap::new()),
+            etcd: Mutex::new(BTreeMap::new()),
+            etcd_on: std::sync::atomic::AtomicBool::new(false),
+            etcd_stale: std::sync::atomic::AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
         }
@@ -183,13 +192,81 @@ impl Registry {
         Ok(())
     }
 
-    /// Whether a token is configured: registration is on, and the balancer may start with no
-    /// backend at all (its servers are on their way).
+    /// Whether a token is configured: registration is on.
     pub fn is_on(&self) -> bool {
         self.token
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
+    }
+
+    /// Whether backends come from elsewhere than the config (registration, or etcd): the
+    /// balancer may start with none, and starts no demo servers in their place.
+    pub fn expects_backends(&self) -> bool {
+        self.is_on() || self.etcd_on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// etcd discovery is on (chapter 15).
+    pub fn use_etcd(&self) {
+        self.etcd_on
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Replaces every etcd backend (after listing the prefix); notifies when that changed.
+    pub fn etcd_replace(&self, found: BTreeMap<String, BackendSpec>) {
+        let mut etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        if *etcd != found {
+            *etcd = found;
+            self.changed.notify_one();
+        }
+    }
+
+    /// One etcd backend added or changed (`Some`), or removed (`None`); notifies on a change.
+    pub fn etcd_set(&self, name: &str, spec: Option<BackendSpec>) {
+        let mut etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match spec {
+            Some(spec) => etcd.insert(name.to_owned(), spec.clone()).as_ref() != Some(&spec),
+            None => etcd.remove(name).is_some(),
+        };
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// How many backends etcd holds now.
+    pub fn etcd_len(&self) -> usize {
+        self.etcd.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Marks etcd discovery as cut off (`true`: serving the last known set) or back.
+    pub fn set_etcd_stale(&self, stale: bool) {
+        self.etcd_stale
+            .store(stale, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn etcd_stale(&self) -> bool {
+        self.etcd_stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where the backend named `name` came from: `registered`, `etcd`, or `None` (the config).
+    pub fn source(&self, name: &str) -> Option<&'static str> {
+        if self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+        {
+            return Some("registered");
+        }
+        if self
+            .etcd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+        {
+            return Some("etcd");
+        }
+        None
     }
 
     /// Checks the caller: a token must be configured and presented (`Authorization: Bearer
@@ -350,10 +427,18 @@ impl Registry {
         gone
     }
 
-    /// The registered backends, by name.
+    /// The registered backends, then those from etcd, by name. A name in both is the
+    /// registered one's: one name, one backend (the cookie's identity).
     pub fn specs(&self) -> Vec<BackendSpec> {
         let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        leases.values().map(|lease| lease.spec.clone()).collect()
+        let etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        let mut specs: Vec<BackendSpec> = leases.values().map(|lease| lease.spec.clone()).collect();
+        specs.extend(
+            etcd.iter()
+                .filter(|(name, _)| !leases.contains_key(*name))
+                .map(|(_, spec)| spec.clone()),
+        );
+        specs
     }
 
     /// Each registered backend with the time its lease has left at `now`, and its TTL.
@@ -383,6 +468,22 @@ impl Registry {
         let name = format!("{prefix}_registered_backends");
         e.metric(&name, "gauge", "Backends registered now (chapter 14).")
             .sample(&name, &[], self.specs().len());
+        if self.etcd_on.load(std::sync::atomic::Ordering::Relaxed) {
+            let name = format!("{prefix}_etcd_backends");
+            e.metric(
+                &name,
+                "gauge",
+                "Backends found under the etcd prefix (chapter 15).",
+            )
+            .sample(&name, &[], self.etcd_len());
+            let name = format!("{prefix}_etcd_stale");
+            e.metric(
+                &name,
+                "gauge",
+                "1 while etcd cannot be reached and the last known backends are served.",
+            )
+            .sample(&name, &[], u8::from(self.etcd_stale()));
+        }
         let name = format!("{prefix}_registrations_total");
         e.metric(
             &name,
@@ -415,6 +516,24 @@ impl Registry {
         }
         e.finish()
     }
+}
+
+/// The backend an etcd key's value describes (chapter 15): chapter 14's JSON, every field
+/// checked; `name` is the key's last segment. A TTL in it is ignored: etcd's lease is the TTL.
+pub fn parse_backend(name: &str, json: &[u8]) -> Result<BackendSpec, String> {
+    check_name(name)?;
+    if json.len() > MAX_BODY {
+        return Err(format!("more than {MAX_BODY} bytes"));
+    }
+    let body: Body = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    spec(
+        name,
+        body.address,
+        body.url,
+        body.tls,
+        body.weight,
+        body.check,
+    )
 }
 
 /// The backend a registration describes, every field checked.

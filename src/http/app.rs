@@ -99,6 +99,7 @@ pub async fn run(
     let admin_listener = admin.map(net::listen).transpose()?;
     // A random secret, made once: a reload without a secret file keeps the cookies valid.
     let fallback: Arc<[u8]> = Arc::from(random_secret());
+    let etcd = app::start_etcd(&setup, &config).await?;
     let (settings, plan) = prepare(&setup, &http, &fallback, config).await?;
     if settings.affinity.is_some() && uses_fallback(&setup, &http) {
         tracing::warn!(
@@ -120,6 +121,7 @@ pub async fn run(
         ));
     }
     tracing::info!("{summary}");
+    app::follow_etcd(&setup, etcd);
     let (following, rebuilt, secret) = (
         Arc::clone(&setup),
         Arc::clone(&server),
