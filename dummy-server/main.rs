@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lb::dummy::{self, DummyServer};
-use lb::registrant::{self, AdminUrl, Lease};
+use lb::registrant::{self, Lease, Registrar};
 use lb::{cli, files, net, registry, tls};
 
 /// The tutorial's dummy HTTP servers.
@@ -57,10 +57,11 @@ struct Args {
     /// Serve HTTPS instead of HTTP.
     #[arg(long)]
     tls: bool,
-    /// Register with the balancer whose admin listener is at this URL (http://HOST:PORT), and
-    /// keep the registration alive; repeat for several balancers (chapter 14).
+    /// Register with the balancer whose admin listener is at this URL (http://HOST:PORT), or
+    /// in etcd (etcd://HOST:PORT/PREFIX/NAME, chapter 15), and keep the registration alive;
+    /// repeat for several.
     #[arg(long = "register", value_name = "URL")]
-    register: Vec<AdminUrl>,
+    register: Vec<Registrar>,
     /// The URL clients should use to reach the server on the --listen at the same position,
     /// handed out by assigning balancers [default: http(s)://its address].
     #[arg(long = "advertise-url", value_name = "URL", value_parser = advertise_url)]
@@ -121,18 +122,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    // etcd needs no token (etcd's own authentication is the deployment's); balancers do.
+    let to_balancers = args
+        .register
+        .iter()
+        .any(|r| matches!(r, Registrar::Balancer(_)));
+    for registrar in &args.register {
+        if let Registrar::Etcd { name: Some(_), .. } = registrar
+            && args.listen.len() > 1
+        {
+            anyhow::bail!(
+                "{registrar} names one key, for {} servers: end the URL with / to register \
+                 each under its --name",
+                args.listen.len()
+            );
+        }
+    }
+    // `Some` when registering: the balancers' token (etcd needs none here: its own
+    // authentication is the deployment's).
     let token = match (&args.register_token_file, args.register.is_empty()) {
         (_, true) => None,
-        (None, false) => anyhow::bail!(
-            "--register needs --register-token-file: balancers take registrations with a token \
-             only"
-        ),
         (Some(path), false) => {
             let bytes = files::read_private(path, "registration token file", files::MAX_SECRET)?;
             let token = String::from_utf8(bytes)
                 .map_err(|_| anyhow::anyhow!("{}: the token is not text", path.display()))?;
             Some(token.trim().to_owned())
         }
+        (None, false) if to_balancers => anyhow::bail!(
+            "--register with a balancer needs --register-token-file: balancers take \
+             registrations with a token only"
+        ),
+        (None, false) => Some(String::new()),
     };
     let tls_config = match args.tls {
         true => Some(tls::server_config_from_files(&args.cert, &args.key)?),
@@ -191,9 +211,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.register_ttl,
                 token.clone(),
             );
-            for balancer in &args.register {
-                registrations.spawn(registrant::keep(
-                    balancer.clone(),
+            for registrar in &args.register {
+                registrations.spawn(registrant::keep_with(
+                    registrar.clone(),
                     lease.clone(),
                     deregister.subscribe(),
                 ));

@@ -47,6 +47,60 @@ impl std::fmt::Display for AdminUrl {
     }
 }
 
+/// Where a server registers: a balancer's admin listener (chapter 14), or an etcd prefix
+/// (chapter 15) that every balancer watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registrar {
+    Balancer(AdminUrl),
+    /// `etcd://HOST:PORT/PREFIX/NAME`: the key `PREFIX/NAME`, or `PREFIX/` + the server's
+    /// name when the URL ends with `/`.
+    Etcd {
+        endpoint: HostPort,
+        prefix: String,
+        name: Option<String>,
+    },
+}
+
+impl std::str::FromStr for Registrar {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let Some(rest) = s.strip_prefix("etcd://") else {
+            return s.parse().map(Registrar::Balancer);
+        };
+        let (authority, path) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` has no key: etcd://HOST:PORT/PREFIX/NAME"))?;
+        let endpoint: HostPort = authority.parse()?;
+        let (prefix, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let name = (!name.is_empty()).then(|| name.to_owned());
+        if let Some(name) = &name {
+            crate::registry::check_name(name)?;
+        }
+        Ok(Registrar::Etcd {
+            endpoint,
+            prefix: format!("/{prefix}/").replace("//", "/"),
+            name,
+        })
+    }
+}
+
+impl std::fmt::Display for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Registrar::Balancer(url) => write!(f, "{url}"),
+            Registrar::Etcd {
+                endpoint,
+                prefix,
+                name,
+            } => write!(
+                f,
+                "etcd://{endpoint}{prefix}{}",
+                name.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
 /// One server's registration: its name, the JSON body, the token, the TTL.
 #[derive(Clone)]
 pub struct Lease {
@@ -78,6 +132,93 @@ impl Lease {
             body: body.to_string(),
             token,
             ttl,
+        }
+    }
+}
+
+/// Keeps `lease` registered with `registrar` until `stop` says so, then deregisters.
+pub async fn keep_with(registrar: Registrar, lease: Lease, stop: watch::Receiver<bool>) {
+    match registrar {
+        Registrar::Balancer(url) => keep(url, lease, stop).await,
+        Registrar::Etcd {
+            endpoint,
+            prefix,
+            name,
+        } => {
+            let key = format!("{prefix}{}", name.as_deref().unwrap_or(&lease.name));
+            keep_in_etcd(endpoint, key, lease, stop).await
+        }
+    }
+}
+
+/// Chapter 15: the server's key in etcd, attached to a lease of its TTL, which it keeps alive
+/// every third of the TTL. If it dies, the lease expires and etcd deletes the key, and every
+/// watching balancer drops the server; on SIGTERM it revokes the lease, which deletes the key
+/// at once. A lease that expired anyway (etcd was away longer than the TTL) is granted again
+/// and the key put again.
+async fn keep_in_etcd(
+    endpoint: HostPort,
+    key: String,
+    lease: Lease,
+    mut stop: watch::Receiver<bool>,
+) {
+    let etcd = match crate::etcd::Etcd::new(&[format!("http://{endpoint}")]) {
+        Ok(etcd) => etcd,
+        Err(e) => {
+            tracing::error!(server = %lease.name, "cannot register in etcd: {e}");
+            return;
+        }
+    };
+    let ttl = lease.ttl.as_secs().max(1) as i64;
+    let value = lease.body.as_bytes();
+    let mut id: Option<i64> = None;
+    let mut failing = false;
+    loop {
+        let result = async {
+            match id {
+                Some(current) => match etcd.keep_alive(current).await? {
+                    0 => {
+                        tracing::warn!(server = %lease.name, %key, "etcd lease expired: registering again");
+                        id = None;
+                        Ok(false)
+                    }
+                    _ => Ok(true),
+                },
+                None => {
+                    let granted = etcd.grant(ttl).await?;
+                    etcd.put(&key, value, granted).await?;
+                    id = Some(granted);
+                    tracing::info!(server = %lease.name, %key, "registered in etcd");
+                    Ok(true)
+                }
+            }
+        }
+        .await;
+        let wait = match result {
+            Ok(true) => {
+                failing = false;
+                lease.ttl / 3
+            }
+            Ok(false) => continue,
+            Err::<bool, io::Error>(e) => {
+                if !failing {
+                    tracing::warn!(server = %lease.name, %key, "etcd: {e}; retrying");
+                }
+                failing = true;
+                (lease.ttl / 3).min(MAX_RETRY)
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|&s| s) => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Some(id) = id {
+        match tokio::time::timeout(CALL_TIMEOUT, etcd.revoke(id)).await {
+            Ok(Ok(())) => tracing::info!(server = %lease.name, %key, "deregistered from etcd"),
+            _ => {
+                tracing::warn!(server = %lease.name, %key, "cannot revoke the etcd lease; it will run out")
+            }
         }
     }
 }
@@ -174,6 +315,28 @@ async fn call(balancer: &AdminUrl, method: &str, lease: &Lease) -> io::Result<u1
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registrars_are_balancers_or_etcd_keys() {
+        let r: Registrar = "etcd://127.0.0.1:2379/lb/web/s1".parse().unwrap();
+        assert_eq!(
+            r,
+            Registrar::Etcd {
+                endpoint: "127.0.0.1:2379".parse().unwrap(),
+                prefix: "/lb/web/".into(),
+                name: Some("s1".into())
+            }
+        );
+        assert_eq!(r.to_string(), "etcd://127.0.0.1:2379/lb/web/s1");
+        let r: Registrar = "etcd://127.0.0.1:2379/lb/web/".parse().unwrap();
+        assert!(matches!(r, Registrar::Etcd { name: None, .. }));
+        assert!("etcd://127.0.0.1:2379".parse::<Registrar>().is_err());
+        assert!("etcd://127.0.0.1:2379/lb/a b".parse::<Registrar>().is_err());
+        assert!(matches!(
+            "http://127.0.0.1:9000".parse::<Registrar>().unwrap(),
+            Registrar::Balancer(_)
+        ));
+    }
 
     #[test]
     fn admin_urls_are_a_scheme_and_an_address() {
