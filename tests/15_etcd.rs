@@ -1,0 +1,432 @@
+//! Chapter 15: backends from etcd, shared by every balancer. Each test starts its own etcd
+//! (Debian's `etcd-server`; `.ci/run` installs it) on free loopback ports with a temporary
+//! data folder, and stops it by PID.
+//!
+//! Without an `etcd` on the PATH these tests say so on stderr and pass, so that `cargo test`
+//! stays green on a machine that has only the Rust toolchain; `.ci/run` sets
+//! `LB_REQUIRE_ETCD=1`, which makes a missing etcd a failure.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{PATIENCE, Proc, connect, temp_dir};
+
+/// An etcd server of our own, killed when dropped.
+struct Etcd {
+    child: Option<Child>,
+    client: SocketAddr,
+    peer: SocketAddr,
+    dir: PathBuf,
+}
+
+/// Whether the tests can run: an `etcd` on the PATH, or a failure if CI requires one.
+fn have_etcd() -> bool {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("LB_REQUIRE_ETCD").is_none(),
+            "etcd is not installed (apt-get install etcd-server)"
+        );
+        eprintln!(
+            "SKIPPED: no etcd on the PATH (apt-get install etcd-server to run chapter 15's tests)"
+        );
+    }
+    found
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = temp_dir("etcd");
+        let mut etcd = Etcd {
+            child: None,
+            client: common::free_port(),
+            peer: common::free_port(),
+            dir,
+        };
+        etcd.run();
+        etcd
+    }
+
+    /// Starts (or restarts) the server on its ports and data folder, and waits until it
+    /// answers.
+    fn run(&mut self) {
+        let client = format!("http://{}", self.client);
+        let peer = format!("http://{}", self.peer);
+        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (Debian's etcd-server) must be installed: .ci/run installs it");
+        self.child = Some(child);
+        let start = Instant::now();
+        while post(self.client, "/v3/kv/range", r#"{"key":"AA=="}"#).is_none() {
+            assert!(start.elapsed() < PATIENCE, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it (SIGTERM, by PID), keeping its data.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            B64.encode(key),
+            B64.encode(value)
+        );
+        post(self.client, "/v3/kv/put", &body).expect("etcd put");
+    }
+
+    fn delete(&self, key: &str) {
+        post(
+            self.client,
+            "/v3/kv/deleterange",
+            &format!(r#"{{"key":"{}"}}"#, B64.encode(key)),
+        )
+        .expect("etcd delete");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One JSON call to etcd's gateway; the answer's body, or `None` if it did not answer 200.
+fn post(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: etcd\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200").then(|| text)
+}
+
+/// A balancer (`tcp-lb` or `http-lb`) discovering its backends under `prefix`.
+fn balancer(bin: &str, etcd: &Etcd, prefix: &str) -> Proc {
+    let url = etcd.url();
+    Proc::start(
+        bin,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--etcd-prefix",
+            prefix,
+            "--health-interval",
+            "0",
+        ],
+        2,
+    )
+}
+
+/// A server registering in etcd under `prefix` with a `ttl`.
+fn server(name: &str, etcd: &Etcd, prefix: &str, ttl: &str) -> Proc {
+    let register = format!("etcd://{}{prefix}", etcd.client);
+    Proc::start(
+        bin!("dummy-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--register",
+            &register,
+            "--register-ttl",
+            ttl,
+        ],
+        1,
+    )
+}
+
+/// The `x-served-by` of one request through `lb`, or `None` if no backend answered.
+fn served_by(lb: SocketAddr) -> Option<String> {
+    let mut s = connect(lb);
+    write!(s, "GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix("x-served-by: "))
+        .map(|s| s.trim().to_owned())
+}
+
+/// A metric's value from `admin`'s `/metrics`.
+fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
+    let text = common::get(admin, "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "never happened within {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// A server that registers in etcd is balanced to by two `tcp-lb` and one `http-lb` watching
+/// the prefix; killed with SIGKILL it is gone from all three within its TTL (plus a second);
+/// stopped with SIGTERM it is gone at once (its lease revoked).
+#[test]
+fn every_balancer_follows_the_servers_in_etcd() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let prefix = "/lb/web/";
+    let lbs = [
+        balancer(bin!("tcp-lb"), &etcd, prefix),
+        balancer(bin!("tcp-lb"), &etcd, prefix),
+        balancer(bin!("http-lb"), &etcd, prefix),
+    ];
+    for lb in &lbs {
+        assert_eq!(
+            served_by(lb.addr()),
+            None,
+            "no backend yet, and no demo servers"
+        );
+        assert!(!lb.stderr().contains("Go finale"));
+    }
+    let started = Instant::now();
+    let crashing = server("s1", &etcd, prefix, "2");
+    for lb in &lbs {
+        eventually("s1 reaches every balancer", PATIENCE, || {
+            served_by(lb.addr()).as_deref() == Some("s1")
+        });
+    }
+    eprintln!(
+        "s1 served by all three {:?} after its start",
+        started.elapsed()
+    );
+
+    crashing.signal("KILL");
+    let killed = Instant::now();
+    for (lb, gauge) in lbs.iter().zip(["tcplb", "tcplb", "httplb"]) {
+        // TTL 2 s, plus a second.
+        let gauge = format!("{gauge}_etcd_backends");
+        eventually("s1 gone after its lease", Duration::from_secs(3), || {
+            metric(lb.addrs[1], &gauge) == Some(0)
+        });
+    }
+    eprintln!(
+        "s1 gone everywhere {:?} after SIGKILL (TTL 2 s)",
+        killed.elapsed()
+    );
+
+    let leaving = server("s2", &etcd, prefix, "60");
+    for lb in &lbs {
+        eventually("s2 reaches every balancer", PATIENCE, || {
+            served_by(lb.addr()).as_deref() == Some("s2")
+        });
+    }
+    leaving.signal("TERM");
+    for lb in &lbs {
+        // A 60 s lease: only the revocation explains it leaving now.
+        eventually("s2 gone at once", Duration::from_secs(5), || {
+            served_by(lb.addr()).is_none()
+        });
+    }
+}
+
+/// etcd stopped: every balancer keeps serving the last set, and says discovery is stale;
+/// a server that registers meanwhile keeps trying; etcd restarted with its data: the
+/// balancers resync from the revision they saw, and the newcomer appears.
+#[test]
+fn balancers_serve_through_an_etcd_outage_and_resync() {
+    if !have_etcd() {
+        return;
+    }
+    let mut etcd = Etcd::start();
+    let prefix = "/lb/outage/";
+    let lb = balancer(bin!("tcp-lb"), &etcd, prefix);
+    let _s1 = server("s1", &etcd, prefix, "30");
+    eventually("s1 served", PATIENCE, || {
+        served_by(lb.addr()).as_deref() == Some("s1")
+    });
+
+    etcd.stop();
+    eventually("stale", PATIENCE, || {
+        metric(lb.addrs[1], "tcplb_etcd_stale") == Some(1)
+    });
+    let health = common::get(lb.addrs[1], "/health");
+    assert_eq!(health.status, 200);
+    assert!(health.text().contains("stale"), "{}", health.text());
+    for _ in 0..10 {
+        assert_eq!(served_by(lb.addr()).as_deref(), Some("s1"));
+    }
+    let _s2 = server("s2", &etcd, prefix, "30");
+
+    etcd.run();
+    eventually("resynced", PATIENCE, || {
+        metric(lb.addrs[1], "tcplb_etcd_stale") == Some(0)
+    });
+    eventually("s2 appears", PATIENCE, || {
+        metric(lb.addrs[1], "tcplb_etcd_backends") == Some(2)
+    });
+    let seen: std::collections::HashSet<String> =
+        (0..10).filter_map(|_| served_by(lb.addr())).collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// etcd down when the balancer starts: it starts with its config's backends, retries, and
+/// picks up etcd's once it answers.
+#[test]
+fn a_balancer_starts_without_etcd_and_catches_up() {
+    if !have_etcd() {
+        return;
+    }
+    let mut etcd = Etcd::start();
+    let prefix = "/lb/late/";
+    etcd.stop();
+    let (_dummy, backends) = common::dummies(1);
+    let url = etcd.url();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--etcd",
+        &url,
+        "--etcd-prefix",
+        prefix,
+        "--health-interval",
+        "0",
+    ];
+    args.extend(backends.iter().map(String::as_str));
+    let lb = Proc::start(bin!("tcp-lb"), &args, 2);
+    assert_eq!(served_by(lb.addr()).as_deref(), Some("server1"));
+    assert_eq!(metric(lb.addrs[1], "tcplb_etcd_stale"), Some(1));
+    etcd.run();
+    let _s = server("s1", &etcd, prefix, "30");
+    eventually("etcd's backend added", PATIENCE, || {
+        metric(lb.addrs[1], "tcplb_etcd_backends") == Some(1)
+    });
+    let seen: std::collections::HashSet<String> =
+        (0..10).filter_map(|_| served_by(lb.addr())).collect();
+    assert!(seen.contains("s1") && seen.contains("server1"), "{seen:?}");
+}
+
+/// A malformed key is skipped with one log line and never takes the others with it; 1,000
+/// keys load at start-up and keep being watched.
+#[test]
+fn bad_keys_are_skipped_and_a_thousand_load() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let prefix = "/lb/many/";
+    for i in 0..1000 {
+        etcd.put(
+            &format!("{prefix}b{i}"),
+            &format!(r#"{{"address": "127.0.0.1:{}"}}"#, 20000 + i),
+        );
+    }
+    etcd.put(&format!("{prefix}garbage"), "not json");
+    etcd.put(&format!("{prefix}no-port"), r#"{"address": "127.0.0.1"}"#);
+    etcd.put(
+        &format!("{prefix}deeper/x"),
+        r#"{"address": "127.0.0.1:1"}"#,
+    );
+    let lb = balancer(bin!("tcp-lb"), &etcd, prefix);
+    assert_eq!(metric(lb.addrs[1], "tcplb_etcd_backends"), Some(1000));
+    lb.wait_stderr("etcd key /lb/many/garbage skipped", 1);
+    lb.wait_stderr("etcd key /lb/many/no-port skipped", 1);
+    // Watched: one more, one fewer, one turned bad.
+    etcd.put(
+        &format!("{prefix}b1000"),
+        r#"{"address": "127.0.0.1:21000"}"#,
+    );
+    etcd.delete(&format!("{prefix}b0"));
+    etcd.put(&format!("{prefix}b1"), "{");
+    eventually("the watch applied all three", PATIENCE, || {
+        metric(lb.addrs[1], "tcplb_etcd_backends") == Some(999)
+    });
+    lb.wait_stderr("etcd key /lb/many/b1 skipped", 1);
+}
+
+/// Bad etcd flags are one-line errors.
+#[test]
+fn bad_etcd_flags_are_one_line_errors() {
+    common::assert_one_line_error(
+        bin!("tcp-lb"),
+        &["--listen", "127.0.0.1:0", "--etcd", "127.0.0.1:2379"],
+        &["etcd endpoint"],
+    );
+    common::assert_one_line_error(
+        bin!("dummy-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--register",
+            "etcd://127.0.0.1:2379",
+        ],
+        &["etcd://HOST:PORT/PREFIX/NAME"],
+    );
+    common::assert_one_line_error(
+        bin!("dummy-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--register",
+            "etcd://127.0.0.1:2379/lb/s1",
+        ],
+        &["end the URL with /"],
+    );
+}
