@@ -146,7 +146,7 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
     .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    text.starts_with("HTTP/1.1 200").then(|| text)
+    text.starts_with("HTTP/1.1 200").then_some(text)
 }
 
 /// A balancer (`tcp-lb` or `http-lb`) discovering its backends under `prefix`.
