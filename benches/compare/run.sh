@@ -7,6 +7,7 @@
 #   benches/compare/run.sh --mode pinned --workloads keepalive,close --targets haproxy,tcp-lb
 #   benches/compare/run.sh --http                # http-lb (chapter 12): benches/compare/http.py
 #   benches/compare/run.sh --farm                # ssl-farm (chapter 13): benches/compare/farm.py
+#   benches/compare/run.sh --etcd                # etcd to every balancer (chapter 15): etcd.py
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -22,6 +23,9 @@ fi
 if [ "${1:-}" = "--farm" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/farm.py --help
 fi
+if [ "${1:-}" = "--etcd" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/etcd.py --help
+fi
 
 missing=()
 command -v haproxy >/dev/null || missing+=(haproxy)
@@ -32,6 +36,7 @@ command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
+[ "${1:-}" != "--etcd" ] || command -v etcd >/dev/null || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -42,6 +47,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
 fi
 
+if [ "${1:-}" = "--etcd" ]; then
+    shift
+    cargo build --release --bin tcp-lb --bin http-lb >&2
+    exec python3 benches/compare/etcd.py "$@"
+fi
 if [ "${1:-}" = "--farm" ]; then
     shift
     cargo build --release --bin ssl-farm --bin tcp-lb --bin http-lb --bin dummy-server >&2
