@@ -151,23 +151,18 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
 
 /// A balancer (`tcp-lb` or `http-lb`) discovering its backends under `prefix`.
 fn balancer(bin: &str, etcd: &Etcd, prefix: &str) -> Proc {
-    let url = etcd.url();
-    Proc::start(
-        bin,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &url,
-            "--etcd-prefix",
-            prefix,
-            "--health-interval",
-            "0",
-        ],
-        2,
-    )
+    balancer_with(bin, &[&etcd.url()], prefix, &[])
+}
+
+/// [`balancer`] with these etcd endpoints and more flags.
+fn balancer_with(bin: &str, endpoints: &[&str], prefix: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    for e in endpoints {
+        args.extend(["--etcd", e]);
+    }
+    args.extend(["--etcd-prefix", prefix, "--health-interval", "0"]);
+    args.extend_from_slice(extra);
+    Proc::start(bin, &args, 2)
 }
 
 /// A server registering in etcd under `prefix` with a `ttl`.
@@ -229,9 +224,12 @@ fn every_balancer_follows_the_servers_in_etcd() {
     }
     let etcd = Etcd::start();
     let prefix = "/lb/web/";
+    // The second knows a dead member first: it fails over to the live one.
+    let (dead, _keep) = common::refusing_port();
+    let dead = format!("http://{dead}");
     let lbs = [
         balancer(bin!("tcp-lb"), &etcd, prefix),
-        balancer(bin!("tcp-lb"), &etcd, prefix),
+        balancer_with(bin!("tcp-lb"), &[&dead, &etcd.url()], prefix, &[]),
         balancer(bin!("http-lb"), &etcd, prefix),
     ];
     for lb in &lbs {
@@ -429,4 +427,76 @@ fn bad_etcd_flags_are_one_line_errors() {
         ],
         &["end the URL with /"],
     );
+}
+
+/// Backends from the config file, from chapter 14's registry and from etcd side by side, and
+/// `GET /backends` says where each came from.
+#[test]
+fn config_registry_and_etcd_backends_live_side_by_side() {
+    if !have_etcd() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let etcd = Etcd::start();
+    let prefix = "/lb/mixed/";
+    let token = temp_dir("mixed").join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_dummy, backends) = common::dummies(1);
+    let mut extra = vec!["--admin-token-file", token.to_str().unwrap()];
+    extra.extend(backends.iter().map(String::as_str));
+    let lb = balancer_with(bin!("tcp-lb"), &[&etcd.url()], prefix, &extra);
+    let _from_etcd = server("e1", &etcd, prefix, "30");
+    let admin = format!("http://{}", lb.addrs[1]);
+    let _registered = Proc::start(
+        bin!("dummy-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "r1",
+            "--register",
+            &admin,
+            "--register-token-file",
+            token.to_str().unwrap(),
+        ],
+        1,
+    );
+    let sources = || -> Vec<(String, String)> {
+        let mut s = connect(lb.addrs[1]);
+        let auth = format!("authorization: Bearer {TOKEN}");
+        write!(
+            s,
+            "GET /backends HTTP/1.1\r\nhost: t\r\n{auth}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let field = |b: &serde_json::Value, k: &str| b[k].as_str().unwrap_or("").to_owned();
+        let mut out: Vec<(String, String)> = json
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| (field(b, "name"), field(b, "source")))
+            .collect();
+        out.sort();
+        out
+    };
+    eventually("three sources listed", PATIENCE, || sources().len() == 3);
+    let listed = sources();
+    let source = |name: &str| {
+        listed
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_str())
+    };
+    assert_eq!(source("e1"), Some("etcd"), "{listed:?}");
+    assert_eq!(source("r1"), Some("registered"), "{listed:?}");
+    assert!(listed.iter().any(|(_, s)| s == "config"), "{listed:?}");
+    let seen: std::collections::HashSet<String> =
+        (0..12).filter_map(|_| served_by(lb.addr())).collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }
