@@ -8,8 +8,8 @@
 //! in front of it (DNS, a cloud load balancer, keepalived) can route around it.
 //!
 //! It shares the runtime with the data path, so it is kept small: at most
-//! [`MAX_CONNECTIONS`] at once (more are closed on arrival), a bounded head and body, each
-//! within a timeout. A flood of bad registrations costs a few microseconds each and is
+//! [`MAX_CONNECTIONS`] at once (a few more wait a moment, the rest are closed on arrival), a
+//! bounded head and body, each within a timeout. A flood of bad registrations costs a few microseconds each and is
 //! counted; it cannot queue work for the threads that serve clients.
 
 use std::net::IpAddr;
@@ -31,8 +31,12 @@ use crate::net;
 use crate::registry::{MAX_BODY, Put, Refused, Registry};
 use crate::server::Server;
 
-/// Admin connections served at once; more are closed as they arrive.
+/// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections that may wait for one of those slots; more are closed as they arrive.
+pub const MAX_WAITING: usize = 256;
+/// How long a connection waits for a slot.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(2);
 /// How long a request's head, then its body, may take to arrive.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,15 +70,24 @@ impl Status for Server {
 /// Serves the admin endpoints on `listener` for as long as the task runs.
 pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>, registry: Arc<Registry>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(tokio::sync::Semaphore::new(MAX_WAITING));
     loop {
         let (stream, peer) = net::accept(&listener).await;
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        // Past the limit, a connection waits a moment for a slot (a scraper polling a busy
+        // balancer is served late, not refused); past the waiting room too, it is closed.
+        let Ok(in_line) = Arc::clone(&waiting).try_acquire_owned() else {
             tracing::debug!(client = %peer, "admin listener busy: connection closed");
             continue;
         };
         let (server, registry) = (Arc::clone(&server), Arc::clone(&registry));
+        let permits = Arc::clone(&permits);
         tokio::spawn(async move {
-            let _permit = permit;
+            let permit = tokio::time::timeout(WAIT_FOR_SLOT, permits.acquire_owned()).await;
+            drop(in_line);
+            let Ok(Ok(_permit)) = permit else {
+                tracing::debug!(client = %peer, "admin listener busy: connection closed");
+                return;
+            };
             let service = hyper::service::service_fn(move |req| {
                 let (server, registry) = (Arc::clone(&server), Arc::clone(&registry));
                 async move {

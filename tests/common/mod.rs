@@ -415,6 +415,9 @@ pub fn read_reply(r: &mut impl Read) -> Reply {
     while !head.ends_with(b"\r\n\r\n") {
         match r.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
+            // A signal arrived during the read (seen under load): read again, as read_exact
+            // would.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             other => panic!("connection ended inside a response head ({other:?}): {head:?}"),
         }
     }
