@@ -187,17 +187,14 @@ impl Registry {
         let token = token_file.map(read_token).transpose()?;
         // Lowering the cap removes nobody: it refuses new names until enough have left.
         self.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token;
-        *self.allow.lock().unwrap_or_else(|e| e.into_inner()) = allow;
+        *lock(&self.token) = token;
+        *lock(&self.allow) = allow;
         Ok(())
     }
 
     /// Whether a token is configured: registration is on.
     pub fn is_on(&self) -> bool {
-        self.token
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        lock(&self.token).is_some()
     }
 
     /// Whether backends come from elsewhere than the config (registration, or etcd): the
@@ -214,7 +211,7 @@ impl Registry {
 
     /// Replaces every etcd backend (after listing the prefix); notifies when that changed.
     pub fn etcd_replace(&self, found: BTreeMap<String, BackendSpec>) {
-        let mut etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        let mut etcd = lock(&self.etcd);
         if *etcd != found {
             *etcd = found;
             self.changed.notify_one();
@@ -223,7 +220,7 @@ impl Registry {
 
     /// One etcd backend added or changed (`Some`), or removed (`None`); notifies on a change.
     pub fn etcd_set(&self, name: &str, spec: Option<BackendSpec>) {
-        let mut etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        let mut etcd = lock(&self.etcd);
         let changed = match spec {
             Some(spec) => etcd.insert(name.to_owned(), spec.clone()).as_ref() != Some(&spec),
             None => etcd.remove(name).is_some(),
@@ -235,7 +232,7 @@ impl Registry {
 
     /// How many backends etcd holds now.
     pub fn etcd_len(&self) -> usize {
-        self.etcd.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.etcd).len()
     }
 
     /// Marks etcd discovery as cut off (`true`: serving the last known set) or back.
@@ -250,23 +247,10 @@ impl Registry {
 
     /// Where the backend named `name` came from: `registered`, `etcd`, or `None` (the config).
     pub fn source(&self, name: &str) -> Option<&'static str> {
-        if self
-            .leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(name)
-        {
+        if lock(&self.leases).contains_key(name) {
             return Some("registered");
         }
-        if self
-            .etcd
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(name)
-        {
-            return Some("etcd");
-        }
-        None
+        lock(&self.etcd).contains_key(name).then_some("etcd")
     }
 
     /// Checks the caller: a token must be configured and presented (`Authorization: Bearer
@@ -291,7 +275,7 @@ impl Registry {
         authorization: Option<&[u8]>,
         changes: bool,
     ) -> Result<(), Refused> {
-        let token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        let token = lock(&self.token);
         let Some(token) = token.as_deref() else {
             return Err(Refused::NotFound(
                 "registration is off: the balancer has no admin-token-file",
@@ -303,7 +287,7 @@ impl Registry {
         if !same(presented.trim_ascii(), token) {
             return Err(Refused::Forbidden("wrong token"));
         }
-        let allow = self.allow.lock().unwrap_or_else(|e| e.into_inner());
+        let allow = lock(&self.allow);
         if changes && !allow.is_empty() && !allow.iter().any(|c| c.contains(peer)) {
             return Err(Refused::Forbidden(
                 "this address may not register (register-allow)",
@@ -368,7 +352,7 @@ impl Registry {
             }
         };
         let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed);
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = lock(&self.leases);
         let outcome = match leases.get(name) {
             Some(lease) if lease.spec == spec => Put::Renewed,
             Some(_) => Put::Changed,
@@ -392,11 +376,7 @@ impl Registry {
 
     /// `DELETE /backends/NAME`, already authorized.
     pub fn delete(&self, name: &str) -> Result<(), Refused> {
-        let removed = self
-            .leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        let removed = lock(&self.leases).remove(name);
         match removed {
             Some(_) => {
                 metrics::inc(&self.counters.deleted);
@@ -413,7 +393,7 @@ impl Registry {
 
     /// Removes the leases that ran out before `now`; their names. The caller rebuilds.
     pub fn expire(&self, now: Instant) -> Vec<String> {
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = lock(&self.leases);
         let gone: Vec<String> = leases
             .iter()
             .filter(|(_, lease)| lease.expires <= now)
@@ -430,8 +410,8 @@ impl Registry {
     /// The registered backends, then those from etcd, by name. A name in both is the
     /// registered one's: one name, one backend (the cookie's identity).
     pub fn specs(&self) -> Vec<BackendSpec> {
-        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        let etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        let leases = lock(&self.leases);
+        let etcd = lock(&self.etcd);
         let mut specs: Vec<BackendSpec> = leases.values().map(|lease| lease.spec.clone()).collect();
         specs.extend(
             etcd.iter()
@@ -443,7 +423,7 @@ impl Registry {
 
     /// Each registered backend with the time its lease has left at `now`, and its TTL.
     pub fn leases(&self, now: Instant) -> Vec<(BackendSpec, Duration, Duration)> {
-        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let leases = lock(&self.leases);
         leases
             .values()
             .map(|l| {
@@ -606,6 +586,11 @@ fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(token)
+}
+
+/// A lock that a panic elsewhere did not poison for good: the data is plain and stays valid.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Equal, in time that depends on the lengths only: a comparison that stops at the first

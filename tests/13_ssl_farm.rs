@@ -7,7 +7,6 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::tls::TlsClient;
 use common::{PATIENCE, Proc, Reply, read_reply, temp_dir};
@@ -137,13 +136,9 @@ fn is_dead(pid: u32) -> bool {
     })
 }
 
-/// Waits (bounded) until `done()`; the test fails naming `what` otherwise.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// Waits (bounded by [`PATIENCE`]) until `done()`; the test fails naming `what` otherwise.
+fn eventually(what: &str, done: impl FnMut() -> bool) {
+    common::eventually(what, PATIENCE, done);
 }
 
 /// A TLS connection to `addr` from the loopback address `source`.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Proc, connect, path_str, temp_dir};
+use common::{PATIENCE, Proc, connect, eventually, path_str, temp_dir};
 
 /// A folder with a registration token (mode 600), and its value.
 fn token() -> (PathBuf, String) {
@@ -134,18 +134,6 @@ fn try_assigned(lb: SocketAddr) -> Option<String> {
     assert_eq!(answer.status, 200, "{}", answer.body);
     let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     Some(json["name"].as_str().unwrap().to_owned())
-}
-
-fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "never happened within {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 fn kill(proc: &Proc, signal: &str) {

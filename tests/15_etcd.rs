@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{PATIENCE, Proc, connect, temp_dir};
+use common::{PATIENCE, Proc, connect, eventually, temp_dir};
 
 /// An etcd server of our own, killed when dropped.
 struct Etcd {
@@ -200,18 +200,6 @@ fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
     let text = common::get(admin, "/metrics").text();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "never happened within {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 /// A server that registers in etcd is balanced to by two `tcp-lb` and one `http-lb` watching

@@ -555,6 +555,21 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Polls `done` every 10 ms until it holds, failing the test naming `what` after `limit`;
+/// how long it took.
+#[allow(dead_code)]
+pub fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "never happened within {limit:?}: {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
 /// A blocking connection to `addr` from the loopback address `from` (127.0.0.x): how a test
 /// plays several client IPs.
 pub fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
