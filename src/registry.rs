@@ -331,16 +331,9 @@ impl Registry {
         }
         let body: Body = serde_json::from_slice(body)
             .map_err(|e| Refused::BadRequest(format!("not a registration: {e}")))?;
-        let spec = spec(
-            name,
-            body.address,
-            body.url,
-            body.tls,
-            body.weight,
-            body.check,
-        )
-        .map_err(Refused::BadRequest)?;
-        let ttl = match body.ttl {
+        let ttl = body.ttl;
+        let spec = spec(name, body).map_err(Refused::BadRequest)?;
+        let ttl = match ttl {
             None => DEFAULT_TTL,
             Some(secs) if TTL_RANGE.contains(&secs) => Duration::from_secs_f64(secs),
             Some(secs) => {
@@ -506,25 +499,19 @@ pub fn parse_backend(name: &str, json: &[u8]) -> Result<BackendSpec, String> {
         return Err(format!("more than {MAX_BODY} bytes"));
     }
     let body: Body = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    spec(
-        name,
-        body.address,
-        body.url,
-        body.tls,
-        body.weight,
-        body.check,
-    )
+    spec(name, body)
 }
 
 /// The backend a registration describes, every field checked.
-fn spec(
-    name: &str,
-    address: String,
-    url: Option<String>,
-    tls: Option<bool>,
-    weight: Option<u32>,
-    check: Option<HealthCheck>,
-) -> Result<BackendSpec, String> {
+fn spec(name: &str, body: Body) -> Result<BackendSpec, String> {
+    let Body {
+        address,
+        url,
+        tls,
+        weight,
+        check,
+        ttl: _,
+    } = body;
     let addr: HostPort = address.parse()?;
     if addr.port == 0 {
         return Err("address needs a port other than 0".to_owned());
