@@ -114,6 +114,26 @@ fn the_cookie_pins_a_user_and_requests_without_it_rotate() {
     assert_eq!(metric(&m, "httplb_affinity_total{outcome=\"hit\"}"), 50);
 }
 
+/// `--affinity none`: no cookie is set, a cookie sent is ignored and passed on untouched, and
+/// every request is balanced afresh.
+#[test]
+fn without_affinity_every_request_is_balanced_afresh() {
+    let (_dummies, backends) = dummies(3);
+    let mut args = vec!["--affinity", "none"];
+    args.extend(strs(&backends));
+    let lb = start(&args);
+    let with_cookie = start(&strs(&backends));
+    let cookie = set_cookie(&get_with(with_cookie.addr(), None)).unwrap();
+    let replies: Vec<Reply> = (0..6).map(|_| get_with(lb.addr(), Some(&cookie))).collect();
+    let mut served: Vec<String> = replies.iter().map(Reply::served_by).collect();
+    assert!(replies.iter().all(|r| set_cookie(r).is_none()));
+    // Not ours to take out: the backend sees the cookie.
+    assert!(replies[0].text().contains(&cookie), "{}", replies[0].text());
+    served.sort();
+    served.dedup();
+    assert_eq!(served.len(), 3, "{served:?}");
+}
+
 /// Two instances with the same secret, listing the backends in another order, send every
 /// cookie to the same backend: the tier scales out with no shared state.
 #[test]

@@ -194,7 +194,7 @@ fn with_one_of_three_backends_down_every_request_succeeds() {
 
 /// A tokio echo backend in this process, for loads where a thread per connection is too many.
 fn spawn_tokio_echo(rt: &tokio::runtime::Runtime) -> SocketAddr {
-    // A backlog as deep as the test's burst: with the default 1024, a loaded machine drops
+    // A backlog as deep as the test's burst: with tokio's default of 1024, a loaded machine drops
     // the SYNs of a 2,000-connection burst, and the balancer's connect timeout can expire on
     // the retries (seen under stress-ng: the client then gets a reset).
     let listener = rt.block_on(async {

@@ -92,11 +92,6 @@ impl Upload {
             left_unread: None,
         }
     }
-
-    /// Bytes passed on so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
 }
 
 impl Body for Upload {

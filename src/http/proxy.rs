@@ -53,6 +53,11 @@ use crate::proxy::Conn;
 use crate::relay;
 use crate::server::Server;
 
+/// Attempts one request gets beyond two per backend (a pooled connection, then a fresh one):
+/// pooled connections found closed on the way. A backend that restarted leaves every pooled
+/// connection to it stale, and each costs an attempt before a fresh dial.
+const STALE_POOLED: usize = 8;
+
 /// How long a client may take to send a request head unless configured.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a backend may take to start answering unless configured.
@@ -484,7 +489,7 @@ impl HttpServer {
         ));
 
         // 4: send it, on a pooled connection when there is one.
-        let attempts = 2 * up.backends.len() + pool::DEFAULT_MAX_IDLE.min(8);
+        let attempts = 2 * up.backends.len() + STALE_POOLED;
         let mut failure = StatusCode::BAD_GATEWAY;
         // After a pooled connection failed under a request: dial rather than reuse.
         let mut fresh_only = false;
