@@ -110,6 +110,13 @@ pub struct LimitsSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpSection {
+    /// Compress responses the client accepts compressed (chapter 16).
+    pub compress: Option<bool>,
+    /// Bodies known to be smaller than this many bytes are not compressed (default 256).
+    pub compress_min_size: Option<u64>,
+    /// Response fields to remove (chapter 16); `Server` and `X-Powered-By` with them.
+    #[serde(default)]
+    pub hide_headers: Vec<String>,
     /// `"proxy"` (the default) or `"assign"` (chapter 14).
     pub mode: Option<crate::http::assign::Mode>,
     /// `"cookie"` (the default) or `"none"`.

@@ -4,7 +4,9 @@
 //! the headers it received. This one does the same on every path, plus two endpoints for
 //! checking a proxy: `GET /bytes/N` answers N bytes of a fixed pseudo-random pattern (so a
 //! test can check every byte that came through), `/echo` streams the request body back, and
-//! `/sink` reads it to the end and answers how many bytes arrived.
+//! `/sink` reads it to the end and answers how many bytes arrived. Chapter 16 adds `GET
+//! /text/N` (N bytes of text, to compress) and `/powered`, which answers with the `Server` and
+//! `X-Powered-By` fields real backends give away.
 //!
 //! Chapter 8 and 9 add what a learner needs to watch a balancer react to a *slow* backend:
 //! a per-server delay before every answer ([`DummyServer::with_delay`], `--delay MS`) and
@@ -47,6 +49,22 @@ pub struct DummyServer {
     hits: AtomicU64,
     tls: Option<TlsAcceptor>,
     delay: Duration,
+}
+
+/// The longest `GET /text/N`: the text is built in memory.
+pub const MAX_TEXT: usize = 16 * 1024 * 1024;
+
+/// What `GET /text/N` answers: `N` bytes of numbered lines, for compression.
+pub fn text_bytes(len: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        let _ = writeln!(out, "line {i}: the quick brown fox jumps over the lazy dog");
+        i += 1;
+    }
+    out.truncate(len);
+    out
 }
 
 /// The longest `GET /delay/MS` honoured: enough to outlast any timeout under test, short
@@ -184,6 +202,7 @@ impl DummyServer {
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
         let path = req.uri().path();
+        let powered = path == "/powered";
         if path == "/health" {
             // Health checks every few seconds would drown the log and the hit count.
             tracing::debug!(server = %self.name, client = %peer, "GET /health");
@@ -214,6 +233,15 @@ impl DummyServer {
                 Err(_) => (
                     StatusCode::BAD_REQUEST,
                     DummyBody::text(format!("`{n}` is not a byte count\n")),
+                ),
+            }
+        } else if let Some(n) = path.strip_prefix("/text/") {
+            // Text that compresses (chapter 16): N bytes of numbered lines.
+            match n.parse::<usize>() {
+                Ok(len) if len <= MAX_TEXT => (StatusCode::OK, DummyBody::text(text_bytes(len))),
+                _ => (
+                    StatusCode::BAD_REQUEST,
+                    DummyBody::text(format!("`{n}` is not a length up to {MAX_TEXT}\n")),
                 ),
             }
         } else if path == "/sink" {
@@ -265,7 +293,17 @@ impl DummyServer {
         } else {
             (StatusCode::OK, DummyBody::text(self.describe(&req, hits)))
         };
-        self.response(status, body)
+        let mut response = self.response(status, body);
+        if powered {
+            // What many real backends say about themselves (chapter 16 hides it).
+            let headers = response.headers_mut();
+            headers.insert(
+                "server",
+                HeaderValue::from_static("dummy-server/0.1 (tutorial)"),
+            );
+            headers.insert("x-powered-by", HeaderValue::from_static("lb::dummy"));
+        }
+        response
     }
 
     fn response(&self, status: StatusCode, body: DummyBody) -> Response<DummyBody> {

@@ -20,6 +20,13 @@ use crate::{admin, cli, net};
 /// The flags chapter 12 adds; each overrides its key in the config's `[http]` section.
 #[derive(clap::Args, Clone)]
 pub struct HttpArgs {
+    /// Compress responses with gzip, brotli or zstd when the client accepts it (chapter 16).
+    #[arg(long)]
+    pub compress: bool,
+    /// Remove this response field before the client sees it (repeat); `Server` and
+    /// `X-Powered-By` go too once any is given (chapter 16).
+    #[arg(long = "hide-header", value_name = "NAME", value_parser = header_name)]
+    pub hide_headers: Vec<String>,
     /// `proxy` carries each request to a backend; `assign` answers with the backend the
     /// client should use itself: a 307 redirect, or JSON at /assign [default: proxy].
     #[arg(long, value_enum)]
@@ -52,6 +59,32 @@ pub struct HttpArgs {
     /// Largest request head in bytes, answered 431 beyond [default: 65536].
     #[arg(long, value_name = "BYTES", value_parser = max_head)]
     pub max_head: Option<usize>,
+}
+
+fn header_name(s: &str) -> Result<String, String> {
+    hyper::header::HeaderName::from_bytes(s.as_bytes())
+        .map(|_| s.to_owned())
+        .map_err(|_| format!("`{s}` is not a header field name"))
+}
+
+/// The fields to hide: those named, and `Server` and `X-Powered-By` with them.
+fn hidden(names: &[String]) -> anyhow::Result<Vec<hyper::header::HeaderName>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![
+        hyper::header::SERVER,
+        hyper::header::HeaderName::from_static("x-powered-by"),
+    ];
+    for name in names {
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            anyhow::anyhow!("http.hide-headers: `{name}` is not a header field name")
+        })?;
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 fn cookie_name(s: &str) -> Result<String, String> {
@@ -256,7 +289,19 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
             .map(|s| s.trusted_proxies.clone())
             .unwrap_or_default(),
     };
+    let hide = match http.hide_headers.is_empty() {
+        false => hidden(&http.hide_headers)?,
+        true => hidden(&section.map(|s| s.hide_headers.clone()).unwrap_or_default())?,
+    };
+    let compress =
+        (http.compress || section.and_then(|s| s.compress).unwrap_or(false)).then(|| {
+            section
+                .and_then(|s| s.compress_min_size)
+                .unwrap_or(super::compress::DEFAULT_MIN_SIZE)
+        });
     Ok(Settings {
+        compress,
+        hide,
         mode: http
             .mode
             .or(section.and_then(|s| s.mode))

@@ -134,6 +134,72 @@ impl Body for Upload {
 pub enum Payload {
     Upstream(Incoming),
     Full(Option<Bytes>),
+    /// A backend's body compressed on the way (chapter 16).
+    Compressed(Compressing),
+}
+
+/// A backend's body and the encoder it goes through; see `super::compress`.
+pub struct Compressing {
+    body: Incoming,
+    /// `None` once the stream is finished.
+    encoder: Option<super::compress::Encoder>,
+    /// Fed bytes not yet flushed out.
+    dirty: bool,
+}
+
+impl Compressing {
+    pub fn new(body: Incoming, encoder: super::compress::Encoder) -> Compressing {
+        Compressing {
+            body,
+            encoder: Some(encoder),
+            dirty: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let data = |bytes: Bytes| Poll::Ready(Some(Ok(Frame::data(bytes))));
+        let fail = |e: std::io::Error| Poll::Ready(Some(Err(Box::new(e) as BoxError)));
+        loop {
+            let Some(encoder) = self.encoder.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers cannot follow a body whose bytes they no longer describe.
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
+                    self.dirty = true;
+                    match encoder.push(&chunk) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return data(out),
+                        Err(e) => return fail(e),
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => {
+                    let Some(encoder) = self.encoder.take() else {
+                        return Poll::Ready(None);
+                    };
+                    return match encoder.finish() {
+                        Ok(last) if last.is_empty() => Poll::Ready(None),
+                        Ok(last) => data(last),
+                        Err(e) => fail(e),
+                    };
+                }
+                // The backend pauses: send what was compressed so far rather than hold it.
+                Poll::Pending if self.dirty => {
+                    self.dirty = false;
+                    match encoder.flush() {
+                        Ok(out) if out.is_empty() => return Poll::Pending,
+                        Ok(out) => return data(out),
+                        Err(e) => return fail(e),
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 /// Called once when a [`Download`] is dropped, with the body bytes sent and whether the body
@@ -197,6 +263,7 @@ impl Body for Download {
         let polled = match &mut this.payload {
             Payload::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Payload::Upstream(body) => boxed(Pin::new(body).poll_frame(cx)),
+            Payload::Compressed(c) => c.poll(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -214,6 +281,7 @@ impl Body for Download {
         match &self.payload {
             Payload::Full(data) => data.is_none(),
             Payload::Upstream(body) => body.is_end_stream(),
+            Payload::Compressed(c) => c.encoder.is_none(),
         }
     }
 
@@ -222,6 +290,7 @@ impl Body for Download {
             Payload::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             Payload::Full(None) => SizeHint::with_exact(0),
             Payload::Upstream(body) => body.size_hint(),
+            Payload::Compressed(_) => SizeHint::default(),
         }
     }
 }

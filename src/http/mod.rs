@@ -18,11 +18,13 @@
 //! | [`proxy`] | the per-request balancer: pick, send, retry, upgrade, answer errors |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
+//! | [`compress`] | chapter 16: gzip, brotli, zstd by the client's q-values, streamed |
 
 pub mod affinity;
 pub mod app;
 pub mod assign;
 pub mod body;
+pub mod compress;
 pub mod forward;
 pub mod metrics;
 pub mod pool;

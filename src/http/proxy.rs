@@ -42,7 +42,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::affinity::{Affinity, CookieSettings, Found};
 use super::assign::{self, Mode};
-use super::body::{self, Download, Payload, Upload};
+use super::body::{self, Compressing, Download, Payload, Upload};
+use super::compress;
 use super::forward::{self, Forwarding};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
@@ -72,6 +73,10 @@ pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
 pub struct Settings {
     /// Proxy each request, or assign a backend (chapter 14).
     pub mode: Mode,
+    /// Compress answers the client accepts compressed, above this many bytes (chapter 16).
+    pub compress: Option<u64>,
+    /// Response fields removed before the client sees them (chapter 16).
+    pub hide: Vec<hyper::header::HeaderName>,
     /// Cookie affinity: the shared secret and how the cookie is written; `None` balances every
     /// request afresh.
     pub affinity: Option<(Vec<u8>, CookieSettings)>,
@@ -88,6 +93,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             mode: Mode::Proxy,
+            compress: None,
+            hide: Vec::new(),
             affinity: None,
             forwarding: Forwarding::default(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -98,6 +105,14 @@ impl Default for Settings {
             pool_idle_timeout: pool::DEFAULT_IDLE_TIMEOUT,
         }
     }
+}
+
+/// What a request allows its answer to be compressed with (chapter 16).
+#[derive(Clone, Copy)]
+struct Compression {
+    coding: Option<compress::Coding>,
+    range: bool,
+    head: bool,
 }
 
 /// What one backend keeps across reloads: its pool and its HTTP counters.
@@ -399,6 +414,13 @@ impl HttpServer {
         };
 
         let has_body = !hyper::body::Body::is_end_stream(&body);
+        // Chapter 16: what the answer may be compressed with, decided from the request before
+        // it is passed on.
+        let compressing = up.settings.compress.map(|_| Compression {
+            coding: compress::negotiate(parts.headers.get(header::ACCEPT_ENCODING)),
+            range: parts.headers.contains_key(header::RANGE),
+            head: parts.method == Method::HEAD,
+        });
         // An answer given before the body is passed on leaves it unread (later, `Upload` says
         // so itself if it is dropped before its end).
         let unread = |info: &ConnInfo| {
@@ -627,6 +649,28 @@ impl HttpServer {
         }
         let (mut head, body) = response.into_parts();
         forward::strip_hop_by_hop(&mut head.headers, switching && upgrade);
+        // Chapter 16: what the backend runs is nobody's business.
+        for name in &up.settings.hide {
+            head.headers.remove(name);
+        }
+        let payload = match (compressing, up.settings.compress) {
+            (Some(c), Some(min))
+                if compress::applies(head.status, &head.headers, c.range, c.head, min) =>
+            {
+                compress::vary(&mut head.headers);
+                match c
+                    .coding
+                    .map(|coding| (coding, compress::Encoder::new(coding)))
+                {
+                    Some((coding, Ok(encoder))) => {
+                        compress::encode_headers(&mut head.headers, coding);
+                        Payload::Compressed(Compressing::new(body, encoder))
+                    }
+                    _ => Payload::Upstream(body),
+                }
+            }
+            _ => Payload::Upstream(body),
+        };
         if outcome != AffinityOutcome::Hit
             && let Some(affinity) = &up.affinity
             && let Some(cookie) = affinity.set_cookie(i, info.tls)
@@ -655,7 +699,7 @@ impl HttpServer {
             }
             line.log(status, bytes, complete);
         });
-        Response::from_parts(head, Download::new(Payload::Upstream(body), Some(on_end)))
+        Response::from_parts(head, Download::new(payload, Some(on_end)))
     }
 
     /// Dials backend `i` and starts an HTTP/1.1 connection on it.
