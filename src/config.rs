@@ -117,6 +117,9 @@ pub struct HttpSection {
     /// Response fields to remove (chapter 16); `Server` and `X-Powered-By` with them.
     #[serde(default)]
     pub hide_headers: Vec<String>,
+    /// Folders served directly: `"PREFIX=DIR"`, as the `--static` flag (chapter 16).
+    #[serde(default, rename = "static")]
+    pub statics: Vec<String>,
     /// `"proxy"` (the default) or `"assign"` (chapter 14).
     pub mode: Option<crate::http::assign::Mode>,
     /// `"cookie"` (the default) or `"none"`.

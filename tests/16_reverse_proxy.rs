@@ -34,12 +34,12 @@ fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Reply {
 /// A whole `connection: close` response, chunked or not.
 fn parse(bytes: &[u8]) -> Reply {
     let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
     let headers: Vec<(String, String)> = head
         .split("\r\n")
         .skip(1)
         .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let rest = &bytes[end..];
@@ -195,4 +195,139 @@ fn what_the_backends_run_is_hidden() {
     assert!(error.status >= 500, "{}", error.status);
     assert!(!error.text().contains(&backend), "{}", error.text());
     assert!(!format!("{:?}", error.headers).contains(&backend));
+}
+
+/// A folder for `--static`: an index, a binary file, a stylesheet, a link pointing out.
+fn site() -> std::path::PathBuf {
+    let dir = common::temp_dir("site");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>home</h1>\n").unwrap();
+    std::fs::write(dir.join("sub/blob.bin"), common::payload(100_000, 16)).unwrap();
+    std::fs::write(dir.join("sub/style.css"), "body { color: red }\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("sub/out")).unwrap();
+    std::os::unix::fs::symlink(dir.join("sub/style.css"), dir.join("inside")).unwrap();
+    dir
+}
+
+/// `--static PREFIX=DIR` serves files with their type, `index.html` for a folder, ETag and
+/// Last-Modified validators that answer 304, one byte range (206) or 416, HEAD without a body;
+/// everything else still goes to the backends.
+#[test]
+fn a_static_folder_is_served_with_validators_and_ranges() {
+    let dir = site();
+    let flag = format!("/assets/={}", dir.display());
+    let (_dummy, lb) = start(&["--static", &flag]);
+    let index = get(lb.addr(), "/assets/", &[]);
+    assert_eq!(index.status, 200);
+    assert_eq!(index.text(), "<h1>home</h1>\n");
+    assert_eq!(
+        index.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let folder = get(lb.addr(), "/assets", &[]);
+    assert_eq!(folder.status, 301);
+    assert_eq!(folder.header("location"), Some("/assets/"));
+
+    let blob = get(lb.addr(), "/assets/sub/blob.bin", &[]);
+    assert_eq!(blob.status, 200);
+    assert!(blob.body == common::payload(100_000, 16));
+    assert_eq!(blob.header("accept-ranges"), Some("bytes"));
+    let etag = blob.header("etag").unwrap().to_owned();
+    let modified = blob.header("last-modified").unwrap().to_owned();
+    let css = get(lb.addr(), "/assets/sub/style.css", &[]);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+
+    let again = get(
+        lb.addr(),
+        "/assets/sub/blob.bin",
+        &[&format!("if-none-match: {etag}")],
+    );
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    let since = get(
+        lb.addr(),
+        "/assets/sub/blob.bin",
+        &[&format!("if-modified-since: {modified}")],
+    );
+    assert_eq!(since.status, 304);
+    let other = get(
+        lb.addr(),
+        "/assets/sub/blob.bin",
+        &["if-none-match: \"something-else\""],
+    );
+    assert_eq!(other.status, 200);
+
+    let part = get(
+        lb.addr(),
+        "/assets/sub/blob.bin",
+        &["range: bytes=1000-1999"],
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some("bytes 1000-1999/100000"));
+    assert!(part.body == common::payload(100_000, 16)[1000..2000]);
+    let tail = get(lb.addr(), "/assets/sub/blob.bin", &["range: bytes=-10"]);
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body.len(), 10);
+    let stale = get(
+        lb.addr(),
+        "/assets/sub/blob.bin",
+        &["range: bytes=0-9", "if-range: \"an-older-version\""],
+    );
+    assert_eq!(
+        stale.status, 200,
+        "If-Range names another version: the whole file"
+    );
+    let beyond = get(lb.addr(), "/assets/sub/blob.bin", &["range: bytes=100000-"]);
+    assert_eq!(beyond.status, 416);
+    assert_eq!(beyond.header("content-range"), Some("bytes */100000"));
+
+    let mut s = connect(lb.addr());
+    write!(
+        s,
+        "HEAD /assets/sub/blob.bin HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(head.contains("content-length: 100000"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body");
+
+    let backend = get(lb.addr(), "/elsewhere", &[]);
+    assert!(
+        backend.text().starts_with("server: server1"),
+        "{}",
+        backend.text()
+    );
+}
+
+/// No path leaves the folder: `..` (plain or percent-encoded), a link pointing out, a NUL
+/// byte; a link that stays inside is fine.
+#[test]
+fn no_path_escapes_the_static_folder() {
+    let dir = site();
+    let flag = format!("/assets/={}", dir.display());
+    let (_dummy, lb) = start(&["--static", &flag]);
+    for path in [
+        "/assets/../../../../etc/passwd",
+        "/assets/sub/../../../etc/passwd",
+        "/assets/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/assets/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "/assets/sub/out",
+        "/assets/sub/..%5c..%5cetc%5cpasswd",
+    ] {
+        let reply = get(lb.addr(), path, &[]);
+        assert!(
+            reply.status == 404 || reply.status == 400,
+            "{path}: {}",
+            reply.status
+        );
+        assert!(!reply.text().contains("root:"), "{path} served /etc/passwd");
+    }
+    assert_eq!(get(lb.addr(), "/assets/a%00.txt", &[]).status, 400);
+    assert_eq!(
+        get(lb.addr(), "/assets/inside", &[]).text(),
+        "body { color: red }\n"
+    );
+    assert_eq!(get(lb.addr(), "/assets/missing.txt", &[]).status, 404);
 }

@@ -10,6 +10,7 @@ use super::assign::Mode;
 use super::forward::Forwarding;
 use super::pool;
 use super::proxy::{self, HttpServer, Settings};
+use super::static_files::{self, StaticDir};
 use crate::app::{self, Common, Layer, Setup, Step};
 use crate::config::{AffinityMode, Config, MAX_HEAD_RANGE};
 use crate::files;
@@ -27,6 +28,10 @@ pub struct HttpArgs {
     /// `X-Powered-By` go too once any is given (chapter 16).
     #[arg(long = "hide-header", value_name = "NAME", value_parser = header_name)]
     pub hide_headers: Vec<String>,
+    /// Serve the folder DIR directly for paths under PREFIX (repeat; the first match wins),
+    /// with ETags, ranges and no way out of the folder (chapter 16).
+    #[arg(long = "static", value_name = "PREFIX=DIR", value_parser = static_files::parse_flag)]
+    pub statics: Vec<(String, PathBuf)>,
     /// `proxy` carries each request to a backend; `assign` answers with the backend the
     /// client should use itself: a 307 redirect, or JSON at /assign [default: proxy].
     #[arg(long, value_enum)]
@@ -299,9 +304,28 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
                 .and_then(|s| s.compress_min_size)
                 .unwrap_or(super::compress::DEFAULT_MIN_SIZE)
         });
+    let statics = match http.statics.is_empty() {
+        false => http.statics.clone(),
+        true => section
+            .map(|s| {
+                s.statics
+                    .iter()
+                    .map(|f| static_files::parse_flag(f))
+                    .collect()
+            })
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("http.static: {e}"))?
+            .unwrap_or_default(),
+    };
+    let statics = statics
+        .iter()
+        .map(|(prefix, dir)| StaticDir::new(prefix, dir))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     Ok(Settings {
         compress,
         hide,
+        statics,
         mode: http
             .mode
             .or(section.and_then(|s| s.mode))

@@ -136,6 +136,49 @@ pub enum Payload {
     Full(Option<Bytes>),
     /// A backend's body compressed on the way (chapter 16).
     Compressed(Compressing),
+    /// A file from a static folder (chapter 16): `left` bytes from where it was opened.
+    File {
+        file: tokio::fs::File,
+        left: u64,
+    },
+}
+
+/// How much of a file is read per frame.
+const FILE_CHUNK: usize = 64 * 1024;
+
+impl Payload {
+    /// `len` bytes of `file`, from its current position.
+    pub fn file(file: tokio::fs::File, len: u64) -> Payload {
+        Payload::File { file, left: len }
+    }
+}
+
+/// The next chunk of a file; an error if it ends before `left` bytes (it shrank).
+fn poll_file(
+    file: &mut tokio::fs::File,
+    left: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if *left == 0 {
+        return Poll::Ready(None);
+    }
+    let want = (*left).min(FILE_CHUNK as u64) as usize;
+    let mut buf = vec![0u8; want];
+    let mut read = tokio::io::ReadBuf::new(&mut buf);
+    match tokio::io::AsyncRead::poll_read(Pin::new(file), cx, &mut read) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            if n == 0 {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank");
+                return Poll::Ready(Some(Err(Box::new(e))));
+            }
+            *left -= n as u64;
+            buf.truncate(n);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+        }
+    }
 }
 
 /// A backend's body and the encoder it goes through; see `super::compress`.
@@ -264,6 +307,7 @@ impl Body for Download {
             Payload::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Payload::Upstream(body) => boxed(Pin::new(body).poll_frame(cx)),
             Payload::Compressed(c) => c.poll(cx),
+            Payload::File { file, left } => poll_file(file, left, cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -282,6 +326,7 @@ impl Body for Download {
             Payload::Full(data) => data.is_none(),
             Payload::Upstream(body) => body.is_end_stream(),
             Payload::Compressed(c) => c.encoder.is_none(),
+            Payload::File { left, .. } => *left == 0,
         }
     }
 
@@ -291,6 +336,7 @@ impl Body for Download {
             Payload::Full(None) => SizeHint::with_exact(0),
             Payload::Upstream(body) => body.size_hint(),
             Payload::Compressed(_) => SizeHint::default(),
+            Payload::File { left, .. } => SizeHint::with_exact(*left),
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
 //! | [`compress`] | chapter 16: gzip, brotli, zstd by the client's q-values, streamed |
+//! | [`static_files`] | chapter 16: a folder served directly, ETags, ranges, no escape |
 
 pub mod affinity;
 pub mod app;
@@ -29,6 +30,7 @@ pub mod forward;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod static_files;
 
 /// Where `http-lb` listens unless told otherwise: beside `tcp-lb`'s 3000.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -77,6 +77,8 @@ pub struct Settings {
     pub compress: Option<u64>,
     /// Response fields removed before the client sees them (chapter 16).
     pub hide: Vec<hyper::header::HeaderName>,
+    /// Folders served directly under their path prefixes, first match wins (chapter 16).
+    pub statics: Vec<super::static_files::StaticDir>,
     /// Cookie affinity: the shared secret and how the cookie is written; `None` balances every
     /// request afresh.
     pub affinity: Option<(Vec<u8>, CookieSettings)>,
@@ -95,6 +97,7 @@ impl Default for Settings {
             mode: Mode::Proxy,
             compress: None,
             hide: Vec::new(),
+            statics: Vec::new(),
             affinity: None,
             forwarding: Forwarding::default(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -414,6 +417,26 @@ impl HttpServer {
         };
 
         let has_body = !hyper::body::Body::is_end_stream(&body);
+        // Chapter 16: a static folder answers without a backend.
+        let path = parts.uri.path();
+        if let Some(dir) = up.settings.statics.iter().find(|d| d.matches(path)) {
+            if has_body {
+                info.body_left.store(true, Ordering::Relaxed);
+            }
+            let mut response =
+                super::static_files::serve(dir, &parts.method, path, &parts.headers).await;
+            for name in &up.settings.hide {
+                response.headers_mut().remove(name);
+            }
+            line.backend = Some(Arc::from("static"));
+            let status = response.status();
+            response
+                .body_mut()
+                .set_on_end(Box::new(move |bytes, complete| {
+                    line.log(status, bytes, complete)
+                }));
+            return response;
+        }
         // Chapter 16: what the answer may be compressed with, decided from the request before
         // it is passed on.
         let compressing = up.settings.compress.map(|_| Compression {

@@ -1,0 +1,406 @@
+//! Serving a folder directly (chapter 16, seed 002's "static content served directly"): the
+//! pictures, stylesheets and scripts that need no application, answered by the proxy without
+//! a trip to a backend.
+//!
+//! What a browser and a cache expect from it, as nginx's `root` gives it: `ETag` and
+//! `Last-Modified` with `304 Not Modified` on `If-None-Match` / `If-Modified-Since`; one byte
+//! range (`Range: bytes=…`, `206`, `416` when unsatisfiable, `If-Range`); a content type by
+//! extension; `index.html` for a folder. Several ranges at once get the whole file (allowed:
+//! a server may ignore `Range`).
+//!
+//! And one thing above all: **no path ever leaves the folder.** The request path is
+//! percent-decoded once; a NUL byte is refused (400); a `..` segment, decoded or not, is
+//! refused (404, as if it were not there); and what the path resolves to, symbolic links
+//! followed, must still be inside the folder (a link pointing out is 404). That is the trap of
+//! this feature: a static route that serves `/etc/passwd` to `GET /static/../../etc/passwd`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+
+use super::body::{Download, Payload};
+
+/// One folder served under a path prefix.
+#[derive(Clone, Debug)]
+pub struct StaticDir {
+    /// Requests whose path starts with it (it starts and ends with `/`).
+    pub prefix: String,
+    /// The folder, absolute and with symbolic links resolved: what every file must be under.
+    pub root: PathBuf,
+}
+
+impl StaticDir {
+    /// `prefix` served from `dir`, which must exist and be a folder.
+    pub fn new(prefix: &str, dir: &Path) -> Result<StaticDir, String> {
+        if !prefix.starts_with('/') {
+            return Err(format!("static prefix `{prefix}` must start with /"));
+        }
+        let root = dir
+            .canonicalize()
+            .map_err(|e| format!("static folder {}: {e}", dir.display()))?;
+        if !root.is_dir() {
+            return Err(format!("static folder {} is not a folder", dir.display()));
+        }
+        let mut prefix = prefix.to_owned();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(StaticDir { prefix, root })
+    }
+
+    /// Whether a request for `path` is this folder's: the prefix, or the prefix without its
+    /// final `/` (which is redirected to it).
+    pub fn matches(&self, path: &str) -> bool {
+        path.starts_with(&self.prefix) || path == self.prefix.trim_end_matches('/')
+    }
+}
+
+/// `--static PREFIX=DIR`.
+pub fn parse_flag(s: &str) -> Result<(String, PathBuf), String> {
+    let (prefix, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not PREFIX=DIR (for example /assets/=public)"))?;
+    Ok((prefix.to_owned(), PathBuf::from(dir)))
+}
+
+/// The answer to `method path` with `headers` from `dir`.
+pub async fn serve(
+    dir: &StaticDir,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Download> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD here\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if path == dir.prefix.trim_end_matches('/') {
+        return redirect(&dir.prefix);
+    }
+    let rest = &path[dir.prefix.len()..];
+    let Some(relative) = safe_relative(rest) else {
+        return text(StatusCode::BAD_REQUEST, "bad path\n");
+    };
+    let Some(relative) = relative else {
+        return not_found();
+    };
+    let mut file_path = dir.root.join(&relative);
+    let Ok(mut resolved) = tokio::fs::canonicalize(&file_path).await else {
+        return not_found();
+    };
+    if !resolved.starts_with(&dir.root) {
+        return not_found();
+    }
+    let Ok(mut meta) = tokio::fs::metadata(&resolved).await else {
+        return not_found();
+    };
+    if meta.is_dir() {
+        if !path.ends_with('/') {
+            return redirect(&format!("{path}/"));
+        }
+        file_path = resolved.join("index.html");
+        resolved = match tokio::fs::canonicalize(&file_path).await {
+            Ok(r) if r.starts_with(&dir.root) => r,
+            _ => return not_found(),
+        };
+        meta = match tokio::fs::metadata(&resolved).await {
+            Ok(m) => m,
+            Err(_) => return not_found(),
+        };
+    }
+    if !meta.is_file() {
+        return not_found();
+    }
+    let len = meta.len();
+    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let etag = etag(len, modified);
+    let last_modified = httpdate::fmt_http_date(modified);
+
+    let mut response = Response::new(Download::text(""));
+    let h = response.headers_mut();
+    h.insert(header::ETAG, value(&etag));
+    h.insert(header::LAST_MODIFIED, value(&last_modified));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if not_modified(headers, &etag, modified) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&resolved)),
+    );
+    let range = match headers.get(header::RANGE) {
+        Some(r) if if_range_holds(headers, &etag, modified) => byte_range(r, len),
+        _ => Ranged::Whole,
+    };
+    let (status, start, count) = match range {
+        Ranged::Whole => (StatusCode::OK, 0, len),
+        Ranged::Part(start, end) => {
+            h.insert(
+                header::CONTENT_RANGE,
+                value(&format!("bytes {start}-{end}/{len}")),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        Ranged::Unsatisfiable => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "");
+            r.headers_mut()
+                .insert(header::CONTENT_RANGE, value(&format!("bytes */{len}")));
+            return r;
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, value(&count.to_string()));
+    *response.status_mut() = status;
+    if method == Method::HEAD {
+        return response;
+    }
+    match open_at(&resolved, start).await {
+        Ok(file) => {
+            let headers = std::mem::take(response.headers_mut());
+            let mut full = Response::new(Download::new(Payload::file(file, count), None));
+            *full.status_mut() = status;
+            *full.headers_mut() = headers;
+            full
+        }
+        Err(e) => {
+            tracing::warn!(file = %resolved.display(), "cannot open: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n")
+        }
+    }
+}
+
+/// The path below the prefix as folder segments: `None` for a NUL byte or bad escape (400),
+/// `Some(None)` for anything that tries to climb (`..`), `Some(Some(path))` otherwise.
+fn safe_relative(rest: &str) -> Option<Option<PathBuf>> {
+    let bytes = percent_decode(rest.as_bytes())?;
+    if bytes.contains(&0) {
+        return None;
+    }
+    let decoded = String::from_utf8(bytes).ok()?;
+    let mut out = PathBuf::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => return Some(None),
+            s if s.contains('\\') => return Some(None),
+            s => out.push(s),
+        }
+    }
+    Some(Some(out))
+}
+
+/// `%XX` decoded once (a `%2e%2e` is `..`, and refused as such); `None` for a bad escape.
+fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+enum Ranged {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of a `len`-byte file; several (or anything unparsable) is the whole file.
+fn byte_range(value: &HeaderValue, len: u64) -> Ranged {
+    let Some(spec) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ranged::Whole;
+    };
+    if spec.contains(',') {
+        return Ranged::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ranged::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match last.parse::<u64>() {
+            Ok(0) => return Ranged::Unsatisfiable,
+            Ok(n) => Some((len.saturating_sub(n), len.saturating_sub(1))),
+            Err(_) => None,
+        },
+        (false, true) => first
+            .parse::<u64>()
+            .ok()
+            .map(|f| (f, len.saturating_sub(1))),
+        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(f), Ok(l)) if f <= l => Some((f, l.min(len.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        None => Ranged::Whole,
+        Some((f, _)) if f >= len => Ranged::Unsatisfiable,
+        Some((f, l)) => Ranged::Part(f, l),
+    }
+}
+
+/// `If-None-Match` (any of its tags, weakly compared, or `*`), else `If-Modified-Since` (the
+/// file not changed since, to the second).
+fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let bare = etag.trim_start_matches("W/");
+        return inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == bare);
+    }
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    since.is_some_and(|since| seconds(modified) <= seconds(since))
+}
+
+/// `If-Range`: the range applies only if the client's copy is this version (its strong ETag,
+/// or its date).
+fn if_range_holds(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) if v.starts_with('"') => v == etag,
+        Some(v) => httpdate::parse_http_date(v).is_ok_and(|d| seconds(d) == seconds(modified)),
+    }
+}
+
+fn seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A strong tag from the size and the modification time, as nginx makes it.
+fn etag(len: u64, modified: SystemTime) -> String {
+    let nanos = modified
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("\"{len:x}-{nanos:x}\"")
+}
+
+fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "xml" => "application/xml",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        "woff" => "font/woff",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn open_at(path: &Path, start: u64) -> io::Result<tokio::fs::File> {
+    use tokio::io::AsyncSeekExt as _;
+    let mut file = tokio::fs::File::open(path).await?;
+    if start > 0 {
+        file.seek(io::SeekFrom::Start(start)).await?;
+    }
+    Ok(file)
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Download> {
+    let mut r = Response::new(Download::text(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn not_found() -> Response<Download> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn redirect(to: &str) -> Response<Download> {
+    let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
+    r.headers_mut().insert(header::LOCATION, value(to));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_climb_or_carry_nul_are_refused() {
+        assert_eq!(
+            safe_relative("a/b.txt"),
+            Some(Some(PathBuf::from("a/b.txt")))
+        );
+        assert_eq!(safe_relative("./a//b"), Some(Some(PathBuf::from("a/b"))));
+        for climbing in [
+            "../etc/passwd",
+            "a/../../x",
+            "%2e%2e/x",
+            "%2E%2E%2Fx",
+            "a\\..\\b",
+        ] {
+            assert_eq!(safe_relative(climbing), Some(None), "{climbing}");
+        }
+        assert_eq!(safe_relative("a%00.txt"), None);
+        assert_eq!(safe_relative("a%zz"), None);
+        assert_eq!(safe_relative("a%2"), None);
+    }
+
+    #[test]
+    fn ranges_are_one_satisfiable_span_or_the_whole() {
+        let r = |s: &str| byte_range(&HeaderValue::from_str(s).unwrap(), 1000);
+        assert!(matches!(r("bytes=0-99"), Ranged::Part(0, 99)));
+        assert!(matches!(r("bytes=900-"), Ranged::Part(900, 999)));
+        assert!(matches!(r("bytes=-100"), Ranged::Part(900, 999)));
+        assert!(matches!(r("bytes=990-5000"), Ranged::Part(990, 999)));
+        assert!(matches!(r("bytes=-5000"), Ranged::Part(0, 999)));
+        assert!(matches!(r("bytes=1000-"), Ranged::Unsatisfiable));
+        assert!(matches!(r("bytes=-0"), Ranged::Unsatisfiable));
+        assert!(matches!(r("bytes=0-1,5-6"), Ranged::Whole));
+        assert!(matches!(r("bytes=5-1"), Ranged::Whole));
+        assert!(matches!(r("items=0-1"), Ranged::Whole));
+    }
+}
