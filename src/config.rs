@@ -110,6 +110,11 @@ pub struct LimitsSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpSection {
+    /// Cache responses in memory, up to this many bytes; 0 or absent: no cache (chapter 16).
+    pub cache: Option<usize>,
+    /// Seconds past its freshness an entry may be served when the backend fails, unless the
+    /// response's own `stale-if-error` says otherwise (default 0).
+    pub cache_stale_if_error: Option<f64>,
     /// Compress responses the client accepts compressed (chapter 16).
     pub compress: Option<bool>,
     /// Bodies known to be smaller than this many bytes are not compressed (default 256).
@@ -340,6 +345,11 @@ impl Config {
                 "http.pool-idle-timeout",
                 config.http.as_ref().and_then(|h| h.pool_idle_timeout),
                 false,
+            ),
+            (
+                "http.cache-stale-if-error",
+                config.http.as_ref().and_then(|h| h.cache_stale_if_error),
+                true,
             ),
         ] {
             // The flags' own rule (`cli::checked_seconds`), so a value one refuses the other

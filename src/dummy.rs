@@ -5,8 +5,10 @@
 //! checking a proxy: `GET /bytes/N` answers N bytes of a fixed pseudo-random pattern (so a
 //! test can check every byte that came through), `/echo` streams the request body back, and
 //! `/sink` reads it to the end and answers how many bytes arrived. Chapter 16 adds `GET
-//! /text/N` (N bytes of text, to compress) and `/powered`, which answers with the `Server` and
-//! `X-Powered-By` fields real backends give away.
+//! /text/N` (N bytes of text, to compress), `/powered`, which answers with the `Server` and
+//! `X-Powered-By` fields real backends give away, and `GET /cacheable/SECS` (an answer a cache
+//! may keep, with an ETag; query flags `private`, `no-store`, `nopublic`, `cookie`, `vary=FIELD`,
+//! `sie=SECS`).
 //!
 //! Chapter 8 and 9 add what a learner needs to watch a balancer react to a *slow* backend:
 //! a per-server delay before every answer ([`DummyServer::with_delay`], `--delay MS`) and
@@ -233,6 +235,57 @@ impl DummyServer {
                 Err(_) => (
                     StatusCode::BAD_REQUEST,
                     DummyBody::text(format!("`{n}` is not a byte count\n")),
+                ),
+            }
+        } else if let Some(n) = path.strip_prefix("/cacheable/") {
+            // Chapter 16: an answer a cache may keep for N seconds, with an ETag ("v1") that a
+            // conditional request gets a 304 for. Query flags: private, no-store, nopublic,
+            // cookie, vary=FIELD, sie=SECS (stale-if-error).
+            match n.parse::<u64>() {
+                Ok(secs) => {
+                    let query = req.uri().query().unwrap_or("").to_owned();
+                    let flag = |f: &str| query.split('&').any(|q| q == f);
+                    let value = |k: &str| {
+                        query
+                            .split('&')
+                            .find_map(|q| q.strip_prefix(k)?.strip_prefix('='))
+                            .map(str::to_owned)
+                    };
+                    let mut cc = match (flag("no-store"), flag("private"), flag("nopublic")) {
+                        (true, ..) => "no-store".to_owned(),
+                        (false, true, _) => format!("private, max-age={secs}"),
+                        (false, false, true) => format!("max-age={secs}"),
+                        _ => format!("public, max-age={secs}"),
+                    };
+                    if let Some(sie) = value("sie") {
+                        cc += &format!(", stale-if-error={sie}");
+                    }
+                    let not_modified = req
+                        .headers()
+                        .get("if-none-match")
+                        .is_some_and(|v| v.as_bytes() == b"\"v1\"");
+                    let (status, body) = match not_modified {
+                        true => (StatusCode::NOT_MODIFIED, DummyBody::text(String::new())),
+                        false => (StatusCode::OK, DummyBody::text(self.describe(&req, hits))),
+                    };
+                    let mut response = self.response(status, body);
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        "cache-control",
+                        HeaderValue::from_str(&cc).unwrap_or(HeaderValue::from_static("no-store")),
+                    );
+                    headers.insert("etag", HeaderValue::from_static("\"v1\""));
+                    if flag("cookie") {
+                        headers.insert("set-cookie", HeaderValue::from_static("session=abc"));
+                    }
+                    if let Some(vary) = value("vary").and_then(|v| HeaderValue::from_str(&v).ok()) {
+                        headers.insert("vary", vary);
+                    }
+                    return response;
+                }
+                Err(_) => (
+                    StatusCode::BAD_REQUEST,
+                    DummyBody::text(format!("`{n}` is not a number of seconds\n")),
                 ),
             }
         } else if let Some(n) = path.strip_prefix("/text/") {

@@ -331,3 +331,185 @@ fn no_path_escapes_the_static_folder() {
     );
     assert_eq!(get(lb.addr(), "/assets/missing.txt", &[]).status, 404);
 }
+
+/// `http-lb --cache` over one slow dummy server (`--delay`), with an admin listener.
+fn cached(delay: &str) -> (Proc, Proc) {
+    let dummy = Proc::start(
+        bin!("dummy-server"),
+        &["--listen", "127.0.0.1:0", "--delay", delay],
+        1,
+    );
+    let backend = dummy.addr().to_string();
+    let lb = Proc::start(
+        bin!("http-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--cache",
+            "200000",
+        ],
+        2,
+    );
+    (dummy, lb)
+}
+
+/// The backend's hit counter as its body reports it.
+fn hits(reply: &Reply) -> u64 {
+    reply
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("hits: ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A second GET within max-age is a HIT and the backend is not asked (its hit counter does
+/// not move), HEAD included; once expired, the entry is revalidated (ETag, 304: EXPIRED).
+#[test]
+fn fresh_answers_come_from_the_cache_and_expired_ones_are_revalidated() {
+    let (_dummy, lb) = cached("20");
+    let first = get(lb.addr(), "/cacheable/1", &[]);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    for _ in 0..5 {
+        let again = get(lb.addr(), "/cacheable/1", &[]);
+        assert_eq!(again.header("x-cache"), Some("HIT"));
+        assert_eq!(hits(&again), hits(&first), "the backend was asked");
+    }
+    let mut s = connect(lb.addr());
+    write!(
+        s,
+        "HEAD /cacheable/1 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    assert!(head.to_ascii_lowercase().contains("x-cache: hit"), "{head}");
+    common::eventually("the entry expires", common::PATIENCE, || {
+        get(lb.addr(), "/cacheable/1", &[]).header("x-cache") == Some("EXPIRED")
+    });
+    let revalidated = get(lb.addr(), "/cacheable/1", &[]);
+    assert_eq!(
+        revalidated.header("x-cache"),
+        Some("HIT"),
+        "a 304 refreshed it"
+    );
+    assert_eq!(
+        hits(&revalidated),
+        hits(&first),
+        "the stored body is served"
+    );
+    let metrics = common::get(lb.addrs[1], "/metrics").text();
+    assert!(
+        metrics.contains("httplb_cache_total{result=\"HIT\"}"),
+        "{metrics}"
+    );
+}
+
+/// Never stored: `private`, `no-store`, a `Set-Cookie`, an answer to a request with
+/// `Authorization`; each second request reaches the backend.
+#[test]
+fn private_no_store_cookies_and_authorization_are_never_cached() {
+    let (_dummy, lb) = cached("0");
+    for (path, extra) in [
+        ("/cacheable/60?private", None),
+        ("/cacheable/60?no-store", None),
+        ("/cacheable/60?cookie", None),
+        (
+            "/cacheable/60?nopublic",
+            Some("authorization: Bearer secret"),
+        ),
+    ] {
+        let headers: Vec<&str> = extra.into_iter().collect();
+        let a = get(lb.addr(), path, &headers);
+        let b = get(lb.addr(), path, &headers);
+        assert_eq!(b.header("x-cache"), Some("MISS"), "{path}");
+        assert_eq!(hits(&b), hits(&a) + 1, "{path} was served from the cache");
+    }
+}
+
+/// `Vary: Accept-Encoding` keeps the gzip and the identity entries apart: each is stored,
+/// and each client gets its own.
+#[test]
+fn vary_keeps_variants_apart() {
+    let (_dummy, lb) = cached("0");
+    let path = "/cacheable/60?vary=accept-encoding";
+    let gzip = get(lb.addr(), path, &["accept-encoding: gzip"]);
+    let plain = get(lb.addr(), path, &[]);
+    assert_eq!(plain.header("x-cache"), Some("MISS"), "another variant");
+    let gzip_again = get(lb.addr(), path, &["accept-encoding: gzip"]);
+    let plain_again = get(lb.addr(), path, &[]);
+    assert_eq!(gzip_again.header("x-cache"), Some("HIT"));
+    assert_eq!(plain_again.header("x-cache"), Some("HIT"));
+    assert!(gzip_again.text().contains("\naccept-encoding: gzip"));
+    assert!(!plain_again.text().contains("\naccept-encoding:"));
+    assert_eq!(hits(&gzip_again), hits(&gzip));
+    assert_eq!(hits(&plain_again), hits(&plain));
+}
+
+/// 50 concurrent misses for one key reach the backend once: the others wait for it.
+#[test]
+fn concurrent_misses_collapse_into_one_backend_request() {
+    let (_dummy, lb) = cached("300");
+    let addr = lb.addr();
+    let threads: Vec<_> = (0..50)
+        .map(|_| std::thread::spawn(move || get(addr, "/cacheable/60?collapse", &[])))
+        .collect();
+    let replies: Vec<Reply> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(replies.iter().all(|r| r.status == 200));
+    let backend_hits: std::collections::HashSet<u64> = replies.iter().map(hits).collect();
+    assert_eq!(backend_hits.len(), 1, "{backend_hits:?}");
+    let misses = replies
+        .iter()
+        .filter(|r| r.header("x-cache") == Some("MISS"))
+        .count();
+    assert_eq!(misses, 1);
+}
+
+/// While the backend is down, an expired entry is served (STALE) within the response's
+/// `stale-if-error`.
+#[test]
+fn a_stale_entry_is_served_while_the_backend_is_down() {
+    let (dummy, lb) = cached("0");
+    let path = "/cacheable/1?sie=60";
+    let first = get(lb.addr(), path, &[]);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    drop(dummy);
+    common::eventually("served stale", common::PATIENCE, || {
+        let r = get(lb.addr(), path, &[]);
+        r.status == 200 && r.header("x-cache") == Some("STALE")
+    });
+    let stale = get(lb.addr(), path, &[]);
+    assert_eq!(hits(&stale), hits(&first));
+    // Without stale-if-error, an expired entry is not served on an error.
+    let no_grace = get(lb.addr(), "/cacheable/60?other", &[]);
+    assert!(no_grace.status >= 500);
+}
+
+/// The cache never holds more than its bound: old entries are evicted, least recently used
+/// first.
+#[test]
+fn the_cache_stays_within_its_byte_bound() {
+    let (_dummy, lb) = cached("0");
+    for i in 0..400 {
+        let r = get(lb.addr(), &format!("/cacheable/60?k={i}"), &[]);
+        assert_eq!(r.status, 200);
+    }
+    let metrics = common::get(lb.addrs[1], "/metrics").text();
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("httplb_cache_bytes ")?.parse().ok())
+        .unwrap();
+    assert!(bytes <= 200_000, "{bytes} bytes held");
+    assert!(bytes > 100_000, "the cache is in use: {bytes}");
+    assert_eq!(
+        get(lb.addr(), "/cacheable/60?k=0", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(lb.addr(), "/cacheable/60?k=399", &[]).header("x-cache"),
+        Some("HIT")
+    );
+}

@@ -21,6 +21,9 @@ use crate::{admin, cli, net};
 /// The flags chapter 12 adds; each overrides its key in the config's `[http]` section.
 #[derive(clap::Args, Clone)]
 pub struct HttpArgs {
+    /// Cache responses in memory, up to this many bytes (chapter 16).
+    #[arg(long, value_name = "BYTES")]
+    pub cache: Option<usize>,
     /// Compress responses with gzip, brotli or zstd when the client accepts it (chapter 16).
     #[arg(long)]
     pub compress: bool,
@@ -322,7 +325,17 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
         .map(|(prefix, dir)| StaticDir::new(prefix, dir))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let cache = match http.cache.or(section.and_then(|s| s.cache)) {
+        None | Some(0) => None,
+        Some(bytes) => Some((
+            bytes,
+            section
+                .and_then(|s| s.cache_stale_if_error)
+                .map_or(Duration::ZERO, Duration::from_secs_f64),
+        )),
+    };
     Ok(Settings {
+        cache,
         compress,
         hide,
         statics,

@@ -199,7 +199,11 @@ impl Compressing {
         }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut tap: Option<&mut Tap>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let data = |bytes: Bytes| Poll::Ready(Some(Ok(Frame::data(bytes))));
         let fail = |e: std::io::Error| Poll::Ready(Some(Err(Box::new(e) as BoxError)));
         loop {
@@ -213,6 +217,9 @@ impl Compressing {
                         continue;
                     };
                     self.dirty = true;
+                    if let Some(tap) = tap.as_deref_mut() {
+                        tap.feed(&chunk);
+                    }
                     match encoder.push(&chunk) {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return data(out),
@@ -249,12 +256,53 @@ impl Compressing {
 /// ended (rather than the client going away first): where the access-log line is written.
 pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
 
+/// A copy of a body as it streams past, for the cache (chapter 16): handed over whole when the
+/// body ended, dropped if it grew past `limit`.
+pub struct Tap {
+    copy: Vec<u8>,
+    limit: usize,
+    overflow: bool,
+    done: Option<Box<dyn FnOnce(Bytes) + Send>>,
+}
+
+impl Tap {
+    pub fn new(limit: usize, done: Box<dyn FnOnce(Bytes) + Send>) -> Tap {
+        Tap {
+            copy: Vec::new(),
+            limit,
+            overflow: false,
+            done: Some(done),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.copy.len() + data.len() > self.limit {
+            self.overflow = true;
+            self.copy = Vec::new();
+            return;
+        }
+        self.copy.extend_from_slice(data);
+    }
+
+    fn end(&mut self) {
+        if !self.overflow
+            && let Some(done) = self.done.take()
+        {
+            done(Bytes::from(std::mem::take(&mut self.copy)));
+        }
+    }
+}
+
 /// A response body on its way to the client, counted, with [`OnEnd`] run when it is done.
 pub struct Download {
     payload: Payload,
     sent: u64,
     ended: bool,
     on_end: Option<OnEnd>,
+    tap: Option<Tap>,
 }
 
 impl Download {
@@ -264,6 +312,7 @@ impl Download {
             sent: 0,
             ended: false,
             on_end,
+            tap: None,
         }
     }
 
@@ -280,6 +329,11 @@ impl Download {
         Download::new(Payload::Full(Some(Bytes::from(text))), None)
     }
 
+    /// Copies the backend's bytes (before any compression) for the cache.
+    pub fn set_tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
+    }
+
     pub fn set_on_end(&mut self, on_end: OnEnd) {
         self.on_end = Some(on_end);
     }
@@ -287,8 +341,13 @@ impl Download {
 
 impl Drop for Download {
     fn drop(&mut self) {
+        let ended = self.ended || self.is_end_stream();
+        // hyper stops polling once a body says it is at its end, so the end of a body with a
+        // length is seen here, not as a last `None`.
+        if ended && let Some(tap) = self.tap.as_mut() {
+            tap.end();
+        }
         if let Some(on_end) = self.on_end.take() {
-            let ended = self.ended || self.is_end_stream();
             on_end(self.sent, ended);
         }
     }
@@ -305,8 +364,16 @@ impl Body for Download {
         let this = &mut *self;
         let polled = match &mut this.payload {
             Payload::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Payload::Upstream(body) => boxed(Pin::new(body).poll_frame(cx)),
-            Payload::Compressed(c) => c.poll(cx),
+            Payload::Upstream(body) => {
+                let polled = boxed(Pin::new(body).poll_frame(cx));
+                if let (Poll::Ready(Some(Ok(frame))), Some(tap)) = (&polled, this.tap.as_mut())
+                    && let Some(data) = frame.data_ref()
+                {
+                    tap.feed(data);
+                }
+                polled
+            }
+            Payload::Compressed(c) => c.poll(cx, this.tap.as_mut()),
             Payload::File { file, left } => poll_file(file, left, cx),
         };
         match &polled {
@@ -315,7 +382,12 @@ impl Body for Download {
                     this.sent += data.len() as u64;
                 }
             }
-            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(tap) = this.tap.as_mut() {
+                    tap.end();
+                }
+            }
             _ => {}
         }
         polled

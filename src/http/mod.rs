@@ -18,6 +18,7 @@
 //! | [`proxy`] | the per-request balancer: pick, send, retry, upgrade, answer errors |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
+//! | [`cache`] | chapter 16: a shared response cache (RFC 9111), bounded, collapsed, stale-if-error |
 //! | [`compress`] | chapter 16: gzip, brotli, zstd by the client's q-values, streamed |
 //! | [`static_files`] | chapter 16: a folder served directly, ETags, ranges, no escape |
 
@@ -25,6 +26,7 @@ pub mod affinity;
 pub mod app;
 pub mod assign;
 pub mod body;
+pub mod cache;
 pub mod compress;
 pub mod forward;
 pub mod metrics;

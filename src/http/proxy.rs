@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
@@ -43,6 +43,7 @@ use tokio::sync::{oneshot, watch};
 use super::affinity::{Affinity, CookieSettings, Found};
 use super::assign::{self, Mode};
 use super::body::{self, Compressing, Download, Payload, Upload};
+use super::cache::{self, Cache, Outcome as CacheOutcome};
 use super::compress;
 use super::forward::{self, Forwarding};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
@@ -79,6 +80,8 @@ pub struct Settings {
     pub hide: Vec<hyper::header::HeaderName>,
     /// Folders served directly under their path prefixes, first match wins (chapter 16).
     pub statics: Vec<super::static_files::StaticDir>,
+    /// The response cache: its byte bound and its default `stale-if-error` (chapter 16).
+    pub cache: Option<(usize, Duration)>,
     /// Cookie affinity: the shared secret and how the cookie is written; `None` balances every
     /// request afresh.
     pub affinity: Option<(Vec<u8>, CookieSettings)>,
@@ -98,6 +101,7 @@ impl Default for Settings {
             compress: None,
             hide: Vec::new(),
             statics: Vec::new(),
+            cache: None,
             affinity: None,
             forwarding: Forwarding::default(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -108,6 +112,14 @@ impl Default for Settings {
             pool_idle_timeout: pool::DEFAULT_IDLE_TIMEOUT,
         }
     }
+}
+
+/// The head of a stored answer, for serving it stale (its own, `Age` not updated).
+fn entry_head(entry: &cache::Entry) -> hyper::http::response::Parts {
+    let mut response = Response::new(());
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response.into_parts().0
 }
 
 /// What a request allows its answer to be compressed with (chapter 16).
@@ -132,6 +144,8 @@ struct Upstreams {
     names: Vec<Arc<str>>,
     /// Each backend's public URL, for assignment mode.
     urls: Vec<String>,
+    /// The response cache (chapter 16), kept across reloads while its size stays.
+    cache: Option<Arc<Cache>>,
     affinity: Option<Affinity>,
     settings: Settings,
 }
@@ -175,11 +189,17 @@ impl Upstreams {
             Affinity::new(secret, cookie.clone(), &ids)
         });
         let urls = specs.iter().map(|s| s.public_url()).collect();
+        let cache = settings.cache.map(|(max, stale)| {
+            old.and_then(|o| o.cache.clone())
+                .filter(|c| c.max_bytes() == max)
+                .unwrap_or_else(|| Arc::new(Cache::new(max, stale)))
+        });
         Upstreams {
             balancer,
             backends,
             names,
             urls,
+            cache,
             affinity,
             settings,
         }
@@ -274,7 +294,8 @@ impl HttpServer {
             .zip(&up.backends)
             .map(|(n, b)| (&**n, &b.counters, &*b.pool))
             .collect();
-        listener + &self.counters.render(&per_backend)
+        let cache = up.cache.as_ref().map(|c| c.metrics()).unwrap_or_default();
+        listener + &self.counters.render(&per_backend) + &cache
     }
 
     /// One client connection: admission, then hyper serving its requests, then a lingering
@@ -392,8 +413,191 @@ impl HttpServer {
     /// One request, from its head to the head of its response (the body streams on after).
     async fn request(
         &self,
+        req: Request<hyper::body::Incoming>,
+        info: &ConnInfo,
+    ) -> Response<Download> {
+        match self.upstreams().cache.clone() {
+            Some(cache) => self.cached(&cache, req, info).await,
+            None => self.proxied(req, info, None).await,
+        }
+    }
+
+    /// Chapter 16: the cache in front of [`HttpServer::proxied`]. A fresh entry answers at
+    /// once; a miss for a key another request is already fetching waits for it; an expired
+    /// entry is revalidated, and served if the backend then fails within `stale-if-error`; a
+    /// storable answer is copied into the cache as it streams to the client.
+    async fn cached(
+        &self,
+        cache: &Arc<Cache>,
+        req: Request<hyper::body::Incoming>,
+        info: &ConnInfo,
+    ) -> Response<Download> {
+        if !Cache::serves(req.method()) || forward::wants_upgrade(req.headers()) {
+            cache.count(CacheOutcome::Bypass);
+            let mut response = self.proxied(req, info, None).await;
+            response
+                .headers_mut()
+                .insert(cache::X_CACHE, CacheOutcome::Bypass.header());
+            return response;
+        }
+        let (mut parts, body) = req.into_parts();
+        let key = Cache::key(&parts);
+        // A HEAD is answered from what a GET stored.
+        let as_get = (parts.method == Method::HEAD).then(|| {
+            let mut get = parts.clone();
+            get.method = Method::GET;
+            get
+        });
+        let mut waited = false;
+        let (fetching, expired) = loop {
+            let now = SystemTime::now();
+            match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
+                cache::Found::Fresh(entry, head) => {
+                    cache.count(CacheOutcome::Hit);
+                    return self.answer_from_cache(&entry, head, &parts, info, CacheOutcome::Hit);
+                }
+                cache::Found::Expired(entry, conditional) => {
+                    if waited {
+                        break (None, Some((entry, conditional)));
+                    }
+                    match cache.fetch(&key) {
+                        Ok(fetching) => break (Some(fetching), Some((entry, conditional))),
+                        Err(mut other) => {
+                            let _ =
+                                tokio::time::timeout(cache::COLLAPSE_WAIT, other.changed()).await;
+                            waited = true;
+                        }
+                    }
+                }
+                cache::Found::Nothing => {
+                    if waited {
+                        break (None, None);
+                    }
+                    match cache.fetch(&key) {
+                        Ok(fetching) => break (Some(fetching), None),
+                        Err(mut other) => {
+                            let _ =
+                                tokio::time::timeout(cache::COLLAPSE_WAIT, other.changed()).await;
+                            waited = true;
+                        }
+                    }
+                }
+            }
+        };
+        // Revalidation: the entry's validators, unless the client sent its own.
+        let client_conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
+            || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
+        let revalidating = expired.is_some() && !client_conditional;
+        if revalidating && let Some((_, conditional)) = &expired {
+            for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                if let Some(v) = conditional.get(&name) {
+                    parts.headers.insert(name, v.clone());
+                }
+            }
+        }
+        let original = parts.clone();
+        let mut origin = None;
+        let mut response = self
+            .proxied(Request::from_parts(parts, body), info, Some(&mut origin))
+            .await;
+        let now = SystemTime::now();
+        let status = response.status();
+        if let Some((entry, _)) = &expired {
+            if revalidating
+                && status == StatusCode::NOT_MODIFIED
+                && let Some(head) = &origin
+                && let Some(fresh) = cache.refresh(&key, entry, &original, head, now)
+            {
+                cache.count(CacheOutcome::Expired);
+                return self.answer_from_cache(
+                    entry,
+                    fresh,
+                    &original,
+                    info,
+                    CacheOutcome::Expired,
+                );
+            }
+            if status.is_server_error() && cache.usable_on_error(entry, now) {
+                tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
+                cache.count(CacheOutcome::Stale);
+                let head = entry_head(entry);
+                return self.answer_from_cache(entry, head, &original, info, CacheOutcome::Stale);
+            }
+        }
+        let outcome = if expired.is_some() {
+            CacheOutcome::Expired
+        } else {
+            CacheOutcome::Miss
+        };
+        cache.count(outcome);
+        response
+            .headers_mut()
+            .insert(cache::X_CACHE, outcome.header());
+        if let Some(head) = origin
+            && let Some((policy, limit)) = cache.policy_for(&original, &head, now)
+        {
+            let store = Arc::clone(cache);
+            response.body_mut().set_tap(body::Tap::new(
+                limit,
+                Box::new(move |bytes| {
+                    store.store(&key, policy, &original, &head, bytes, SystemTime::now());
+                    // Waiters look again only once it is stored.
+                    drop(fetching);
+                }),
+            ));
+        }
+        response
+    }
+
+    /// An answer from the cache: the stored body with the head the policy gives (its `Age`
+    /// updated), what the backends run hidden, `X-Cache` saying how it was found.
+    fn answer_from_cache(
+        &self,
+        entry: &cache::Entry,
+        head: hyper::http::response::Parts,
+        request: &hyper::http::request::Parts,
+        info: &ConnInfo,
+        outcome: CacheOutcome,
+    ) -> Response<Download> {
+        let mut response = Response::from_parts(head, Download::new(Payload::Full(None), None));
+        *response.status_mut() = entry.status;
+        if request.method != Method::HEAD {
+            *response.body_mut() = Download::new(Payload::Full(Some(entry.body.clone())), None);
+        }
+        let up = self.upstreams();
+        for name in &up.settings.hide {
+            response.headers_mut().remove(name);
+        }
+        response
+            .headers_mut()
+            .insert(cache::X_CACHE, outcome.header());
+        let line = Line {
+            client: info.client,
+            method: request.method.clone(),
+            path: request
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            backend: Some(Arc::from("cache")),
+            affinity: AffinityOutcome::Off,
+            started: Instant::now(),
+        };
+        let status = response.status();
+        response
+            .body_mut()
+            .set_on_end(Box::new(move |bytes, complete| {
+                line.log(status, bytes, complete)
+            }));
+        response
+    }
+
+    /// One request carried to a backend. With `origin`, the backend's response head as it
+    /// came (before this balancer adds or removes anything) is copied there, for the cache.
+    async fn proxied(
+        &self,
         mut req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
+        origin: Option<&mut Option<hyper::http::response::Parts>>,
     ) -> Response<Download> {
         let started = Instant::now();
         let up = self.upstreams();
@@ -672,6 +876,9 @@ impl HttpServer {
         }
         let (mut head, body) = response.into_parts();
         forward::strip_hop_by_hop(&mut head.headers, switching && upgrade);
+        if let Some(origin) = origin {
+            *origin = Some(head.clone());
+        }
         // Chapter 16: what the backend runs is nobody's business.
         for name in &up.settings.hide {
             head.headers.remove(name);
