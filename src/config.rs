@@ -125,6 +125,9 @@ pub struct HttpSection {
     /// Folders served directly: `"PREFIX=DIR"`, as the `--static` flag (chapter 16).
     #[serde(default, rename = "static")]
     pub statics: Vec<String>,
+    /// `[[http.route]]`: routes by path prefix and host (chapter 16), in order.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<crate::http::route::Route>,
     /// `"proxy"` (the default) or `"assign"` (chapter 14).
     pub mode: Option<crate::http::assign::Mode>,
     /// `"cookie"` (the default) or `"none"`.

@@ -513,3 +513,77 @@ fn the_cache_stays_within_its_byte_bound() {
         Some("HIT")
     );
 }
+
+/// Routes, first match first: a path prefix to a pool of its own (and only there), a redirect
+/// keeping the rest of the path and the query, a host-only route; unmatched requests go to
+/// every backend. A route that makes no sense is refused with its line and column.
+#[test]
+fn routes_send_each_prefix_where_it_belongs() {
+    let api = Proc::start(
+        bin!("dummy-server"),
+        &["--listen", "127.0.0.1:0", "--name", "api"],
+        1,
+    );
+    let web = Proc::start(
+        bin!("dummy-server"),
+        &["--listen", "127.0.0.1:0", "--name", "web"],
+        1,
+    );
+    let dir = site();
+    let config = common::temp_dir("routes").join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n\
+             [[http.route]]\nprefix = \"/api/\"\nbackends = [\"api1\"]\n\
+             [[http.route]]\nprefix = \"/old/\"\nredirect = \"https://new.example\"\nstatus = 301\n\
+             [[http.route]]\nprefix = \"/files/\"\nhost = \"files.example\"\nstatic = \"{}\"\n\
+             [[backend]]\naddress = \"{}\"\nname = \"api1\"\n\
+             [[backend]]\naddress = \"{}\"\nname = \"web1\"\n",
+            dir.display(),
+            api.addr(),
+            web.addr()
+        ),
+    )
+    .unwrap();
+    let lb = Proc::start(bin!("http-lb"), &["--config", config.to_str().unwrap()], 1);
+    for _ in 0..6 {
+        assert_eq!(get(lb.addr(), "/api/users", &[]).served_by(), "api");
+    }
+    let others: std::collections::HashSet<String> = (0..6)
+        .map(|_| get(lb.addr(), "/", &[]).served_by())
+        .collect();
+    assert_eq!(others.len(), 2, "{others:?}");
+    let moved = get(lb.addr(), "/old/a/b?x=1", &[]);
+    assert_eq!(moved.status, 301);
+    assert_eq!(
+        moved.header("location"),
+        Some("https://new.example/a/b?x=1")
+    );
+    let mut s = connect(lb.addr());
+    write!(
+        s,
+        "GET /files/sub/style.css HTTP/1.1\r\nhost: files.example:8080\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    assert!(String::from_utf8_lossy(&bytes).ends_with("body { color: red }\n"));
+    let elsewhere = get(lb.addr(), "/files/sub/style.css", &[]);
+    assert!(
+        elsewhere.text().starts_with("server: "),
+        "another host goes to the backends"
+    );
+
+    let bad = common::temp_dir("routes").join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[http.route]]\nprefix = \"/x/\"\nstatic = \"a\"\nredirect = \"https://b\"\n",
+    )
+    .unwrap();
+    common::assert_one_line_error(
+        bin!("http-lb"),
+        &["--config", bad.to_str().unwrap()],
+        &["bad.toml:", "exactly one of"],
+    );
+}

@@ -10,6 +10,8 @@ use super::assign::Mode;
 use super::forward::Forwarding;
 use super::pool;
 use super::proxy::{self, HttpServer, Settings};
+use super::proxy::{Routed, RoutedTarget};
+use super::route::{Route, Target as RouteTarget};
 use super::static_files::{self, StaticDir};
 use crate::app::{self, Common, Layer, Setup, Step};
 use crate::config::{AffinityMode, Config, MAX_HEAD_RANGE};
@@ -320,11 +322,27 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("http.static: {e}"))?
             .unwrap_or_default(),
     };
-    let statics = statics
-        .iter()
-        .map(|(prefix, dir)| StaticDir::new(prefix, dir))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    // The config's routes in order, then `--static` folders (or the config's `static`).
+    let mut routes = Vec::new();
+    let configured = section.map(|s| s.routes.clone()).unwrap_or_default();
+    let folders = statics.iter().map(|(prefix, dir)| Route {
+        prefix: prefix.clone(),
+        host: None,
+        target: RouteTarget::Static(dir.clone()),
+    });
+    for route in configured.into_iter().chain(folders) {
+        let target = match &route.target {
+            RouteTarget::Backends(_) => RoutedTarget::Pool,
+            RouteTarget::Static(dir) => RoutedTarget::Static(
+                StaticDir::new(&route.prefix, dir).map_err(anyhow::Error::msg)?,
+            ),
+            RouteTarget::Redirect { to, status } => RoutedTarget::Redirect {
+                to: to.clone(),
+                status: hyper::StatusCode::from_u16(*status)?,
+            },
+        };
+        routes.push(Routed { route, target });
+    }
     let cache = match http.cache.or(section.and_then(|s| s.cache)) {
         None | Some(0) => None,
         Some(bytes) => Some((
@@ -338,7 +356,7 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
         cache,
         compress,
         hide,
-        statics,
+        routes,
         mode: http
             .mode
             .or(section.and_then(|s| s.mode))

@@ -20,6 +20,7 @@
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
 //! | [`cache`] | chapter 16: a shared response cache (RFC 9111), bounded, collapsed, stale-if-error |
 //! | [`compress`] | chapter 16: gzip, brotli, zstd by the client's q-values, streamed |
+//! | [`route`] | chapter 16: routes by path prefix and host, to a pool, a folder or a redirect |
 //! | [`static_files`] | chapter 16: a folder served directly, ETags, ranges, no escape |
 
 pub mod affinity;
@@ -32,6 +33,7 @@ pub mod forward;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod route;
 pub mod static_files;
 
 /// Where `http-lb` listens unless told otherwise: beside `tcp-lb`'s 3000.

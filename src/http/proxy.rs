@@ -78,8 +78,8 @@ pub struct Settings {
     pub compress: Option<u64>,
     /// Response fields removed before the client sees them (chapter 16).
     pub hide: Vec<hyper::header::HeaderName>,
-    /// Folders served directly under their path prefixes, first match wins (chapter 16).
-    pub statics: Vec<super::static_files::StaticDir>,
+    /// Routes, first match wins (chapter 16); `--static` folders are routes too.
+    pub routes: Vec<Routed>,
     /// The response cache: its byte bound and its default `stale-if-error` (chapter 16).
     pub cache: Option<(usize, Duration)>,
     /// Cookie affinity: the shared secret and how the cookie is written; `None` balances every
@@ -100,7 +100,7 @@ impl Default for Settings {
             mode: Mode::Proxy,
             compress: None,
             hide: Vec::new(),
-            statics: Vec::new(),
+            routes: Vec::new(),
             cache: None,
             affinity: None,
             forwarding: Forwarding::default(),
@@ -130,6 +130,25 @@ struct Compression {
     head: bool,
 }
 
+/// A route ready to use (chapter 16).
+#[derive(Clone, Debug)]
+pub struct Routed {
+    pub route: super::route::Route,
+    pub target: RoutedTarget,
+}
+
+/// What a route does, its folder opened.
+#[derive(Clone, Debug)]
+pub enum RoutedTarget {
+    /// Balance among these backends (names or addresses); see `Upstreams::pools`.
+    Pool,
+    Static(super::static_files::StaticDir),
+    Redirect {
+        to: String,
+        status: StatusCode,
+    },
+}
+
 /// What one backend keeps across reloads: its pool and its HTTP counters.
 struct BackendHttp {
     pool: Arc<Pool>,
@@ -146,6 +165,9 @@ struct Upstreams {
     urls: Vec<String>,
     /// The response cache (chapter 16), kept across reloads while its size stays.
     cache: Option<Arc<Cache>>,
+    /// For each route of `settings.routes` that is a pool: the backends *outside* it, which its
+    /// requests treat as already tried.
+    pools: Vec<Vec<usize>>,
     affinity: Option<Affinity>,
     settings: Settings,
 }
@@ -194,12 +216,34 @@ impl Upstreams {
                 .filter(|c| c.max_bytes() == max)
                 .unwrap_or_else(|| Arc::new(Cache::new(max, stale)))
         });
+        let pools = settings
+            .routes
+            .iter()
+            .map(|r| match &r.route.target {
+                super::route::Target::Backends(members) => {
+                    let inside = |spec: &crate::backend::BackendSpec| {
+                        members.iter().any(|m| {
+                            spec.name.as_deref() == Some(m.as_str())
+                                || spec.to_string() == *m
+                                || spec.addr.to_string() == *m
+                        })
+                    };
+                    let outside: Vec<usize> = (0..specs.len()).filter(|&i| !inside(specs[i])).collect();
+                    if outside.len() == specs.len() {
+                        tracing::error!(route = %r.route.prefix, "no backend of this route's pool is configured: its requests get 503");
+                    }
+                    outside
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         Upstreams {
             balancer,
             backends,
             names,
             urls,
             cache,
+            pools,
             affinity,
             settings,
         }
@@ -621,26 +665,60 @@ impl HttpServer {
         };
 
         let has_body = !hyper::body::Body::is_end_stream(&body);
-        // Chapter 16: a static folder answers without a backend.
+        // Chapter 16: the first route that takes the request.
         let path = parts.uri.path();
-        if let Some(dir) = up.settings.statics.iter().find(|d| d.matches(path)) {
-            if has_body {
-                info.body_left.store(true, Ordering::Relaxed);
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let routed = up
+            .settings
+            .routes
+            .iter()
+            .position(|r| r.route.matches(host, path));
+        let excluded: &[usize] = match routed.map(|k| (k, &up.settings.routes[k].target)) {
+            None => &[],
+            Some((k, RoutedTarget::Pool)) => &up.pools[k],
+            Some((_, RoutedTarget::Static(dir))) => {
+                if has_body {
+                    info.body_left.store(true, Ordering::Relaxed);
+                }
+                let mut response =
+                    super::static_files::serve(dir, &parts.method, path, &parts.headers).await;
+                for name in &up.settings.hide {
+                    response.headers_mut().remove(name);
+                }
+                line.backend = Some(Arc::from("static"));
+                let status = response.status();
+                response
+                    .body_mut()
+                    .set_on_end(Box::new(move |bytes, complete| {
+                        line.log(status, bytes, complete)
+                    }));
+                return response;
             }
-            let mut response =
-                super::static_files::serve(dir, &parts.method, path, &parts.headers).await;
-            for name in &up.settings.hide {
-                response.headers_mut().remove(name);
+            Some((k, RoutedTarget::Redirect { to, status })) => {
+                if has_body {
+                    info.body_left.store(true, Ordering::Relaxed);
+                }
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location =
+                    super::route::redirect_location(to, &up.settings.routes[k].route.prefix, pq);
+                let mut response = Response::new(Download::text(""));
+                *response.status_mut() = *status;
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                line.backend = Some(Arc::from("redirect"));
+                let status = *status;
+                response
+                    .body_mut()
+                    .set_on_end(Box::new(move |bytes, complete| {
+                        line.log(status, bytes, complete)
+                    }));
+                return response;
             }
-            line.backend = Some(Arc::from("static"));
-            let status = response.status();
-            response
-                .body_mut()
-                .set_on_end(Box::new(move |bytes, complete| {
-                    line.log(status, bytes, complete)
-                }));
-            return response;
-        }
+        };
         // Chapter 16: what the answer may be compressed with, decided from the request before
         // it is passed on.
         let compressing = up.settings.compress.map(|_| Compression {
@@ -674,12 +752,15 @@ impl HttpServer {
         };
         let (mut pick, mut outcome) = match (found, &up.affinity) {
             (_, None) => (None, AffinityOutcome::Off),
-            (Found::Backend(i), Some(_)) if balancer.is_up(i) => (Some(i), AffinityOutcome::Hit),
+            (Found::Backend(i), Some(_)) if balancer.is_up(i) && !excluded.contains(&i) => {
+                (Some(i), AffinityOutcome::Hit)
+            }
             (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
             (Found::None | Found::Unknown, Some(_)) => (None, AffinityOutcome::Miss),
         };
         line.affinity = outcome;
-        let mut tried: Vec<usize> = Vec::new();
+        // A route's pool: the backends outside it count as tried.
+        let mut tried: Vec<usize> = excluded.to_vec();
         if pick.is_none() {
             pick = balancer.pick(info.client.ip(), &tried);
         }
