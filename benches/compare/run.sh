@@ -8,6 +8,7 @@
 #   benches/compare/run.sh --http                # http-lb (chapter 12): benches/compare/http.py
 #   benches/compare/run.sh --farm                # ssl-farm (chapter 13): benches/compare/farm.py
 #   benches/compare/run.sh --etcd                # etcd to every balancer (chapter 15): etcd.py
+#   benches/compare/run.sh --edge                # cache, static, gzip beside nginx (chapter 16)
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -22,6 +23,9 @@ if [ "${1:-}" = "--http" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]
 fi
 if [ "${1:-}" = "--farm" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/farm.py --help
+fi
+if [ "${1:-}" = "--edge" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/edge.py --help
 fi
 if [ "${1:-}" = "--etcd" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/etcd.py --help
@@ -47,6 +51,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
 fi
 
+if [ "${1:-}" = "--edge" ]; then
+    shift
+    cargo build --release --bin http-lb --bin dummy-server >&2
+    exec python3 benches/compare/edge.py "$@"
+fi
 if [ "${1:-}" = "--etcd" ]; then
     shift
     cargo build --release --bin tcp-lb --bin http-lb >&2

@@ -89,33 +89,11 @@ pub async fn serve(
     let Some(relative) = relative else {
         return not_found();
     };
-    let mut file_path = dir.root.join(&relative);
-    let Ok(mut resolved) = tokio::fs::canonicalize(&file_path).await else {
-        return not_found();
+    let (resolved, meta) = match resolve(&dir.root, &relative) {
+        Resolved::File(path, meta) => (path, meta),
+        Resolved::Folder if !path.ends_with('/') => return redirect(&format!("{path}/")),
+        Resolved::Folder | Resolved::Nothing => return not_found(),
     };
-    if !resolved.starts_with(&dir.root) {
-        return not_found();
-    }
-    let Ok(mut meta) = tokio::fs::metadata(&resolved).await else {
-        return not_found();
-    };
-    if meta.is_dir() {
-        if !path.ends_with('/') {
-            return redirect(&format!("{path}/"));
-        }
-        file_path = resolved.join("index.html");
-        resolved = match tokio::fs::canonicalize(&file_path).await {
-            Ok(r) if r.starts_with(&dir.root) => r,
-            _ => return not_found(),
-        };
-        meta = match tokio::fs::metadata(&resolved).await {
-            Ok(m) => m,
-            Err(_) => return not_found(),
-        };
-    }
-    if !meta.is_file() {
-        return not_found();
-    }
     let len = meta.len();
     let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let etag = etag(len, modified);
@@ -159,19 +137,77 @@ pub async fn serve(
     if method == Method::HEAD {
         return response;
     }
-    match open_at(&resolved, start).await {
-        Ok(file) => {
+    // Small files in one read, big ones streamed (the rest of the file is read as the client
+    // takes it).
+    let payload = if count <= SMALL {
+        read_small(&resolved, start, count).map(|bytes| Payload::Full(Some(bytes)))
+    } else {
+        open_at(&resolved, start).map(|file| Payload::file(tokio::fs::File::from_std(file), count))
+    };
+    match payload {
+        Ok(payload) => {
             let headers = std::mem::take(response.headers_mut());
-            let mut full = Response::new(Download::new(Payload::file(file, count), None));
+            let mut full = Response::new(Download::new(payload, None));
             *full.status_mut() = status;
             *full.headers_mut() = headers;
             full
         }
         Err(e) => {
-            tracing::warn!(file = %resolved.display(), "cannot open: {e}");
+            tracing::warn!(file = %resolved.display(), "cannot read: {e}");
             text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n")
         }
     }
+}
+
+/// Files up to this size are read whole and sent in one frame.
+const SMALL: u64 = 64 * 1024;
+
+/// What a path under the folder turned out to be.
+enum Resolved {
+    File(PathBuf, std::fs::Metadata),
+    /// A folder without an `index.html`.
+    Folder,
+    Nothing,
+}
+
+/// The file `relative` names under `root` (or its folder's `index.html`), symbolic links
+/// resolved, and still under `root`.
+///
+/// On the serving thread, as nginx does without `aio`: the folder's metadata and small files
+/// are in the page cache, and these calls take microseconds, where handing each to tokio's
+/// blocking pool costs a thread switch and tens of microseconds. A folder on a disk that can
+/// stall is better served by a backend.
+fn resolve(root: &Path, relative: &Path) -> Resolved {
+    let Ok(resolved) = std::fs::canonicalize(root.join(relative)) else {
+        return Resolved::Nothing;
+    };
+    if !resolved.starts_with(root) {
+        return Resolved::Nothing;
+    }
+    let Ok(meta) = std::fs::metadata(&resolved) else {
+        return Resolved::Nothing;
+    };
+    if meta.is_file() {
+        return Resolved::File(resolved, meta);
+    }
+    if !meta.is_dir() {
+        return Resolved::Nothing;
+    }
+    match std::fs::canonicalize(resolved.join("index.html")) {
+        Ok(index) if index.starts_with(root) => match std::fs::metadata(&index) {
+            Ok(meta) if meta.is_file() => Resolved::File(index, meta),
+            _ => Resolved::Folder,
+        },
+        _ => Resolved::Folder,
+    }
+}
+
+fn read_small(path: &Path, start: u64, count: u64) -> io::Result<bytes::Bytes> {
+    use std::io::Read as _;
+    let mut file = open_at(path, start)?;
+    let mut buf = vec![0u8; count as usize];
+    file.read_exact(&mut buf)?;
+    Ok(bytes::Bytes::from(buf))
 }
 
 /// The path below the prefix as folder segments: `None` for a NUL byte or bad escape (400),
@@ -333,11 +369,11 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-async fn open_at(path: &Path, start: u64) -> io::Result<tokio::fs::File> {
-    use tokio::io::AsyncSeekExt as _;
-    let mut file = tokio::fs::File::open(path).await?;
+fn open_at(path: &Path, start: u64) -> io::Result<std::fs::File> {
+    use std::io::Seek as _;
+    let mut file = std::fs::File::open(path)?;
     if start > 0 {
-        file.seek(io::SeekFrom::Start(start)).await?;
+        file.seek(io::SeekFrom::Start(start))?;
     }
     Ok(file)
 }
