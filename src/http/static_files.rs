@@ -30,6 +30,22 @@ pub struct StaticDir {
     pub prefix: String,
     /// The folder, absolute and with symbolic links resolved: what every file must be under.
     pub root: PathBuf,
+    /// What recent paths resolved to (see [`Known`]), shared by the clones of a config.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, Known>>>,
+}
+
+/// How long a resolved path is trusted before it is resolved again: a file changed or a link
+/// moved is seen within this (nginx's `open_file_cache` does the same, for 60 s by default).
+const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Paths remembered at most; past it the memory is cleared.
+const KNOWN_MAX: usize = 4096;
+
+/// A path's resolution, remembered: resolving (`realpath` is a system call per path
+/// component) and `stat` cost more than reading a small file.
+#[derive(Clone, Debug)]
+struct Known {
+    resolved: Resolved,
+    at: std::time::Instant,
 }
 
 impl StaticDir {
@@ -48,7 +64,11 @@ impl StaticDir {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(StaticDir { prefix, root })
+        Ok(StaticDir {
+            prefix,
+            root,
+            known: Default::default(),
+        })
     }
 
     /// Whether a request for `path` is this folder's: the prefix, or the prefix without its
@@ -89,31 +109,27 @@ pub async fn serve(
     let Some(relative) = relative else {
         return not_found();
     };
-    let (resolved, meta) = match resolve(&dir.root, &relative) {
-        Resolved::File(path, meta) => (path, meta),
+    let file = match dir.resolve(&relative) {
+        Resolved::File(file) => file,
         Resolved::Folder if !path.ends_with('/') => return redirect(&format!("{path}/")),
         Resolved::Folder | Resolved::Nothing => return not_found(),
     };
-    let len = meta.len();
-    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let etag = etag(len, modified);
-    let last_modified = httpdate::fmt_http_date(modified);
-
+    let (resolved, len, modified, etag) = (&file.path, file.len, file.modified, &file.etag);
     let mut response = Response::new(Download::text(""));
     let h = response.headers_mut();
-    h.insert(header::ETAG, value(&etag));
-    h.insert(header::LAST_MODIFIED, value(&last_modified));
+    h.insert(header::ETAG, file.etag_value.clone());
+    h.insert(header::LAST_MODIFIED, file.last_modified.clone());
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if not_modified(headers, &etag, modified) {
+    if not_modified(headers, etag, modified) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
     }
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(&resolved)),
+        HeaderValue::from_static(content_type(resolved)),
     );
     let range = match headers.get(header::RANGE) {
-        Some(r) if if_range_holds(headers, &etag, modified) => byte_range(r, len),
+        Some(r) if if_range_holds(headers, etag, modified) => byte_range(r, len),
         _ => Ranged::Whole,
     };
     let (status, start, count) = match range {
@@ -140,9 +156,9 @@ pub async fn serve(
     // Small files in one read, big ones streamed (the rest of the file is read as the client
     // takes it).
     let payload = if count <= SMALL {
-        read_small(&resolved, start, count).map(|bytes| Payload::Full(Some(bytes)))
+        read_small(resolved, start, count).map(|bytes| Payload::Full(Some(bytes)))
     } else {
-        open_at(&resolved, start).map(|file| Payload::file(tokio::fs::File::from_std(file), count))
+        open_at(resolved, start).map(|file| Payload::file(tokio::fs::File::from_std(file), count))
     };
     match payload {
         Ok(payload) => {
@@ -162,12 +178,66 @@ pub async fn serve(
 /// Files up to this size are read whole and sent in one frame.
 const SMALL: u64 = 64 * 1024;
 
+impl StaticDir {
+    /// [`resolve`], remembered for [`KNOWN_FOR`].
+    fn resolve(&self, relative: &Path) -> Resolved {
+        let now = std::time::Instant::now();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = known.get(relative)
+            && now.duration_since(k.at) < KNOWN_FOR
+        {
+            return k.resolved.clone();
+        }
+        drop(known);
+        let resolved = resolve(&self.root, relative);
+        known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(
+            relative.to_owned(),
+            Known {
+                resolved: resolved.clone(),
+                at: now,
+            },
+        );
+        resolved
+    }
+}
+
 /// What a path under the folder turned out to be.
+#[derive(Clone, Debug)]
 enum Resolved {
-    File(PathBuf, std::fs::Metadata),
+    File(std::sync::Arc<FileInfo>),
     /// A folder without an `index.html`.
     Folder,
     Nothing,
+}
+
+/// A file to serve, with its validators formatted once.
+#[derive(Debug)]
+struct FileInfo {
+    path: PathBuf,
+    len: u64,
+    modified: SystemTime,
+    etag: String,
+    etag_value: HeaderValue,
+    last_modified: HeaderValue,
+}
+
+impl FileInfo {
+    fn resolved(path: PathBuf, meta: &std::fs::Metadata) -> Resolved {
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let etag = etag(meta.len(), modified);
+        Resolved::File(std::sync::Arc::new(FileInfo {
+            path,
+            len: meta.len(),
+            modified,
+            etag_value: value(&etag),
+            last_modified: value(&httpdate::fmt_http_date(modified)),
+            etag,
+        }))
+    }
 }
 
 /// The file `relative` names under `root` (or its folder's `index.html`), symbolic links
@@ -188,14 +258,14 @@ fn resolve(root: &Path, relative: &Path) -> Resolved {
         return Resolved::Nothing;
     };
     if meta.is_file() {
-        return Resolved::File(resolved, meta);
+        return FileInfo::resolved(resolved, &meta);
     }
     if !meta.is_dir() {
         return Resolved::Nothing;
     }
     match std::fs::canonicalize(resolved.join("index.html")) {
         Ok(index) if index.starts_with(root) => match std::fs::metadata(&index) {
-            Ok(meta) if meta.is_file() => Resolved::File(index, meta),
+            Ok(meta) if meta.is_file() => FileInfo::resolved(index, &meta),
             _ => Resolved::Folder,
         },
         _ => Resolved::Folder,
@@ -369,9 +439,15 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
+/// Opens the resolved path without following a link at its end: a file swapped for a link
+/// pointing out, after it was resolved, is refused instead of followed.
 fn open_at(path: &Path, start: u64) -> io::Result<std::fs::File> {
     use std::io::Seek as _;
-    let mut file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
     if start > 0 {
         file.seek(io::SeekFrom::Start(start))?;
     }
