@@ -587,3 +587,36 @@ fn routes_send_each_prefix_where_it_belongs() {
         &["bad.toml:", "exactly one of"],
     );
 }
+
+/// With `--cache` and `--compress`, an answer stored once is compressed for each client that
+/// accepts it, and sent as stored to one that does not.
+#[test]
+fn cached_answers_are_compressed_per_client() {
+    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let backend = dummy.addr().to_string();
+    let lb = Proc::start(
+        bin!("http-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--cache",
+            "1000000",
+            "--compress",
+        ],
+        1,
+    );
+    // A long path makes the answer (which echoes it) long enough to compress.
+    let path = format!("/cacheable/60?{}", "x".repeat(400));
+    let first = get(lb.addr(), &path, &[]);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let gzip = get(lb.addr(), &path, &["accept-encoding: gzip"]);
+    assert_eq!(gzip.header("x-cache"), Some("HIT"));
+    assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    assert!(decode("gzip", &gzip.body) == first.body);
+    let plain = get(lb.addr(), &path, &[]);
+    assert_eq!(plain.header("x-cache"), Some("HIT"));
+    assert_eq!(plain.header("content-encoding"), None);
+    assert!(plain.body == first.body);
+}

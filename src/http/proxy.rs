@@ -612,6 +612,29 @@ impl HttpServer {
         for name in &up.settings.hide {
             response.headers_mut().remove(name);
         }
+        // Compressed on the way out as any answer is (the entry is stored as the backend sent
+        // it, so one entry serves every client whatever it accepts), as nginx's gzip does.
+        if let Some(min) = up.settings.compress
+            && compress::applies(
+                entry.status,
+                response.headers(),
+                request.headers.contains_key(header::RANGE),
+                request.method == Method::HEAD,
+                min,
+            )
+        {
+            compress::vary(response.headers_mut());
+            let coding = compress::negotiate(request.headers.get(header::ACCEPT_ENCODING));
+            if let Some(coding) = coding
+                && let Ok(mut encoder) = compress::Encoder::new(coding)
+                && let Ok(head) = encoder.push(&entry.body)
+                && let Ok(tail) = encoder.finish()
+            {
+                compress::encode_headers(response.headers_mut(), coding);
+                let body = [head, tail].concat();
+                *response.body_mut() = Download::new(Payload::Full(Some(body.into())), None);
+            }
+        }
         response
             .headers_mut()
             .insert(cache::X_CACHE, outcome.header());

@@ -38,10 +38,10 @@ pub struct StaticDir {
 /// moved is seen within this (nginx's `open_file_cache` does the same, for 60 s by default).
 const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// Paths remembered at most; past it the memory is cleared.
-const KNOWN_MAX: usize = 4096;
+const KNOWN_MAX: usize = 1024;
 
 /// A path's resolution, remembered: resolving (`realpath` is a system call per path
-/// component) and `stat` cost more than reading a small file.
+/// component) and `stat` cost more than reading a small file; with it, a tiny file's bytes.
 #[derive(Clone, Debug)]
 struct Known {
     resolved: Resolved,
@@ -155,7 +155,15 @@ pub async fn serve(
     }
     // Small files in one read, big ones streamed (the rest of the file is read as the client
     // takes it).
-    let payload = if count <= SMALL {
+    let tiny = file.content.get_or_init(|| {
+        (len <= TINY)
+            .then(|| read_small(resolved, 0, len).ok())
+            .flatten()
+    });
+    let payload = if let Some(content) = tiny {
+        let (from, to) = (start as usize, (start + count) as usize);
+        Ok(Payload::Full(Some(content.slice(from..to))))
+    } else if count <= SMALL {
         read_small(resolved, start, count).map(|bytes| Payload::Full(Some(bytes)))
     } else {
         open_at(resolved, start).map(|file| Payload::file(tokio::fs::File::from_std(file), count))
@@ -177,6 +185,9 @@ pub async fn serve(
 
 /// Files up to this size are read whole and sent in one frame.
 const SMALL: u64 = 64 * 1024;
+/// Files up to this size are kept in memory while their resolution is remembered (at most
+/// [`KNOWN_MAX`] of them: 16 MiB).
+const TINY: u64 = 16 * 1024;
 
 impl StaticDir {
     /// [`resolve`], remembered for [`KNOWN_FOR`].
@@ -223,6 +234,9 @@ struct FileInfo {
     etag: String,
     etag_value: HeaderValue,
     last_modified: HeaderValue,
+    /// A tiny file's bytes, read once while its resolution is remembered: a 4 KiB asset then
+    /// costs no system call at all. `None` inside: larger, or unreadable.
+    content: std::sync::OnceLock<Option<bytes::Bytes>>,
 }
 
 impl FileInfo {
@@ -236,6 +250,7 @@ impl FileInfo {
             etag_value: value(&etag),
             last_modified: value(&httpdate::fmt_http_date(modified)),
             etag,
+            content: std::sync::OnceLock::new(),
         }))
     }
 }
