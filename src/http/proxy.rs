@@ -547,19 +547,16 @@ impl HttpServer {
         let now = SystemTime::now();
         let status = response.status();
         if let Some((entry, _)) = &expired {
-            if revalidating
-                && status == StatusCode::NOT_MODIFIED
-                && let Some(head) = &origin
-                && let Some(fresh) = cache.refresh(&key, entry, &original, head, now)
-            {
+            if revalidating && status == StatusCode::NOT_MODIFIED {
+                // The client asked for the whole answer: a 304 meant for our conditional must
+                // not reach it. One that does not match the entry (other validators) still says
+                // "what you have is current": serve it as stored.
+                let head = origin
+                    .as_ref()
+                    .and_then(|head| cache.refresh(&key, entry, &original, head, now))
+                    .unwrap_or_else(|| entry_head(entry));
                 cache.count(CacheOutcome::Expired);
-                return self.answer_from_cache(
-                    entry,
-                    fresh,
-                    &original,
-                    info,
-                    CacheOutcome::Expired,
-                );
+                return self.answer_from_cache(entry, head, &original, info, CacheOutcome::Expired);
             }
             if status.is_server_error() && cache.usable_on_error(entry, now) {
                 tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
