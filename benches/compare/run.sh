@@ -9,6 +9,7 @@
 #   benches/compare/run.sh --farm                # ssl-farm (chapter 13): benches/compare/farm.py
 #   benches/compare/run.sh --etcd                # etcd to every balancer (chapter 15): etcd.py
 #   benches/compare/run.sh --edge                # cache, static, gzip beside nginx (chapter 16)
+#   benches/compare/run.sh --syscalls            # system calls per request and connection (issue 19)
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -23,6 +24,9 @@ if [ "${1:-}" = "--http" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]
 fi
 if [ "${1:-}" = "--farm" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/farm.py --help
+fi
+if [ "${1:-}" = "--syscalls" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/syscalls.py --help
 fi
 if [ "${1:-}" = "--edge" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/edge.py --help
@@ -51,6 +55,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q "${missing[@]}" >&2
 fi
 
+if [ "${1:-}" = "--syscalls" ]; then
+    shift
+    command -v perf >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"; $sudo apt-get install -y -q linux-perf >&2; }
+    cargo build --release --bin tcp-lb --bin dummy-server >&2
+    exec python3 benches/compare/syscalls.py "$@"
+fi
 if [ "${1:-}" = "--edge" ]; then
     shift
     cargo build --release --bin http-lb --bin dummy-server >&2
