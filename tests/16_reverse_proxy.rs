@@ -330,6 +330,16 @@ fn no_path_escapes_the_static_folder() {
         "body { color: red }\n"
     );
     assert_eq!(get(lb.addr(), "/assets/missing.txt", &[]).status, 404);
+    assert_eq!(
+        get(lb.addr(), "/assetsX/index.html", &[]).status,
+        200,
+        "not the folder's: a backend's"
+    );
+    assert!(
+        get(lb.addr(), "/assetsX/index.html", &[])
+            .text()
+            .starts_with("server: ")
+    );
 }
 
 /// `http-lb --cache` over one slow dummy server (`--delay`), with an admin listener.

@@ -102,7 +102,10 @@ pub async fn serve(
     if path == dir.prefix.trim_end_matches('/') {
         return redirect(&dir.prefix);
     }
-    let rest = &path[dir.prefix.len()..];
+    // A route's prefix without its `/` also matches `/assetsX`: that is not under the folder.
+    let Some(rest) = path.strip_prefix(dir.prefix.as_str()) else {
+        return not_found();
+    };
     let Some(relative) = safe_relative(rest) else {
         return text(StatusCode::BAD_REQUEST, "bad path\n");
     };
