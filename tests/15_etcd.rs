@@ -59,13 +59,14 @@ impl Etcd {
         etcd
     }
 
-    /// Starts (or restarts) the server on its ports and data folder, and waits until it
-    /// answers.
+    /// Starts (or restarts) the server on its ports and data folder, and waits for its
+    /// readiness line (`ready to serve client requests`), copying its log to `etcd.log`.
     fn run(&mut self) {
+        use std::io::{BufRead as _, Write as _};
         let client = format!("http://{}", self.client);
         let peer = format!("http://{}", self.peer);
-        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
+        let mut log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let mut child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.join("data"))
             .args([
@@ -82,15 +83,29 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &format!("test={peer}")])
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(Stdio::piped())
             .spawn()
             .expect("etcd (Debian's etcd-server) must be installed: .ci/run installs it");
+        let (ready, is_ready) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = writeln!(log, "{line}");
+                if line.contains("ready to serve client requests") {
+                    let _ = ready.send(());
+                }
+            }
+        });
         self.child = Some(child);
-        let start = Instant::now();
-        while post(self.client, "/v3/kv/range", r#"{"key":"AA=="}"#).is_none() {
-            assert!(start.elapsed() < PATIENCE, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        is_ready.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            panic!(
+                "etcd did not start; see {}",
+                self.dir.join("etcd.log").display()
+            )
+        });
     }
 
     /// Stops it (SIGTERM, by PID), keeping its data.
