@@ -237,8 +237,10 @@ pub struct Backend {
 
 impl Backend {
     /// Resolves `spec` (a DNS lookup for names). A TLS backend's certificate is checked against
-    /// `sni` if given, else against the host as typed (`localhost`, or an IP address, which
-    /// rustls matches against the certificate's IP SANs).
+    /// `sni` if given, else against the host of its public `https://` URL (a server that
+    /// registered as `https://s1.apps.example` holds a certificate for that name, not for the
+    /// address it was dialled at: chapter 14), else against the host as typed (`localhost`, or
+    /// an IP address, which rustls matches against the certificate's IP SANs).
     pub async fn resolve(spec: BackendSpec, sni: Option<&str>) -> anyhow::Result<Backend> {
         let addrs: Vec<SocketAddr> =
             tokio::net::lookup_host((spec.addr.host.as_str(), spec.addr.port))
@@ -249,7 +251,10 @@ impl Backend {
             anyhow::bail!("backend {spec} resolves to no address");
         }
         let server_name = if spec.tls {
-            let name = sni.unwrap_or(&spec.addr.host).to_owned();
+            let name = sni
+                .or_else(|| spec.url.as_deref().and_then(https_host))
+                .unwrap_or(&spec.addr.host)
+                .to_owned();
             Some(
                 ServerName::try_from(name.clone())
                     .map_err(|_| anyhow::anyhow!("`{name}` is not a valid TLS server name"))?,
@@ -319,6 +324,18 @@ impl Backend {
     }
 }
 
+/// The host of an `https://` URL, without brackets or port: `s1.apps.example` in
+/// `https://s1.apps.example:8443/`. `None` for another scheme.
+fn https_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => &v6[..v6.find(']')?],
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 /// The strategy's view of `backends`, in order.
 pub fn members(backends: &[Backend]) -> Vec<Member> {
     backends.iter().map(Backend::member).collect()
@@ -366,6 +383,38 @@ mod tests {
         assert_eq!("h:1".parse::<BackendSpec>().unwrap().weight, 1);
         let b: BackendSpec = "h:1,proxy=v2".parse().unwrap();
         assert_eq!(b.proxy, Some(proxy_protocol::Version::V2));
+    }
+
+    #[test]
+    fn a_tls_backend_with_a_public_https_url_is_verified_under_that_name() {
+        assert_eq!(
+            https_host("https://s1.apps.localhost:8443/x"),
+            Some("s1.apps.localhost")
+        );
+        assert_eq!(https_host("https://[::1]:8443"), Some("::1"));
+        assert_eq!(https_host("https://h"), Some("h"));
+        assert_eq!(https_host("http://h"), None);
+        assert_eq!(https_host("https://:1"), None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let spec = BackendSpec {
+            tls: true,
+            url: Some("https://s1.apps.localhost:8443".into()),
+            ..BackendSpec::plain("127.0.0.1:8443".parse().unwrap())
+        };
+        let b = rt.block_on(Backend::resolve(spec.clone(), None)).unwrap();
+        assert_eq!(
+            b.server_name(),
+            Some(&ServerName::try_from("s1.apps.localhost").unwrap())
+        );
+        // A configured `sni` still wins.
+        let b = rt.block_on(Backend::resolve(spec, Some("other"))).unwrap();
+        assert_eq!(
+            b.server_name(),
+            Some(&ServerName::try_from("other").unwrap())
+        );
     }
 
     #[test]

@@ -393,6 +393,7 @@ impl Balancer {
     /// answered 2xx.
     async fn probe(&self, i: usize) -> Result<(), String> {
         let backend = &self.backends[i];
+        metrics::inc(&self.states[i].counters.probes);
         let mut conn =
             self.dial(i, None)
                 .await

@@ -63,6 +63,8 @@ pub struct BackendCounters {
     pub connect_failures: AtomicU64,
     /// Of those, TLS handshakes with the backend that failed.
     pub tls_handshake_failures: AtomicU64,
+    /// Active health probes sent, whatever their outcome.
+    pub probes: AtomicU64,
 }
 
 pub fn inc(counter: &AtomicU64) {

@@ -523,6 +523,13 @@ impl Server {
             "TLS handshakes with the backend that failed or timed out.",
             &|i| get(&state(i).tls_handshake_failures),
         );
+        per_backend(
+            &mut e,
+            "tcplb_backend_probes_total",
+            "counter",
+            "Active health probes of the backend, whatever their outcome.",
+            &|i| get(&state(i).probes),
+        );
         e.finish()
     }
 }

@@ -136,6 +136,15 @@ fn try_assigned(lb: SocketAddr) -> Option<String> {
     Some(json["name"].as_str().unwrap().to_owned())
 }
 
+/// The sum of every sample whose line starts with `prefix`.
+fn sum_of(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn kill(proc: &Proc, signal: &str) {
     proc.signal(signal);
 }
@@ -466,7 +475,9 @@ fn servers_present_one_wildcard_certificate_on_their_own_names() {
     assert_eq!(mode & 0o777, 0o600);
 
     let (token, _) = token();
-    let lb = balancer(&token, &[]);
+    // The balancer dials the server at 127.0.0.1 but verifies it under its public name, the
+    // one in its certificate: the health checker's TLS probes must pass.
+    let lb = balancer(&token, &["--ca", path_str(&certs.join("ca.pem"))]);
     let port = common::free_port().port();
     let url = format!("https://s7.apps.localhost:{port}");
     let _server = Proc::start(
@@ -506,6 +517,18 @@ fn servers_present_one_wildcard_certificate_on_their_own_names() {
     eventually("s7 assigned", PATIENCE, || {
         try_assigned(lb.addr()).as_deref() == Some("s7")
     });
+    // More probes than `fall`: a server the checker could not verify would be down by now.
+    eventually("four health probes of s7", PATIENCE, || {
+        let (_, metrics) = common::admin_get(lb.addrs[1], "/metrics");
+        sum_of(&metrics, "httplb_backend_probes_total{") >= 4
+    });
+    let (_, metrics) = common::admin_get(lb.addrs[1], "/metrics");
+    assert_eq!(
+        sum_of(&metrics, "httplb_backend_tls_handshake_failures_total{"),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(try_assigned(lb.addr()).as_deref(), Some("s7"));
     let (code, stdout, stderr) = common::run(
         bin!("assign-client"),
         &[
