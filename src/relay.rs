@@ -91,7 +91,10 @@ where
             false => End::Backend(e),
         })
     };
-    let end = tally.settle(copied, idle).await;
+    // Pinned here and lent to `settle`: moved into it, the copying future would be laid out
+    // twice in this task's state (once as this function's local, once inside `settle`),
+    // and an idle pair's task would be that much bigger (chapter 11's idle memory).
+    let end = tally.settle(std::pin::pin!(copied), idle).await;
     tally.relayed(end)
 }
 
@@ -239,7 +242,10 @@ async fn relay_plain(
         };
         tokio::try_join!(up, down).err()
     };
-    let end = tally.settle(copied, idle).await;
+    // Pinned here and lent to `settle`: moved into it, the copying future would be laid out
+    // twice in this task's state (once as this function's local, once inside `settle`),
+    // and an idle pair's task would be that much bigger (chapter 11's idle memory).
+    let end = tally.settle(std::pin::pin!(copied), idle).await;
     tally.relayed(end)
 }
 
