@@ -7,7 +7,10 @@ Started by benches/compare/run.sh, which installs the tools and builds tcp-lb fi
     benches/compare/run.sh --mode pinned --rounds 5 --seconds 8
 
 Targets: *direct* (the load generator talks to backend 1 itself), HAProxy (`mode tcp`), nginx
-(`stream`) and tcp-lb, each balancing round robin over two backends. Workloads:
+(`stream`) and tcp-lb, each balancing round robin over two backends; and *haproxy-splice*,
+HAProxy with `option splice-request` and `option splice-response` (splice(2) forced both ways,
+where its default copies), on the plain-TCP workloads only (with 256 pipes and 9,000
+connections, to stay within the open-file limit). Workloads:
 
   bulk-1, bulk-4   iperf3 with 1 and 4 streams. iperf3's control connection and its data
                    streams must reach the same server, so these balance by source address
@@ -49,7 +52,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-TARGETS = ["direct", "haproxy", "nginx", "tcp-lb"]
+TARGETS = ["direct", "haproxy", "haproxy-splice", "nginx", "tcp-lb"]
+# HAProxy cannot splice TLS, and splicing does not change what an idle pair holds.
+SPLICE_WORKLOADS = ("bulk-1", "bulk-4", "keepalive", "close")
 WORKLOADS = ["bulk-1", "bulk-4", "keepalive", "close", "tls-close", "tls-keepalive", "idle"]
 
 
@@ -151,20 +156,20 @@ def rss_kib(pid):
 
 # ---------------------------------------------------------------- the proxies' configurations
 
-def haproxy_config(listen, backends, balance, workers, tls_pem):
+def haproxy_config(listen, backends, balance, workers, tls_pem, splice=False):
     bind = f"bind 127.0.0.1:{listen}" + (f" ssl crt {tls_pem} ssl-min-ver TLSv1.3"
                                          if tls_pem else "")
     servers = "\n".join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
     return f"""global
   nbthread {workers}
-  maxconn 9800
+{"  maxconn 9000" + chr(10) + "  maxpipes 256" if splice else "  maxconn 9800"}
   tune.ssl.default-dh-param 2048
 defaults
   mode tcp
   timeout connect 3s
   timeout client 300s
   timeout server 300s
-frontend f
+{"  option splice-request" + chr(10) + "  option splice-response" + chr(10) if splice else ""}frontend f
   {bind}
   default_backend b
 backend b
@@ -232,11 +237,12 @@ class Bench:
             return backends[0], None
         port = free_port()
         name = f"{target}-{port}"
-        if target == "haproxy":
+        if target in ("haproxy", "haproxy-splice"):
             cfg = os.path.join(self.work, name + ".cfg")
             with open(cfg, "w") as f:
                 f.write(haproxy_config(port, backends, balance, self.workers,
-                                       self.combined if tls else None))
+                                       self.combined if tls else None,
+                                       splice=target == "haproxy-splice"))
             p = self.procs.start(["haproxy", "-f", cfg, "-db"], cpu=self.proxy_cpu,
                                  stderr=open(os.path.join(self.work, name + ".log"), "w"))
         elif target == "nginx":
@@ -363,6 +369,8 @@ class Bench:
             for target in targets:
                 if tls and target == "direct":
                     continue
+                if target == "haproxy-splice" and workload not in SPLICE_WORKLOADS:
+                    continue
                 started[target] = self.start_proxy(target, backends,
                                                    "source" if bulk else "roundrobin", tls)
             samples = {t: [] for t in started}
@@ -380,6 +388,8 @@ class Bench:
         if "idle" in workloads:
             rows["idle"] = {}
             for target in targets:
+                if target == "haproxy-splice":
+                    continue
                 kib = self.idle(target, self.opts.idle)
                 if kib is not None:
                     rows["idle"][target] = [(kib, 1, None)]
