@@ -386,7 +386,12 @@ impl HttpServer {
             .max_buf_size(settings.max_head.max(8192))
             // A client that half-closes after its request still gets the whole answer.
             .half_close(true)
-            .keep_alive(true);
+            .keep_alive(true)
+            // One contiguous `send` per response rather than a `writev` of head and body: for
+            // the small answers most traffic is made of, copying the body behind the head
+            // costs less than the kernel's and hyper's per-slice bookkeeping (chapter 12:
+            // 5-8 % less CPU per keep-alive request, measured; bulk downloads unchanged).
+            .writev(false);
         let mut conn = Box::pin(builder.serve_connection(io, service).with_upgrades());
         let mut stop = self.stop.subscribe();
         let stopping = async move {
@@ -1037,6 +1042,8 @@ impl HttpServer {
     async fn dial(&self, up: &Upstreams, i: usize) -> io::Result<Sender> {
         let conn = up.balancer.dial_reporting(i, None).await?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            // As for the answers to clients (see `connection`): one buffer per request.
+            .writev(false)
             .handshake(TokioIo::new(conn))
             .await
             .map_err(io::Error::other)?;
