@@ -260,7 +260,7 @@ impl Ended {
     /// shutdown would be followed at once by the `close` of the same socket, which sends the
     /// same FIN (its receive queue is empty: we read up to the peer's own FIN), so it is left
     /// to `close`: one system call fewer per connection (chapter 11, issue 19; nginx never
-    /// shuts down, HAProxy about once in four connections).
+    /// shuts down, HAProxy 0.8 times per connection).
     async fn pass_on(&self, dst: &mut tokio::net::tcp::WriteHalf<'_>) -> Result<(), Failed> {
         use tokio::io::AsyncWriteExt as _;
         if self.0.fetch_add(1, Ordering::AcqRel) == 0 {
