@@ -359,8 +359,15 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// A fresh, empty folder under the system temp dir.
+/// A fresh, empty folder under the system temp dir, named `tcp-lb-LABEL-PID-N`.
+///
+/// Tests hand these paths to the binaries they start, so nothing removes a folder while its
+/// test runs; instead each test process, the first time it asks for one, removes the folders
+/// that processes no longer alive left behind (certificates, configs, a few KiB each, but
+/// thousands after a few hundred runs).
 pub fn temp_dir(label: &str) -> PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_dead_processes_folders);
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tcp-lb-{label}-{}-{}",
@@ -370,6 +377,30 @@ pub fn temp_dir(label: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes the [`temp_dir`] folders whose process is gone (no `/proc/PID`).
+fn remove_dead_processes_folders() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("tcp-lb-")) else {
+            continue;
+        };
+        // LABEL-PID-N: the PID is the second field from the end.
+        let mut fields = rest.rsplit('-');
+        let (Some(n), Some(pid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let (Ok(_), Ok(pid)) = (n.parse::<usize>(), pid.parse::<u32>()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Deterministic, non-repeating test data, different for each `seed`.
