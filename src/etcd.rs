@@ -12,21 +12,19 @@
 //! the others in turn.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use crate::backend::HostPort;
-use crate::dummy::DummyBody;
+use crate::http::client::{self, next_chunk};
 
 /// How long a unary call (range, put, grant …) may take on one endpoint.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -296,42 +294,13 @@ async fn request(
 ) -> io::Result<(StatusCode, Incoming)> {
     let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
     tcp.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let request = Request::post(path)
         .header(hyper::header::HOST, endpoint.to_string())
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(DummyBody::text(body.to_string()))
+        .body(client::body(body.to_string()))
         .map_err(io::Error::other)?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(io::Error::other)?;
+    let response = client::send(tcp, request).await?;
     Ok((response.status(), response.into_body()))
-}
-
-/// The next data chunk of a body; `None` at its end.
-async fn next_chunk(body: &mut Incoming) -> io::Result<Option<Bytes>> {
-    loop {
-        let frame =
-            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut *body), cx))
-                .await;
-        match frame {
-            None => return Ok(None),
-            Some(Err(e)) => return Err(io::Error::other(e)),
-            Some(Ok(frame)) => {
-                if let Ok(mut data) = frame.into_data()
-                    && data.has_remaining()
-                {
-                    return Ok(Some(data.copy_to_bytes(data.remaining())));
-                }
-            }
-        }
-    }
 }
 
 /// The first key after every key that starts with `prefix`: a range's end.

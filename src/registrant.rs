@@ -10,11 +10,11 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::backend::HostPort;
+use crate::http::client;
 
 /// How long one call to a balancer may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -276,41 +276,32 @@ pub async fn keep(balancer: AdminUrl, lease: Lease, mut stop: watch::Receiver<bo
 async fn call(balancer: &AdminUrl, method: &str, lease: &Lease) -> io::Result<u16> {
     let exchange = async {
         let host = &balancer.0;
-        let mut s = TcpStream::connect((host.host.as_str(), host.port)).await?;
-        let body = if method == "PUT" {
-            lease.body.as_str()
-        } else {
-            ""
+        let tcp = TcpStream::connect((host.host.as_str(), host.port)).await?;
+        let body = match method {
+            "PUT" => lease.body.clone(),
+            _ => String::new(),
         };
-        let request = format!(
-            "{method} /backends/{} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n\
-             {body}",
-            lease.name,
-            lease.token,
-            body.len()
-        );
-        s.write_all(request.as_bytes()).await?;
-        let mut head = Vec::with_capacity(256);
-        let mut chunk = [0u8; 256];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        line.split(' ')
-            .nth(1)
-            .and_then(|code| code.parse::<u16>().ok())
-            .filter(|_| line.starts_with("HTTP/1."))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("/backends/{}", lease.name))
+            .header(hyper::header::HOST, host.to_string())
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", lease.token),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(client::body(body))
+            .map_err(io::Error::other)?;
+        let answer = client::fetch(tcp, request, MAX_ANSWER).await?;
+        Ok(answer.status.as_u16())
     };
     tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time")))
 }
+
+/// The registry answers a line of JSON at most; anything past this is not a registry.
+const MAX_ANSWER: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -22,12 +22,14 @@
 //! | [`compress`] | chapter 16: gzip, brotli, zstd by the client's q-values, streamed |
 //! | [`route`] | chapter 16: routes by path prefix and host, to a pool, a folder or a redirect |
 //! | [`static_files`] | chapter 16: a folder served directly, ETags, ranges, no escape |
+//! | [`client`] | the project's own calls as a client: registration, `assign-client`, `/metrics`, etcd |
 
 pub mod affinity;
 pub mod app;
 pub mod assign;
 pub mod body;
 pub mod cache;
+pub mod client;
 pub mod compress;
 pub mod forward;
 pub mod metrics;

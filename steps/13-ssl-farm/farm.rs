@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
@@ -570,11 +570,16 @@ async fn reload(member: &Member) -> anyhow::Result<()> {
 
 /// `(ok, failed)` reloads from `/metrics` at `admin`.
 async fn reloads(admin: SocketAddr, prefix: &str) -> anyhow::Result<(u64, u64)> {
-    let mut s = tokio::net::TcpStream::connect(admin).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: farm\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await??;
+    let fetch = async {
+        let tcp = tokio::net::TcpStream::connect(admin).await?;
+        let request = hyper::Request::get("/metrics")
+            .header(hyper::header::HOST, "farm")
+            .body(lb::http::client::body(""))
+            .map_err(std::io::Error::other)?;
+        lb::http::client::fetch(tcp, request, MAX_METRICS).await
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), fetch).await??;
+    let text = String::from_utf8_lossy(&answer.body);
     let value = |result: &str| {
         let key = format!("{prefix}_config_reloads_total{{result=\"{result}\"}} ");
         text.lines()
@@ -584,6 +589,9 @@ async fn reloads(admin: SocketAddr, prefix: &str) -> anyhow::Result<(u64, u64)> 
     };
     Ok((value("ok")?, value("error")?))
 }
+
+/// A tier's `/metrics` is a few KiB; more than this is not one of ours.
+const MAX_METRICS: usize = 4 << 20;
 
 /// SIGTERM, then up to [`STOP_LIMIT`] to drain, then SIGKILL.
 async fn stop(member: &Member) {

@@ -42,9 +42,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use lb::cli;
+use lb::http::client;
 use lb::proxy::Conn;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// assign-client: ask a balancer for a server, then talk to that server directly.
@@ -231,11 +231,11 @@ impl Client {
         Ok((answer.status, answer.served_by))
     }
 
-    /// `GET path` on a new connection to `url`'s host (TLS for https), read to the end.
+    /// `GET path` on a new connection to `url`'s host (TLS for https), the whole answer.
     async fn request(&self, url: &Url, path: &str) -> io::Result<Answer> {
         let exchange = async {
             let tcp = TcpStream::connect(resolve(url).await?).await?;
-            let mut conn = match url.tls {
+            let conn = match url.tls {
                 false => Conn::Plain(tcp),
                 true => {
                     let name = ServerName::try_from(url.host.clone())
@@ -246,25 +246,20 @@ impl Client {
                     Conn::TlsClient(Box::new(tls))
                 }
             };
-            let cookie = match &self.cookie {
-                Some(c) => format!("cookie: {c}\r\n"),
-                None => String::new(),
-            };
-            let head = format!(
-                "GET {path} HTTP/1.1\r\nhost: {}:{}\r\n{cookie}user-agent: assign-client\r\n\
-                 connection: close\r\n\r\n",
-                url.host, url.port
-            );
-            conn.write_all(head.as_bytes()).await?;
-            let mut bytes = Vec::new();
-            // To the end (`connection: close`); a TLS peer that closes without close_notify
-            // has still said everything.
-            if let Err(e) = conn.read_to_end(&mut bytes).await
-                && e.kind() != io::ErrorKind::UnexpectedEof
-            {
-                return Err(e);
+            let mut request = hyper::Request::get(path)
+                .header(hyper::header::HOST, format!("{}:{}", url.host, url.port))
+                .header(hyper::header::USER_AGENT, "assign-client");
+            if let Some(cookie) = &self.cookie {
+                request = request.header(hyper::header::COOKIE, cookie);
             }
-            Answer::parse(&bytes)
+            let request = request.body(client::body("")).map_err(io::Error::other)?;
+            let answer = client::fetch(conn, request, MAX_ANSWER).await?;
+            Ok(Answer {
+                status: answer.status.as_u16(),
+                set_cookie: answer.header("set-cookie").map(str::to_owned),
+                served_by: answer.header("x-served-by").map(str::to_owned),
+                body: answer.body.to_vec(),
+            })
         };
         tokio::time::timeout(TIMEOUT, exchange)
             .await
@@ -272,45 +267,15 @@ impl Client {
     }
 }
 
+/// The most of an answer the client reads: a page of the demo servers, or an assignment.
+const MAX_ANSWER: usize = 1 << 20;
+
 /// An answer, as much of it as the client reads.
 struct Answer {
     status: u16,
     set_cookie: Option<String>,
     served_by: Option<String>,
     body: Vec<u8>,
-}
-
-impl Answer {
-    fn parse(bytes: &[u8]) -> io::Result<Answer> {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer");
-        let end = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(bad)?;
-        let head = std::str::from_utf8(&bytes[..end]).map_err(|_| bad())?;
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        let (mut set_cookie, mut served_by) = (None, None);
-        for line in lines {
-            if let Some((name, value)) = line.split_once(':') {
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "set-cookie" => set_cookie = Some(value.trim().to_owned()),
-                    "x-served-by" => served_by = Some(value.trim().to_owned()),
-                    _ => {}
-                }
-            }
-        }
-        Ok(Answer {
-            status,
-            set_cookie,
-            served_by,
-            body: bytes[end + 4..].to_vec(),
-        })
-    }
 }
 
 /// The address to dial: `localhost` and every `*.localhost` name are the loopback address
