@@ -588,6 +588,14 @@ pub fn path_str(p: &Path) -> &str {
 
 /// Polls `done` every 10 ms until it holds, failing the test naming `what` after `limit`;
 /// how long it took.
+///
+/// Only for states no process announces: a cache entry's age passing its `max-age`, a health
+/// probe counted in `/metrics`, a line in a log *file* another process writes, a process that
+/// is not our child leaving `/proc`, or a balancer's backends after a rebuild whose log line
+/// names addresses, not the servers the test knows by name. Where a line on a [`Proc`]'s
+/// output marks the moment, wait for it with [`Proc::wait_stderr`] instead. (Re-checking on
+/// every new output line would not do here: most checks send a request, whose access-log line
+/// would wake the check again at once.)
 #[allow(dead_code)]
 pub fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
