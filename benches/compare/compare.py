@@ -10,7 +10,10 @@ Targets: *direct* (the load generator talks to backend 1 itself), HAProxy (`mode
 (`stream`) and tcp-lb, each balancing round robin over two backends; and *haproxy-splice*,
 HAProxy with `option splice-request` and `option splice-response` (splice(2) forced both ways,
 where its default copies), on the plain-TCP workloads only (with 256 pipes and 9,000
-connections, to stay within the open-file limit). Workloads:
+connections, to stay within the open-file limit); and, when `--tcp-lb-b BIN` names one,
+*tcp-lb-b*: a second build run with the same flags, for an A/B test of one change in the same
+interleaved rounds (chapter 11's step 10; any program that takes tcp-lb's flags will do, as
+examples/uring-relay.rs does). Workloads:
 
   bulk-1, bulk-4   iperf3 with 1 and 4 streams. iperf3's control connection and its data
                    streams must reach the same server, so these balance by source address
@@ -52,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-TARGETS = ["direct", "haproxy", "haproxy-splice", "nginx", "tcp-lb"]
+TARGETS = ["direct", "haproxy", "haproxy-splice", "nginx", "tcp-lb", "tcp-lb-b"]
 # HAProxy cannot splice TLS, and splicing does not change what an idle pair holds.
 SPLICE_WORKLOADS = ("bulk-1", "bulk-4", "keepalive", "close")
 WORKLOADS = ["bulk-1", "bulk-4", "keepalive", "close", "tls-close", "tls-keepalive", "idle"]
@@ -257,7 +260,8 @@ class Bench:
                                  cpu=self.proxy_cpu,
                                  stderr=open(os.path.join(self.work, name + ".log"), "w"))
         else:
-            cmd = [self.opts.tcp_lb, "--listen", f"127.0.0.1:{port}",
+            binary = self.opts.tcp_lb_b if target == "tcp-lb-b" else self.opts.tcp_lb
+            cmd = [binary, "--listen", f"127.0.0.1:{port}",
                    "--strategy", "ip-hash" if balance == "source" else "round-robin",
                    "--health-interval", "0"]
             if "--workers" not in self.opts.tcp_lb_args:
@@ -468,8 +472,11 @@ def main():
     ap.add_argument("--idle", type=int, default=9000,
                     help="idle pairs (each takes two of the proxy's file descriptors)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(t for t in TARGETS if t != "tcp-lb-b"))
     ap.add_argument("--tcp-lb", default=os.path.join(CARGO_TARGET, "release/tcp-lb"))
+    ap.add_argument("--tcp-lb-b", help="a second build (or any program taking tcp-lb's flags), "
+                    "measured as target tcp-lb-b in the same interleaved rounds: an A/B test "
+                    "of one change")
     ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
     ap.add_argument("--certs", default=os.path.join(CARGO_TARGET, "release/certs"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for tcp-lb")
@@ -484,6 +491,8 @@ def main():
     for t in opts.targets:
         if t not in TARGETS:
             sys.exit(f"error: unknown target {t}; known: {', '.join(TARGETS)}")
+    if "tcp-lb-b" in opts.targets and not opts.tcp_lb_b:
+        sys.exit("error: target tcp-lb-b needs --tcp-lb-b BIN")
     for tool in ["taskset", "iperf3", "wrk", "haproxy", "nginx"]:
         if not shutil.which(tool):
             sys.exit(f"error: {tool} is not installed (benches/compare/run.sh installs it)")
