@@ -23,6 +23,9 @@ Workloads:
               its size at the start.
   download    one 1 GiB GET of /bytes/N: throughput and peak memory likewise.
 
+With `--http-lb-b BIN`, target *http-lb-b* is a second build run with http-lb's flags, for an
+A/B test of one change in the same interleaved rounds.
+
 Pinned mode: each proxy has one worker on CPU 1, everything else on CPU 0. Unpinned: two
 workers each. Rounds interleave the targets; the table shows medians. Everything listens on
 127.0.0.1; every process started is stopped by PID at the end.
@@ -44,7 +47,7 @@ from compare import Procs, cpu_seconds, family, free_port, log, wait_port  # noq
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Where cargo puts the binaries: CARGO_TARGET_DIR when set, as cargo itself reads it.
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-TARGETS = ["direct", "haproxy", "nginx", "http-lb"]
+TARGETS = ["direct", "haproxy", "nginx", "http-lb", "http-lb-b"]
 WORKLOADS = ["keepalive", "close", "upload", "download"]
 GIB = 1 << 30
 
@@ -158,7 +161,8 @@ class Bench:
                                   os.path.join(prefix, "nginx-error.log")],
                                  cpu=self.proxy_cpu, stderr=logfile)
         else:
-            cmd = [self.opts.http_lb, "--listen", f"127.0.0.1:{port}", "--health-interval", "0",
+            binary = self.opts.http_lb_b if target == "http-lb-b" else self.opts.http_lb
+            cmd = [binary, "--listen", f"127.0.0.1:{port}", "--health-interval", "0",
                    "--workers", str(self.workers)]
             for b in self.http:
                 cmd += ["--backend", f"127.0.0.1:{b}"]
@@ -306,7 +310,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--gib", type=int, default=1, help="size of the upload and download")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(t for t in TARGETS if t != "http-lb-b"))
+    ap.add_argument("--http-lb-b", help="a second build (or any program taking the same flags), "
+                    "measured as target http-lb-b in the same interleaved rounds: an A/B test "
+                    "of one change (chapter 12's examples/h1-relay.rs)")
     ap.add_argument("--http-lb", default=os.path.join(CARGO_TARGET, "release/http-lb"))
     ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for http-lb")
@@ -320,6 +327,8 @@ def main():
     for t in opts.targets:
         if t not in TARGETS:
             sys.exit(f"error: unknown target {t}; known: {', '.join(TARGETS)}")
+    if "http-lb-b" in opts.targets and not opts.http_lb_b:
+        sys.exit("error: target http-lb-b needs --http-lb-b BIN")
     for tool in ["taskset", "wrk", "haproxy", "nginx", "curl"]:
         if not shutil.which(tool):
             sys.exit(f"error: {tool} is not installed (benches/compare/run.sh installs it)")
