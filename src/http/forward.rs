@@ -65,6 +65,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// [`strip_hop_by_hop`]'s rule for one field of a head read as bytes (chapter 12's own
+/// HTTP/1 path): `connection` holds the values of the head's `Connection` fields.
+pub fn is_hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+        || connection.iter().any(|value| {
+            value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+}
+
 /// Whether a request (or response) asks to switch protocols: `Connection` lists `upgrade`
 /// and `Upgrade` names the protocol.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -193,9 +206,22 @@ mod tests {
             ("set-cookie", "a=1"),
             ("set-cookie", "b=2"),
         ]);
+        let values: Vec<Vec<u8>> = h
+            .get_all("connection")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        let connection: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        let by_bytes: Vec<String> = h
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !is_hop_by_hop(k, &connection))
+            .map(str::to_owned)
+            .collect();
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["trailer", "set-cookie"]);
+        assert_eq!(by_bytes, names, "the byte-level rule is the same rule");
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
     }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1::SendRequest;
 
 use super::body::Upload;
+use crate::proxy::Conn;
 
 /// The sending half of one backend connection.
 pub type Sender = SendRequest<Upload>;
@@ -42,6 +43,10 @@ struct Idle {
 /// The idle connections of one backend.
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// The same, for the balancer's own HTTP/1 path (`proxy::fast`), which speaks on the
+    /// connection itself rather than through hyper: a connection goes back with nothing
+    /// unread on it, so the socket is all there is to keep.
+    raw: Mutex<Vec<(Conn, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
     /// Connections dialled for this backend, ever: the pooling's effect is requests divided by
@@ -53,6 +58,7 @@ impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
+            raw: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
             opened: AtomicU64::new(0),
@@ -99,9 +105,40 @@ impl Pool {
         }
     }
 
+    /// [`Pool::take`] for the balancer's own HTTP/1 path: the most recently returned idle
+    /// connection that has not expired. Whether the backend closed it meanwhile shows only
+    /// when it is used, and the request is then sent again on a fresh one. `now` is the
+    /// caller's (a clock read costs as much as the rest of this).
+    pub fn take_raw(&self, now: Instant) -> Option<Conn> {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((conn, since)) = raw.pop() {
+            if now.saturating_duration_since(since) < self.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// [`Pool::put`] for the balancer's own HTTP/1 path.
+    pub fn put_raw(&self, conn: Conn, now: Instant) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = raw
+            .iter()
+            .position(|(_, since)| now.saturating_duration_since(*since) < self.idle_timeout)
+            .unwrap_or(raw.len());
+        raw.drain(..fresh);
+        if raw.len() < self.max_idle {
+            raw.push((conn, now));
+        }
+    }
+
     /// Idle connections now.
     pub fn idle(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        let hyper = self.idle.lock().map(|i| i.len()).unwrap_or(0);
+        hyper + self.raw.lock().map(|r| r.len()).unwrap_or(0)
     }
 
     /// Counts one more connection dialled.

@@ -55,6 +55,8 @@ use crate::proxy::Conn;
 use crate::relay;
 use crate::server::Server;
 
+mod fast;
+
 /// Attempts one request gets beyond two per backend (a pooled connection, then a fresh one):
 /// pooled connections found closed on the way. A backend that restarted leaves every pooled
 /// connection to it stale, and each costs an attempt before a fresh dial.
@@ -362,11 +364,27 @@ impl HttpServer {
             tls: admitted.tls,
             body_left: Arc::new(AtomicBool::new(false)),
         });
+        // The balancer's own HTTP/1 path first, while the requests are simple; hyper takes
+        // the connection (with what was read of it) as soon as one is not.
+        let mut conn = admitted.conn;
+        let mut prefix = Vec::new();
+        if fast::enabled() && fast::takes(&self.upstreams()) {
+            match self.serve_fast(&mut conn, &info).await {
+                fast::Left::Closed { clean } => {
+                    let clean = clean && !info.body_left.load(Ordering::Relaxed);
+                    return close_client(conn, clean).await;
+                }
+                fast::Left::ToHyper(read) => prefix = read,
+            }
+        }
         let settings = self.upstreams().settings.clone();
         let (back, returned) = oneshot::channel();
         let io = TokioIo::new(Returning {
-            io: Some(admitted.conn),
-            partial: false,
+            io: Some(conn),
+            // Bytes of a request already read: a head is on its way.
+            partial: !prefix.is_empty(),
+            prefix,
+            at: 0,
             back: Some(back),
         });
         let this = Arc::clone(&self);
@@ -421,10 +439,7 @@ impl HttpServer {
                 None
             };
             if let Some(status) = status {
-                self.counters.local(status);
-                tracing::info!(target: "access", %client, method = "-", path = "-",
-                    status = status.as_u16(), bytes = 0u64, duration = ?started.elapsed(),
-                    backend = "-", affinity = "-", error = %e, "request");
+                self.refused_head(client, status, started, e);
             }
         }
         // hyper hands the socket back when it is done with it (for an upgrade, when the
@@ -433,30 +448,25 @@ impl HttpServer {
             return;
         };
         if partial && error.as_ref().is_some_and(|e| e.is_timeout()) {
-            let _ = tokio::time::timeout(
-                net::LINGER,
-                stream.write_all(
-                    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-                ),
-            )
-            .await;
+            let _ = tokio::time::timeout(net::LINGER, stream.write_all(TIMEOUT_408)).await;
         }
-        // Lingering costs a wait for the client's FIN; like nginx, pay it only when unread bytes
-        // may be left: after an error, over TLS (the client's close_notify), when a request
-        // body was not read to its end (a 413: the rest may still be on its way), or when the
-        // socket still holds something. A clean plain-TCP end closes at once.
-        if error.is_none()
-            && !info.body_left.load(Ordering::Relaxed)
-            && let Conn::Plain(tcp) = &stream
-        {
-            let mut probe = [0u8; 512];
-            match tcp.try_read(&mut probe) {
-                Ok(0) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                _ => {}
-            }
-        }
-        net::lingering_close(stream, net::LINGER).await;
+        let clean = error.is_none() && !info.body_left.load(Ordering::Relaxed);
+        close_client(stream, clean).await;
+    }
+
+    /// A request head refused before it became a request (400, 408, 431): counted, and a
+    /// line in the access log as for any other request.
+    fn refused_head(
+        &self,
+        client: SocketAddr,
+        status: StatusCode,
+        started: Instant,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.counters.local(status);
+        tracing::info!(target: "access", %client, method = "-", path = "-",
+            status = status.as_u16(), bytes = 0u64, duration = ?started.elapsed(),
+            backend = "-", affinity = "-", error = %error, "request");
     }
 
     /// One request, from its head to the head of its response (the body streams on after).
@@ -1097,13 +1107,7 @@ impl HttpServer {
     /// An answer of our own: counted, logged, with a one-line body.
     fn local(&self, status: StatusCode, line: Line) -> Response<Download> {
         self.counters.local(status);
-        let text = match status {
-            StatusCode::SERVICE_UNAVAILABLE => "no backend is available\n",
-            StatusCode::BAD_GATEWAY => "the backend could not be reached or failed\n",
-            StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time\n",
-            StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large\n",
-            _ => "error\n",
-        };
+        let text = local_text(status);
         let mut body = Download::text(text);
         let len = text.len() as u64;
         body.set_on_end(Box::new(move |_, complete| line.log(status, len, complete)));
@@ -1118,6 +1122,21 @@ impl HttpServer {
         response
     }
 }
+
+/// The body of an answer the balancer gives itself.
+fn local_text(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => "no backend is available\n",
+        StatusCode::BAD_GATEWAY => "the backend could not be reached or failed\n",
+        StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time\n",
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large\n",
+        _ => "error\n",
+    }
+}
+
+/// What a client whose request head stopped coming is told before the connection closes.
+const TIMEOUT_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// One request's access-log line, written when its response body is done.
 struct Line {
@@ -1185,12 +1204,32 @@ fn origin_form(uri: &mut Uri, headers: &mut hyper::HeaderMap) {
     *uri = Uri::from(path);
 }
 
+/// Closes a client's connection. Lingering costs a wait for the client's FIN; like nginx, pay
+/// it only when unread bytes may be left: after an error, over TLS (the client's
+/// close_notify), when a request body was not read to its end (a 413: the rest may still be on
+/// its way), or when the socket still holds something. A clean plain-TCP end closes at once.
+async fn close_client(stream: Conn, clean: bool) {
+    if clean && let Conn::Plain(tcp) = &stream {
+        let mut probe = [0u8; 512];
+        match tcp.try_read(&mut probe) {
+            Ok(0) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
+    }
+    net::lingering_close(stream, net::LINGER).await;
+}
+
 /// The client's connection as hyper holds it, handed back when hyper is done with it (so that
 /// we can close it lingering, and answer 408 first when a head was cut short). `partial` says
 /// whether bytes of a request arrived since the last response started: a header timeout then
 /// is a slow client, not an idle keep-alive connection.
 struct Returning {
     io: Option<Conn>,
+    /// Bytes the balancer's own path had read before it handed the connection over: hyper
+    /// reads them first.
+    prefix: Vec<u8>,
+    at: usize,
     partial: bool,
     back: Option<oneshot::Sender<(Conn, bool)>>,
 }
@@ -1213,6 +1252,18 @@ impl AsyncRead for Returning {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            self.partial = true;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Err(gone()));

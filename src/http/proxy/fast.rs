@@ -1,0 +1,959 @@
+//! The balancer's own HTTP/1.1 path (chapter 12): the common request without hyper.
+//!
+//! hyper serves every request correctly, but a kept-alive request through it costs about
+//! twice nginx's user-space CPU: the client's connection and the backend's are two tasks with
+//! a channel between them, and every head is parsed into a map, then written out of it, on
+//! each side. `examples/h1-relay.rs` measured what a path of our own could save: 0.87× nginx's
+//! CPU per request, against hyper's 1.17×. This is that path, doing everything
+//! [`HttpServer::proxied`] does for the requests it takes:
+//!
+//! * one task per client connection owns its pooled backend connection for the length of a
+//!   request: no channel, no second task;
+//! * the request head is parsed by `httparse` (the parser hyper uses) and goes through the
+//!   same rules as hyper's path, on the same header map: the affinity cookie taken out
+//!   ([`Affinity::take`]), hop-by-hop fields dropped ([`forward::strip_hop_by_hop`]),
+//!   `X-Forwarded-*` set ([`Forwarding::apply`]);
+//! * the response head is rewritten as bytes (no map: it is read once and written once), the
+//!   body passed on as it comes, by `Content-Length`, chunk by chunk, or to the close.
+//!
+//! It takes a request only when that is simple, and hands the connection to hyper, bytes
+//! already read included, for the rest of its life otherwise: a configuration with a cache,
+//! compression, routes or assignment; HTTP/1.0; an `Upgrade`, an `Expect`, a chunked request
+//! body or one that has not fully arrived with its head; a head hyper must refuse (400, 431).
+//! `LB_HTTP_FAST=off` sends every connection to hyper, to compare the two (CI runs chapter 12's
+//! tests both ways).
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text};
+use crate::http::affinity::Found;
+use crate::http::assign::Mode;
+use crate::http::forward;
+use crate::http::metrics::AffinityOutcome;
+use crate::proxy::Conn;
+
+/// At most this many fields in a head, as hyper's default: more is hyper's to refuse.
+const MAX_FIELDS: usize = 100;
+/// What one read asks for at least.
+const READ: usize = 16 * 1024;
+
+/// How a client connection left this path.
+pub(super) enum Left {
+    /// It is over. `clean`: nothing can be left unread on it (a lingering close is not needed
+    /// unless the socket says otherwise).
+    Closed { clean: bool },
+    /// hyper serves the rest of it, starting with these bytes already read.
+    ToHyper(Vec<u8>),
+}
+
+/// Whether this path may serve: `LB_HTTP_FAST=off` says no, for comparisons and for CI's
+/// second run of the HTTP tests.
+pub(super) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LB_HTTP_FAST").map_or(true, |v| v != "off"))
+}
+
+/// Whether a configuration leaves every request's work to what this path does.
+pub(super) fn takes(up: &Upstreams) -> bool {
+    up.settings.mode == Mode::Proxy
+        && up.cache.is_none()
+        && up.settings.compress.is_none()
+        && up.settings.routes.is_empty()
+}
+
+/// One request head, parsed and checked.
+struct Head {
+    method: Method,
+    /// Where the request target (origin form: `/path?query`) is in the buffer.
+    target: Span,
+    headers: HeaderMap,
+    /// Bytes of the head, then of the body (all already read).
+    len: usize,
+    body: usize,
+    /// The client asked to close after this request.
+    close: bool,
+}
+
+enum Parsed {
+    Complete(Head),
+    Partial,
+    /// Not for this path: hyper takes the connection from here.
+    Hyper,
+    /// A body over `max-body`: 413 without reading it.
+    TooLarge {
+        method: Method,
+        target: String,
+    },
+}
+
+fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
+        // Oversized, malformed: hyper answers 431 or 400 and logs it, as for any connection.
+        _ => return Parsed::Hyper,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Hyper;
+    };
+    if len > max_head || !target.starts_with('/') {
+        return Parsed::Hyper;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper;
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    let mut body: Option<u64> = None;
+    let mut close = false;
+    for field in req.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return Parsed::Hyper;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = std::str::from_utf8(field.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (length, body) {
+                (Some(n), None) => body = Some(n),
+                // Two lengths, or one that is not a number: hyper's rules (RFC 9112 §6.3).
+                _ => return Parsed::Hyper,
+            }
+        }
+        if name.eq_ignore_ascii_case("connection")
+            && field
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            close = true;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) else {
+            return Parsed::Hyper;
+        };
+        headers.append(name, value);
+    }
+    let body = body.unwrap_or(0);
+    if max_body.is_some_and(|max| body > max) {
+        return Parsed::TooLarge {
+            method,
+            target: target.to_owned(),
+        };
+    }
+    // A body still on its way is streamed by hyper's path, which reads and writes at once.
+    if body > (buf.len() - len) as u64 {
+        return Parsed::Hyper;
+    }
+    let start = target.as_ptr() as usize - buf.as_ptr() as usize;
+    Parsed::Complete(Head {
+        method,
+        target: (start, start + target.len()),
+        headers,
+        len,
+        body: body as usize,
+        close,
+    })
+}
+
+/// How a response body ends.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Chunks),
+    /// Until the backend closes (no length given): the client's connection closes after it.
+    Close,
+}
+
+/// Finds the end of a chunked body (RFC 9112 §7.1) as its bytes go by, without buffering:
+/// chunk sizes, extensions and trailer fields are passed on as they are.
+#[derive(Default)]
+struct Chunks {
+    state: ChunkState,
+    left: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    FinalLf,
+    Done,
+}
+
+impl Chunks {
+    /// How many bytes of `data` belong to the body; `Err` for a framing error.
+    fn advance(&mut self, data: &[u8]) -> io::Result<usize> {
+        use ChunkState::*;
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad chunked framing");
+        let mut i = 0;
+        while i < data.len() && self.state != Done {
+            if self.state == Data {
+                let take = (data.len() - i).min(self.left.min(usize::MAX as u64) as usize);
+                i += take;
+                self.left -= take as u64;
+                if self.left == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    self.left = self
+                        .left
+                        .checked_mul(16)
+                        .and_then(|v| v.checked_add(digit))
+                        .ok_or_else(bad)?;
+                    Size
+                }
+                (Size | Extension, b';' | b' ' | b'\t') => Extension,
+                (Size | Extension, b'\r') => SizeLf,
+                (Extension, _) => Extension,
+                (SizeLf, b'\n') if self.left == 0 => TrailerStart,
+                (SizeLf, b'\n') => Data,
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => Size,
+                (TrailerStart, b'\r') => FinalLf,
+                (TrailerStart | Trailer, b'\n') => TrailerStart,
+                (TrailerStart | Trailer, _) => Trailer,
+                (FinalLf, b'\n') => Done,
+                _ => return Err(bad()),
+            };
+        }
+        Ok(i)
+    }
+
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+/// What went wrong on the way to an answer.
+enum Failed {
+    /// Nothing came back (the connection was closed or reset before any byte of an answer):
+    /// the request may be sent again, on the rules of [`HttpServer::proxied`].
+    BeforeAnswer(io::Error),
+    /// Garbage, or an answer cut short: 502.
+    Bad(io::Error),
+    /// No head within `response-timeout`: 504.
+    Timeout,
+}
+
+/// An answer's head in `buf`, if it is all there: what the client is to see of it, and its
+/// length.
+fn parse_answer(
+    buf: &[u8],
+    head_request: bool,
+    kept: &mut Vec<(Span, Span)>,
+) -> io::Result<Option<(ParsedAnswer, usize)>> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res
+        .parse(buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+    {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let code = res.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let connection: Vec<&[u8]> = res
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        .map(|f| f.value)
+        .collect();
+    let mut length = None;
+    let mut chunked = None;
+    let mut transfer_encoding: Option<Span> = None;
+    // Where a field's bytes are in `buf`: the head is written out from there, uncopied.
+    let span = |bytes: &[u8]| {
+        let start = bytes.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + bytes.len())
+    };
+    for f in res.headers.iter() {
+        if f.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(f.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "two lengths"));
+            }
+            length = Some(n);
+        }
+        if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(span(f.value));
+            // Chunked only when it is the last coding; anything else runs to the close.
+            chunked = Some(
+                f.value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        }
+    }
+    let close = connection.iter().any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    }) || res.version == Some(0);
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunks::default()),
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(0)) => Framing::None,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    kept.clear();
+    kept.extend(
+        res.headers
+            .iter()
+            .filter(|f| !forward::is_hop_by_hop(f.name, &connection))
+            .map(|f| (span(f.name.as_bytes()), span(f.value))),
+    );
+    let reusable = !close && !matches!(framing, Framing::Close);
+    Ok(Some((
+        ParsedAnswer {
+            status,
+            reason: res.reason.map_or((0, 0), |r| span(r.as_bytes())),
+            transfer_encoding: match framing {
+                Framing::Chunked(_) | Framing::Close => transfer_encoding,
+                _ => None,
+            },
+            framing,
+            reusable,
+        },
+        len,
+    )))
+}
+
+/// Where some bytes are in the buffer their head was read into.
+type Span = (usize, usize);
+
+/// An answer's head as read from the backend; its end-to-end fields are in the `kept` list
+/// [`parse_answer`] fills.
+struct ParsedAnswer {
+    status: StatusCode,
+    reason: Span,
+    /// The backend's `Transfer-Encoding`, when its body is passed on in that framing.
+    transfer_encoding: Option<Span>,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// The buffers a connection reuses from request to request: what is written next, what the
+/// backend sent, and where the answer's fields are in it.
+struct Scratch {
+    out: Vec<u8>,
+    upstream: Vec<u8>,
+    kept: Vec<(Span, Span)>,
+}
+
+impl HttpServer {
+    /// Serves requests on `conn` while this path can; see the module's header.
+    pub(super) async fn serve_fast(&self, conn: &mut Conn, info: &ConnInfo) -> Left {
+        let mut buf: Vec<u8> = Vec::with_capacity(READ);
+        let mut scratch = Scratch {
+            out: Vec::with_capacity(READ),
+            upstream: Vec::with_capacity(READ),
+            kept: Vec::with_capacity(32),
+        };
+        let mut stop = self.stop.subscribe();
+        loop {
+            let up = self.upstreams();
+            if !takes(&up) {
+                return Left::ToHyper(buf);
+            }
+            // 1. A request head, within `header-timeout` (of idleness too, as hyper's).
+            let deadline = tokio::time::Instant::now() + up.settings.header_timeout;
+            let started;
+            let head = loop {
+                match parse(&buf, up.settings.max_head, up.settings.max_body) {
+                    Parsed::Complete(head) => {
+                        started = Instant::now();
+                        break head;
+                    }
+                    Parsed::Hyper => return Left::ToHyper(buf),
+                    Parsed::TooLarge { method, target } => {
+                        info.body_left.store(true, Ordering::Relaxed);
+                        let line = self.line(info, &method, &target, Instant::now());
+                        // Closed either way: the body was not read.
+                        let _ = self
+                            .answer_locally(conn, StatusCode::PAYLOAD_TOO_LARGE, line, true)
+                            .await;
+                        return Left::Closed { clean: false };
+                    }
+                    Parsed::Partial => {}
+                }
+                if buf.capacity() - buf.len() < READ / 4 {
+                    buf.reserve(READ);
+                }
+                let idle = buf.is_empty();
+                let read = tokio::select! {
+                    read = tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)) => read,
+                    // Draining: an idle connection closes at once; a head on its way finishes.
+                    _ = stop.wait_for(|stop| *stop), if idle => return Left::Closed { clean: true },
+                };
+                match read {
+                    Ok(Ok(0)) => return Left::Closed { clean: idle },
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %info.client, "connection ended: {e}");
+                        return Left::Closed { clean: false };
+                    }
+                    Err(_) => {
+                        let status = StatusCode::REQUEST_TIMEOUT;
+                        let waiting = deadline.into_std() - up.settings.header_timeout;
+                        self.refused_head(info.client, status, waiting, &"request head timed out");
+                        if !idle {
+                            let _ = tokio::time::timeout(
+                                crate::net::LINGER,
+                                write_flushed(conn, super::TIMEOUT_408),
+                            )
+                            .await;
+                        }
+                        return Left::Closed { clean: false };
+                    }
+                }
+            };
+            let closing = head.close;
+            match self
+                .forward(
+                    conn,
+                    info,
+                    &up,
+                    head,
+                    &mut buf,
+                    &mut scratch,
+                    started,
+                    &stop,
+                )
+                .await
+            {
+                Ok(true) if !closing && !*stop.borrow() => {}
+                Ok(_) => return Left::Closed { clean: true },
+                Err(()) => return Left::Closed { clean: false },
+            }
+        }
+    }
+
+    /// One request, from its parsed head to the end of its answer. `Ok(keep)`: whether the
+    /// client's connection may carry another; `Err`: it must close, lingering.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        conn: &mut Conn,
+        info: &ConnInfo,
+        up: &Arc<Upstreams>,
+        head: Head,
+        buf: &mut Vec<u8>,
+        scratch: &mut Scratch,
+        started: Instant,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, ()> {
+        let Head {
+            method,
+            target,
+            mut headers,
+            len,
+            body,
+            ..
+        } = head;
+        let Scratch {
+            out,
+            upstream,
+            kept,
+        } = scratch;
+        // The target as the client sent it: still in the buffer until the head is rewritten.
+        let target = std::str::from_utf8(&buf[target.0..target.1]).unwrap_or("/");
+        let mut line = self.line(info, &method, target, started);
+
+        // 1 and 2: the cookie's backend while health allows, else the strategy's.
+        let balancer = &up.balancer;
+        let found = match &up.affinity {
+            Some(affinity) => affinity.take(&mut headers),
+            None => Found::None,
+        };
+        let cookie_backend = match found {
+            Found::Backend(i) => Some(i),
+            _ => None,
+        };
+        let (mut pick, mut outcome) = match (found, &up.affinity) {
+            (_, None) => (None, AffinityOutcome::Off),
+            (Found::Backend(i), Some(_)) if balancer.is_up(i) => (Some(i), AffinityOutcome::Hit),
+            (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
+            (Found::None | Found::Unknown, Some(_)) => (None, AffinityOutcome::Miss),
+        };
+        line.affinity = outcome;
+        let mut tried: Vec<usize> = Vec::new();
+        if pick.is_none() {
+            pick = balancer.pick(info.client.ip(), &tried);
+        }
+        let Some(mut i) = pick else {
+            tracing::warn!(client = %info.client, "no backend is up: 503");
+            buf.drain(..len + body);
+            return self
+                .answer_locally(conn, StatusCode::SERVICE_UNAVAILABLE, line, false)
+                .await;
+        };
+        if outcome == AffinityOutcome::Redispatch {
+            tracing::info!(client = %info.client, backend = %up.names[i],
+                "affinity cookie named a backend that is down or gone: redispatched");
+        }
+
+        // 3: what the backend is sent, head and body in one buffer.
+        forward::strip_hop_by_hop(&mut headers, false);
+        up.settings
+            .forwarding
+            .apply(&mut headers, info.client.ip(), info.tls);
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &headers {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&buf[len..len + body]);
+        buf.drain(..len + body);
+        let replayable = is_idempotent(&method) && body == 0;
+
+        // 4: send it, on a pooled connection when there is one.
+        let attempts = 2 * up.backends.len() + STALE_POOLED;
+        let mut fresh_only = false;
+        let mut answered = None;
+        let mut failure = StatusCode::BAD_GATEWAY;
+        for _ in 0..attempts {
+            let backend = &up.backends[i];
+            let pooled = match fresh_only {
+                true => None,
+                false => backend.pool.take_raw(started),
+            };
+            let (mut dialled, fresh) = match pooled {
+                Some(conn) => (conn, false),
+                None => match up.balancer.dial_reporting(i, None).await {
+                    Ok(conn) => {
+                        backend.pool.opened();
+                        crate::metrics::inc(&up.balancer.state(i).counters.connections);
+                        (conn, true)
+                    }
+                    Err(e) => {
+                        tracing::warn!(client = %info.client, backend = %up.names[i], "cannot reach backend: {e}");
+                        if !balancer.may_try_another(&e) {
+                            break;
+                        }
+                        tried.push(i);
+                        match balancer.pick(info.client.ip(), &tried) {
+                            Some(next) => {
+                                i = next;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                },
+            };
+            let active = balancer.count_active_owned(i);
+            upstream.clear();
+            match exchange(
+                &mut dialled,
+                out,
+                upstream,
+                method == Method::HEAD,
+                up.settings.response_timeout,
+                kept,
+            )
+            .await
+            {
+                Ok(answer) => {
+                    answered = Some((answer, dialled, active));
+                    break;
+                }
+                Err(Failed::Timeout) => {
+                    tracing::warn!(client = %info.client, backend = %up.names[i],
+                        "no response within {:?}: 504", up.settings.response_timeout);
+                    failure = StatusCode::GATEWAY_TIMEOUT;
+                    break;
+                }
+                Err(Failed::Bad(e)) => {
+                    tracing::warn!(client = %info.client, backend = %up.names[i],
+                        "backend failed before answering: {e}");
+                    break;
+                }
+                Err(Failed::BeforeAnswer(e)) => {
+                    if !fresh {
+                        // The keep-alive race (RFC 9112 §9.3.1): the backend closed the pooled
+                        // connection as the request went. The same backend, a new connection.
+                        tracing::debug!(backend = %up.names[i],
+                            "pooled connection closed under the request: sending it again");
+                        fresh_only = true;
+                        continue;
+                    }
+                    tracing::warn!(client = %info.client, backend = %up.names[i],
+                        "backend failed before answering: {e}");
+                    if !replayable {
+                        break;
+                    }
+                    tried.push(i);
+                    let Some(next) = balancer.pick(info.client.ip(), &tried) else {
+                        break;
+                    };
+                    i = next;
+                }
+            }
+        }
+        let Some((answer, mut backend_conn, active)) = answered else {
+            return self.answer_locally(conn, failure, line, false).await;
+        };
+        if outcome == AffinityOutcome::Hit && Some(i) != cookie_backend {
+            outcome = AffinityOutcome::Redispatch;
+            line.affinity = outcome;
+            tracing::info!(client = %info.client, backend = %up.names[i],
+                "affinity cookie named a backend that could not be reached: redispatched");
+        }
+        line.backend = Some(Arc::clone(&up.names[i]));
+        let backend = Arc::clone(&up.backends[i]);
+        let (parsed, head_len) = answer;
+        // One clock read for the latency and the pool's timestamp: they are microseconds apart.
+        let answered = Instant::now();
+        backend.counters.observe(parsed.status, answered - started);
+        self.counters.affinity(outcome);
+
+        // 5: the answer's head, as the client sees it.
+        let closing = *stop.borrow() || matches!(parsed.framing, Framing::Close);
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parsed.status.as_str().as_bytes());
+        out.push(b' ');
+        let bytes = |(start, end): Span| &upstream[start..end];
+        out.extend_from_slice(bytes(parsed.reason));
+        out.extend_from_slice(b"\r\n");
+        for &(name, value) in kept.iter() {
+            let name = bytes(name);
+            if up
+                .settings
+                .hide
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            {
+                continue;
+            }
+            field(out, name, bytes(value));
+        }
+        // The framing passes through as the backend wrote it, so its field does too.
+        if let Some(codings) = parsed.transfer_encoding {
+            field(out, b"transfer-encoding", bytes(codings));
+        }
+        if outcome != AffinityOutcome::Hit
+            && let Some(affinity) = &up.affinity
+            && let Some(cookie) = affinity.set_cookie(i, info.tls)
+        {
+            field(out, b"set-cookie", cookie.as_bytes());
+            // A shared cache must not hand this user's cookie to the next one.
+            field(out, b"cache-control", b"no-cache=\"set-cookie\"");
+        }
+        if up.settings.forwarding.via {
+            field(out, b"via", forward::VIA_VALUE.as_bytes());
+        }
+        if closing {
+            field(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+
+        // 6: the body, as it comes.
+        upstream.drain(..head_len);
+        let mut framing = parsed.framing;
+        let mut reusable = parsed.reusable;
+        let mut sent: u64 = 0;
+        let mut complete = false;
+        let mut client_gone = false;
+        loop {
+            let (take, done) = match &mut framing {
+                Framing::None => (0, true),
+                Framing::Length(left) => {
+                    let take = (upstream.len() as u64).min(*left);
+                    *left -= take;
+                    (take as usize, *left == 0)
+                }
+                Framing::Chunked(chunks) => match chunks.advance(upstream) {
+                    Ok(take) => (take, chunks.done()),
+                    Err(e) => {
+                        tracing::warn!(backend = %up.names[i], "answer cut off: {e}");
+                        break;
+                    }
+                },
+                Framing::Close => (upstream.len(), false),
+            };
+            out.extend_from_slice(&upstream[..take]);
+            sent += take as u64;
+            // Bytes after the end of the answer: the backend said more than it should have,
+            // and the connection cannot be trusted with another request.
+            if done && take < upstream.len() {
+                reusable = false;
+            }
+            upstream.clear();
+            if let Err(e) = write_flushed(conn, out).await {
+                tracing::debug!(client = %info.client, "client gone mid-answer: {e}");
+                client_gone = true;
+                break;
+            }
+            out.clear();
+            if done {
+                complete = true;
+                break;
+            }
+            upstream.reserve(READ);
+            match backend_conn.read_buf(upstream).await {
+                Ok(0) if matches!(framing, Framing::Close) => {
+                    complete = true;
+                    break;
+                }
+                Ok(0) => {
+                    tracing::warn!(backend = %up.names[i], "answer cut off by the backend");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(backend = %up.names[i], "answer cut off: {e}");
+                    break;
+                }
+            }
+        }
+        drop(active);
+        backend.counters.bytes(sent);
+        if complete && reusable {
+            backend.pool.put_raw(backend_conn, answered);
+        }
+        line.log(parsed.status, sent, complete);
+        match (complete, client_gone) {
+            (true, _) => Ok(!closing),
+            _ => Err(()),
+        }
+    }
+
+    /// The access-log line of a request that starts now.
+    fn line(&self, info: &ConnInfo, method: &Method, target: &str, started: Instant) -> Line {
+        Line {
+            client: info.client,
+            method: method.clone(),
+            path: match tracing::enabled!(target: "access", tracing::Level::INFO) {
+                true => target.to_owned(),
+                false => String::new(),
+            },
+            backend: None,
+            affinity: AffinityOutcome::Off,
+            started,
+        }
+    }
+
+    /// An answer the balancer gives itself (the same as [`HttpServer::local`]'s). `Ok(keep)`
+    /// as for [`HttpServer::forward`].
+    async fn answer_locally(
+        &self,
+        conn: &mut Conn,
+        status: StatusCode,
+        line: Line,
+        close: bool,
+    ) -> Result<bool, ()> {
+        self.counters.local(status);
+        let text = local_text(status);
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+        out.extend_from_slice(text.len().to_string().as_bytes());
+        if close {
+            out.extend_from_slice(b"\r\nconnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(text.as_bytes());
+        let written = write_flushed(conn, &out).await.is_ok();
+        line.log(status, text.len() as u64, written);
+        match written {
+            true => Ok(!close),
+            false => Err(()),
+        }
+    }
+}
+
+/// Writes `data`, and for TLS makes sure the records left rustls' buffer.
+async fn write_flushed(conn: &mut Conn, data: &[u8]) -> io::Result<()> {
+    conn.write_all(data).await?;
+    conn.flush().await
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `request` on `conn` and reads the answer's head into `buf` (with whatever of the
+/// body came with it), within `limit`.
+async fn exchange(
+    conn: &mut Conn,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    head_request: bool,
+    limit: std::time::Duration,
+    kept: &mut Vec<(Span, Span)>,
+) -> Result<(ParsedAnswer, usize), Failed> {
+    let work = async {
+        write_flushed(conn, request)
+            .await
+            .map_err(Failed::BeforeAnswer)?;
+        loop {
+            if !buf.is_empty() {
+                match parse_answer(buf, head_request, kept) {
+                    Ok(Some((answer, len))) if answer.status.is_informational() => {
+                        // 100 Continue, 103 Early Hints: hyper's client drops them too.
+                        if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(Failed::Bad(io::Error::other(
+                                "101 to a request without Upgrade",
+                            )));
+                        }
+                        buf.drain(..len);
+                        continue;
+                    }
+                    Ok(Some(answer)) => return Ok(answer),
+                    Ok(None) if buf.len() > super::DEFAULT_MAX_HEAD * 2 => {
+                        return Err(Failed::Bad(io::Error::other("answer head too large")));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(Failed::Bad(e)),
+                }
+            }
+            buf.reserve(READ);
+            match conn.read_buf(buf).await {
+                Ok(0) if buf.is_empty() => {
+                    return Err(Failed::BeforeAnswer(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before an answer",
+                    )));
+                }
+                Ok(0) => return Err(Failed::Bad(io::Error::other("answer head cut short"))),
+                Ok(_) => {}
+                Err(e) if buf.is_empty() => return Err(Failed::BeforeAnswer(e)),
+                Err(e) => return Err(Failed::Bad(e)),
+            }
+        }
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(Failed::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(pieces: &[&[u8]]) -> io::Result<(usize, bool)> {
+        let mut c = Chunks::default();
+        let mut total = 0;
+        for p in pieces {
+            total += c.advance(p)?;
+        }
+        Ok((total, c.done()))
+    }
+
+    #[test]
+    fn the_end_of_a_chunked_body_is_found_however_it_is_cut() {
+        let body: &[u8] = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-sum: 1\r\n\r\n";
+        for cut in 0..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(chunks(&[a, b]).unwrap(), (body.len(), true), "cut at {cut}");
+        }
+        // What follows the end is not the body's.
+        let mut more = body.to_vec();
+        more.extend_from_slice(b"HTTP/1.1 200");
+        assert_eq!(chunks(&[&more]).unwrap(), (body.len(), true));
+        assert_eq!(chunks(&[b"0\r\n\r\n"]).unwrap(), (5, true));
+        assert_eq!(chunks(&[b"3\r\nab"]).unwrap(), (5, false));
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error_not_a_guess() {
+        assert!(chunks(&[b"zz\r\n"]).is_err());
+        assert!(chunks(&[b"3\r\nabcX"]).is_err());
+        assert!(chunks(&[b"ffffffffffffffffff\r\n"]).is_err());
+    }
+
+    #[test]
+    fn simple_requests_are_taken_and_the_rest_left_to_hyper() {
+        let take = |raw: &[u8]| matches!(parse(raw, 65536, None), Parsed::Complete(_));
+        let hyper = |raw: &[u8]| matches!(parse(raw, 65536, None), Parsed::Hyper);
+        assert!(take(b"GET /a?b HTTP/1.1\r\nhost: x\r\n\r\n"));
+        assert!(take(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi"));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nhost: x\r\n", 65536, None),
+            Parsed::Partial
+        ));
+        // A body still on its way, chunked, upgrades, Expect, HTTP/1.0, absolute form.
+        assert!(hyper(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhi"));
+        assert!(hyper(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        ));
+        assert!(hyper(
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+        ));
+        assert!(hyper(
+            b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(hyper(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(hyper(b"GET http://x/ HTTP/1.1\r\n\r\n"));
+        assert!(hyper(
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
+        ));
+        // Garbage and oversized heads: hyper answers 400 and 431.
+        assert!(hyper(b"\x16\x03\x01garbage\r\n\r\n"));
+        assert!(matches!(parse(&[b'a'; 100], 64, None), Parsed::Hyper));
+        // Over max-body: 413 here, without waiting for the body.
+        assert!(matches!(
+            parse(
+                b"POST / HTTP/1.1\r\ncontent-length: 5000\r\n\r\n",
+                65536,
+                Some(1000)
+            ),
+            Parsed::TooLarge { .. }
+        ));
+    }
+}
