@@ -59,6 +59,8 @@ pub struct HttpCounters {
     affinity: [AtomicU64; 3],
     /// By [`LOCAL`] index.
     local: [AtomicU64; LOCAL.len()],
+    /// Requests served by the balancer's own HTTP/1 path, then by hyper's.
+    paths: [AtomicU64; 2],
 }
 
 impl HttpCounters {
@@ -70,6 +72,11 @@ impl HttpCounters {
             AffinityOutcome::Redispatch => 2,
         };
         inc(&self.affinity[i]);
+    }
+
+    /// One request read by the balancer's own HTTP/1 path (`own`) or by hyper.
+    pub fn path(&self, own: bool) {
+        inc(&self.paths[usize::from(!own)]);
     }
 
     pub fn local(&self, status: StatusCode) {
@@ -89,6 +96,15 @@ impl HttpCounters {
         );
         for (outcome, n) in ["hit", "miss", "redispatch"].iter().zip(&self.affinity) {
             e.sample(name, &[("outcome", outcome)], get(n));
+        }
+        let name = "httplb_requests_total";
+        e.metric(
+            name,
+            "counter",
+            "Requests by the code that read them: the balancer's own HTTP/1 path, or hyper.",
+        );
+        for (path, n) in ["own", "hyper"].iter().zip(&self.paths) {
+            e.sample(name, &[("path", path)], get(n));
         }
         let name = "httplb_local_responses_total";
         e.metric(

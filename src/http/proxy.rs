@@ -475,6 +475,7 @@ impl HttpServer {
         req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
     ) -> Response<Download> {
+        self.counters.path(false);
         match self.upstreams().cache.clone() {
             Some(cache) => self.cached(&cache, req, info).await,
             None => self.proxied(req, info, None).await,

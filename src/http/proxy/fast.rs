@@ -43,6 +43,8 @@ use crate::proxy::Conn;
 const MAX_FIELDS: usize = 100;
 /// What one read asks for at least.
 const READ: usize = 16 * 1024;
+/// What one read of a big answer's body may grow to.
+const MAX_READ: usize = 256 * 1024;
 
 /// How a client connection left this path.
 pub(super) enum Left {
@@ -406,10 +408,12 @@ impl HttpServer {
                 match parse(&buf, up.settings.max_head, up.settings.max_body) {
                     Parsed::Complete(head) => {
                         started = Instant::now();
+                        self.counters.path(true);
                         break head;
                     }
                     Parsed::Hyper => return Left::ToHyper(buf),
                     Parsed::TooLarge { method, target } => {
+                        self.counters.path(true);
                         info.body_left.store(true, Ordering::Relaxed);
                         let line = self.line(info, &method, &target, Instant::now());
                         // Closed either way: the body was not read.
@@ -702,7 +706,9 @@ impl HttpServer {
         let mut reusable = parsed.reusable;
         let mut sent: u64 = 0;
         let mut complete = false;
-        let mut client_gone = false;
+        // The head goes out with the first bytes of the body, in one write; the rest of the
+        // body is written from the buffer it was read into.
+        let mut head_sent = false;
         loop {
             let (take, done) = match &mut framing {
                 Framing::None => (0, true),
@@ -720,25 +726,36 @@ impl HttpServer {
                 },
                 Framing::Close => (upstream.len(), false),
             };
-            out.extend_from_slice(&upstream[..take]);
-            sent += take as u64;
             // Bytes after the end of the answer: the backend said more than it should have,
             // and the connection cannot be trusted with another request.
             if done && take < upstream.len() {
                 reusable = false;
             }
-            upstream.clear();
-            if let Err(e) = write_flushed(conn, out).await {
+            let written = match head_sent {
+                false => {
+                    out.extend_from_slice(&upstream[..take]);
+                    head_sent = true;
+                    write_flushed(conn, out).await
+                }
+                true => write_flushed(conn, &upstream[..take]).await,
+            };
+            if let Err(e) = written {
                 tracing::debug!(client = %info.client, "client gone mid-answer: {e}");
-                client_gone = true;
                 break;
             }
-            out.clear();
+            sent += take as u64;
             if done {
                 complete = true;
                 break;
             }
-            upstream.reserve(READ);
+            // A read that filled the buffer: the body is a big one, and bigger reads cost less
+            // per byte (hyper grows its buffer the same way). Given back once the answer ends.
+            let grow = upstream.len() == upstream.capacity() && upstream.capacity() < MAX_READ;
+            let capacity = upstream.capacity();
+            upstream.clear();
+            if grow {
+                upstream.reserve(capacity * 2);
+            }
             match backend_conn.read_buf(upstream).await {
                 Ok(0) if matches!(framing, Framing::Close) => {
                     complete = true;
@@ -755,15 +772,18 @@ impl HttpServer {
                 }
             }
         }
+        if upstream.capacity() > READ {
+            *upstream = Vec::with_capacity(READ);
+        }
         drop(active);
         backend.counters.bytes(sent);
         if complete && reusable {
             backend.pool.put_raw(backend_conn, answered);
         }
         line.log(parsed.status, sent, complete);
-        match (complete, client_gone) {
-            (true, _) => Ok(!closing),
-            _ => Err(()),
+        match complete {
+            true => Ok(!closing),
+            false => Err(()),
         }
     }
 

@@ -1,0 +1,279 @@
+//! Step 12, `http-lb`'s own HTTP/1.1 path (`proxy::fast`): every way an answer's body can end,
+//! pipelining, and the hand-over to hyper in the middle of a connection, against a raw backend
+//! that writes exactly the bytes each test needs. `/metrics` says which path read each request
+//! (`httplb_requests_total{path}`), so these tests fail if the path is not taken at all.
+//!
+//! The rest of chapter 12's tests (`12_http_lb.rs`) run through this path too, and CI runs them
+//! again with `LB_HTTP_FAST=off` for hyper's.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+
+use common::*;
+
+const LB: &str = bin!("http-lb");
+
+fn start(backend: SocketAddr, extra: &[&str]) -> Proc {
+    let backend = backend.to_string();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--backend",
+        &backend,
+        "--health-interval",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(LB, &args, 2)
+}
+
+/// `httplb_requests_total{path="PATH"}`.
+fn requests_by(lb: &Proc, path: &str) -> u64 {
+    let (_, body) = admin_get(lb.addrs[1], "/metrics");
+    let needle = format!("httplb_requests_total{{path=\"{path}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {needle} in {body}"))
+}
+
+/// Reads one request head (and its `content-length` body) from a backend connection; `None`
+/// when the balancer closed it.
+fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// A backend that answers the request for `/NAME` with `answers(NAME)`, written as raw bytes,
+/// on every connection, and reports each request head it saw. An answer ending in `CLOSE`
+/// (stripped) is followed by closing the connection.
+fn raw_backend(answers: fn(&str) -> Vec<u8>) -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                while let Some((head, _)) = read_request(&mut conn) {
+                    let path = head
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or("/")
+                        .trim_start_matches('/')
+                        .to_owned();
+                    let _ = tx.send(head);
+                    let mut answer = answers(&path);
+                    let close = answer.ends_with(b"CLOSE");
+                    if close {
+                        answer.truncate(answer.len() - 5);
+                    }
+                    if conn.write_all(&answer).is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn framings(path: &str) -> Vec<u8> {
+    match path {
+        "length" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kind: length\r\n\r\nhello".to_vec(),
+        // Chunk extensions and a trailer field pass through as the backend wrote them.
+        "chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n".to_vec(),
+        "empty" => b"HTTP/1.1 204 No Content\r\nx-kind: empty\r\n\r\n".to_vec(),
+        // A HEAD answer says how long the body would be, and has none.
+        "head" => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec(),
+        // An informational answer first: dropped, as hyper's client does.
+        "early" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        // No length: the body runs to the close.
+        "until-close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of itCLOSE".to_vec(),
+        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
+    }
+}
+
+/// Reads from `s` until `end` has been seen, or the peer closes; everything read.
+fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(end.len()).any(|w| w == end) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+#[test]
+fn every_way_an_answer_can_end_passes_on_one_kept_alive_connection() {
+    let (backend, _heads) = raw_backend(framings);
+    let lb = start(backend, &["--affinity", "none"]);
+    let mut s = connect(lb.addr());
+
+    let r = get_on(&mut s, "/length");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+
+    write!(s, "GET /chunked HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let got = String::from_utf8(read_until(&mut s, b"x-sum: 11\r\n\r\n")).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+    assert!(
+        got.ends_with("\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"),
+        "{got}"
+    );
+
+    write!(s, "GET /empty HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let got = String::from_utf8(read_until(&mut s, b"\r\n\r\n")).unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 204 No Content\r\n") && got.contains("x-kind: empty"),
+        "{got}"
+    );
+
+    write!(s, "HEAD /head HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let got = String::from_utf8(read_until(&mut s, b"\r\n\r\n")).unwrap();
+    assert!(got.contains("content-length: 1000\r\n"), "{got}");
+
+    // Had the HEAD answer's 1000 bytes been awaited, or the 103 passed on, this would not be
+    // the next answer on the connection.
+    let r = get_on(&mut s, "/early");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(r.header("link"), None);
+
+    write!(s, "GET /until-close HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let got = String::from_utf8(rest).unwrap();
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nall of it"), "{got}");
+
+    assert_eq!(requests_by(&lb, "own"), 6);
+    assert_eq!(requests_by(&lb, "hyper"), 0);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (backend, _heads) = raw_backend(framings);
+    let lb = start(backend, &["--affinity", "none"]);
+    let mut s = connect(lb.addr());
+    s.write_all(
+        b"GET /length HTTP/1.1\r\nhost: t\r\n\r\nGET /early HTTP/1.1\r\nhost: t\r\n\r\nGET /length HTTP/1.1\r\nhost: t\r\n\r\n",
+    )
+    .unwrap();
+    let texts: Vec<String> = (0..3).map(|_| read_reply(&mut s).text()).collect();
+    assert_eq!(texts, ["hello", "ok", "hello"]);
+    assert_eq!(requests_by(&lb, "own"), 3);
+}
+
+#[test]
+fn a_request_the_path_does_not_take_goes_to_hyper_with_the_bytes_already_read() {
+    let (dummy, backends) = dummies(1);
+    let backend: SocketAddr = backends[1].parse().unwrap();
+    let lb = start(backend, &[]);
+    let mut s = connect(lb.addr());
+    // Taken: a plain GET, and a POST whose body came with its head.
+    assert_eq!(get_on(&mut s, "/").status, 200);
+    write!(
+        s,
+        "POST /sink HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\n\r\nping"
+    )
+    .unwrap();
+    assert_eq!(read_reply(&mut s).text(), "received: 4\n");
+    // Not taken: a chunked body. It and the request after it, in the same write, are hyper's.
+    write!(
+        s,
+        "POST /sink HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\npong!\r\n0\r\n\r\nGET / HTTP/1.1\r\nhost: t\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_reply(&mut s).text(), "received: 5\n");
+    assert_eq!(read_reply(&mut s).status, 200);
+    assert_eq!(requests_by(&lb, "own"), 2);
+    assert_eq!(requests_by(&lb, "hyper"), 2);
+    drop(dummy);
+}
+
+#[test]
+fn the_backend_sees_the_same_forwarding_fields_from_either_path() {
+    let (backend, heads) = raw_backend(framings);
+    let lb = start(backend, &["--affinity", "none"]);
+    let mut s = connect(lb.addr());
+    let sent = "GET /length HTTP/1.1\r\nhost: t\r\nx-forwarded-for: 6.6.6.6\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: 5\r\n\r\n";
+    s.write_all(sent.as_bytes()).unwrap();
+    read_reply(&mut s);
+    // The same head once more, with a chunked body: hyper's path.
+    s.write_all(
+        sent.replace(
+            "\r\n\r\n",
+            "\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .replace("GET", "POST")
+        .as_bytes(),
+    )
+    .unwrap();
+    read_reply(&mut s);
+    let own = heads.recv_timeout(PATIENCE).unwrap();
+    let hyper = heads.recv_timeout(PATIENCE).unwrap();
+    for head in [&own, &hyper] {
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+        assert!(lower.contains("x-forwarded-proto: http\r\n"), "{head}");
+        assert!(lower.contains("x-forwarded-host: t\r\n"), "{head}");
+        assert!(!lower.contains("6.6.6.6"), "{head}");
+        assert!(
+            !lower.contains("x-hop") && !lower.contains("keep-alive"),
+            "{head}"
+        );
+    }
+    assert_eq!(requests_by(&lb, "own"), 1);
+    assert_eq!(requests_by(&lb, "hyper"), 1);
+}
+
+#[test]
+fn a_backend_that_cuts_its_answer_short_costs_only_that_answer() {
+    fn cut(path: &str) -> Vec<u8> {
+        match path {
+            "cut" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly thisCLOSE".to_vec(),
+            "garbage" => b"\x16\x03\x01 not http at all\r\n\r\nCLOSE".to_vec(),
+            other => framings(other),
+        }
+    }
+    let (backend, _heads) = raw_backend(cut);
+    let lb = start(backend, &["--affinity", "none"]);
+    // A body cut short: the client's connection closes after what came, as hyper's does.
+    let mut s = connect(lb.addr());
+    write!(s, "GET /cut HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(String::from_utf8_lossy(&got).ends_with("\r\n\r\nonly this"));
+    // Garbage instead of an answer: 502, and the connection serves on.
+    let mut s = connect(lb.addr());
+    assert_eq!(get_on(&mut s, "/garbage").status, 502);
+    assert_eq!(get_on(&mut s, "/length").text(), "hello");
+}
