@@ -496,7 +496,7 @@ impl HttpServer {
             mut headers,
             len,
             body,
-            ..
+            close: client_closes,
         } = head;
         let Scratch {
             out,
@@ -660,7 +660,8 @@ impl HttpServer {
         self.counters.affinity(outcome);
 
         // 5: the answer's head, as the client sees it.
-        let closing = *stop.borrow() || matches!(parsed.framing, Framing::Close);
+        // The client's `Connection: close` is answered in kind, as hyper does.
+        let closing = client_closes || *stop.borrow() || matches!(parsed.framing, Framing::Close);
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(parsed.status.as_str().as_bytes());
