@@ -140,6 +140,11 @@ fn every_way_an_answer_can_end_passes_on_one_kept_alive_connection() {
 
     let r = get_on(&mut s, "/length");
     assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    // The backend sent no `Date`: a proxy with a clock adds one (RFC 9110 §6.6.1).
+    assert!(
+        r.header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{r:?}"
+    );
 
     write!(s, "GET /chunked HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
     let got = String::from_utf8(read_until(&mut s, b"x-sum: 11\r\n\r\n")).unwrap();

@@ -25,7 +25,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -249,6 +249,61 @@ impl Upstreams {
             affinity,
             settings,
         }
+    }
+}
+
+/// What steps 1 and 2 of a request chose.
+struct Chosen {
+    /// The backend, if any is up.
+    pick: Option<usize>,
+    outcome: AffinityOutcome,
+    /// The backend the request's cookie named, valid or not now.
+    cookie: Option<usize>,
+}
+
+impl Upstreams {
+    /// Steps 1 and 2, shared by hyper's path and the balancer's own: the affinity cookie is
+    /// taken out of `headers`, and the backend it names is chosen while health allows (and it
+    /// is not in `tried`), else the strategy's among those not in `tried`.
+    fn choose(&self, headers: &mut hyper::HeaderMap, client: IpAddr, tried: &[usize]) -> Chosen {
+        let found = match &self.affinity {
+            Some(affinity) => affinity.take(headers),
+            None => Found::None,
+        };
+        let cookie = match found {
+            Found::Backend(i) => Some(i),
+            _ => None,
+        };
+        let (pick, outcome) = match (found, &self.affinity) {
+            (_, None) => (None, AffinityOutcome::Off),
+            (Found::Backend(i), Some(_)) if self.balancer.is_up(i) && !tried.contains(&i) => {
+                (Some(i), AffinityOutcome::Hit)
+            }
+            (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
+            (Found::None | Found::Unknown, Some(_)) => (None, AffinityOutcome::Miss),
+        };
+        Chosen {
+            pick: pick.or_else(|| self.balancer.pick(client, tried)),
+            outcome,
+            cookie,
+        }
+    }
+
+    /// After backend `i` could not be dialled (nothing was sent, so any request may go
+    /// elsewhere): the next backend to try, if failover allows one.
+    fn after_dial_failure(
+        &self,
+        error: &io::Error,
+        client: SocketAddr,
+        i: usize,
+        tried: &mut Vec<usize>,
+    ) -> Option<usize> {
+        tracing::warn!(%client, backend = %self.names[i], "cannot reach backend: {error}");
+        if !self.balancer.may_try_another(error) {
+            return None;
+        }
+        tried.push(i);
+        self.balancer.pick(client.ip(), tried)
     }
 }
 
@@ -776,30 +831,16 @@ impl HttpServer {
             return self.local(StatusCode::PAYLOAD_TOO_LARGE, line);
         }
 
-        // 1 and 2: the cookie's backend while health allows, else the strategy's.
+        // 1 and 2: the cookie's backend while health allows, else the strategy's. A route's
+        // pool: the backends outside it count as tried.
         let balancer = &up.balancer;
-        let found = match &up.affinity {
-            Some(affinity) => affinity.take(&mut parts.headers),
-            None => Found::None,
-        };
-        let cookie_backend = match found {
-            Found::Backend(i) => Some(i),
-            _ => None,
-        };
-        let (mut pick, mut outcome) = match (found, &up.affinity) {
-            (_, None) => (None, AffinityOutcome::Off),
-            (Found::Backend(i), Some(_)) if balancer.is_up(i) && !excluded.contains(&i) => {
-                (Some(i), AffinityOutcome::Hit)
-            }
-            (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
-            (Found::None | Found::Unknown, Some(_)) => (None, AffinityOutcome::Miss),
-        };
-        line.affinity = outcome;
-        // A route's pool: the backends outside it count as tried.
         let mut tried: Vec<usize> = excluded.to_vec();
-        if pick.is_none() {
-            pick = balancer.pick(info.client.ip(), &tried);
-        }
+        let Chosen {
+            pick,
+            mut outcome,
+            cookie: cookie_backend,
+        } = up.choose(&mut parts.headers, info.client.ip(), &tried);
+        line.affinity = outcome;
         let Some(mut i) = pick else {
             tracing::warn!(client = %info.client, "no backend is up: 503");
             unread(info);
@@ -870,20 +911,13 @@ impl HttpServer {
                 Some(sender) => (sender, false),
                 None => match self.dial(&up, i).await {
                     Ok(sender) => (sender, true),
-                    Err(e) => {
-                        tracing::warn!(client = %info.client, backend = %up.names[i], "cannot reach backend: {e}");
-                        if !balancer.may_try_another(&e) {
-                            break;
+                    Err(e) => match up.after_dial_failure(&e, info.client, i, &mut tried) {
+                        Some(next) => {
+                            i = next;
+                            continue;
                         }
-                        tried.push(i);
-                        match balancer.pick(info.client.ip(), &tried) {
-                            Some(next) => {
-                                i = next;
-                                continue;
-                            }
-                            None => break,
-                        }
-                    }
+                        None => break,
+                    },
                 },
             };
             let Some(req) = request.take() else { break };

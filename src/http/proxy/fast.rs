@@ -26,14 +26,15 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text};
-use crate::http::affinity::Found;
+use super::{
+    Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text,
+};
 use crate::http::assign::Mode;
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
@@ -509,25 +510,13 @@ impl HttpServer {
 
         // 1 and 2: the cookie's backend while health allows, else the strategy's.
         let balancer = &up.balancer;
-        let found = match &up.affinity {
-            Some(affinity) => affinity.take(&mut headers),
-            None => Found::None,
-        };
-        let cookie_backend = match found {
-            Found::Backend(i) => Some(i),
-            _ => None,
-        };
-        let (mut pick, mut outcome) = match (found, &up.affinity) {
-            (_, None) => (None, AffinityOutcome::Off),
-            (Found::Backend(i), Some(_)) if balancer.is_up(i) => (Some(i), AffinityOutcome::Hit),
-            (Found::Backend(_), Some(_)) => (None, AffinityOutcome::Redispatch),
-            (Found::None | Found::Unknown, Some(_)) => (None, AffinityOutcome::Miss),
-        };
-        line.affinity = outcome;
         let mut tried: Vec<usize> = Vec::new();
-        if pick.is_none() {
-            pick = balancer.pick(info.client.ip(), &tried);
-        }
+        let Chosen {
+            pick,
+            mut outcome,
+            cookie: cookie_backend,
+        } = up.choose(&mut headers, info.client.ip(), &tried);
+        line.affinity = outcome;
         let Some(mut i) = pick else {
             tracing::warn!(client = %info.client, "no backend is up: 503");
             buf.drain(..len + body);
@@ -577,20 +566,13 @@ impl HttpServer {
                         crate::metrics::inc(&up.balancer.state(i).counters.connections);
                         (conn, true)
                     }
-                    Err(e) => {
-                        tracing::warn!(client = %info.client, backend = %up.names[i], "cannot reach backend: {e}");
-                        if !balancer.may_try_another(&e) {
-                            break;
+                    Err(e) => match up.after_dial_failure(&e, info.client, i, &mut tried) {
+                        Some(next) => {
+                            i = next;
+                            continue;
                         }
-                        tried.push(i);
-                        match balancer.pick(info.client.ip(), &tried) {
-                            Some(next) => {
-                                i = next;
-                                continue;
-                            }
-                            None => break,
-                        }
-                    }
+                        None => break,
+                    },
                 },
             };
             let active = balancer.count_active_owned(i);
@@ -669,8 +651,10 @@ impl HttpServer {
         let bytes = |(start, end): Span| &upstream[start..end];
         out.extend_from_slice(bytes(parsed.reason));
         out.extend_from_slice(b"\r\n");
+        let mut dated = false;
         for &(name, value) in kept.iter() {
             let name = bytes(name);
+            dated |= name.eq_ignore_ascii_case(b"date");
             if up
                 .settings
                 .hide
@@ -680,6 +664,15 @@ impl HttpServer {
                 continue;
             }
             field(out, name, bytes(value));
+        }
+        // RFC 9110 §6.6.1: a recipient with a clock forwards a response without `Date` with
+        // one (hyper's server adds it too).
+        if !dated {
+            field(
+                out,
+                b"date",
+                httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+            );
         }
         // The framing passes through as the backend wrote it, so its field does too.
         if let Some(codings) = parsed.transfer_encoding {
@@ -819,6 +812,8 @@ impl HttpServer {
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ndate: ");
+        out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
         out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
         out.extend_from_slice(text.len().to_string().as_bytes());
         if close {
