@@ -983,14 +983,7 @@ impl HttpServer {
         let Some((mut response, sender, active)) = answered else {
             return self.local(failure, line);
         };
-        // The cookie's backend was up but could not be reached: the user now has another.
-        if outcome == AffinityOutcome::Hit && Some(i) != cookie_backend {
-            outcome = AffinityOutcome::Redispatch;
-            line.affinity = outcome;
-            tracing::info!(client = %info.client, backend = %up.names[i],
-                "affinity cookie named a backend that could not be reached: redispatched");
-        }
-        line.backend = Some(Arc::clone(&up.names[i]));
+        line.answered_by(&mut outcome, cookie_backend, &up.names[i], i);
         let backend = Arc::clone(&up.backends[i]);
         backend
             .counters
@@ -1184,6 +1177,24 @@ struct Line {
 }
 
 impl Line {
+    /// Backend `i`, known as `name`, answered. When the cookie named another backend that was
+    /// up but could not be reached, the user now has this one: a redispatch.
+    fn answered_by(
+        &mut self,
+        outcome: &mut AffinityOutcome,
+        cookie: Option<usize>,
+        name: &Arc<str>,
+        i: usize,
+    ) {
+        if *outcome == AffinityOutcome::Hit && Some(i) != cookie {
+            *outcome = AffinityOutcome::Redispatch;
+            self.affinity = *outcome;
+            tracing::info!(client = %self.client, backend = %name,
+                "affinity cookie named a backend that could not be reached: redispatched");
+        }
+        self.backend = Some(Arc::clone(name));
+    }
+
     /// Under the `access` target, as `tcp-lb`'s lines: `RUST_LOG=info,access=off` hides them.
     fn log(self, status: StatusCode, bytes: u64, complete: bool) {
         let Line {

@@ -627,13 +627,7 @@ impl HttpServer {
         let Some((answer, mut backend_conn, active)) = answered else {
             return self.answer_locally(conn, failure, line, false).await;
         };
-        if outcome == AffinityOutcome::Hit && Some(i) != cookie_backend {
-            outcome = AffinityOutcome::Redispatch;
-            line.affinity = outcome;
-            tracing::info!(client = %info.client, backend = %up.names[i],
-                "affinity cookie named a backend that could not be reached: redispatched");
-        }
-        line.backend = Some(Arc::clone(&up.names[i]));
+        line.answered_by(&mut outcome, cookie_backend, &up.names[i], i);
         let backend = Arc::clone(&up.backends[i]);
         let (parsed, head_len) = answer;
         // One clock read for the latency and the pool's timestamp: they are microseconds apart.
