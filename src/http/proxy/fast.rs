@@ -390,12 +390,8 @@ struct Scratch {
 impl HttpServer {
     /// Serves requests on `conn` while this path can; see the module's header.
     pub(super) async fn serve_fast(&self, conn: &mut Conn, info: &ConnInfo) -> Left {
-        let mut buf: Vec<u8> = Vec::with_capacity(READ);
-        let mut scratch = Scratch {
-            out: Vec::with_capacity(READ),
-            upstream: Vec::with_capacity(READ),
-            kept: Vec::with_capacity(32),
-        };
+        // Nothing is held while the connection waits for a request (see `spare`).
+        let mut buf: Vec<u8> = Vec::new();
         let mut stop = self.stop.subscribe();
         loop {
             let up = self.upstreams();
@@ -425,12 +421,12 @@ impl HttpServer {
                     }
                     Parsed::Partial => {}
                 }
-                if buf.capacity() - buf.len() < READ / 4 {
-                    buf.reserve(READ);
-                }
                 let idle = buf.is_empty();
+                if idle && buf.capacity() > 0 {
+                    spare::give_buffer(std::mem::take(&mut buf));
+                }
                 let read = tokio::select! {
-                    read = tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)) => read,
+                    read = tokio::time::timeout_at(deadline, read_some(conn, &mut buf)) => read,
                     // Draining: an idle connection closes at once; a head on its way finishes.
                     _ = stop.wait_for(|stop| *stop), if idle => return Left::Closed { clean: true },
                 };
@@ -457,7 +453,8 @@ impl HttpServer {
                 }
             };
             let closing = head.close;
-            match self
+            let mut scratch = spare::scratch();
+            let forwarded = self
                 .forward(
                     conn,
                     info,
@@ -468,8 +465,9 @@ impl HttpServer {
                     started,
                     &stop,
                 )
-                .await
-            {
+                .await;
+            spare::give_scratch(scratch);
+            match forwarded {
                 Ok(true) if !closing && !*stop.borrow() => {}
                 Ok(_) => return Left::Closed { clean: true },
                 Err(()) => return Left::Closed { clean: false },
@@ -821,6 +819,81 @@ impl HttpServer {
             true => Ok(!close),
             false => Err(()),
         }
+    }
+}
+
+/// Reads what the client sent next into `buf`, taking a buffer only once there is something
+/// to read on a plain connection (a TLS stream buffers inside rustls anyway).
+async fn read_some(conn: &mut Conn, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() == 0 {
+        if let Conn::Plain(tcp) = conn {
+            tcp.readable().await?;
+        }
+        *buf = spare::buffer();
+    }
+    if buf.capacity() - buf.len() < READ / 4 {
+        buf.reserve(READ);
+    }
+    conn.read_buf(buf).await
+}
+
+/// Buffers kept per worker thread, as chapter 11's relay keeps its own: a request takes them
+/// when its head is on its way and gives them back when its answer is done, so an idle
+/// keep-alive connection holds none (three 16 KiB buffers each would be 48 KiB per idle
+/// client), and a busy one costs no allocation. A buffer taken on one thread may come back on
+/// another; each thread keeps at most [`spare::KEEP`] of each kind.
+mod spare {
+    use std::cell::RefCell;
+
+    use super::{READ, Scratch};
+
+    pub const KEEP: usize = 64;
+
+    thread_local! {
+        static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn buffer() -> Vec<u8> {
+        BUFFERS
+            .with(|b| b.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(READ))
+    }
+
+    /// Keeps `buf` for another connection, unless it grew past the usual size (a large head).
+    pub fn give_buffer(mut buf: Vec<u8>) {
+        if buf.capacity() > 2 * READ {
+            return;
+        }
+        buf.clear();
+        BUFFERS.with(|b| {
+            let mut free = b.borrow_mut();
+            if free.len() < KEEP {
+                free.push(buf);
+            }
+        });
+    }
+
+    pub fn scratch() -> Scratch {
+        SCRATCH
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| Scratch {
+                out: Vec::with_capacity(READ),
+                upstream: Vec::with_capacity(READ),
+                kept: Vec::with_capacity(32),
+            })
+    }
+
+    pub fn give_scratch(scratch: Scratch) {
+        if scratch.out.capacity() > 2 * READ || scratch.upstream.capacity() > 2 * READ {
+            return;
+        }
+        SCRATCH.with(|s| {
+            let mut free = s.borrow_mut();
+            if free.len() < KEEP {
+                free.push(scratch);
+            }
+        });
     }
 }
 
