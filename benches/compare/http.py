@@ -22,6 +22,9 @@ Workloads:
               answers how much arrived): throughput, and the proxy's peak resident memory above
               its size at the start.
   download    one 1 GiB GET of /bytes/N: throughput and peak memory likewise.
+  idle        resident memory per idle keep-alive client connection: --idle connections
+              (2,000 by default) each make one request and stay open; the proxy's memory
+              after them, less before them, divided by their number.
 
 With `--http-lb-b BIN`, target *http-lb-b* is a second build run with http-lb's flags, for an
 A/B test of one change in the same interleaved rounds.
@@ -33,7 +36,9 @@ workers each. Rounds interleave the targets; the table shows medians. Everything
 import argparse
 import os
 import re
+import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Where cargo puts the binaries: CARGO_TARGET_DIR when set, as cargo itself reads it.
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TARGETS = ["direct", "haproxy", "nginx", "http-lb", "http-lb-b"]
-WORKLOADS = ["keepalive", "close", "upload", "download"]
+WORKLOADS = ["keepalive", "close", "upload", "download", "idle"]
 GIB = 1 << 30
 
 
@@ -232,6 +237,40 @@ class Bench:
             raise RuntimeError(f"transfer failed: {out.stdout[-200:]} {out.stderr[-300:]}")
         return size / elapsed / 2**20, peak[0] - base
 
+    def idle(self, port, pid):
+        """KiB of the proxy's resident memory per idle kept-alive client connection."""
+        socks = []
+
+        def open_clients(count):
+            for _ in range(count):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n")
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise RuntimeError("a proxy closed an idle client before answering")
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if not length:
+                    raise RuntimeError(f"an answer without content-length: {head[:200]!r}")
+                while len(body) < int(length.group(1)):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise RuntimeError("an answer cut short")
+                    body += chunk
+                socks.append(s)
+
+        try:
+            open_clients(200)  # warm: first allocations, pools, the backend connections
+            base = rss_now_kib(pid)
+            open_clients(self.opts.idle)
+            return (rss_now_kib(pid) - base) / self.opts.idle
+        finally:
+            for s in socks:
+                s.close()
+
     def run(self):
         rows = {}
         targets = [t for t in TARGETS if t in self.opts.targets]
@@ -264,6 +303,12 @@ class Bench:
             per = "" if cpu is None else f", {cpu / n * 1e6:.1f} µs CPU/req"
             log(f"  {self.opts.mode} {workload:9} round {r + 1} {target:8} "
                 f"{rps:10.0f} req/s, p99 {p99:.2f} ms{per}")
+        elif workload == "idle":
+            if pid is None:
+                return
+            kib = self.idle(port, pid)
+            samples[target].append((kib, 1, None, None))
+            log(f"  {self.opts.mode} idle      {target:8} {kib:.2f} KiB per connection")
         else:
             mibs, peak = self.transfer(port, pid, workload == "upload")
             cpu = (cpu_seconds(pid) - before) if pid else None
@@ -282,7 +327,9 @@ def table(mode, rows, targets):
             if not s:
                 cells.append("failed" if samples.get(t) else "—")
                 continue
-            if workload in ("keepalive", "close"):
+            if workload == "idle":
+                cell = f"{statistics.median(x[0] for x in s):.2f} KiB per connection"
+            elif workload in ("keepalive", "close"):
                 rps = statistics.median(x[0] for x in s)
                 p99 = statistics.median(x[3] for x in s)
                 cell = f"{rps:,.0f} req/s, p99 {p99:.2f} ms"
@@ -310,6 +357,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--gib", type=int, default=1, help="size of the upload and download")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--idle", type=int, default=2000,
+                    help="idle keep-alive client connections for the idle workload")
     ap.add_argument("--targets", default=",".join(t for t in TARGETS if t != "http-lb-b"))
     ap.add_argument("--http-lb-b", help="a second build (or any program taking the same flags), "
                     "measured as target http-lb-b in the same interleaved rounds: an A/B test "
@@ -319,6 +368,10 @@ def main():
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for http-lb")
     ap.add_argument("--out", help="also write the tables (markdown) to this file")
     opts = ap.parse_args()
+    # Each idle client is a socket here and one or two in the proxy: raise the soft open-file
+    # limit to the hard one (children inherit it).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     opts.workloads = opts.workloads.split(",")
     opts.targets = opts.targets.split(",")
     for w in opts.workloads:

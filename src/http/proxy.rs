@@ -409,7 +409,9 @@ impl HttpServer {
         entry: Entry,
     ) {
         let started = Instant::now();
-        let admitted = match self.server.admit(stream, peer, &balancer, entry).await {
+        // Boxed, as in `Server::run` (chapter 11, step 9): admission is over before the first
+        // request, but inline it would size the task for the connection's whole life.
+        let admitted = match Box::pin(self.server.admit(stream, peer, &balancer, entry)).await {
             Ok(admitted) => admitted,
             Err(refused) => return refused.log(started),
         };
@@ -432,6 +434,20 @@ impl HttpServer {
                 fast::Left::ToHyper(read) => prefix = read,
             }
         }
+        // Boxed: the hyper half is big (its connection state, the service) and most
+        // connections never need it; left inline it would size every connection's task.
+        Box::pin(Arc::clone(&self).serve_hyper(conn, prefix, info, started)).await;
+    }
+
+    /// hyper serves the connection from here on, starting with `prefix` (bytes the own path
+    /// had read), then closes it.
+    async fn serve_hyper(
+        self: Arc<Self>,
+        conn: Conn,
+        prefix: Vec<u8>,
+        info: Arc<ConnInfo>,
+        started: Instant,
+    ) {
         let settings = self.upstreams().settings.clone();
         let (back, returned) = oneshot::channel();
         let io = TokioIo::new(Returning {

@@ -454,18 +454,21 @@ impl HttpServer {
             };
             let closing = head.close;
             let mut scratch = spare::scratch();
-            let forwarded = self
-                .forward(
-                    conn,
-                    info,
-                    &up,
-                    head,
-                    &mut buf,
-                    &mut scratch,
-                    started,
-                    &stop,
-                )
-                .await;
+            // Boxed: a request's states (the dial, the exchange, the body) are the largest of
+            // the connection's, and inline they would size the task for its idle time too:
+            // one allocation per request (tens of nanoseconds) for about 2.5 KiB less per idle
+            // keep-alive connection.
+            let forwarded = Box::pin(self.forward(
+                conn,
+                info,
+                &up,
+                head,
+                &mut buf,
+                &mut scratch,
+                started,
+                &stop,
+            ))
+            .await;
             spare::give_scratch(scratch);
             match forwarded {
                 Ok(true) if !closing && !*stop.borrow() => {}
