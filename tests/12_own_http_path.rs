@@ -113,10 +113,10 @@ fn framings(path: &str) -> Vec<u8> {
         "head" => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec(),
         // An informational answer first: dropped, as hyper's client does.
         "early" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
-        // No length: the body runs to the close.
         // No reason phrase, not even its space (RFC 9112 makes the phrase optional; some
         // servers drop the space too): found by the parsers' fuzz test, which panicked.
         "no-reason" => b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        // No length: the body runs to the close.
         "until-close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of itCLOSE".to_vec(),
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
     }
