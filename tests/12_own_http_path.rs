@@ -288,3 +288,79 @@ fn a_backend_that_cuts_its_answer_short_costs_only_that_answer() {
     assert_eq!(get_on(&mut s, "/garbage").status, 502);
     assert_eq!(get_on(&mut s, "/length").text(), "hello");
 }
+
+/// Seeded noise, so that a failure replays: xorshift64.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `seed` with a few bytes changed, inserted or cut.
+    fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+        let mut bytes = seed.to_vec();
+        for _ in 0..1 + self.next() % 4 {
+            let at = (self.next() as usize) % (bytes.len() + 1);
+            match self.next() % 3 {
+                0 if at < bytes.len() => bytes[at] = self.next() as u8,
+                1 => bytes.insert(at, self.next() as u8),
+                _ => bytes.truncate(at.max(1)),
+            }
+        }
+        bytes
+    }
+}
+
+/// Sends `bytes`, half-closes, and reads whatever comes back until the balancer closes or
+/// goes quiet: a garbage request may get an answer, a 400, or nothing.
+fn throw(addr: SocketAddr, bytes: &[u8]) {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    if s.write_all(bytes).is_err() {
+        return;
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+#[test]
+fn garbage_from_clients_and_backends_never_stops_the_balancer() {
+    fn mangled(path: &str) -> Vec<u8> {
+        let seeds: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 103 Early\r\n\r\nHTTP/1.1 204 No\r\n\r\n",
+        ];
+        match path.strip_prefix("m").and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) => {
+                let mut noise = Noise(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+                let mut answer = noise.mutate(seeds[n as usize % seeds.len()]);
+                answer.extend_from_slice(b"CLOSE");
+                answer
+            }
+            None => framings(path),
+        }
+    }
+    let (backend, _heads) = raw_backend(mangled);
+    let lb = start(backend, &["--response-timeout", "0.5"]);
+    let request =
+        b"GET /length HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\ncookie: lb=x; a=b\r\n\r\nhi";
+    let mut noise = Noise(0x2545_f491_4f6c_dd1d);
+    for round in 0..150u64 {
+        // A mangled request to a good backend, then a good request to a mangled answer.
+        throw(lb.addr(), &noise.mutate(request));
+        throw(
+            lb.addr(),
+            format!("GET /m{round} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes(),
+        );
+    }
+    let mut s = connect(lb.addr());
+    assert_eq!(get_on(&mut s, "/length").text(), "hello");
+    assert!(!lb.stderr().contains("panicked"), "{}", lb.stderr());
+}
