@@ -3,8 +3,8 @@
 //! Per client connection, the listener's work is chapter 10's, shared with `tcp-lb`
 //! (`Server::admit`: the slot under `max-connections`, the PROXY header, allow/deny, the
 //! TLS handshake). Then, instead of relaying bytes, the balancer reads HTTP/1.1 requests from
-//! the connection: the common ones on its own path (`proxy/fast.rs`), the rest through hyper, which
-//! takes the connection over when one comes. For each request, on either path:
+//! the connection: the common ones on its own path (`proxy/fast.rs`), the rest through hyper,
+//! which takes the connection over when one comes. For each request, on either path:
 //!
 //! 1. the affinity cookie, if any, is read and taken out ([`super::affinity`]);
 //! 2. a backend is chosen: the cookie's while health allows, otherwise the strategy's
