@@ -16,7 +16,7 @@
 //!   module: `httparse`, one task owning the pooled backend connection for the request), and
 //!   everything else through hyper, which takes over a connection with the bytes already read:
 //!   hyper's path alone cost 1.17× nginx's CPU per kept-alive request and 20 KiB per idle
-//!   client, this one is level with nginx at 2.4 KiB (`LB_HTTP_FAST=off` to compare);
+//!   client, this one is level with nginx at 2.6 KiB (`LB_HTTP_FAST=off` to compare);
 //! * tunnel **upgrades** (WebSocket) after a `101`;
 //! * answer failures in HTTP ([`lb::http::proxy`]): 503 no backend up, 502 unreachable, 504
 //!   too slow (`--response-timeout`), 413 over `--max-body`, 431 head over `--max-head`, 400

@@ -461,21 +461,18 @@ impl HttpServer {
             };
             let closing = head.close;
             let mut scratch = spare::scratch();
-            // Boxed: a request's states (the dial, the exchange, the body) are the largest of
-            // the connection's, and inline they would size the task for its idle time too:
-            // one allocation per request (tens of nanoseconds) for about 2.5 KiB less per idle
-            // keep-alive connection.
-            let forwarded = Box::pin(self.forward(
-                conn,
-                info,
-                &up,
-                head,
-                &mut buf,
-                &mut scratch,
-                started,
-                &stop,
-            ))
-            .await;
+            let forwarded = self
+                .forward(
+                    conn,
+                    info,
+                    &up,
+                    head,
+                    &mut buf,
+                    &mut scratch,
+                    started,
+                    &stop,
+                )
+                .await;
             spare::give_scratch(scratch);
             match forwarded {
                 Ok(true) if !closing && !*stop.borrow() => {}
@@ -568,7 +565,10 @@ impl HttpServer {
             };
             let (mut dialled, fresh) = match pooled {
                 Some(conn) => (conn, false),
-                None => match up.balancer.dial_reporting(i, None).await {
+                // Boxed: a dial (a TLS handshake, for a TLS backend) is the largest state of
+                // a request, and inline it would size the connection's task for all its idle
+                // time; dials are rare once the pool is warm, so the allocation is too.
+                None => match Box::pin(up.balancer.dial_reporting(i, None)).await {
                     Ok(conn) => {
                         backend.pool.opened();
                         crate::metrics::inc(&up.balancer.state(i).counters.connections);
