@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser as _;
 use lb::http::affinity::{Affinity, CookieSettings};
+use lb::http::forward;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -227,19 +228,6 @@ async fn copy_rest(from: &mut Side, to: &mut TcpStream, mut left: usize) -> io::
     Ok(())
 }
 
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// The body's length from `Content-Length`, else `otherwise`; `None` for a chunked body.
 fn body_length(fields: &[httparse::Header], otherwise: Option<usize>) -> io::Result<Option<usize>> {
     let mut length = otherwise;
@@ -269,7 +257,7 @@ fn request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for f in req.headers.iter() {
         // Trusted from no one here: the chain starts at the address we saw.
-        if hop_by_hop(f.name)
+        if forward::is_hop_by_hop(f.name, &[])
             || f.name.eq_ignore_ascii_case("x-forwarded-for")
             || f.name.eq_ignore_ascii_case("x-forwarded-proto")
         {
@@ -300,7 +288,7 @@ fn response_head(
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for f in res.headers.iter() {
-        if !hop_by_hop(f.name) {
+        if !forward::is_hop_by_hop(f.name, &[]) {
             field(out, f.name.as_bytes(), f.value);
         }
     }

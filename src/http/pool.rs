@@ -35,18 +35,19 @@ pub const DEFAULT_MAX_IDLE: usize = 64;
 /// How long an idle connection is kept unless configured.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Idle {
-    sender: Sender,
+/// An idle connection (hyper's sending half, or a socket) and when it was given back.
+struct Idle<T> {
+    conn: T,
     since: Instant,
 }
 
 /// The idle connections of one backend.
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Idle<Sender>>>,
     /// The same, for the balancer's own HTTP/1 path (`proxy::fast`), which speaks on the
     /// connection itself rather than through hyper: a connection goes back with nothing
     /// unread on it, so the socket is all there is to keep.
-    raw: Mutex<Vec<(Conn, Instant)>>,
+    raw: Mutex<Vec<Idle<Conn>>>,
     max_idle: usize,
     idle_timeout: Duration,
     /// Connections dialled for this backend, ever: the pooling's effect is requests divided by
@@ -74,10 +75,10 @@ impl Pool {
         while i > 0 {
             i -= 1;
             let conn = &idle[i];
-            if conn.sender.is_closed() || conn.since.elapsed() >= self.idle_timeout {
+            if conn.conn.is_closed() || conn.since.elapsed() >= self.idle_timeout {
                 idle.remove(i);
-            } else if conn.sender.is_ready() {
-                return Some(idle.remove(i).sender);
+            } else if conn.conn.is_ready() {
+                return Some(idle.remove(i).conn);
             }
         }
         None
@@ -87,21 +88,25 @@ impl Pool {
     /// unless the pool is full. Giving it back as the body ends, rather than from a task that
     /// waits for hyper to say it is ready, saves a task per request.
     pub fn put(&self, sender: Sender) {
-        if self.max_idle == 0 || sender.is_closed() {
+        if !sender.is_closed() {
+            self.give_back(&self.idle, sender, Instant::now());
+        }
+    }
+
+    /// Keeps `conn` in `list` unless the pool is full, dropping the expired ones while the
+    /// lock is held (they are at the front: oldest first).
+    fn give_back<T>(&self, list: &Mutex<Vec<Idle<T>>>, conn: T, now: Instant) {
+        if self.max_idle == 0 {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Expired ones are at the front (oldest first): drop them while we hold the lock.
-        let fresh = idle
+        let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = list
             .iter()
-            .position(|c| c.since.elapsed() < self.idle_timeout)
-            .unwrap_or(idle.len());
-        idle.drain(..fresh);
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            .position(|c| now.saturating_duration_since(c.since) < self.idle_timeout)
+            .unwrap_or(list.len());
+        list.drain(..fresh);
+        if list.len() < self.max_idle {
+            list.push(Idle { conn, since: now });
         }
     }
 
@@ -111,9 +116,9 @@ impl Pool {
     /// caller's (a clock read costs as much as the rest of this).
     pub fn take_raw(&self, now: Instant) -> Option<Conn> {
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((conn, since)) = raw.pop() {
-            if now.saturating_duration_since(since) < self.idle_timeout {
-                return Some(conn);
+        while let Some(idle) = raw.pop() {
+            if now.saturating_duration_since(idle.since) < self.idle_timeout {
+                return Some(idle.conn);
             }
         }
         None
@@ -121,18 +126,7 @@ impl Pool {
 
     /// [`Pool::put`] for the balancer's own HTTP/1 path.
     pub fn put_raw(&self, conn: Conn, now: Instant) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = raw
-            .iter()
-            .position(|(_, since)| now.saturating_duration_since(*since) < self.idle_timeout)
-            .unwrap_or(raw.len());
-        raw.drain(..fresh);
-        if raw.len() < self.max_idle {
-            raw.push((conn, now));
-        }
+        self.give_back(&self.raw, conn, now);
     }
 
     /// Idle connections now.

@@ -428,10 +428,7 @@ impl HttpServer {
         let mut prefix = Vec::new();
         if fast::enabled() && fast::takes(&self.upstreams()) {
             match self.serve_fast(&mut conn, &info).await {
-                fast::Left::Closed { clean } => {
-                    let clean = clean && !info.body_left.load(Ordering::Relaxed);
-                    return close_client(conn, clean).await;
-                }
+                fast::Left::Closed { clean } => return close_client(conn, clean).await,
                 fast::Left::ToHyper(read) => prefix = read,
             }
         }

@@ -24,7 +24,6 @@
 //! tests both ways).
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -418,7 +417,6 @@ impl HttpServer {
                     Parsed::Hyper => return Left::ToHyper(buf),
                     Parsed::TooLarge { method, target } => {
                         self.counters.path(true);
-                        info.body_left.store(true, Ordering::Relaxed);
                         let line = self.line(info, &method, &target, Instant::now());
                         // Closed either way: the body was not read.
                         let _ = self
@@ -459,7 +457,6 @@ impl HttpServer {
                     }
                 }
             };
-            let closing = head.close;
             let mut scratch = spare::scratch();
             let forwarded = self
                 .forward(
@@ -475,7 +472,8 @@ impl HttpServer {
                 .await;
             spare::give_scratch(scratch);
             match forwarded {
-                Ok(true) if !closing && !*stop.borrow() => {}
+                // A drain that began during the answer's body closes here.
+                Ok(true) if !*stop.borrow() => {}
                 Ok(_) => return Left::Closed { clean: true },
                 Err(()) => return Left::Closed { clean: false },
             }
