@@ -25,7 +25,9 @@
 
 use std::collections::HashMap;
 
-use hyper::header::{COOKIE, Entry, HeaderMap, HeaderValue};
+use hyper::header::{COOKIE, HeaderValue};
+
+use crate::http::fields::Fields;
 use ring::hmac;
 
 /// The cookie's name unless configured.
@@ -133,19 +135,25 @@ impl Affinity {
     /// Finds the affinity cookie in the request's `Cookie` headers and removes it, so the
     /// backend never sees it (it is ours, not the application's). Other cookies stay, in
     /// order.
-    pub fn take(&self, headers: &mut HeaderMap) -> Found {
-        let mut found = Found::None;
-        let mut emptied = false;
-        // The common cases cost little: no `Cookie` header is one lookup; one line holding
-        // our cookie is rewritten in place, in one new string.
-        let Entry::Occupied(mut lines) = headers.entry(COOKIE) else {
+    pub fn take(&self, fields: &mut impl Fields) -> Found {
+        let prefix = self.prefix.as_bytes();
+        let ours = |line: &[u8]| line.windows(prefix.len()).any(|w| w == prefix);
+        // The common cases cost little: no `Cookie` field, or none that holds our name, is
+        // one scan and no allocation.
+        if !fields.values("cookie").any(ours) {
             return Found::None;
-        };
-        for value in lines.iter_mut() {
-            let Ok(text) = value.to_str() else { continue };
-            if !text.contains(&self.prefix) {
-                continue;
-            }
+        }
+        let mut found = Found::None;
+        let mut lines: Vec<HeaderValue> = Vec::new();
+        for line in fields.values("cookie") {
+            let text = match std::str::from_utf8(line) {
+                Ok(text) if ours(line) => text,
+                // Not ours to change: kept as it came.
+                _ => {
+                    lines.extend(HeaderValue::from_bytes(line).ok());
+                    continue;
+                }
+            };
             let mut kept = String::with_capacity(text.len());
             for pair in text.split(';').map(str::trim) {
                 match pair.strip_prefix(&self.prefix) {
@@ -166,22 +174,15 @@ impl Affinity {
                     }
                 }
             }
-            emptied |= kept.is_empty();
-            // What was a valid header value stays one with a cookie taken out.
-            *value = HeaderValue::try_from(kept).unwrap_or(HeaderValue::from_static(""));
-        }
-        if emptied {
-            // A line that held only our cookie goes altogether.
-            let rest: Vec<HeaderValue> = headers
-                .get_all(COOKIE)
-                .iter()
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .collect();
-            headers.remove(COOKIE);
-            for v in rest {
-                headers.append(COOKIE, v);
+            // A line that held only our cookie goes altogether; what was a valid field
+            // value stays one with a cookie taken out.
+            if !kept.is_empty() {
+                lines.extend(HeaderValue::try_from(kept).ok());
             }
+        }
+        fields.remove("cookie");
+        for line in lines {
+            fields.append(COOKIE, line);
         }
         found
     }
@@ -211,6 +212,7 @@ pub fn check_cookie_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderMap;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 

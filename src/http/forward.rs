@@ -22,55 +22,61 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http::fields::Fields;
+
 use crate::limits::Cidr;
 
 /// The hop-by-hop fields every hop removes, besides those `Connection` names.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
 ];
 
-/// Removes the hop-by-hop fields of `headers`. With `keep_upgrade`, an upgrade request (or
-/// its `101` answer) keeps `Upgrade` and a `Connection: upgrade`, which the next hop needs to
+/// Removes the hop-by-hop fields of a head. With `keep_upgrade`, an upgrade request (or its
+/// `101` answer) keeps `Upgrade` and a `Connection: upgrade`, which the next hop needs to
 /// switch protocols.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // The fields `Connection` names, collected before it goes.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
+pub fn strip_hop_by_hop(fields: &mut impl Fields, keep_upgrade: bool) {
+    // The fields `Connection` names, collected before it goes (nothing to collect, and no
+    // allocation, without one).
+    if fields.contains("connection") {
+        let named: Vec<String> = fields
+            .values("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .filter_map(|token| std::str::from_utf8(token.trim_ascii()).ok())
+            .filter(|token| !token.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        for name in named {
+            if keep_upgrade && name == "upgrade" {
+                continue;
+            }
+            fields.remove(&name);
         }
-        headers.remove(name);
     }
     let upgrade = match keep_upgrade {
-        true => headers.remove(header::UPGRADE),
+        true => fields
+            .values("upgrade")
+            .next()
+            .and_then(|v| HeaderValue::from_bytes(v).ok()),
         false => None,
     };
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for name in HOP_BY_HOP {
+        fields.remove(name);
     }
     if let Some(protocol) = upgrade {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        fields.insert(header::UPGRADE, protocol);
+        fields.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
 /// [`strip_hop_by_hop`]'s rule for one field of a head read as bytes (chapter 12's own
 /// HTTP/1 path): `connection` holds the values of the head's `Connection` fields.
 pub fn is_hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
         || connection.iter().any(|value| {
             value
                 .split(|&b| b == b',')
@@ -115,65 +121,95 @@ impl Forwarding {
 
     /// Adds (or starts) the client-identifying fields of a request from `client`, which came
     /// over TLS when `tls`.
-    pub fn apply(&self, headers: &mut HeaderMap, client: IpAddr, tls: bool) {
-        let trusted = self.trusts(client);
-        let client_text = client.to_canonical().to_string();
+    pub fn apply(&self, fields: &mut impl Fields, client: &ClientAddr, tls: bool) {
+        let trusted = self.trusts(client.ip);
         // X-Forwarded-For: one list, however many lines it came in.
-        let chain = match trusted {
-            true => {
-                let before: Vec<&str> = headers
-                    .get_all(&X_FORWARDED_FOR)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .collect();
-                match before.is_empty() {
-                    true => client_text,
-                    false => format!("{}, {client_text}", before.join(", ")),
-                }
-            }
-            false => client_text,
+        let before: Vec<&str> = match trusted {
+            true => fields
+                .values("x-forwarded-for")
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect(),
+            false => Vec::new(),
         };
-        // `try_from(String)` keeps the string's buffer instead of copying it.
-        if let Ok(v) = HeaderValue::try_from(chain) {
-            headers.insert(X_FORWARDED_FOR, v);
+        let chain = match before.is_empty() {
+            // The connection's own text, made once: no formatting per request.
+            true => Some(client.text.clone()),
+            false => {
+                let chain = format!("{}, {}", before.join(", "), client.text_str());
+                // `try_from(String)` keeps the string's buffer instead of copying it.
+                HeaderValue::try_from(chain).ok()
+            }
+        };
+        if let Some(v) = chain {
+            fields.insert(X_FORWARDED_FOR, v);
         }
         let proto = if tls { "https" } else { "http" };
-        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        if !(trusted && fields.contains("x-forwarded-proto")) {
+            fields.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
-        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            match headers.get(header::HOST).cloned() {
-                Some(host) => headers.insert(X_FORWARDED_HOST, host),
-                None => headers.remove(&X_FORWARDED_HOST),
-            };
+        if !(trusted && fields.contains("x-forwarded-host")) {
+            fields.copy("host", X_FORWARDED_HOST);
         }
         if self.forwarded {
-            let node = match client {
-                IpAddr::V6(v6) if client.to_canonical().is_ipv6() => format!("\"[{v6}]\""),
-                other => other.to_canonical().to_string(),
+            let node = match client.ip.to_canonical() {
+                IpAddr::V6(_) => format!("\"[{}]\"", client.text_str()),
+                IpAddr::V4(_) => client.text_str().to_owned(),
             };
             let mut element = format!("for={node};proto={proto}");
-            if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            if let Some(host) = fields
+                .values("host")
+                .next()
+                .and_then(|h| std::str::from_utf8(h).ok())
+            {
                 element += &format!(";host=\"{}\"", host.replace(['"', '\\'], ""));
             }
-            let value = match (trusted, headers.get(header::FORWARDED)) {
-                (true, Some(before)) => match before.to_str() {
-                    Ok(before) => format!("{before}, {element}"),
-                    Err(_) => element,
-                },
-                _ => element,
+            let before = match trusted {
+                true => fields
+                    .values("forwarded")
+                    .next()
+                    .and_then(|v| std::str::from_utf8(v).ok()),
+                false => None,
+            };
+            let value = match before {
+                Some(before) => format!("{before}, {element}"),
+                None => element,
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(header::FORWARDED, v);
+                fields.insert(header::FORWARDED, v);
             }
         } else if !trusted {
-            headers.remove(header::FORWARDED);
+            fields.remove("forwarded");
         }
         if self.via {
-            headers.append(header::VIA, HeaderValue::from_static(VIA_VALUE));
+            fields.append(header::VIA, HeaderValue::from_static(VIA_VALUE));
         }
+    }
+}
+
+/// A client's address, and its text as `X-Forwarded-For` carries it: made once per
+/// connection, not per request.
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    /// As the connection came (an IPv4 client of a dual-stack listener is `::ffff:a.b.c.d`).
+    pub ip: IpAddr,
+    /// The canonical text: `a.b.c.d` for such a client.
+    text: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        ClientAddr {
+            ip,
+            // An address's text is always a valid field value.
+            text: HeaderValue::try_from(ip.to_canonical().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
+
+    fn text_str(&self) -> &str {
+        self.text.to_str().unwrap_or("unknown")
     }
 }
 
@@ -253,7 +289,7 @@ mod tests {
             ("host", "example.com"),
             ("forwarded", "for=1.2.3.4"),
         ]);
-        f.apply(&mut h, "10.1.1.1".parse().unwrap(), false);
+        f.apply(&mut h, &ClientAddr::new("10.1.1.1".parse().unwrap()), false);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
@@ -269,12 +305,16 @@ mod tests {
             ("x-forwarded-host", "evil"),
         ]);
         let plain = Forwarding::default();
-        plain.apply(&mut h, "192.0.2.7".parse().unwrap(), true);
+        plain.apply(&mut h, &ClientAddr::new("192.0.2.7".parse().unwrap()), true);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert!(h.get("x-forwarded-host").is_none());
         let mut h = map(&[("forwarded", "for=1.2.3.4")]);
-        plain.apply(&mut h, "::ffff:192.0.2.7".parse().unwrap(), false);
+        plain.apply(
+            &mut h,
+            &ClientAddr::new("::ffff:192.0.2.7".parse().unwrap()),
+            false,
+        );
         assert!(h.get("forwarded").is_none() && h.get("via").is_none());
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
     }

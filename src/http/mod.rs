@@ -11,6 +11,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`affinity`] | the affinity cookie: a keyed hash of the backend, never its address |
+//! | [`fields`] | a head's fields, as a map (hyper's path) or where they were read (the own path) |
 //! | [`forward`] | RFC 9110's forwarding rules: hop-by-hop fields, `X-Forwarded-*`, `Via` |
 //! | [`body`] | bodies streamed both ways, the `max-body` cap |
 //! | [`pool`] | keep-alive connections to each backend |
@@ -31,6 +32,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod compress;
+pub mod fields;
 pub mod forward;
 pub mod metrics;
 pub mod pool;

@@ -46,7 +46,8 @@ use super::assign::{self, Mode};
 use super::body::{self, Compressing, Download, Payload, Upload};
 use super::cache::{self, Cache, Outcome as CacheOutcome};
 use super::compress;
-use super::forward::{self, Forwarding};
+use super::fields::Fields;
+use super::forward::{self, ClientAddr, Forwarding};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
 use crate::balancer::Balancer;
@@ -266,7 +267,7 @@ impl Upstreams {
     /// Steps 1 and 2, shared by hyper's path and the balancer's own: the affinity cookie is
     /// taken out of `headers`, and the backend it names is chosen while health allows (and it
     /// is not in `tried`), else the strategy's among those not in `tried`.
-    fn choose(&self, headers: &mut hyper::HeaderMap, client: IpAddr, tried: &[usize]) -> Chosen {
+    fn choose(&self, headers: &mut impl Fields, client: IpAddr, tried: &[usize]) -> Chosen {
         let found = match &self.affinity {
             Some(affinity) => affinity.take(headers),
             None => Found::None,
@@ -321,6 +322,8 @@ pub struct HttpServer {
 /// What a request needs to know about its connection.
 struct ConnInfo {
     client: SocketAddr,
+    /// The client's address as the forwarding fields carry it.
+    forwarded_for: ClientAddr,
     tls: bool,
     /// A request body was left (partly) unread: the connection must close lingering.
     body_left: Arc<AtomicBool>,
@@ -419,6 +422,7 @@ impl HttpServer {
         let _held = admitted.held;
         let info = Arc::new(ConnInfo {
             client: admitted.client,
+            forwarded_for: ClientAddr::new(admitted.client.ip()),
             tls: admitted.tls,
             body_left: Arc::new(AtomicBool::new(false)),
         });
@@ -892,7 +896,7 @@ impl HttpServer {
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         up.settings
             .forwarding
-            .apply(&mut parts.headers, info.client.ip(), info.tls);
+            .apply(&mut parts.headers, &info.forwarded_for, info.tls);
         origin_form(&mut parts.uri, &mut parts.headers);
         parts.version = Version::HTTP_11;
         // A copy to send again should a backend reset before answering: only for requests

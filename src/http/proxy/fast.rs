@@ -27,7 +27,6 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -35,6 +34,7 @@ use super::{
     Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text,
 };
 use crate::http::assign::Mode;
+use crate::http::fields::{ReadFields, Span};
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
 use crate::proxy::Conn;
@@ -75,7 +75,8 @@ struct Head {
     method: Method,
     /// Where the request target (origin form: `/path?query`) is in the buffer.
     target: Span,
-    headers: HeaderMap,
+    /// Its fields, where they are in the buffer.
+    fields: Vec<(Span, Span)>,
     /// Bytes of the head, then of the body (all already read).
     len: usize,
     body: usize,
@@ -116,7 +117,7 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Hyper;
     }
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    let mut fields = Vec::with_capacity(req.headers.len());
     let mut body: Option<u64> = None;
     let mut close = false;
     for field in req.headers.iter() {
@@ -145,13 +146,9 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
         {
             close = true;
         }
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(field.value),
-        ) else {
-            return Parsed::Hyper;
-        };
-        headers.append(name, value);
+        // httparse checked both: a name is a token, a value has no control bytes but tabs
+        // (what hyper's `HeaderName` and `HeaderValue` would check again).
+        fields.push((span_in(buf, name.as_bytes()), span_in(buf, field.value)));
     }
     let body = body.unwrap_or(0);
     if max_body.is_some_and(|max| body > max) {
@@ -167,7 +164,7 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     Parsed::Complete(Head {
         method,
         target: span_in(buf, target.as_bytes()),
-        headers,
+        fields,
         len,
         body: body as usize,
         close,
@@ -361,7 +358,6 @@ fn parse_answer(
 }
 
 /// Where some bytes are in the buffer their head was read into.
-type Span = (usize, usize);
 
 /// Where `part`, a slice `httparse` returned, lies in `buf`. An empty value may be a slice of
 /// something else (httparse returns a static `""` for an empty reason phrase), so anything not
@@ -497,7 +493,7 @@ impl HttpServer {
         let Head {
             method,
             target,
-            mut headers,
+            fields,
             len,
             body,
             close: client_closes,
@@ -507,8 +503,10 @@ impl HttpServer {
             upstream,
             kept,
         } = scratch;
-        // The target as the client sent it: still in the buffer until the head is rewritten.
+        // The target and the fields as the client sent them: in the buffer until the head is
+        // written out.
         let target = std::str::from_utf8(&buf[target.0..target.1]).unwrap_or("/");
+        let mut headers = ReadFields::new(buf, fields);
         let mut line = self.line(info, &method, target, started);
 
         // 1 and 2: the cookie's backend while health allows, else the strategy's.
@@ -536,14 +534,14 @@ impl HttpServer {
         forward::strip_hop_by_hop(&mut headers, false);
         up.settings
             .forwarding
-            .apply(&mut headers, info.client.ip(), info.tls);
+            .apply(&mut headers, &info.forwarded_for, info.tls);
         out.clear();
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &headers {
-            field(out, name.as_str().as_bytes(), value.as_bytes());
+        for (name, value) in headers.iter() {
+            field(out, name, value);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[len..len + body]);
