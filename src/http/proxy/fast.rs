@@ -357,8 +357,6 @@ fn parse_answer(
     )))
 }
 
-/// Where some bytes are in the buffer their head was read into.
-
 /// Where `part`, a slice `httparse` returned, lies in `buf`. An empty value may be a slice of
 /// something else (httparse returns a static `""` for an empty reason phrase), so anything not
 /// inside `buf` is the empty span rather than an offset computed from an unrelated address.
