@@ -453,6 +453,28 @@ fn oversized_malformed_and_slow_requests_get_413_431_400_408() {
     }
 }
 
+/// A kept-alive connection's header and response timeouts hold for every request on it, not
+/// only its first: the balancer's own path keeps one timer of each kind per connection and
+/// pushes it later at each request, so this is what would break if a push were lost (a later
+/// request timed out early, or an idle connection never closed).
+#[test]
+fn timeouts_hold_for_every_request_of_a_kept_alive_connection() {
+    let (_dummies, backends) = dummies(1);
+    let mut args = strs(&backends);
+    args.extend(["--header-timeout", "0.5", "--response-timeout", "0.4"]);
+    let lb = start(&args);
+    let mut s = connect(lb.addr());
+    assert_eq!(get_on(&mut s, "/").status, 200);
+    assert_eq!(get_on(&mut s, "/delay/100").status, 200);
+    // Past the response timeout: 504, and the connection carries on.
+    assert_eq!(get_on(&mut s, "/delay/3000").status, 504);
+    assert_eq!(get_on(&mut s, "/").status, 200);
+    assert_eq!(get_on(&mut s, "/delay/100").status, 200);
+    // Then nothing more: closed after the header timeout, with no 408 to an idle client.
+    assert!(closed_without_data(&mut s));
+    lb.wait_stderr("status=408", 1);
+}
+
 /// Bodies stream byte-exact both ways, far above any buffer size.
 #[test]
 fn large_bodies_stream_byte_exact_both_ways() {

@@ -24,11 +24,13 @@
 //! tests both ways).
 
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::time::Sleep;
 
 use super::{
     Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text,
@@ -41,6 +43,8 @@ use crate::proxy::Conn;
 
 /// At most this many fields in a head, as hyper's default: more is hyper's to refuse.
 const MAX_FIELDS: usize = 100;
+/// Beyond any timeout: where the connection's timers start.
+const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 /// What one read asks for at least.
 const READ: usize = 16 * 1024;
 /// What one read of a big answer's body may grow to.
@@ -393,13 +397,23 @@ impl HttpServer {
         // Nothing is held while the connection waits for a request (see `spare`).
         let mut buf: Vec<u8> = Vec::new();
         let mut stop = self.stop.subscribe();
+        // Two timers for the connection's life, one for heads and one for answers, each only
+        // ever pushed later: pushing a registered tokio timer later is one atomic operation,
+        // where a new timer per wait costs a lock and a timer-wheel insertion and removal.
+        let far = tokio::time::Instant::now() + FAR;
+        let mut head_timer = std::pin::pin!(tokio::time::sleep_until(far));
+        let mut answer_timer = std::pin::pin!(tokio::time::sleep_until(far));
+        // When the connection last had nothing to do: its start, then each answer's end
+        // (a clock read the answer made anyway).
+        let mut idle_since = Instant::now();
         loop {
             let up = self.upstreams();
             if !takes(&up) {
                 return Left::ToHyper(buf);
             }
             // 1. A request head, within `header-timeout` (of idleness too, as hyper's).
-            let deadline = tokio::time::Instant::now() + up.settings.header_timeout;
+            let deadline = idle_since + up.settings.header_timeout;
+            head_timer.as_mut().reset(deadline.into());
             let started;
             let head = loop {
                 match parse(&buf, up.settings.max_head, up.settings.max_body) {
@@ -425,9 +439,11 @@ impl HttpServer {
                     spare::give_buffer(std::mem::take(&mut buf));
                 }
                 let read = tokio::select! {
-                    read = tokio::time::timeout_at(deadline, read_some(conn, &mut buf)) => read,
+                    biased;
+                    read = read_some(conn, &mut buf) => Ok(read),
                     // Draining: an idle connection closes at once; a head on its way finishes.
                     _ = stop.wait_for(|stop| *stop), if idle => return Left::Closed { clean: true },
+                    () = head_timer.as_mut() => Err(()),
                 };
                 match read {
                     Ok(Ok(0)) => return Left::Closed { clean: idle },
@@ -438,8 +454,12 @@ impl HttpServer {
                     }
                     Err(_) => {
                         let status = StatusCode::REQUEST_TIMEOUT;
-                        let waiting = deadline.into_std() - up.settings.header_timeout;
-                        self.refused_head(info.client, status, waiting, &"request head timed out");
+                        self.refused_head(
+                            info.client,
+                            status,
+                            idle_since,
+                            &"request head timed out",
+                        );
                         if !idle {
                             let _ = tokio::time::timeout(
                                 crate::net::LINGER,
@@ -461,21 +481,23 @@ impl HttpServer {
                     &mut buf,
                     &mut scratch,
                     started,
+                    answer_timer.as_mut(),
                     &stop,
                 )
                 .await;
             spare::give_scratch(scratch);
             match forwarded {
                 // A drain that began during the answer's body closes here.
-                Ok(true) if !*stop.borrow() => {}
+                Ok(Some(done)) if !*stop.borrow() => idle_since = done,
                 Ok(_) => return Left::Closed { clean: true },
                 Err(()) => return Left::Closed { clean: false },
             }
         }
     }
 
-    /// One request, from its parsed head to the end of its answer. `Ok(keep)`: whether the
-    /// client's connection may carry another; `Err`: it must close, lingering.
+    /// One request, from its parsed head to the end of its answer. `Ok(Some(done))`: the
+    /// client's connection may carry another, and this one's answer ended at `done`;
+    /// `Ok(None)`: it closes; `Err`: it must close, lingering.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
@@ -486,8 +508,9 @@ impl HttpServer {
         buf: &mut Vec<u8>,
         scratch: &mut Scratch,
         started: Instant,
+        mut timer: Pin<&mut Sleep>,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Result<bool, ()> {
+    ) -> Result<Option<Instant>, ()> {
         let Head {
             method,
             target,
@@ -521,7 +544,8 @@ impl HttpServer {
             buf.drain(..len + body);
             return self
                 .answer_locally(conn, StatusCode::SERVICE_UNAVAILABLE, line, false)
-                .await;
+                .await
+                .map(|keep| keep.then(Instant::now));
         };
         if outcome == AffinityOutcome::Redispatch {
             tracing::info!(client = %info.client, backend = %up.names[i],
@@ -579,12 +603,21 @@ impl HttpServer {
             };
             let active = balancer.count_active_owned(i);
             upstream.clear();
+            // From the head's arrival (a clock read already made), on a pooled connection's
+            // first try; after a dial or on a retry, from now.
+            let from = match tried.is_empty() && !fresh {
+                true => started,
+                false => Instant::now(),
+            };
+            timer
+                .as_mut()
+                .reset((from + up.settings.response_timeout).into());
             match exchange(
                 &mut dialled,
                 out,
                 upstream,
                 method == Method::HEAD,
-                up.settings.response_timeout,
+                timer.as_mut(),
                 kept,
             )
             .await
@@ -627,7 +660,10 @@ impl HttpServer {
             }
         }
         let Some((answer, mut backend_conn, active)) = answered else {
-            return self.answer_locally(conn, failure, line, false).await;
+            return self
+                .answer_locally(conn, failure, line, false)
+                .await
+                .map(|keep| keep.then(Instant::now));
         };
         line.answered_by(&mut outcome, cookie_backend, &up.names[i], i);
         let backend = Arc::clone(&up.backends[i]);
@@ -772,7 +808,7 @@ impl HttpServer {
         }
         line.log(parsed.status, sent, complete);
         match complete {
-            true => Ok(!closing),
+            true => Ok((!closing).then_some(answered)),
             false => Err(()),
         }
     }
@@ -792,8 +828,8 @@ impl HttpServer {
         }
     }
 
-    /// An answer the balancer gives itself (the same as [`HttpServer::local`]'s). `Ok(keep)`
-    /// as for [`HttpServer::forward`].
+    /// An answer the balancer gives itself (the same as [`HttpServer::local`]'s). `Ok(keep)`:
+    /// whether the connection may carry another request; `Err`: it must close, lingering.
     async fn answer_locally(
         &self,
         conn: &mut Conn,
@@ -921,7 +957,7 @@ async fn exchange(
     request: &[u8],
     buf: &mut Vec<u8>,
     head_request: bool,
-    limit: std::time::Duration,
+    timer: Pin<&mut Sleep>,
     kept: &mut Vec<(Span, Span)>,
 ) -> Result<(ParsedAnswer, usize), Failed> {
     let work = async {
@@ -964,9 +1000,11 @@ async fn exchange(
             }
         }
     };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or(Err(Failed::Timeout))
+    tokio::select! {
+        biased;
+        answer = work => answer,
+        () = timer => Err(Failed::Timeout),
+    }
 }
 
 #[cfg(test)]
