@@ -28,6 +28,13 @@ pub trait Fields {
     /// Removes every field named `name` (lower case).
     fn remove(&mut self, name: &str);
 
+    /// Removes every field named in `names` (lower case).
+    fn remove_all(&mut self, names: &[&str]) {
+        for name in names {
+            self.remove(name);
+        }
+    }
+
     /// Adds a field after those of the same name.
     fn append(&mut self, name: HeaderName, value: HeaderValue);
 
@@ -75,31 +82,40 @@ pub struct ReadFields<'b> {
     /// The client's fields still to be sent, in the client's order and spelling.
     read: Vec<(Span, Span)>,
     /// Fields the rules added, sent after them.
-    added: Vec<(HeaderName, Value<'b>)>,
+    added: Vec<(HeaderName, Value)>,
 }
 
-enum Value<'b> {
+/// An added field's value.
+#[derive(Clone)]
+pub enum Value {
     Made(HeaderValue),
     /// Another field's value, still in the buffer (`X-Forwarded-Host` is `Host`'s).
-    Copied(&'b [u8]),
-}
-
-impl Value<'_> {
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Value::Made(v) => v.as_bytes(),
-            Value::Copied(v) => v,
-        }
-    }
+    Copied(Span),
 }
 
 impl<'b> ReadFields<'b> {
     /// `read`: the head's fields in `buf`, as its parser found them (names and values checked).
-    pub fn new(buf: &'b [u8], read: Vec<(Span, Span)>) -> ReadFields<'b> {
-        ReadFields {
-            buf,
-            read,
-            added: Vec::new(),
+    /// `added`: an empty list to add to. Both lists come back from [`ReadFields::into_lists`],
+    /// for the next head: no allocation per request.
+    pub fn new(
+        buf: &'b [u8],
+        read: Vec<(Span, Span)>,
+        added: Vec<(HeaderName, Value)>,
+    ) -> ReadFields<'b> {
+        ReadFields { buf, read, added }
+    }
+
+    /// The two lists, emptied.
+    pub fn into_lists(mut self) -> (Vec<(Span, Span)>, Vec<(HeaderName, Value)>) {
+        self.read.clear();
+        self.added.clear();
+        (self.read, self.added)
+    }
+
+    fn bytes<'a>(&'a self, value: &'a Value) -> &'a [u8] {
+        match value {
+            Value::Made(v) => v.as_bytes(),
+            Value::Copied((v0, v1)) => &self.buf[*v0..*v1],
         }
     }
 
@@ -112,7 +128,7 @@ impl<'b> ReadFields<'b> {
         let added = self
             .added
             .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+            .map(|(n, v)| (n.as_str().as_bytes(), self.bytes(v)));
         read.chain(added)
     }
 }
@@ -125,10 +141,19 @@ impl Fields for ReadFields<'_> {
     }
 
     fn remove(&mut self, name: &str) {
+        self.remove_all(&[name]);
+    }
+
+    /// One pass over the fields for all of `names`, not one per name.
+    fn remove_all(&mut self, names: &[&str]) {
         let buf = self.buf;
-        self.read
-            .retain(|&((n0, n1), _)| !buf[n0..n1].eq_ignore_ascii_case(name.as_bytes()));
-        self.added.retain(|(n, _)| n.as_str() != name);
+        let named = |n: &[u8]| {
+            names
+                .iter()
+                .any(|name| n.eq_ignore_ascii_case(name.as_bytes()))
+        };
+        self.read.retain(|&((n0, n1), _)| !named(&buf[n0..n1]));
+        self.added.retain(|(n, _)| !named(n.as_str().as_bytes()));
     }
 
     fn append(&mut self, name: HeaderName, value: HeaderValue) {
@@ -142,15 +167,12 @@ impl Fields for ReadFields<'_> {
             .iter()
             .find(|&&((n0, n1), _)| buf[n0..n1].eq_ignore_ascii_case(from.as_bytes()))
         {
-            Some(&(_, (v0, v1))) => Some(Value::Copied(&buf[v0..v1])),
+            Some(&(_, value)) => Some(Value::Copied(value)),
             None => self
                 .added
                 .iter()
                 .find(|(n, _)| n.as_str() == from)
-                .map(|(_, v)| match v {
-                    Value::Made(v) => Value::Made(v.clone()),
-                    Value::Copied(v) => Value::Copied(v),
-                }),
+                .map(|(_, v)| v.clone()),
         };
         self.remove(to.as_str());
         if let Some(value) = found {
@@ -202,7 +224,7 @@ mod tests {
     fn both_heads_answer_and_change_alike() {
         let text = "Host: a\r\nCookie: x=1\r\ncookie: y=2\r\nX-Gone: 1\r\n";
         let (mut map, read) = both(text);
-        let mut fields = ReadFields::new(text.as_bytes(), read);
+        let mut fields = ReadFields::new(text.as_bytes(), read, Vec::new());
         fn rules(f: &mut impl Fields) -> Vec<Vec<u8>> {
             let cookies = f.values("cookie").map(<[u8]>::to_vec).collect();
             assert!(f.contains("host") && !f.contains("via"));

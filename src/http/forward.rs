@@ -50,12 +50,12 @@ pub fn strip_hop_by_hop(fields: &mut impl Fields, keep_upgrade: bool) {
             .filter(|token| !token.is_empty())
             .map(str::to_ascii_lowercase)
             .collect();
-        for name in named {
-            if keep_upgrade && name == "upgrade" {
-                continue;
-            }
-            fields.remove(&name);
-        }
+        let named: Vec<&str> = named
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !(keep_upgrade && *name == "upgrade"))
+            .collect();
+        fields.remove_all(&named);
     }
     let upgrade = match keep_upgrade {
         true => fields
@@ -64,9 +64,7 @@ pub fn strip_hop_by_hop(fields: &mut impl Fields, keep_upgrade: bool) {
             .and_then(|v| HeaderValue::from_bytes(v).ok()),
         false => None,
     };
-    for name in HOP_BY_HOP {
-        fields.remove(name);
-    }
+    fields.remove_all(&HOP_BY_HOP);
     if let Some(protocol) = upgrade {
         fields.insert(header::UPGRADE, protocol);
         fields.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
+use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Sleep;
@@ -36,7 +37,7 @@ use super::{
     Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text,
 };
 use crate::http::assign::Mode;
-use crate::http::fields::{ReadFields, Span};
+use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
 use crate::proxy::Conn;
@@ -121,7 +122,6 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Hyper;
     }
-    let mut fields = Vec::with_capacity(req.headers.len());
     let mut body: Option<u64> = None;
     let mut close = false;
     for field in req.headers.iter() {
@@ -150,9 +150,6 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
         {
             close = true;
         }
-        // httparse checked both: a name is a token, a value has no control bytes but tabs
-        // (what hyper's `HeaderName` and `HeaderValue` would check again).
-        fields.push((span_in(buf, name.as_bytes()), span_in(buf, field.value)));
     }
     let body = body.unwrap_or(0);
     if max_body.is_some_and(|max| body > max) {
@@ -165,6 +162,14 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     if body > (buf.len() - len) as u64 {
         return Parsed::Hyper;
     }
+    // httparse checked both: a name is a token, a value has no control bytes but tabs (what
+    // hyper's `HeaderName` and `HeaderValue` would check again).
+    let mut fields = spare::fields();
+    fields.extend(
+        req.headers
+            .iter()
+            .map(|f| (span_in(buf, f.name.as_bytes()), span_in(buf, f.value))),
+    );
     Parsed::Complete(Head {
         method,
         target: span_in(buf, target.as_bytes()),
@@ -389,6 +394,8 @@ struct Scratch {
     out: Vec<u8>,
     upstream: Vec<u8>,
     kept: Vec<(Span, Span)>,
+    /// For the fields the forwarding rules add to a request.
+    added: Vec<(HeaderName, Value)>,
 }
 
 impl HttpServer {
@@ -523,11 +530,12 @@ impl HttpServer {
             out,
             upstream,
             kept,
+            added,
         } = scratch;
         // The target and the fields as the client sent them: in the buffer until the head is
         // written out.
         let target = std::str::from_utf8(&buf[target.0..target.1]).unwrap_or("/");
-        let mut headers = ReadFields::new(buf, fields);
+        let mut headers = ReadFields::new(buf, fields, std::mem::take(added));
         let mut line = self.line(info, &method, target, started);
 
         // 1 and 2: the cookie's backend while health allows, else the strategy's.
@@ -565,6 +573,9 @@ impl HttpServer {
         for (name, value) in headers.iter() {
             field(out, name, value);
         }
+        let (read, emptied) = headers.into_lists();
+        *added = emptied;
+        spare::give_fields(read);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[len..len + body]);
         buf.drain(..len + body);
@@ -885,12 +896,13 @@ async fn read_some(conn: &mut Conn, buf: &mut Vec<u8>) -> io::Result<usize> {
 mod spare {
     use std::cell::RefCell;
 
-    use super::{READ, Scratch};
+    use super::{READ, Scratch, Span};
 
     pub const KEEP: usize = 64;
 
     thread_local! {
         static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static FIELDS: RefCell<Vec<Vec<(Span, Span)>>> = const { RefCell::new(Vec::new()) };
         static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
     }
 
@@ -914,6 +926,23 @@ mod spare {
         });
     }
 
+    /// A list for a request head's fields.
+    pub fn fields() -> Vec<(Span, Span)> {
+        FIELDS
+            .with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(32))
+    }
+
+    pub fn give_fields(mut fields: Vec<(Span, Span)>) {
+        fields.clear();
+        FIELDS.with(|f| {
+            let mut free = f.borrow_mut();
+            if free.len() < KEEP {
+                free.push(fields);
+            }
+        });
+    }
+
     pub fn scratch() -> Scratch {
         SCRATCH
             .with(|s| s.borrow_mut().pop())
@@ -921,6 +950,7 @@ mod spare {
                 out: Vec::with_capacity(READ),
                 upstream: Vec::with_capacity(READ),
                 kept: Vec::with_capacity(32),
+                added: Vec::with_capacity(8),
             })
     }
 
