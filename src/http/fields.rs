@@ -76,13 +76,19 @@ impl Fields for HeaderMap {
 /// Where a name or a value is in the buffer it was read into: `buf[start..end]`.
 pub type Span = (usize, usize);
 
+/// Fields as read: where each name and value is.
+pub type ReadList = Vec<(Span, Span)>;
+
+/// Fields added: a name and a value each.
+pub type AddedList = Vec<(HeaderName, Value)>;
+
 /// The fields of a head read into `buf`, by position, and those the rules added.
 pub struct ReadFields<'b> {
     buf: &'b [u8],
     /// The client's fields still to be sent, in the client's order and spelling.
-    read: Vec<(Span, Span)>,
+    read: ReadList,
     /// Fields the rules added, sent after them.
-    added: Vec<(HeaderName, Value)>,
+    added: AddedList,
 }
 
 /// An added field's value.
@@ -97,16 +103,12 @@ impl<'b> ReadFields<'b> {
     /// `read`: the head's fields in `buf`, as its parser found them (names and values checked).
     /// `added`: an empty list to add to. Both lists come back from [`ReadFields::into_lists`],
     /// for the next head: no allocation per request.
-    pub fn new(
-        buf: &'b [u8],
-        read: Vec<(Span, Span)>,
-        added: Vec<(HeaderName, Value)>,
-    ) -> ReadFields<'b> {
+    pub fn new(buf: &'b [u8], read: ReadList, added: AddedList) -> ReadFields<'b> {
         ReadFields { buf, read, added }
     }
 
     /// The two lists, emptied.
-    pub fn into_lists(mut self) -> (Vec<(Span, Span)>, Vec<(HeaderName, Value)>) {
+    pub fn into_lists(mut self) -> (ReadList, AddedList) {
         self.read.clear();
         self.added.clear();
         (self.read, self.added)
