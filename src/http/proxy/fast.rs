@@ -10,9 +10,15 @@
 //! * one task per client connection owns its pooled backend connection for the length of a
 //!   request: no channel, no second task;
 //! * the request head is parsed by `httparse` (the parser hyper uses) and goes through the
-//!   same rules as hyper's path, on the same header map: the affinity cookie taken out
-//!   ([`Affinity::take`]), hop-by-hop fields dropped ([`forward::strip_hop_by_hop`]),
-//!   `X-Forwarded-*` set ([`Forwarding::apply`]);
+//!   same rules as hyper's path, written once over [`Fields`](crate::http::fields::Fields):
+//!   the affinity cookie taken out
+//!   ([`Affinity::take`](crate::http::affinity::Affinity::take)), hop-by-hop fields dropped
+//!   ([`forward::strip_hop_by_hop`]), `X-Forwarded-*` set
+//!   ([`Forwarding::apply`](crate::http::forward::Forwarding::apply)). Here they run on
+//!   [`ReadFields`]: the fields stay in the client's buffer, where they were read, and no map
+//!   is built;
+//! * one head timer and one answer timer per connection, pushed later at each request, and
+//!   deadlines taken from clock reads the request makes anyway (the metrics' timestamps);
 //! * the response head is rewritten as bytes (no map: it is read once and written once), the
 //!   body passed on as it comes, by `Content-Length`, chunk by chunk, or to the close.
 //!
