@@ -143,7 +143,11 @@ impl HttpCounters {
                     cumulative,
                 );
             }
-            let count = get(&c.count);
+            // Every response counts in exactly one status class, so their sum is the count:
+            // one counter fewer per request. Read a moment after the buckets, it can only be
+            // larger, unless a response came between its bucket and its class: the larger of
+            // the two keeps the histogram cumulative.
+            let count = c.classes.iter().map(get).sum::<u64>().max(cumulative);
             e.sample(&bucket, &[("backend", backend), ("le", "+Inf")], count);
             let sum = get(&c.sum_micros) as f64 / 1e6;
             e.sample(&format!("{name}_sum"), &[("backend", backend)], sum);
@@ -185,7 +189,6 @@ impl HttpCounters {
 pub struct BackendHttpCounters {
     classes: [AtomicU64; 5],
     buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
     sum_micros: AtomicU64,
     bytes: AtomicU64,
     /// Clients sent to it in assignment mode (chapter 14).
@@ -201,7 +204,6 @@ impl BackendHttpCounters {
         if let Some(b) = BUCKETS.iter().position(|&le| secs <= le) {
             inc(&self.buckets[b]);
         }
-        inc(&self.count);
         self.sum_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }

@@ -618,7 +618,7 @@ impl HttpServer {
                     },
                 },
             };
-            let active = balancer.count_active_owned(i);
+            let active = balancer.count_active(i);
             upstream.clear();
             // From the head's arrival (a clock read already made), on a pooled connection's
             // first try; after a dial or on a retry, from now.
@@ -683,7 +683,7 @@ impl HttpServer {
                 .map(|keep| keep.then(Instant::now));
         };
         line.answered_by(&mut outcome, cookie_backend, &up.names[i], i);
-        let backend = Arc::clone(&up.backends[i]);
+        let backend = &up.backends[i];
         let (parsed, head_len) = answer;
         // One clock read for the latency and the pool's timestamp: they are microseconds apart.
         let answered = Instant::now();
