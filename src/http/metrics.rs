@@ -218,3 +218,34 @@ impl BackendHttpCounters {
         inc(&self.assigned);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_counts_every_response_once() {
+        let c = BackendHttpCounters::default();
+        c.observe(StatusCode::OK, Duration::from_micros(300));
+        c.observe(StatusCode::NOT_FOUND, Duration::from_millis(20));
+        // Past the last bucket: only `+Inf` and the count hold it.
+        c.observe(StatusCode::BAD_GATEWAY, Duration::from_secs(3600));
+        let pool = Pool::new(1, Duration::from_secs(1));
+        let text = HttpCounters::default().render(&[("b", &c, &pool)]);
+        let value = |sample: &str| -> u64 {
+            let line = text.lines().find(|l| l.starts_with(sample)).unwrap();
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let name = "httplb_backend_response_seconds";
+        assert_eq!(
+            value(&format!("{name}_count{{backend=\"b\"}}")),
+            3,
+            "{text}"
+        );
+        assert_eq!(
+            value(&format!("{name}_bucket{{backend=\"b\",le=\"+Inf\"}}")),
+            3,
+            "{text}"
+        );
+    }
+}
