@@ -23,7 +23,6 @@ use std::net::IpAddr;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::fields::Fields;
-
 use crate::limits::Cidr;
 
 /// The hop-by-hop fields every hop removes, besides those `Connection` names.
