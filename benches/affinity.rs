@@ -10,6 +10,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::header::{COOKIE, HeaderMap, HeaderValue};
 use lb::http::affinity::{Affinity, CookieSettings, seal};
+use lb::http::fields::ReadFields;
 
 const SECRET: &[u8] = b"a secret of at least thirty-two bytes, for the bench";
 
@@ -31,6 +32,20 @@ fn affinity(c: &mut Criterion) {
                 h
             },
             |h| black_box(affinity.take(h)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // The same on the balancer's own HTTP/1 path, where the fields stay in the buffer they
+    // were read into (`lb::http::fields::ReadFields`).
+    let head = format!("cookie: {}", typical.to_str().unwrap());
+    let value_at = "cookie: ".len();
+    group.bench_function("verify and strip (hit, 4 cookies, fields as read)", |b| {
+        b.iter_batched_ref(
+            || vec![((0, 6), (value_at, head.len()))],
+            |read| {
+                let mut fields = ReadFields::new(head.as_bytes(), std::mem::take(read), Vec::new());
+                black_box(affinity.take(&mut fields))
+            },
             criterion::BatchSize::SmallInput,
         )
     });

@@ -136,8 +136,9 @@ impl Affinity {
     /// backend never sees it (it is ours, not the application's). Other cookies stay, in
     /// order.
     pub fn take(&self, fields: &mut impl Fields) -> Found {
-        let prefix = self.prefix.as_bytes();
-        let ours = |line: &[u8]| line.windows(prefix.len()).any(|w| w == prefix);
+        // `str::contains` is the fast substring search; a line that is not UTF-8 cannot
+        // hold a value we issued.
+        let ours = |line: &[u8]| std::str::from_utf8(line).is_ok_and(|t| t.contains(&self.prefix));
         // The common cases cost little: no `Cookie` field, or none that holds our name, is
         // one scan and no allocation.
         if !fields.values("cookie").any(ours) {
@@ -180,10 +181,7 @@ impl Affinity {
                 lines.extend(HeaderValue::try_from(kept).ok());
             }
         }
-        fields.remove("cookie");
-        for line in lines {
-            fields.append(COOKIE, line);
-        }
+        fields.set_all(COOKIE, lines);
         found
     }
 

@@ -14,7 +14,7 @@
 //! Field names are compared without regard to case (RFC 9110 §5.1); the rules pass them in
 //! lower case.
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// A head's fields, as the forwarding rules see them.
 pub trait Fields {
@@ -46,6 +46,14 @@ pub trait Fields {
 
     /// Sets `to` to the first `from` field's value, or removes `to` when there is none.
     fn copy(&mut self, from: &str, to: HeaderName);
+
+    /// Replaces every field named `name` with `values`, in order (none: removes them).
+    fn set_all(&mut self, name: HeaderName, values: Vec<HeaderValue>) {
+        self.remove(name.as_str());
+        for value in values {
+            self.append(name.clone(), value);
+        }
+    }
 }
 
 impl Fields for HeaderMap {
@@ -63,6 +71,25 @@ impl Fields for HeaderMap {
 
     fn insert(&mut self, name: HeaderName, value: HeaderValue) {
         HeaderMap::insert(self, name, value);
+    }
+
+    /// In place, with one lookup (a returning user's `Cookie`, on every request).
+    fn set_all(&mut self, name: HeaderName, values: Vec<HeaderValue>) {
+        let mut values = values.into_iter();
+        match (self.entry(name), values.next()) {
+            (Entry::Occupied(mut entry), Some(first)) => {
+                entry.insert(first);
+                values.for_each(|v| entry.append(v));
+            }
+            (Entry::Occupied(entry), None) => {
+                entry.remove_entry_mult();
+            }
+            (Entry::Vacant(entry), Some(first)) => {
+                let mut entry = entry.insert_entry(first);
+                values.for_each(|v| entry.append(v));
+            }
+            (Entry::Vacant(_), None) => {}
+        }
     }
 
     fn copy(&mut self, from: &str, to: HeaderName) {
