@@ -26,9 +26,9 @@
 use std::collections::HashMap;
 
 use hyper::header::{COOKIE, HeaderValue};
+use ring::hmac;
 
 use crate::http::fields::Fields;
-use ring::hmac;
 
 /// The cookie's name unless configured.
 pub const DEFAULT_COOKIE: &str = "lb";
