@@ -3,9 +3,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
-use std::thread;
 
 use common::*;
 
@@ -334,21 +333,13 @@ fn sigterm_drains_then_exits_zero_and_the_deadline_cuts_what_is_left() {
 
 /// A backend that records everything each connection sent it, until EOF.
 fn spawn_capture_server() -> (String, mpsc::Receiver<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let mut got = Vec::new();
-                let _ = conn.read_to_end(&mut got);
-                let _ = tx.send(got);
-            });
-        }
+    let addr = spawn_per_connection(move |mut conn| {
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        let _ = tx.send(got);
     });
-    (addr, rx)
+    (addr.to_string(), rx)
 }
 
 fn send_and_close(to: SocketAddr, bytes: &[u8]) -> SocketAddr {

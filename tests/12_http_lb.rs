@@ -292,43 +292,34 @@ fn forwarded_for_trusts_only_configured_proxies_and_proxy_headers() {
 /// A backend that answers every upgrade request with `101` and then echoes bytes: what a
 /// WebSocket server does once the handshake is done.
 fn spawn_upgrade_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut head = String::new();
-                while reader.read_line(&mut head).unwrap_or(0) > 2 {
-                    if head.ends_with("\r\n\r\n") {
+    spawn_per_connection(|conn| {
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut head = String::new();
+        while reader.read_line(&mut head).unwrap_or(0) > 2 {
+            if head.ends_with("\r\n\r\n") {
+                break;
+            }
+        }
+        let mut conn = conn;
+        if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            return;
+        }
+        let _ = conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n",
+        );
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
                         break;
                     }
                 }
-                let mut conn = conn;
-                if !head.to_ascii_lowercase().contains("upgrade: websocket") {
-                    let _ =
-                        conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-                    return;
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n",
-                );
-                let mut buf = [0u8; 4096];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
+            }
         }
-    });
-    addr
+    })
 }
 
 /// An upgrade becomes a byte tunnel both ways, and the 101 carries the affinity cookie.

@@ -9,9 +9,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
-use std::thread;
 
 use common::*;
 
@@ -72,32 +71,24 @@ fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 /// on every connection, and reports each request head it saw. An answer ending in `CLOSE`
 /// (stripped) is followed by closing the connection.
 fn raw_backend(answers: fn(&str) -> Vec<u8>) -> (SocketAddr, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let tx = tx.clone();
-            thread::spawn(move || {
-                while let Some((head, _)) = read_request(&mut conn) {
-                    let path = head
-                        .split(' ')
-                        .nth(1)
-                        .unwrap_or("/")
-                        .trim_start_matches('/')
-                        .to_owned();
-                    let _ = tx.send(head);
-                    let mut answer = answers(&path);
-                    let close = answer.ends_with(b"CLOSE");
-                    if close {
-                        answer.truncate(answer.len() - 5);
-                    }
-                    if conn.write_all(&answer).is_err() || close {
-                        return;
-                    }
-                }
-            });
+    let addr = spawn_per_connection(move |mut conn| {
+        while let Some((head, _)) = read_request(&mut conn) {
+            let path = head
+                .split(' ')
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_owned();
+            let _ = tx.send(head);
+            let mut answer = answers(&path);
+            let close = answer.ends_with(b"CLOSE");
+            if close {
+                answer.truncate(answer.len() - 5);
+            }
+            if conn.write_all(&answer).is_err() || close {
+                return;
+            }
         }
     });
     (addr, rx)

@@ -526,52 +526,55 @@ pub fn echo_through(stream: TcpStream, data: Arc<Vec<u8>>) -> Vec<u8> {
     back
 }
 
-/// A raw TCP echo server on loopback (one thread per connection): it copies until the client
-/// half-closes, then closes its side. A byte proxy's tests want a backend with no HTTP in it.
-pub fn spawn_echo_server() -> SocketAddr {
+/// A raw TCP server on loopback: `handle` runs on a thread of its own for each connection it
+/// accepts. The backends tests write by hand (echo, capture, a scripted HTTP peer) are this
+/// with a different `handle`.
+pub fn spawn_per_connection<F>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) + Clone + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            thread::spawn(move || {
-                let mut buf = [0u8; 32 * 1024];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = conn.shutdown(Shutdown::Write);
-            });
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            thread::spawn(move || handle(conn));
         }
     });
     addr
+}
+
+/// A raw TCP echo server on loopback (one thread per connection): it copies until the client
+/// half-closes, then closes its side. A byte proxy's tests want a backend with no HTTP in it.
+pub fn spawn_echo_server() -> SocketAddr {
+    spawn_per_connection(|mut conn| {
+        let mut buf = [0u8; 32 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = conn.shutdown(Shutdown::Write);
+    })
 }
 
 /// A raw TCP server that answers only after the client half-closed: it reads everything, then
 /// sends `reply` followed by the number of bytes it read, and closes. It proves the half-close
 /// reached the backend *and* that the answer still came back.
 pub fn spawn_answer_after_eof_server(reply: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            thread::spawn(move || {
-                let mut got = Vec::new();
-                if conn.read_to_end(&mut got).is_ok() {
-                    let _ = conn.write_all(reply);
-                    let _ = write!(conn, " after {} bytes", got.len());
-                }
-            });
+    spawn_per_connection(move |mut conn| {
+        let mut got = Vec::new();
+        if conn.read_to_end(&mut got).is_ok() {
+            let _ = conn.write_all(reply);
+            let _ = write!(conn, " after {} bytes", got.len());
         }
-    });
-    addr
+    })
 }
 
 /// The tutorial's certificates, written by the real `certs` binary into a fresh folder.
