@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`affinity`] | the affinity cookie: a keyed hash of the backend, never its address |
 //! | [`fields`] | a head's fields, as a map (hyper's path) or where they were read (the own path) |
+//! | [`exchange`] | one exchange's decisions for both codecs: framing, target and Host, retries, failures |
 //! | [`forward`] | RFC 9110's forwarding rules: hop-by-hop fields, `X-Forwarded-*`, `Via` |
 //! | [`body`] | bodies streamed both ways, the `max-body` cap |
 //! | [`pool`] | keep-alive connections to each backend |
@@ -32,6 +33,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod compress;
+pub mod exchange;
 pub mod fields;
 pub mod forward;
 pub mod metrics;
