@@ -136,9 +136,14 @@ impl Affinity {
     /// backend never sees it (it is ours, not the application's). Other cookies stay, in
     /// order.
     pub fn take(&self, fields: &mut impl Fields) -> Found {
-        // `str::contains` is the fast substring search; a line that is not UTF-8 cannot
-        // hold a value we issued.
-        let ours = |line: &[u8]| std::str::from_utf8(line).is_ok_and(|t| t.contains(&self.prefix));
+        // `str::contains` is the fast substring search; a line that is not UTF-8 (another
+        // cookie's value may hold any byte, RFC 6265 §5.4 reads them as bytes) is searched
+        // byte by byte, which only such lines pay for.
+        let prefix = self.prefix.as_bytes();
+        let ours = |line: &[u8]| match std::str::from_utf8(line) {
+            Ok(text) => text.contains(&self.prefix),
+            Err(_) => line.windows(prefix.len()).any(|w| w == prefix),
+        };
         // The common cases cost little: no `Cookie` field, or none that holds our name, is
         // one scan and no allocation.
         if !fields.values("cookie").any(ours) {
@@ -147,20 +152,20 @@ impl Affinity {
         let mut found = Found::None;
         let mut lines: Vec<HeaderValue> = Vec::new();
         for line in fields.values("cookie") {
-            let text = match std::str::from_utf8(line) {
-                Ok(text) if ours(line) => text,
+            if !ours(line) {
                 // Not ours to change: kept as it came.
-                _ => {
-                    lines.extend(HeaderValue::from_bytes(line).ok());
-                    continue;
-                }
-            };
-            let mut kept = String::with_capacity(text.len());
-            for pair in text.split(';').map(str::trim) {
-                match pair.strip_prefix(&self.prefix) {
+                lines.extend(HeaderValue::from_bytes(line).ok());
+                continue;
+            }
+            let mut kept: Vec<u8> = Vec::with_capacity(line.len());
+            for pair in line.split(|&b| b == b';').map(<[u8]>::trim_ascii) {
+                match pair.strip_prefix(prefix) {
                     // The first valid one wins; a later duplicate cannot override it.
                     Some(v) if !matches!(found, Found::Backend(_)) => {
-                        found = match self.by_value.get(v) {
+                        let known = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|v| self.by_value.get(v));
+                        found = match known {
                             Some(&i) => Found::Backend(i),
                             None => Found::Unknown,
                         };
@@ -169,16 +174,16 @@ impl Affinity {
                     None if pair.is_empty() => {}
                     None => {
                         if !kept.is_empty() {
-                            kept.push_str("; ");
+                            kept.extend_from_slice(b"; ");
                         }
-                        kept.push_str(pair);
+                        kept.extend_from_slice(pair);
                     }
                 }
             }
             // A line that held only our cookie goes altogether; what was a valid field
             // value stays one with a cookie taken out.
             if !kept.is_empty() {
-                lines.extend(HeaderValue::try_from(kept).ok());
+                lines.extend(HeaderValue::from_bytes(&kept).ok());
             }
         }
         fields.set_all(COOKIE, lines);
@@ -254,6 +259,20 @@ mod tests {
         let mut h = headers(&["lbx=1; xlb=2"]);
         assert_eq!(a.take(&mut h), Found::None);
         assert_eq!(h.get(COOKIE).unwrap(), "lbx=1; xlb=2");
+    }
+
+    /// Another cookie's value may hold any byte (RFC 6265 §5.4): ours is still found, taken
+    /// out, and the line's other bytes kept as they came.
+    #[test]
+    fn the_cookie_is_found_on_a_line_that_is_not_utf8() {
+        let a = affinity(&["h:1"]);
+        let v = seal(SECRET, "h:1");
+        let mut line = b"a=\xff\xfe; ".to_vec();
+        line.extend_from_slice(format!("lb={v}").as_bytes());
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_bytes(&line).unwrap());
+        assert_eq!(a.take(&mut h), Found::Backend(0));
+        assert_eq!(h.get(COOKIE).unwrap().as_bytes(), b"a=\xff\xfe");
     }
 
     #[test]

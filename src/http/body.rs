@@ -13,9 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
 
 /// Errors inside a streamed body.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -34,14 +36,68 @@ impl StdError for TooLarge {}
 
 /// Whether `error`, or anything it was caused by, is [`TooLarge`].
 pub fn is_too_large(error: &(dyn StdError + 'static)) -> bool {
+    caused_by::<TooLarge>(error)
+}
+
+/// A body that sent nothing for its idle limit: the client's upload (408) or the backend's
+/// answer (the exchange is abandoned and both connections close).
+#[derive(Debug)]
+pub struct Stalled(pub Duration);
+
+impl fmt::Display for Stalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no byte of the body for {:?}", self.0)
+    }
+}
+
+impl StdError for Stalled {}
+
+/// Whether `error`, or anything it was caused by, is an `E`.
+pub fn caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
     let mut e: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(current) = e {
-        if current.is::<TooLarge>() {
+        if current.is::<E>() {
             return true;
         }
         e = current.source();
     }
     false
+}
+
+/// The idle limit of a streamed body: a timer pushed later at each frame. Boxed, since a body
+/// moves; it exists only for bodies that stream (a request with one, a backend's answer).
+struct Stall {
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// After a poll of the body: a frame pushes the limit later; nothing, past the limit, is
+    /// the error that ends the body.
+    fn check<T>(
+        &mut self,
+        polled: Poll<Option<Result<T, BoxError>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<T, BoxError>>> {
+        match &polled {
+            Poll::Ready(_) => {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.timer.as_mut().reset(next);
+                polled
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(self.limit))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 /// hyper's frame, with its error boxed as our bodies' error type.
@@ -59,6 +115,10 @@ pub struct Upload {
     /// Set if the body is dropped before its end: the client's connection then still holds
     /// (or will receive) bytes nobody reads, and must be closed lingering.
     left_unread: Option<Arc<AtomicBool>>,
+    /// Told (or dropped) when the body has all been sent: the backend's time to answer starts
+    /// then, not while a slow client is still uploading.
+    sent: Option<oneshot::Sender<()>>,
+    stall: Option<Stall>,
 }
 
 impl Drop for Upload {
@@ -74,12 +134,21 @@ impl Drop for Upload {
 impl Upload {
     /// `body`, refused past `limit` bytes (`None`: no limit).
     /// `left_unread` is set if the body is dropped before its end.
-    pub fn new(body: Incoming, limit: Option<u64>, left_unread: Arc<AtomicBool>) -> Upload {
+    /// `stall`: the longest the client may pause in the middle of it.
+    pub fn new(
+        body: Incoming,
+        limit: Option<u64>,
+        left_unread: Arc<AtomicBool>,
+        stall: Duration,
+    ) -> Upload {
+        let streams = !body.is_end_stream();
         Upload {
             inner: Some(body),
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
             left_unread: Some(left_unread),
+            sent: None,
+            stall: streams.then(|| Stall::new(stall)),
         }
     }
 
@@ -90,7 +159,19 @@ impl Upload {
             limit: u64::MAX,
             seen: 0,
             left_unread: None,
+            sent: None,
+            stall: None,
         }
+    }
+
+    /// A receiver that resolves once the body has all been read (or is given up).
+    pub fn when_sent(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        match self.is_end_stream() {
+            true => drop(tx),
+            false => self.sent = Some(tx),
+        }
+        rx
     }
 }
 
@@ -106,7 +187,10 @@ impl Body for Upload {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = boxed(Pin::new(inner).poll_frame(cx));
+        let mut polled = boxed(Pin::new(inner).poll_frame(cx));
+        if let Some(stall) = this.stall.as_mut() {
+            polled = stall.check(polled, cx);
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -114,6 +198,11 @@ impl Body for Upload {
             if this.seen > this.limit {
                 return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
             }
+        }
+        // The end, an error: either way nothing more goes to the backend.
+        if polled.is_ready() && (this.is_end_stream() || !matches!(polled, Poll::Ready(Some(Ok(_)))))
+        {
+            this.sent = None;
         }
         polled
     }
@@ -303,6 +392,8 @@ pub struct Download {
     ended: bool,
     on_end: Option<OnEnd>,
     tap: Option<Tap>,
+    /// The backend's idle limit in the middle of its body.
+    stall: Option<Stall>,
 }
 
 impl Download {
@@ -313,6 +404,16 @@ impl Download {
             ended: false,
             on_end,
             tap: None,
+            stall: None,
+        }
+    }
+
+    /// Ends the body with [`Stalled`] when the backend sends nothing for `limit` in the
+    /// middle of it: without it, a backend that stops halfway holds the client, the backend
+    /// connection and the request's slot for as long as both sockets stay open.
+    pub fn set_stall(&mut self, limit: Duration) {
+        if !self.is_end_stream() {
+            self.stall = Some(Stall::new(limit));
         }
     }
 
@@ -375,6 +476,10 @@ impl Body for Download {
             }
             Payload::Compressed(c) => c.poll(cx, this.tap.as_mut()),
             Payload::File { file, left } => poll_file(file, left, cx),
+        };
+        let polled = match this.stall.as_mut() {
+            Some(stall) => stall.check(polled, cx),
+            None => polled,
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

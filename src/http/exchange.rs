@@ -342,6 +342,8 @@ pub enum Failure {
     Timeout,
     /// The client's body broke its own framing (a bad chunk), or ended early.
     ClientBody,
+    /// The client paused in the middle of its body for longer than the body's idle limit.
+    ClientStalled,
     /// The client's body went past `max-body`.
     TooLarge,
 }
@@ -356,6 +358,7 @@ impl Failure {
             }
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::ClientBody => StatusCode::BAD_REQUEST,
+            Failure::ClientStalled => StatusCode::REQUEST_TIMEOUT,
             Failure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -565,6 +568,7 @@ mod tests {
             (BadAnswer, true, true, gateway),
             (Timeout, true, true, Next::Answer(StatusCode::GATEWAY_TIMEOUT)),
             (ClientBody, false, false, Next::Answer(StatusCode::BAD_REQUEST)),
+            (ClientStalled, true, false, Next::Answer(StatusCode::REQUEST_TIMEOUT)),
             (TooLarge, false, false, Next::Answer(StatusCode::PAYLOAD_TOO_LARGE)),
         ];
         for (failure, reused, replayable, next) in table {

@@ -22,6 +22,7 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http::exchange::PROTECTED;
 use crate::http::fields::Fields;
 use crate::limits::Cidr;
 
@@ -53,6 +54,9 @@ pub fn strip_hop_by_hop(fields: &mut impl Fields, keep_upgrade: bool) {
             .iter()
             .map(String::as_str)
             .filter(|name| !(keep_upgrade && *name == "upgrade"))
+            // `Connection: Content-Length` would otherwise unframe the message it is on, and
+            // `Connection: Host` unroute it (RFC 9112 §6.1, request smuggling).
+            .filter(|name| !PROTECTED.contains(name))
             .collect();
         fields.remove_all(&named);
     }
@@ -74,7 +78,8 @@ pub fn strip_hop_by_hop(fields: &mut impl Fields, keep_upgrade: bool) {
 /// HTTP/1 path): `connection` holds the values of the head's `Connection` fields.
 pub fn is_hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || connection.iter().any(|value| {
+        || !PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
+            && connection.iter().any(|value| {
             value
                 .split(|&b| b == b',')
                 .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
@@ -256,6 +261,24 @@ mod tests {
         assert_eq!(names, ["trailer", "set-cookie"]);
         assert_eq!(by_bytes, names, "the byte-level rule is the same rule");
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    /// RFC 9112 §6.1: `Connection` cannot take away what frames or routes the message.
+    #[test]
+    fn connection_cannot_name_the_framing_or_the_host() {
+        let mut h = map(&[
+            ("connection", "Content-Length, host, transfer-encoding, x-a"),
+            ("content-length", "58"),
+            ("host", "x"),
+            ("x-a", "1"),
+        ]);
+        assert!(!is_hop_by_hop("content-length", &[b"content-length"]));
+        assert!(!is_hop_by_hop("Host", &[b"host"]));
+        assert!(is_hop_by_hop("x-a", &[b"x-a"]));
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host"]);
     }
 
     #[test]

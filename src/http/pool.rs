@@ -23,12 +23,50 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
+use tokio::task::AbortHandle;
 
 use super::body::Upload;
 use crate::proxy::Conn;
 
-/// The sending half of one backend connection.
-pub type Sender = SendRequest<Upload>;
+/// The sending half of one backend connection, and the task that runs the connection: a
+/// response abandoned halfway (a backend that stalled, a client that left) aborts it, so the
+/// socket closes at once instead of waiting for bytes that may never come.
+pub struct Sender {
+    pub send: SendRequest<Upload>,
+    task: AbortHandle,
+}
+
+impl Sender {
+    pub fn new(send: SendRequest<Upload>, task: AbortHandle) -> Sender {
+        Sender { send, task }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.send.is_ready()
+    }
+
+    /// Closes the connection now, whatever it was doing.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Whether nothing has arrived on an idle connection: one non-blocking read of its socket
+/// (over TLS, of the socket under it: any record at all, even a `close_notify`, is out of
+/// turn). A byte it does read is lost, but so is the connection then.
+fn quiet(conn: &Conn) -> bool {
+    let tcp = match conn {
+        Conn::Plain(tcp) => tcp,
+        Conn::TlsClient(tls) => tls.get_ref().0,
+        Conn::TlsServer(tls) => tls.get_ref().0,
+    };
+    let mut probe = [0u8; 1];
+    matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
 
 /// Idle connections kept per backend unless configured.
 pub const DEFAULT_MAX_IDLE: usize = 64;
@@ -111,13 +149,20 @@ impl Pool {
     }
 
     /// [`Pool::take`] for the balancer's own HTTP/1 path: the most recently returned idle
-    /// connection that has not expired. Whether the backend closed it meanwhile shows only
-    /// when it is used, and the request is then sent again on a fresh one. `now` is the
-    /// caller's (a clock read costs as much as the rest of this).
+    /// connection that has not expired and is quiet. `now` is the caller's (a clock read
+    /// costs as much as the rest of this).
+    ///
+    /// Quiet: the backend sent nothing since its last answer ended. hyper's connection task
+    /// reads every idle connection and closes one that speaks out of turn; this path does not
+    /// watch its idle sockets, so it asks each one as it takes it. A backend that closed it
+    /// (EOF) costs a dial, not a retry, so even a POST can go on the next connection; one that
+    /// sent bytes nobody asked for (a late second answer, a body after a HEAD answer) would
+    /// have them read as the *next* client's answer (response desync), so it is closed.
     pub fn take_raw(&self, now: Instant) -> Option<Conn> {
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(idle) = raw.pop() {
-            if now.saturating_duration_since(idle.since) < self.idle_timeout {
+            if now.saturating_duration_since(idle.since) < self.idle_timeout && quiet(&idle.conn)
+            {
                 return Some(idle.conn);
             }
         }

@@ -46,6 +46,7 @@ use super::assign::{self, Mode};
 use super::body::{self, Compressing, Download, Payload, Upload};
 use super::cache::{self, Cache, Outcome as CacheOutcome};
 use super::compress;
+use super::exchange::{self, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
@@ -549,6 +550,27 @@ impl HttpServer {
         info: &ConnInfo,
     ) -> Response<Download> {
         self.counters.path(false);
+        // The exchange's rules on the head as received, before the cache keys on it or a field
+        // is edited: the same rules the own path runs (`fast::parse`).
+        if let Err(refused) = check_request(&req) {
+            tracing::info!(client = %info.client, "request refused: {}", refused.why);
+            // Where this request's body ends cannot be trusted (RFC 9112 §6.1): the
+            // connection closes after the answer, lingering.
+            info.body_left.store(true, Ordering::Relaxed);
+            let line = Line {
+                client: info.client,
+                method: req.method().clone(),
+                path: req.uri().to_string(),
+                backend: None,
+                affinity: AffinityOutcome::Off,
+                started: Instant::now(),
+            };
+            let mut response = self.local(refused.status, line);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         match self.upstreams().cache.clone() {
             Some(cache) => self.cached(&cache, req, info).await,
             None => self.proxied(req, info, None).await,
@@ -899,21 +921,32 @@ impl HttpServer {
             .apply(&mut parts.headers, &info.forwarded_for, info.tls);
         origin_form(&mut parts.uri, &mut parts.headers);
         parts.version = Version::HTTP_11;
+        let method = parts.method.clone();
         // A copy to send again should a backend reset before answering: only for requests
         // that may be repeated (RFC 9110 §9.2.2) and have no body we would have to keep.
-        let replay = (is_idempotent(&parts.method) && !has_body && !upgrade).then(|| {
+        let replayable = exchange::is_idempotent(&parts.method) && !has_body && !upgrade;
+        let replay = replayable.then(|| {
             (
                 parts.method.clone(),
                 parts.uri.clone(),
                 parts.headers.clone(),
             )
         });
+        // Between two pieces of a body, either way: `--idle-timeout`, else as long as a backend
+        // has to start its answer.
+        let stall = balancer.idle_timeout.unwrap_or(up.settings.response_timeout);
         let mut request = Some(Request::from_parts(
             parts,
-            Upload::new(body, up.settings.max_body, Arc::clone(&info.body_left)),
+            Upload::new(
+                body,
+                up.settings.max_body,
+                Arc::clone(&info.body_left),
+                stall,
+            ),
         ));
 
-        // 4: send it, on a pooled connection when there is one.
+        // 4: send it, on a pooled connection when there is one; after a failure, what the
+        // exchange's rule allows (`exchange::after`).
         let attempts = 2 * up.backends.len() + STALE_POOLED;
         let mut failure = StatusCode::BAD_GATEWAY;
         // After a pooled connection failed under a request: dial rather than reuse.
@@ -938,69 +971,120 @@ impl HttpServer {
                     },
                 },
             };
-            let Some(req) = request.take() else { break };
+            let Some(mut req) = request.take() else { break };
             let active = balancer.count_active_owned(i);
-            let sent =
-                tokio::time::timeout(up.settings.response_timeout, sender.try_send_request(req))
-                    .await;
-            match sent {
-                Ok(Ok(response)) => {
+            // `response-timeout` counts from the request's end (a slow upload is the client's
+            // time, bounded by the body's idle limit), as HAProxy's `timeout server` does.
+            let uploaded = req.body_mut().when_sent();
+            let timeout = up.settings.response_timeout;
+            let deadline = async move {
+                let _ = uploaded.await;
+                tokio::time::sleep(timeout).await;
+            };
+            let sent = tokio::select! {
+                sent = sender.send.try_send_request(req) => Some(sent),
+                () = deadline => None,
+            };
+            let (failed, error) = match sent {
+                Some(Ok(response)) => {
                     answered = Some((response, sender, active));
                     break;
                 }
-                Err(_) => {
-                    tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "no response within {:?}: 504", up.settings.response_timeout);
-                    failure = StatusCode::GATEWAY_TIMEOUT;
-                    break;
-                }
-                Ok(Err(mut e)) => {
-                    if let Some(unsent) = e.take_message() {
-                        // Never written: a pooled connection the backend had closed. The same
-                        // request goes again, on another connection.
+                None => (Failure::Timeout, None),
+                Some(Err(mut e)) => match e.take_message() {
+                    // Never written: a pooled connection the backend had closed. The same
+                    // request goes again, on another connection.
+                    Some(unsent) => {
                         request = Some(unsent);
-                        if fresh {
-                            break;
-                        }
-                        continue;
+                        (Failure::Unsent, Some(e.into_error()))
                     }
-                    let error = e.into_error();
-                    if body::is_too_large(&error) {
-                        failure = StatusCode::PAYLOAD_TOO_LARGE;
-                        break;
+                    None => {
+                        let error = e.into_error();
+                        let failed = if body::is_too_large(&error) {
+                            Failure::TooLarge
+                        } else if body::caused_by::<body::Stalled>(&error) {
+                            Failure::ClientStalled
+                        } else if error.is_user() {
+                            // Our `Upload` failed: the client's body broke its framing or
+                            // ended early (RFC 9112 §7.1, §8): the client's error, not the
+                            // backend's.
+                            Failure::ClientBody
+                        } else {
+                            Failure::NoAnswer
+                        };
+                        (failed, Some(error))
                     }
-                    let Some((method, uri, headers)) = &replay else {
-                        tracing::warn!(client = %info.client, backend = %up.names[i],
-                            "backend failed before answering: {error}");
+                },
+            };
+            drop(active);
+            sender.abort();
+            let next = exchange::after(failed, !fresh, replayable);
+            match next {
+                Next::Fresh => {
+                    // A reused connection that the backend closed while the request was on
+                    // its way (the keep-alive race, RFC 9112 §9.3.1): not the backend's
+                    // failure. The same backend again, on a new connection.
+                    tracing::debug!(backend = %up.names[i],
+                        "pooled connection closed under the request: sending it again");
+                    fresh_only = true;
+                }
+                Next::Another => {
+                    tracing::warn!(client = %info.client, backend = %up.names[i],
+                        "backend failed before answering: {}",
+                        error.map_or_else(String::new, |e| e.to_string()));
+                    tried.push(i);
+                    let Some(next) = balancer.pick(info.client.ip(), &tried) else {
                         break;
                     };
-                    if fresh {
-                        tracing::warn!(client = %info.client, backend = %up.names[i],
-                            "backend failed before answering: {error}");
-                        tried.push(i);
-                        let Some(next) = balancer.pick(info.client.ip(), &tried) else {
-                            break;
-                        };
-                        i = next;
-                    } else {
-                        // A reused connection that the backend closed while the request was on
-                        // its way (the keep-alive race, RFC 9112 §9.3.1): not the backend's
-                        // failure. The same backend again, on a new connection.
-                        tracing::debug!(backend = %up.names[i],
-                            "pooled connection closed under the request: sending it again");
-                        fresh_only = true;
-                    }
-                    let mut again = Request::new(Upload::empty());
-                    *again.method_mut() = method.clone();
-                    *again.uri_mut() = uri.clone();
-                    *again.headers_mut() = headers.clone();
-                    request = Some(again);
+                    i = next;
                 }
+                Next::Answer(status) => {
+                    match (&error, failed) {
+                        (_, Failure::Timeout) => tracing::warn!(client = %info.client,
+                            backend = %up.names[i],
+                            "no response within {:?} of the request's end: {status}", timeout),
+                        (Some(e), Failure::ClientBody | Failure::ClientStalled | Failure::TooLarge) => {
+                            tracing::info!(client = %info.client, "request body refused ({status}): {e}")
+                        }
+                        (e, _) => tracing::warn!(client = %info.client, backend = %up.names[i],
+                            "backend failed before answering ({status}): {}",
+                            e.as_ref().map_or_else(String::new, |e| e.to_string())),
+                    }
+                    failure = status;
+                    break;
+                }
+            }
+            if request.is_none()
+                && let Some((method, uri, headers)) = &replay
+            {
+                let mut again = Request::new(Upload::empty());
+                *again.method_mut() = method.clone();
+                *again.uri_mut() = uri.clone();
+                *again.headers_mut() = headers.clone();
+                request = Some(again);
             }
         }
         let Some((mut response, sender, active)) = answered else {
             return self.local(failure, line);
         };
+        // The answer's framing, by the same rule as the own path's (RFC 9112 §6.3): hyper's
+        // client lets Transfer-Encoding win over a Content-Length beside it, but the field
+        // would still reach the client, which may believe it instead.
+        if let Err(why) = exchange::response_framing(
+            response.status(),
+            &method,
+            response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        ) {
+            tracing::warn!(client = %info.client, backend = %up.names[i],
+                "answer refused (502): {why}");
+            drop(response);
+            sender.abort();
+            drop(active);
+            return self.local(StatusCode::BAD_GATEWAY, line);
+        }
         line.answered_by(&mut outcome, cookie_backend, &up.names[i], i);
         let backend = Arc::clone(&up.backends[i]);
         backend
@@ -1086,12 +1170,18 @@ impl HttpServer {
             backend.counters.bytes(bytes);
             // A connection whose response was read to the end can carry the next request; one
             // abandoned halfway cannot (hyper would have to read the rest first) and closes.
-            if complete && let Some(sender) = reusable {
-                backend.pool.put(sender);
+            match (complete, reusable) {
+                (true, Some(sender)) => backend.pool.put(sender),
+                // Abandoned halfway: nothing more of it is wanted, and the socket closes now
+                // rather than when the backend next sends something.
+                (false, Some(sender)) => sender.abort(),
+                (_, None) => {}
             }
             line.log(status, bytes, complete);
         });
-        Response::from_parts(head, Download::new(payload, Some(on_end)))
+        let mut download = Download::new(payload, Some(on_end));
+        download.set_stall(stall);
+        Response::from_parts(head, download)
     }
 
     /// Dials backend `i` and starts an HTTP/1.1 connection on it.
@@ -1106,12 +1196,12 @@ impl HttpServer {
         up.backends[i].pool.opened();
         crate::metrics::inc(&up.balancer.state(i).counters.connections);
         let name = Arc::clone(&up.names[i]);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(backend = %name, "backend connection ended: {e}");
             }
         });
-        Ok(sender)
+        Ok(Sender::new(sender, task.abort_handle()))
     }
 
     /// Assignment mode (chapter 14): the client is told to use `backends[i]` itself.
@@ -1242,12 +1332,27 @@ fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// RFC 9110 §9.2.2: methods whose effect is the same sent once or twice.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+/// [`exchange::check_target`] and [`exchange::request_framing`] on a head hyper parsed.
+fn check_request<B>(req: &Request<B>) -> Result<(), exchange::Refused> {
+    let uri = req.uri();
+    let form = match (uri.scheme(), uri.authority()) {
+        (Some(_), authority) => exchange::Target::Absolute(authority.map_or("", |a| a.as_str())),
+        (None, Some(_)) => exchange::Target::Authority,
+        (None, None) if uri.path() == "*" => exchange::Target::Asterisk,
+        (None, None) => exchange::Target::Origin,
+    };
+    let hosts = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    exchange::check_target(req.method(), form, hosts, req.version() == Version::HTTP_11)?;
+    exchange::request_framing(
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    )?;
+    Ok(())
 }
 
 /// A request in absolute form (`GET http://host/path`, as clients of a forward proxy send)

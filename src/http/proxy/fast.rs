@@ -40,9 +40,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Sleep;
 
 use super::{
-    Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, is_idempotent, local_text,
+    Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, local_text,
 };
 use crate::http::assign::Mode;
+use crate::http::exchange::{self, BodyLength, Failure, Next};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
@@ -86,11 +87,14 @@ struct Head {
     method: Method,
     /// Where the request target (origin form: `/path?query`) is in the buffer.
     target: Span,
-    /// Its fields, where they are in the buffer.
+    /// Its fields, where they are in the buffer; never its `Content-Length`, which the
+    /// request is framed with again by us ([`Head::length`]).
     fields: Vec<(Span, Span)>,
     /// Bytes of the head, then of the body (all already read).
     len: usize,
     body: usize,
+    /// The length the client gave, sent on as ours (`Content-Length: 0` included).
+    length: Option<u64>,
     /// The client asked to close after this request.
     close: bool,
 }
@@ -104,6 +108,13 @@ enum Parsed {
     TooLarge {
         method: Method,
         target: String,
+    },
+    /// A head the exchange's rules refuse (400, 501): answered, then the connection closes,
+    /// since where its body ends cannot be trusted (RFC 9112 §6.1).
+    Refused {
+        method: Method,
+        target: String,
+        refused: exchange::Refused,
     },
 }
 
@@ -119,34 +130,50 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Hyper;
     };
-    if len > max_head || !target.starts_with('/') {
+    if len > max_head {
         return Parsed::Hyper;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Hyper;
     };
-    if method == Method::CONNECT {
+    let refuse = |refused| Parsed::Refused {
+        method: method.clone(),
+        target: target.to_owned(),
+        refused,
+    };
+    let named = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
+    // The exchange's rules, on the head as received, before anything is edited: the same
+    // rules hyper's path runs (`HttpServer::request`).
+    let form = exchange::Target::of(target);
+    if let Err(refused) = exchange::check_target(&method, form, named("host"), true) {
+        return refuse(refused);
+    }
+    let framing = exchange::request_framing(
+        req.headers
+            .iter()
+            .map(|f| (f.name.as_bytes(), f.value)),
+    );
+    let body = match framing {
+        Err(refused) => return refuse(refused),
+        // Streamed by hyper's path, which decodes and checks each chunk.
+        Ok(BodyLength::Chunked | BodyLength::UntilClose) => return Parsed::Hyper,
+        Ok(BodyLength::Empty) => 0,
+        Ok(BodyLength::Length(n)) => n,
+    };
+    // Absolute form and `OPTIONS *` are valid, and hyper's to serve.
+    if form != exchange::Target::Origin {
         return Parsed::Hyper;
     }
-    let mut body: Option<u64> = None;
     let mut close = false;
     for field in req.headers.iter() {
         let name = field.name;
-        if name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-        {
+        if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
             return Parsed::Hyper;
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let length = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (length, body) {
-                (Some(n), None) => body = Some(n),
-                // Two lengths, or one that is not a number: hyper's rules (RFC 9112 §6.3).
-                _ => return Parsed::Hyper,
-            }
         }
         if name.eq_ignore_ascii_case("connection")
             && field
@@ -157,7 +184,6 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
             close = true;
         }
     }
-    let body = body.unwrap_or(0);
     if max_body.is_some_and(|max| body > max) {
         return Parsed::TooLarge {
             method,
@@ -168,12 +194,14 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     if body > (buf.len() - len) as u64 {
         return Parsed::Hyper;
     }
+    let length = named("content-length").next().map(|_| body);
     // httparse checked both: a name is a token, a value has no control bytes but tabs (what
     // hyper's `HeaderName` and `HeaderValue` would check again).
     let mut fields = spare::fields();
     fields.extend(
         req.headers
             .iter()
+            .filter(|f| !f.name.eq_ignore_ascii_case("content-length"))
             .map(|f| (span_in(buf, f.name.as_bytes()), span_in(buf, f.value))),
     );
     Parsed::Complete(Head {
@@ -182,6 +210,7 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
         fields,
         len,
         body: body as usize,
+        length,
         close,
     })
 }
@@ -196,7 +225,10 @@ enum Framing {
 }
 
 /// Finds the end of a chunked body (RFC 9112 §7.1) as its bytes go by, without buffering:
-/// chunk sizes, extensions and trailer fields are passed on as they are.
+/// chunk sizes, extensions and trailer fields are passed on as they are, so they are checked
+/// as strictly as a parser that decodes them. A backend whose framing is off by one byte
+/// (a bare LF, an empty size, `5 5`) would otherwise make the client and this path disagree on
+/// where the answer ends, and the next answer on the client's connection would be wrong.
 #[derive(Default)]
 struct Chunks {
     state: ChunkState,
@@ -205,8 +237,12 @@ struct Chunks {
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
+    /// Before the first digit of a size.
     #[default]
+    SizeStart,
     Size,
+    /// Whitespace after the size (`BWS` before `;`, RFC 9112 §7.1.1).
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -214,6 +250,7 @@ enum ChunkState {
     DataLf,
     TrailerStart,
     Trailer,
+    TrailerLf,
     FinalLf,
     Done,
 }
@@ -237,7 +274,7 @@ impl Chunks {
             let b = data[i];
             i += 1;
             self.state = match (self.state, b) {
-                (Size, b) if b.is_ascii_hexdigit() => {
+                (SizeStart | Size, b) if b.is_ascii_hexdigit() => {
                     let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
                     self.left = self
                         .left
@@ -246,16 +283,19 @@ impl Chunks {
                         .ok_or_else(bad)?;
                     Size
                 }
-                (Size | Extension, b';' | b' ' | b'\t') => Extension,
+                (Size | SizeSpace, b' ' | b'\t') => SizeSpace,
+                (Size | SizeSpace, b';') => Extension,
                 (Size | Extension, b'\r') => SizeLf,
-                (Extension, _) => Extension,
+                // Any visible byte, space or tab; no control byte, and above all no bare LF.
+                (Extension, b) if b == b'\t' || b >= b' ' && b != 0x7f => Extension,
                 (SizeLf, b'\n') if self.left == 0 => TrailerStart,
                 (SizeLf, b'\n') => Data,
                 (DataCr, b'\r') => DataLf,
-                (DataLf, b'\n') => Size,
+                (DataLf, b'\n') => SizeStart,
                 (TrailerStart, b'\r') => FinalLf,
-                (TrailerStart | Trailer, b'\n') => TrailerStart,
-                (TrailerStart | Trailer, _) => Trailer,
+                (TrailerStart | Trailer, b) if b == b'\t' || b >= b' ' && b != 0x7f => Trailer,
+                (Trailer, b'\r') => TrailerLf,
+                (TrailerLf, b'\n') => TrailerStart,
                 (FinalLf, b'\n') => Done,
                 _ => return Err(bad()),
             };
@@ -268,103 +308,98 @@ impl Chunks {
     }
 }
 
-/// What went wrong on the way to an answer.
+/// What went wrong on the way to an answer; the exchange's [`Failure`] says what follows.
 enum Failed {
-    /// Nothing came back (the connection was closed or reset before any byte of an answer):
-    /// the request may be sent again, on the rules of [`HttpServer::proxied`].
-    BeforeAnswer(io::Error),
-    /// Garbage, or an answer cut short: 502.
+    /// The connection was found closed before any byte of the request was written.
+    Unsent(io::Error),
+    /// Nothing came back (the connection was closed or reset before any byte of an answer)
+    /// after the request was written.
+    NoAnswer(io::Error),
+    /// Garbage, ambiguous framing, or an answer cut short: 502.
     Bad(io::Error),
-    /// No head within `response-timeout`: 504.
+    /// No head within `response-timeout` of the request's end: 504.
     Timeout,
 }
 
 /// An answer's head in `buf`, if it is all there: what the client is to see of it, and its
-/// length.
+/// length. Its framing is decided here, once, from the fields as received
+/// ([`exchange::response_framing`]), before anything is removed from them.
 fn parse_answer(
     buf: &[u8],
-    head_request: bool,
+    method: &Method,
     kept: &mut Vec<(Span, Span)>,
 ) -> io::Result<Option<(ParsedAnswer, usize)>> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut res = httparse::Response::new(&mut fields);
-    let len = match res
-        .parse(buf)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-    {
+    let len = match res.parse(buf).map_err(|e| invalid(e.to_string()))? {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
     let code = res.code.unwrap_or(0);
-    let status =
-        StatusCode::from_u16(code).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let status = StatusCode::from_u16(code).map_err(|e| invalid(e.to_string()))?;
+    let body = exchange::response_framing(
+        status,
+        method,
+        res.headers.iter().map(|f| (f.name.as_bytes(), f.value)),
+    )
+    .map_err(|e| invalid(e.to_owned()))?;
     let connection: Vec<&[u8]> = res
         .headers
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("connection"))
         .map(|f| f.value)
         .collect();
-    let mut length = None;
-    let mut chunked = None;
-    let mut transfer_encoding: Option<Span> = None;
-    // Where a field's bytes are in `buf`: the head is written out from there, uncopied.
-    let span = |bytes: &[u8]| span_in(buf, bytes);
-    for f in res.headers.iter() {
-        if f.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(f.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "two lengths"));
-            }
-            length = Some(n);
-        }
-        if f.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = Some(span(f.value));
-            // Chunked only when it is the last coding; anything else runs to the close.
-            chunked = Some(
-                f.value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
-        }
-    }
+    // The length as the backend gave it (checked above): what a HEAD or 304 answer passes on.
+    let length = res
+        .headers
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|f| exchange::content_length(f.value.split(|&b| b == b',').next()?));
     let close = connection.iter().any(|v| {
         v.split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
     }) || res.version == Some(0);
-    let framing = if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::None
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked(Chunks::default()),
-            (Some(false), _) | (None, None) => Framing::Close,
-            (None, Some(0)) => Framing::None,
-            (None, Some(n)) => Framing::Length(n),
-        }
+    let framing = match body {
+        BodyLength::Empty => Framing::None,
+        BodyLength::Length(n) => Framing::Length(n),
+        BodyLength::Chunked => Framing::Chunked(Chunks::default()),
+        BodyLength::UntilClose => Framing::Close,
+    };
+    // Where a field's bytes are in `buf`: the head is written out from there, uncopied.
+    let span = |bytes: &[u8]| span_in(buf, bytes);
+    let framing_field = |name: &str| {
+        name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
     };
     kept.clear();
     kept.extend(
         res.headers
             .iter()
-            .filter(|f| !forward::is_hop_by_hop(f.name, &connection))
+            .filter(|f| !framing_field(f.name) && !forward::is_hop_by_hop(f.name, &connection))
             .map(|f| (span(f.name.as_bytes()), span(f.value))),
     );
+    // The transfer codings go last, written only when the body passes on in them.
+    let codings = kept.len();
+    kept.extend(
+        res.headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("transfer-encoding"))
+            .map(|f| (span(f.name.as_bytes()), span(f.value))),
+    );
+    // What the client is told of the body's length, framed by us: the same length, or for a
+    // HEAD or 304 the length the backend gave (RFC 9110 §8.6); never for 1xx and 204.
+    let length = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::None if !status.is_informational() && status != StatusCode::NO_CONTENT => length,
+        _ => None,
+    };
     let reusable = !close && !matches!(framing, Framing::Close);
     Ok(Some((
         ParsedAnswer {
             status,
             reason: res.reason.map_or((0, 0), |r| span(r.as_bytes())),
-            transfer_encoding: match framing {
-                Framing::Chunked(_) | Framing::Close => transfer_encoding,
-                _ => None,
-            },
+            codings,
+            length,
             framing,
             reusable,
         },
@@ -388,8 +423,11 @@ fn span_in(buf: &[u8], part: &[u8]) -> Span {
 struct ParsedAnswer {
     status: StatusCode,
     reason: Span,
-    /// The backend's `Transfer-Encoding`, when its body is passed on in that framing.
-    transfer_encoding: Option<Span>,
+    /// Where in `kept` the backend's `Transfer-Encoding` lines start: passed on when its body
+    /// is, in that framing.
+    codings: usize,
+    /// The `Content-Length` the client is sent.
+    length: Option<u64>,
     framing: Framing,
     reusable: bool,
 }
@@ -442,6 +480,19 @@ impl HttpServer {
                         // Closed either way: the body was not read.
                         let _ = self
                             .answer_locally(conn, StatusCode::PAYLOAD_TOO_LARGE, line, true)
+                            .await;
+                        return Left::Closed { clean: false };
+                    }
+                    Parsed::Refused {
+                        method,
+                        target,
+                        refused,
+                    } => {
+                        self.counters.path(true);
+                        tracing::info!(client = %info.client, "request refused: {}", refused.why);
+                        let line = self.line(info, &method, &target, Instant::now());
+                        let _ = self
+                            .answer_locally(conn, refused.status, line, true)
                             .await;
                         return Left::Closed { clean: false };
                     }
@@ -530,6 +581,7 @@ impl HttpServer {
             fields,
             len,
             body,
+            length,
             close: client_closes,
         } = head;
         let Scratch {
@@ -566,7 +618,8 @@ impl HttpServer {
                 "affinity cookie named a backend that is down or gone: redispatched");
         }
 
-        // 3: what the backend is sent, head and body in one buffer.
+        // 3: what the backend is sent, head and body in one buffer. Its framing is ours: the
+        // length decided from the head as received, whatever `Connection` named.
         forward::strip_hop_by_hop(&mut headers, false);
         up.settings
             .forwarding
@@ -582,12 +635,16 @@ impl HttpServer {
         let (read, emptied) = headers.into_lists();
         *added = emptied;
         spare::give_fields(read);
+        if let Some(length) = length {
+            field(out, b"content-length", itoa(length, &mut [0; 20]));
+        }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[len..len + body]);
         buf.drain(..len + body);
-        let replayable = is_idempotent(&method) && body == 0;
+        let replayable = exchange::is_idempotent(&method) && body == 0;
 
-        // 4: send it, on a pooled connection when there is one.
+        // 4: send it, on a pooled connection when there is one; after a failure, what the
+        // exchange's rule allows (`exchange::after`).
         let attempts = 2 * up.backends.len() + STALE_POOLED;
         let mut fresh_only = false;
         let mut answered = None;
@@ -620,20 +677,12 @@ impl HttpServer {
             };
             let active = balancer.count_active(i);
             upstream.clear();
-            // From the head's arrival (a clock read already made), on a pooled connection's
-            // first try; after a dial or on a retry, from now.
-            let from = match tried.is_empty() && !fresh {
-                true => started,
-                false => Instant::now(),
-            };
-            timer
-                .as_mut()
-                .reset((from + up.settings.response_timeout).into());
-            match exchange(
+            let (failed, error) = match exchange(
                 &mut dialled,
                 out,
                 upstream,
-                method == Method::HEAD,
+                &method,
+                up.settings.response_timeout,
                 timer.as_mut(),
                 kept,
             )
@@ -643,36 +692,38 @@ impl HttpServer {
                     answered = Some((answer, dialled, active));
                     break;
                 }
-                Err(Failed::Timeout) => {
-                    tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "no response within {:?}: 504", up.settings.response_timeout);
-                    failure = StatusCode::GATEWAY_TIMEOUT;
-                    break;
+                Err(Failed::Timeout) => (Failure::Timeout, None),
+                Err(Failed::Bad(e)) => (Failure::BadAnswer, Some(e)),
+                Err(Failed::Unsent(e)) => (Failure::Unsent, Some(e)),
+                Err(Failed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
+            };
+            drop(active);
+            match exchange::after(failed, !fresh, replayable) {
+                Next::Fresh => {
+                    // The keep-alive race (RFC 9112 §9.3.1): the backend closed the pooled
+                    // connection as the request went. The same backend, a new connection.
+                    tracing::debug!(backend = %up.names[i],
+                        "pooled connection closed under the request: sending it again");
+                    fresh_only = true;
                 }
-                Err(Failed::Bad(e)) => {
+                Next::Another => {
                     tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "backend failed before answering: {e}");
-                    break;
-                }
-                Err(Failed::BeforeAnswer(e)) => {
-                    if !fresh {
-                        // The keep-alive race (RFC 9112 §9.3.1): the backend closed the pooled
-                        // connection as the request went. The same backend, a new connection.
-                        tracing::debug!(backend = %up.names[i],
-                            "pooled connection closed under the request: sending it again");
-                        fresh_only = true;
-                        continue;
-                    }
-                    tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "backend failed before answering: {e}");
-                    if !replayable {
-                        break;
-                    }
+                        "backend failed before answering: {}", error.map_or_else(String::new, |e| e.to_string()));
                     tried.push(i);
                     let Some(next) = balancer.pick(info.client.ip(), &tried) else {
                         break;
                     };
                     i = next;
+                }
+                Next::Answer(status) => {
+                    match error {
+                        Some(e) => tracing::warn!(client = %info.client, backend = %up.names[i],
+                            "backend failed before answering ({status}): {e}"),
+                        None => tracing::warn!(client = %info.client, backend = %up.names[i],
+                            "no response within {:?}: {status}", up.settings.response_timeout),
+                    }
+                    failure = status;
+                    break;
                 }
             }
         }
@@ -701,7 +752,7 @@ impl HttpServer {
         out.extend_from_slice(bytes(parsed.reason));
         out.extend_from_slice(b"\r\n");
         let mut dated = false;
-        for &(name, value) in kept.iter() {
+        for &(name, value) in &kept[..parsed.codings] {
             let name = bytes(name);
             dated |= name.eq_ignore_ascii_case(b"date");
             if up
@@ -723,9 +774,15 @@ impl HttpServer {
                 httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
             );
         }
-        // The framing passes through as the backend wrote it, so its field does too.
-        if let Some(codings) = parsed.transfer_encoding {
-            field(out, b"transfer-encoding", bytes(codings));
+        // The framing, written by us from what was decided on the head as received: the
+        // length, or the codings the body passes on in (RFC 9112 §6.1).
+        if let Some(n) = parsed.length {
+            field(out, b"content-length", itoa(n, &mut [0; 20]));
+        }
+        if matches!(parsed.framing, Framing::Chunked(_) | Framing::Close) {
+            for &(name, value) in &kept[parsed.codings..] {
+                field(out, bytes(name), bytes(value));
+            }
         }
         if outcome != AffinityOutcome::Hit
             && let Some(affinity) = &up.affinity
@@ -743,8 +800,14 @@ impl HttpServer {
         }
         out.extend_from_slice(b"\r\n");
 
-        // 6: the body, as it comes.
+        // 6: the body, as it comes. A backend that stalls in the middle of it, or a client
+        // that stops reading, gets the body's idle limit between two steps (`--idle-timeout`,
+        // else `--response-timeout`); the first write still has the answer's deadline.
         upstream.drain(..head_len);
+        let stall = up
+            .balancer
+            .idle_timeout
+            .unwrap_or(up.settings.response_timeout);
         let mut framing = parsed.framing;
         let mut reusable = parsed.reusable;
         let mut sent: u64 = 0;
@@ -774,14 +837,24 @@ impl HttpServer {
             if done && take < upstream.len() {
                 reusable = false;
             }
-            let written = match head_sent {
-                false => {
-                    out.extend_from_slice(&upstream[..take]);
-                    head_sent = true;
-                    write_flushed(conn, out).await
+            let write = async {
+                match head_sent {
+                    false => {
+                        out.extend_from_slice(&upstream[..take]);
+                        write_flushed(conn, out).await
+                    }
+                    true => write_flushed(conn, &upstream[..take]).await,
                 }
-                true => write_flushed(conn, &upstream[..take]).await,
             };
+            if head_sent {
+                timer.as_mut().reset((Instant::now() + stall).into());
+            }
+            let written = tokio::select! {
+                biased;
+                written = write => written,
+                () = timer.as_mut() => Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+            };
+            head_sent = true;
             if let Err(e) = written {
                 tracing::debug!(client = %info.client, "client gone mid-answer: {e}");
                 break;
@@ -799,7 +872,14 @@ impl HttpServer {
             if grow {
                 upstream.reserve(capacity * 2);
             }
-            match backend_conn.read_buf(upstream).await {
+            timer.as_mut().reset((Instant::now() + stall).into());
+            let read = tokio::select! {
+                biased;
+                read = backend_conn.read_buf(upstream) => read,
+                () = timer.as_mut() => Err(io::Error::new(io::ErrorKind::TimedOut,
+                    format!("no byte of the body for {stall:?}"))),
+            };
+            match read {
                 Ok(0) if matches!(framing, Framing::Close) => {
                     complete = true;
                     break;
@@ -986,23 +1066,61 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `n` in decimal, without an allocation.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 /// Sends `request` on `conn` and reads the answer's head into `buf` (with whatever of the
-/// body came with it), within `limit`.
+/// body came with it). The backend has `response_timeout` to take the request, then as long
+/// again from the request's end to its answer's head (RFC 9110 leaves the timing to us; this
+/// is what HAProxy's `timeout server` and nginx's `proxy_read_timeout` count).
 async fn exchange(
     conn: &mut Conn,
     request: &[u8],
     buf: &mut Vec<u8>,
-    head_request: bool,
-    timer: Pin<&mut Sleep>,
+    method: &Method,
+    response_timeout: std::time::Duration,
+    mut timer: Pin<&mut Sleep>,
     kept: &mut Vec<(Span, Span)>,
 ) -> Result<(ParsedAnswer, usize), Failed> {
-    let work = async {
-        write_flushed(conn, request)
-            .await
-            .map_err(Failed::BeforeAnswer)?;
+    timer
+        .as_mut()
+        .reset((Instant::now() + response_timeout).into());
+    // Written, or not a byte of it: a connection found closed before anything was taken from
+    // us may carry the request again, whatever it is.
+    let write = async {
+        let mut at = 0;
+        while at < request.len() {
+            match conn.write(&request[at..]).await {
+                Ok(0) => return Err(Failed::NoAnswer(io::ErrorKind::WriteZero.into())),
+                Ok(n) => at += n,
+                Err(e) if at == 0 => return Err(Failed::Unsent(e)),
+                Err(e) => return Err(Failed::NoAnswer(e)),
+            }
+        }
+        conn.flush().await.map_err(Failed::NoAnswer)
+    };
+    tokio::select! {
+        biased;
+        written = write => written?,
+        () = timer.as_mut() => return Err(Failed::Timeout),
+    }
+    timer
+        .as_mut()
+        .reset((Instant::now() + response_timeout).into());
+    let read = async {
         loop {
             if !buf.is_empty() {
-                match parse_answer(buf, head_request, kept) {
+                match parse_answer(buf, method, kept) {
                     Ok(Some((answer, len))) if answer.status.is_informational() => {
                         // 100 Continue, 103 Early Hints: hyper's client drops them too.
                         if answer.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -1024,21 +1142,21 @@ async fn exchange(
             buf.reserve(READ);
             match conn.read_buf(buf).await {
                 Ok(0) if buf.is_empty() => {
-                    return Err(Failed::BeforeAnswer(io::Error::new(
+                    return Err(Failed::NoAnswer(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed before an answer",
                     )));
                 }
                 Ok(0) => return Err(Failed::Bad(io::Error::other("answer head cut short"))),
                 Ok(_) => {}
-                Err(e) if buf.is_empty() => return Err(Failed::BeforeAnswer(e)),
+                Err(e) if buf.is_empty() => return Err(Failed::NoAnswer(e)),
                 Err(e) => return Err(Failed::Bad(e)),
             }
         }
     };
     tokio::select! {
         biased;
-        answer = work => answer,
+        answer = read => answer,
         () = timer => Err(Failed::Timeout),
     }
 }
@@ -1071,51 +1189,96 @@ mod tests {
         assert_eq!(chunks(&[b"3\r\nab"]).unwrap(), (5, false));
     }
 
+    /// RFC 9112 §7.1: what a decoding parser would refuse is refused here too, so the client
+    /// and this path never disagree on where a chunked answer ends.
     #[test]
     fn bad_chunk_framing_is_an_error_not_a_guess() {
-        assert!(chunks(&[b"zz\r\n"]).is_err());
-        assert!(chunks(&[b"3\r\nabcX"]).is_err());
-        assert!(chunks(&[b"ffffffffffffffffff\r\n"]).is_err());
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcX",
+            b"ffffffffffffffffff\r\n",
+            // An empty size line, a size with a space inside, a bare LF after an extension,
+            // after a size, after data, in the trailer section.
+            b"\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"5;x\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\nx: 1\n\r\n",
+            b"0\r\n\n",
+            // Whitespace before CR (BWS is allowed only before `;`), a control byte in an
+            // extension, a sign.
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+            b"+5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                chunks(&[bad]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // BWS before an extension is allowed (RFC 9112 §7.1.1).
+        assert_eq!(
+            chunks(&[b"5 ;a=\"b c\"\r\nhello\r\n0\r\n\r\n"]).unwrap(),
+            (24, true)
+        );
     }
 
     #[test]
     fn simple_requests_are_taken_and_the_rest_left_to_hyper() {
         let take = |raw: &[u8]| matches!(parse(raw, 65536, None), Parsed::Complete(_));
         let hyper = |raw: &[u8]| matches!(parse(raw, 65536, None), Parsed::Hyper);
+        let refused = |raw: &[u8]| match parse(raw, 65536, None) {
+            Parsed::Refused { refused, .. } => Some(refused.status.as_u16()),
+            _ => None,
+        };
         assert!(take(b"GET /a?b HTTP/1.1\r\nhost: x\r\n\r\n"));
-        assert!(take(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi"));
+        assert!(take(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"));
         assert!(matches!(
             parse(b"GET / HTTP/1.1\r\nhost: x\r\n", 65536, None),
             Parsed::Partial
         ));
         // A body still on its way, chunked, upgrades, Expect, HTTP/1.0, absolute form.
-        assert!(hyper(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhi"));
+        assert!(hyper(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhi"));
         assert!(hyper(
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
         ));
         assert!(hyper(
-            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+            b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
         ));
         assert!(hyper(
-            b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"
+            b"PUT / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"
         ));
         assert!(hyper(b"GET / HTTP/1.0\r\n\r\n"));
-        assert!(hyper(b"GET http://x/ HTTP/1.1\r\n\r\n"));
-        assert!(hyper(
-            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
-        ));
+        assert!(hyper(b"GET http://x/ HTTP/1.1\r\nhost: x\r\n\r\n"));
+        // Refused by the exchange's rules, here as on hyper's path: ambiguous framing, a bad
+        // Host, a target of no form, CONNECT (RFC 9112 §3.2, §6.1–6.3).
+        for (raw, status) in [
+            (&b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..], 400),
+            (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: +1\r\n\r\nA", 400),
+            (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nhost: evil.example/x@good\r\n\r\n", 400),
+            (b"GET f515 HTTP/1.1\r\nhost: x\r\n\r\n", 400),
+            (b"GET http://u@x/ HTTP/1.1\r\nhost: x\r\n\r\n", 400),
+            (b"CONNECT x:443 HTTP/1.1\r\nhost: x:443\r\n\r\n", 501),
+        ] {
+            assert_eq!(refused(raw), Some(status), "{}", String::from_utf8_lossy(raw));
+        }
         // Garbage and oversized heads: hyper answers 400 and 431.
         assert!(hyper(b"\x16\x03\x01garbage\r\n\r\n"));
         assert!(matches!(parse(&[b'a'; 100], 64, None), Parsed::Hyper));
-        // Over max-body: 413 here, without waiting for the body.
-        assert!(matches!(
-            parse(
-                b"POST / HTTP/1.1\r\ncontent-length: 5000\r\n\r\n",
-                65536,
-                Some(1000)
-            ),
-            Parsed::TooLarge { .. }
-        ));
+        // Over max-body: 413 here, without waiting for the body, however large the number.
+        for length in ["5000", "18446744073709551615"] {
+            let raw = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
+            assert!(matches!(
+                parse(raw.as_bytes(), 65536, Some(1000)),
+                Parsed::TooLarge { .. }
+            ));
+        }
     }
 
     /// Mutations of real heads and plain noise, through every parser of this path: none may
@@ -1154,11 +1317,11 @@ mod tests {
             }
             let _ = parse(&input, 64, Some(10));
             let _ = parse(&input, 65536, None);
-            for head_request in [false, true] {
-                let _ = parse_answer(&input, head_request, &mut kept);
+            for method in [Method::GET, Method::HEAD] {
+                let _ = parse_answer(&input, &method, &mut kept);
             }
             // Spans point inside the buffer they came from.
-            if let Ok(Some((answer, len))) = parse_answer(&input, false, &mut kept) {
+            if let Ok(Some((answer, len))) = parse_answer(&input, &Method::GET, &mut kept) {
                 assert!(len <= input.len());
                 for &((a, b), (c, d)) in &kept {
                     assert!(a <= b && b <= input.len() && c <= d && d <= input.len());
