@@ -131,6 +131,11 @@ impl Proc {
         Self::launch(bin, args, listeners, None, true)
     }
 
+    /// [`Proc::start`] with `env` set for it (for example `LB_HTTP_FAST=off`).
+    pub fn start_env(bin: &str, args: &[&str], listeners: usize, env: &[(&str, &str)]) -> Proc {
+        Self::launch_env(bin, args, listeners, None, false, env)
+    }
+
     /// Writes `line` and a newline to its standard input.
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("started with start_with_input");
@@ -139,10 +144,22 @@ impl Proc {
     }
 
     fn launch(bin: &str, args: &[&str], listeners: usize, dir: Option<&Path>, input: bool) -> Proc {
+        Self::launch_env(bin, args, listeners, dir, input, &[])
+    }
+
+    fn launch_env(
+        bin: &str,
+        args: &[&str],
+        listeners: usize,
+        dir: Option<&Path>,
+        input: bool,
+        env: &[(&str, &str)],
+    ) -> Proc {
         note_running();
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

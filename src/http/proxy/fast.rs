@@ -184,7 +184,9 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
             close = true;
         }
     }
-    if max_body.is_some_and(|max| body > max) {
+    // Past `max-body`, or past any length hyper could carry (it answers those 431, as if the
+    // head were too large; the body is what is too large: 413).
+    if max_body.is_some_and(|max| body > max) || body > u64::MAX - 2 {
         return Parsed::TooLarge {
             method,
             target: target.to_owned(),
