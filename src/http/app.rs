@@ -57,7 +57,9 @@ pub struct HttpArgs {
     /// address; repeat). Replaces the config's list.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxies: Vec<Cidr>,
-    /// Seconds a backend has to start answering before the client gets 504 [default: 60].
+    /// Seconds a backend has to start answering, counted from the end of the request, before
+    /// the client gets 504 [default: 60]. Inside a body, either way, `--idle-timeout` is the
+    /// longest pause.
     #[arg(long, value_name = "SECS", value_parser = cli::seconds)]
     pub response_timeout: Option<Duration>,
     /// Seconds a client has to send a request head before it gets 408 [default: 10].
