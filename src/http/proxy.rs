@@ -33,7 +33,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -116,6 +116,32 @@ impl Default for Settings {
             pool_max_idle: pool::DEFAULT_MAX_IDLE,
             pool_idle_timeout: pool::DEFAULT_IDLE_TIMEOUT,
         }
+    }
+}
+
+impl Settings {
+    /// Whether requests under these settings need hyper's path: the balancer's own HTTP/1
+    /// path (`proxy::fast`) does only the proxying of chapter 12. Every field is named here,
+    /// without `..`, so that a setting added to `Settings` does not compile until it says
+    /// whether the own path serves it: a setting cannot be silently skipped by one path.
+    pub fn needs_hyper(&self) -> bool {
+        let Settings {
+            mode,
+            compress,
+            routes,
+            cache,
+            // The own path applies these itself, on the same rules as hyper's.
+            hide: _,
+            affinity: _,
+            forwarding: _,
+            header_timeout: _,
+            response_timeout: _,
+            max_head: _,
+            max_body: _,
+            pool_max_idle: _,
+            pool_idle_timeout: _,
+        } = self;
+        *mode != Mode::Proxy || compress.is_some() || !routes.is_empty() || cache.is_some()
     }
 }
 
@@ -290,6 +316,51 @@ impl Upstreams {
             outcome,
             cookie,
         }
+    }
+
+    /// Removes the fields `--hide-header` names from an answer (chapter 16).
+    fn hide(&self, fields: &mut impl Fields) {
+        for name in &self.settings.hide {
+            fields.remove(name.as_str());
+        }
+    }
+
+    /// Whether `--hide-header` names `name`.
+    fn hides(&self, name: &[u8]) -> bool {
+        self.settings
+            .hide
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    }
+
+    /// The fields this balancer adds to an answer from backend `i`, on both paths: the
+    /// affinity cookie when the user was (re)assigned, with `Cache-Control: no-cache=
+    /// "set-cookie"` so that a shared cache does not hand this user's cookie to the next one
+    /// (RFC 9111 §5.2.2.4), and `Via` (RFC 9110 §7.6.3) when configured.
+    fn answer_fields(
+        &self,
+        outcome: AffinityOutcome,
+        i: usize,
+        tls: bool,
+    ) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
+        static NO_CACHE_COOKIE: HeaderValue = HeaderValue::from_static("no-cache=\"set-cookie\"");
+        static VIA: HeaderValue = HeaderValue::from_static(forward::VIA_VALUE);
+        let cookie = match (outcome, &self.affinity) {
+            (AffinityOutcome::Hit, _) | (_, None) => None,
+            (_, Some(affinity)) => affinity.set_cookie(i, tls),
+        };
+        let cookie = cookie.into_iter().flat_map(|c| {
+            [
+                (header::SET_COOKIE, c),
+                (header::CACHE_CONTROL, &NO_CACHE_COOKIE),
+            ]
+        });
+        let via = self
+            .settings
+            .forwarding
+            .via
+            .then_some((header::VIA, &VIA));
+        cookie.chain(via)
     }
 
     /// After backend `i` could not be dialled (nothing was sent, so any request may go
@@ -571,9 +642,12 @@ impl HttpServer {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
-        match self.upstreams().cache.clone() {
-            Some(cache) => self.cached(&cache, req, info).await,
-            None => self.proxied(req, info, None).await,
+        // One configuration for the whole request, cache, routes and backends alike: a reload
+        // that lands meanwhile applies from the next request on.
+        let up = self.upstreams();
+        match up.cache.clone() {
+            Some(cache) => self.cached(&up, &cache, req, info).await,
+            None => self.proxied(&up, req, info, None).await,
         }
     }
 
@@ -583,13 +657,14 @@ impl HttpServer {
     /// storable answer is copied into the cache as it streams to the client.
     async fn cached(
         &self,
+        up: &Arc<Upstreams>,
         cache: &Arc<Cache>,
         req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
     ) -> Response<Download> {
         if !Cache::serves(req.method()) || forward::wants_upgrade(req.headers()) {
             cache.count(CacheOutcome::Bypass);
-            let mut response = self.proxied(req, info, None).await;
+            let mut response = self.proxied(up, req, info, None).await;
             response
                 .headers_mut()
                 .insert(cache::X_CACHE, CacheOutcome::Bypass.header());
@@ -609,7 +684,7 @@ impl HttpServer {
             match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
                 cache::Found::Fresh(entry, head) => {
                     cache.count(CacheOutcome::Hit);
-                    return self.answer_from_cache(&entry, head, &parts, info, CacheOutcome::Hit);
+                    return self.answer_from_cache(up, &entry, head, &parts, info, CacheOutcome::Hit);
                 }
                 cache::Found::Expired(entry, conditional) => {
                     if waited {
@@ -653,7 +728,7 @@ impl HttpServer {
         let original = parts.clone();
         let mut origin = None;
         let mut response = self
-            .proxied(Request::from_parts(parts, body), info, Some(&mut origin))
+            .proxied(up, Request::from_parts(parts, body), info, Some(&mut origin))
             .await;
         let now = SystemTime::now();
         let status = response.status();
@@ -667,13 +742,13 @@ impl HttpServer {
                     .and_then(|head| cache.refresh(&key, entry, &original, head, now))
                     .unwrap_or_else(|| entry_head(entry));
                 cache.count(CacheOutcome::Expired);
-                return self.answer_from_cache(entry, head, &original, info, CacheOutcome::Expired);
+                return self.answer_from_cache(up, entry, head, &original, info, CacheOutcome::Expired);
             }
             if status.is_server_error() && cache.usable_on_error(entry, now) {
                 tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
                 cache.count(CacheOutcome::Stale);
                 let head = entry_head(entry);
-                return self.answer_from_cache(entry, head, &original, info, CacheOutcome::Stale);
+                return self.answer_from_cache(up, entry, head, &original, info, CacheOutcome::Stale);
             }
         }
         let outcome = if expired.is_some() {
@@ -705,6 +780,7 @@ impl HttpServer {
     /// updated), what the backends run hidden, `X-Cache` saying how it was found.
     fn answer_from_cache(
         &self,
+        up: &Upstreams,
         entry: &cache::Entry,
         head: hyper::http::response::Parts,
         request: &hyper::http::request::Parts,
@@ -716,10 +792,7 @@ impl HttpServer {
         if request.method != Method::HEAD {
             *response.body_mut() = Download::new(Payload::Full(Some(entry.body.clone())), None);
         }
-        let up = self.upstreams();
-        for name in &up.settings.hide {
-            response.headers_mut().remove(name);
-        }
+        up.hide(response.headers_mut());
         // Compressed on the way out as any answer is (the entry is stored as the backend sent
         // it, so one entry serves every client whatever it accepts), as nginx's gzip does.
         if let Some(min) = up.settings.compress
@@ -770,12 +843,12 @@ impl HttpServer {
     /// came (before this balancer adds or removes anything) is copied there, for the cache.
     async fn proxied(
         &self,
+        up: &Arc<Upstreams>,
         mut req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
         origin: Option<&mut Option<hyper::http::response::Parts>>,
     ) -> Response<Download> {
         let started = Instant::now();
-        let up = self.upstreams();
         let upgrade = forward::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -816,9 +889,7 @@ impl HttpServer {
                 }
                 let mut response =
                     super::static_files::serve(dir, &parts.method, path, &parts.headers).await;
-                for name in &up.settings.hide {
-                    response.headers_mut().remove(name);
-                }
+                up.hide(response.headers_mut());
                 line.backend = Some(Arc::from("static"));
                 let status = response.status();
                 response
@@ -911,7 +982,7 @@ impl HttpServer {
                     }
                 }
             }
-            return self.assign(&up, i, outcome, &parts.uri, info.tls, line);
+            return self.assign(up, i, outcome, &parts.uri, info.tls, line);
         }
 
         // 3: what the backend is sent.
@@ -960,7 +1031,7 @@ impl HttpServer {
             };
             let (mut sender, fresh) = match pooled {
                 Some(sender) => (sender, false),
-                None => match self.dial(&up, i).await {
+                None => match self.dial(up, i).await {
                     Ok(sender) => (sender, true),
                     Err(e) => match up.after_dial_failure(&e, info.client, i, &mut tried) {
                         Some(next) => {
@@ -1126,9 +1197,7 @@ impl HttpServer {
             *origin = Some(head.clone());
         }
         // Chapter 16: what the backend runs is nobody's business.
-        for name in &up.settings.hide {
-            head.headers.remove(name);
-        }
+        up.hide(&mut head.headers);
         let payload = match (compressing, up.settings.compress) {
             (Some(c), Some(min))
                 if compress::applies(head.status, &head.headers, c.range, c.head, min) =>
@@ -1147,20 +1216,8 @@ impl HttpServer {
             }
             _ => Payload::Upstream(body),
         };
-        if outcome != AffinityOutcome::Hit
-            && let Some(affinity) = &up.affinity
-            && let Some(cookie) = affinity.set_cookie(i, info.tls)
-        {
-            head.headers.append(header::SET_COOKIE, cookie.clone());
-            // A shared cache must not hand this user's cookie to the next one.
-            head.headers.append(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("no-cache=\"set-cookie\""),
-            );
-        }
-        if up.settings.forwarding.via {
-            head.headers
-                .append(header::VIA, HeaderValue::from_static(forward::VIA_VALUE));
+        for (name, value) in up.answer_fields(outcome, i, info.tls) {
+            head.headers.append(name, value.clone());
         }
         self.counters.affinity(outcome);
         let status = head.status;
@@ -1266,6 +1323,9 @@ fn local_text(status: StatusCode) -> &'static str {
         StatusCode::BAD_GATEWAY => "the backend could not be reached or failed\n",
         StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time\n",
         StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large\n",
+        StatusCode::BAD_REQUEST => "the request is malformed or ambiguous\n",
+        StatusCode::REQUEST_TIMEOUT => "the request stopped coming\n",
+        StatusCode::NOT_IMPLEMENTED => "this method is not supported here\n",
         _ => "error\n",
     }
 }

@@ -42,7 +42,6 @@ use tokio::time::Sleep;
 use super::{
     Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, local_text,
 };
-use crate::http::assign::Mode;
 use crate::http::exchange::{self, BodyLength, Failure, Next};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
@@ -76,10 +75,7 @@ pub(super) fn enabled() -> bool {
 
 /// Whether a configuration leaves every request's work to what this path does.
 pub(super) fn takes(up: &Upstreams) -> bool {
-    up.settings.mode == Mode::Proxy
-        && up.cache.is_none()
-        && up.settings.compress.is_none()
-        && up.settings.routes.is_empty()
+    !up.settings.needs_hyper()
 }
 
 /// One request head, parsed and checked.
@@ -757,15 +753,9 @@ impl HttpServer {
         for &(name, value) in &kept[..parsed.codings] {
             let name = bytes(name);
             dated |= name.eq_ignore_ascii_case(b"date");
-            if up
-                .settings
-                .hide
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
-            {
-                continue;
+            if !up.hides(name) {
+                field(out, name, bytes(value));
             }
-            field(out, name, bytes(value));
         }
         // RFC 9110 §6.6.1: a recipient with a clock forwards a response without `Date` with
         // one (hyper's server adds it too).
@@ -786,16 +776,8 @@ impl HttpServer {
                 field(out, bytes(name), bytes(value));
             }
         }
-        if outcome != AffinityOutcome::Hit
-            && let Some(affinity) = &up.affinity
-            && let Some(cookie) = affinity.set_cookie(i, info.tls)
-        {
-            field(out, b"set-cookie", cookie.as_bytes());
-            // A shared cache must not hand this user's cookie to the next one.
-            field(out, b"cache-control", b"no-cache=\"set-cookie\"");
-        }
-        if up.settings.forwarding.via {
-            field(out, b"via", forward::VIA_VALUE.as_bytes());
+        for (name, value) in up.answer_fields(outcome, i, info.tls) {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
         }
         if closing {
             field(out, b"connection", b"close");
