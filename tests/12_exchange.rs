@@ -264,15 +264,13 @@ fn a_length_that_is_not_digits_is_the_clients_error() {
             assert_eq!(r.status, 400, "LB_HTTP_FAST={fast} {length:?}");
             assert_eq!(r.header("connection"), Some("close"));
         }
-        // Two fields that disagree, and a length beside chunked (RFC 9112 §6.1).
-        for fields in [
-            "Content-Length: 32\r\nContent-Length: 33",
-            "Content-Length: 32\r\nTransfer-Encoding: chunked",
-        ] {
-            let raw = format!("POST /p HTTP/1.1\r\nHost: x\r\n{fields}\r\n\r\n{smuggled}");
-            let r = send(&mut client(&lb), raw.as_bytes());
-            assert_eq!(r.status, 400, "LB_HTTP_FAST={fast} {fields:?}");
-        }
+        // Two fields that disagree (RFC 9112 §6.3). A length beside chunked is refused by the
+        // own path too, but hyper drops the length before the balancer sees the head: see
+        // `both_paths_give_the_same_outcome_for_the_same_bytes` for that listed difference.
+        let fields = "Content-Length: 32\r\nContent-Length: 33";
+        let raw = format!("POST /p HTTP/1.1\r\nHost: x\r\n{fields}\r\n\r\n{smuggled}");
+        let r = send(&mut client(&lb), raw.as_bytes());
+        assert_eq!(r.status, 400, "LB_HTTP_FAST={fast} {fields:?}");
         assert_eq!(get(lb.addr(), "/ok").status, 200);
         assert_eq!(b.requests(), ["GET /ok HTTP/1.1"], "LB_HTTP_FAST={fast}");
     }
@@ -327,7 +325,8 @@ fn a_backend_that_stalls_mid_body_is_cut_off() {
             &["--idle-timeout", "0.5", "--response-timeout", "5"],
         );
         let mut s = client(&lb);
-        s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let got = read_to_close(&mut s);
         let text = String::from_utf8_lossy(&got);
         assert!(
@@ -353,7 +352,11 @@ fn the_response_timeout_starts_when_the_request_has_been_sent() {
         let lb = start(fast, b.addr, &["--response-timeout", "1"]);
         for (path, status) in [("/upload", 200), ("/slow", 504)] {
             let mut s = client(&lb);
-            write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab").unwrap();
+            write!(
+                s,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab"
+            )
+            .unwrap();
             for piece in ["cd", "ef"] {
                 thread::sleep(Duration::from_millis(500));
                 s.write_all(piece.as_bytes()).unwrap();

@@ -200,7 +200,8 @@ impl Body for Upload {
             }
         }
         // The end, an error: either way nothing more goes to the backend.
-        if polled.is_ready() && (this.is_end_stream() || !matches!(polled, Poll::Ready(Some(Ok(_)))))
+        if polled.is_ready()
+            && (this.is_end_stream() || !matches!(polled, Poll::Ready(Some(Ok(_)))))
         {
             this.sent = None;
         }

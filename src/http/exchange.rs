@@ -425,7 +425,12 @@ mod tests {
             "\u{a0}35".as_bytes(),
             b"18446744073709551616",
         ] {
-            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
     }
@@ -446,7 +451,10 @@ mod tests {
             Ok(BodyLength::Chunked)
         );
         assert_eq!(
-            f(&[("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")]),
+            f(&[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked")
+            ]),
             Ok(BodyLength::Chunked)
         );
         for refused in [
@@ -545,7 +553,10 @@ mod tests {
         assert_eq!(check(&get, "f515", one("x")), Err(400));
         assert_eq!(check(&get, "example.com:80", one("x")), Err(400));
         assert_eq!(check(&get, "*", one("x")), Err(400));
-        assert_eq!(check(&Method::CONNECT, "example.com:443", one("x")), Err(501));
+        assert_eq!(
+            check(&Method::CONNECT, "example.com:443", one("x")),
+            Err(501)
+        );
     }
 
     /// The retry rule as a table: fresh or reused connection × written or not × replayable.
@@ -566,10 +577,30 @@ mod tests {
             (NoAnswer, true, true, Next::Fresh),
             (NoAnswer, false, true, Next::Another),
             (BadAnswer, true, true, gateway),
-            (Timeout, true, true, Next::Answer(StatusCode::GATEWAY_TIMEOUT)),
-            (ClientBody, false, false, Next::Answer(StatusCode::BAD_REQUEST)),
-            (ClientStalled, true, false, Next::Answer(StatusCode::REQUEST_TIMEOUT)),
-            (TooLarge, false, false, Next::Answer(StatusCode::PAYLOAD_TOO_LARGE)),
+            (
+                Timeout,
+                true,
+                true,
+                Next::Answer(StatusCode::GATEWAY_TIMEOUT),
+            ),
+            (
+                ClientBody,
+                false,
+                false,
+                Next::Answer(StatusCode::BAD_REQUEST),
+            ),
+            (
+                ClientStalled,
+                true,
+                false,
+                Next::Answer(StatusCode::REQUEST_TIMEOUT),
+            ),
+            (
+                TooLarge,
+                false,
+                false,
+                Next::Answer(StatusCode::PAYLOAD_TOO_LARGE),
+            ),
         ];
         for (failure, reused, replayable, next) in table {
             assert_eq!(

@@ -80,10 +80,10 @@ pub fn is_hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
         || !PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
             && connection.iter().any(|value| {
-            value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-        })
+                value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            })
 }
 
 /// Whether a request (or response) asks to switch protocols: `Connection` lists `upgrade`

@@ -161,8 +161,7 @@ impl Pool {
     pub fn take_raw(&self, now: Instant) -> Option<Conn> {
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(idle) = raw.pop() {
-            if now.saturating_duration_since(idle.since) < self.idle_timeout && quiet(&idle.conn)
-            {
+            if now.saturating_duration_since(idle.since) < self.idle_timeout && quiet(&idle.conn) {
                 return Some(idle.conn);
             }
         }

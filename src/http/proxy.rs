@@ -355,11 +355,7 @@ impl Upstreams {
                 (header::CACHE_CONTROL, &NO_CACHE_COOKIE),
             ]
         });
-        let via = self
-            .settings
-            .forwarding
-            .via
-            .then_some((header::VIA, &VIA));
+        let via = self.settings.forwarding.via.then_some((header::VIA, &VIA));
         cookie.chain(via)
     }
 
@@ -684,7 +680,14 @@ impl HttpServer {
             match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
                 cache::Found::Fresh(entry, head) => {
                     cache.count(CacheOutcome::Hit);
-                    return self.answer_from_cache(up, &entry, head, &parts, info, CacheOutcome::Hit);
+                    return self.answer_from_cache(
+                        up,
+                        &entry,
+                        head,
+                        &parts,
+                        info,
+                        CacheOutcome::Hit,
+                    );
                 }
                 cache::Found::Expired(entry, conditional) => {
                     if waited {
@@ -728,7 +731,12 @@ impl HttpServer {
         let original = parts.clone();
         let mut origin = None;
         let mut response = self
-            .proxied(up, Request::from_parts(parts, body), info, Some(&mut origin))
+            .proxied(
+                up,
+                Request::from_parts(parts, body),
+                info,
+                Some(&mut origin),
+            )
             .await;
         let now = SystemTime::now();
         let status = response.status();
@@ -742,13 +750,27 @@ impl HttpServer {
                     .and_then(|head| cache.refresh(&key, entry, &original, head, now))
                     .unwrap_or_else(|| entry_head(entry));
                 cache.count(CacheOutcome::Expired);
-                return self.answer_from_cache(up, entry, head, &original, info, CacheOutcome::Expired);
+                return self.answer_from_cache(
+                    up,
+                    entry,
+                    head,
+                    &original,
+                    info,
+                    CacheOutcome::Expired,
+                );
             }
             if status.is_server_error() && cache.usable_on_error(entry, now) {
                 tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
                 cache.count(CacheOutcome::Stale);
                 let head = entry_head(entry);
-                return self.answer_from_cache(up, entry, head, &original, info, CacheOutcome::Stale);
+                return self.answer_from_cache(
+                    up,
+                    entry,
+                    head,
+                    &original,
+                    info,
+                    CacheOutcome::Stale,
+                );
             }
         }
         let outcome = if expired.is_some() {
@@ -1005,7 +1027,9 @@ impl HttpServer {
         });
         // Between two pieces of a body, either way: `--idle-timeout`, else as long as a backend
         // has to start its answer.
-        let stall = balancer.idle_timeout.unwrap_or(up.settings.response_timeout);
+        let stall = balancer
+            .idle_timeout
+            .unwrap_or(up.settings.response_timeout);
         let mut request = Some(Request::from_parts(
             parts,
             Upload::new(
@@ -1080,6 +1104,10 @@ impl HttpServer {
                             // ended early (RFC 9112 §7.1, §8): the client's error, not the
                             // backend's.
                             Failure::ClientBody
+                        } else if error.is_parse() || error.is_parse_status() {
+                            // Something came back, and it was not an answer: as on the own
+                            // path, the backend's error, and not a reason to send it again.
+                            Failure::BadAnswer
                         } else {
                             Failure::NoAnswer
                         };
@@ -1114,7 +1142,10 @@ impl HttpServer {
                         (_, Failure::Timeout) => tracing::warn!(client = %info.client,
                             backend = %up.names[i],
                             "no response within {:?} of the request's end: {status}", timeout),
-                        (Some(e), Failure::ClientBody | Failure::ClientStalled | Failure::TooLarge) => {
+                        (
+                            Some(e),
+                            Failure::ClientBody | Failure::ClientStalled | Failure::TooLarge,
+                        ) => {
                             tracing::info!(client = %info.client, "request body refused ({status}): {e}")
                         }
                         (e, _) => tracing::warn!(client = %info.client, backend = %up.names[i],

@@ -39,9 +39,7 @@ use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Sleep;
 
-use super::{
-    Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, local_text,
-};
+use super::{Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, local_text};
 use crate::http::exchange::{self, BodyLength, Failure, Next};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
@@ -149,11 +147,8 @@ fn parse(buf: &[u8], max_head: usize, max_body: Option<u64>) -> Parsed {
     if let Err(refused) = exchange::check_target(&method, form, named("host"), true) {
         return refuse(refused);
     }
-    let framing = exchange::request_framing(
-        req.headers
-            .iter()
-            .map(|f| (f.name.as_bytes(), f.value)),
-    );
+    let framing =
+        exchange::request_framing(req.headers.iter().map(|f| (f.name.as_bytes(), f.value)));
     let body = match framing {
         Err(refused) => return refuse(refused),
         // Streamed by hyper's path, which decodes and checks each chunk.
@@ -367,7 +362,8 @@ fn parse_answer(
     // Where a field's bytes are in `buf`: the head is written out from there, uncopied.
     let span = |bytes: &[u8]| span_in(buf, bytes);
     let framing_field = |name: &str| {
-        name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+        name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
     };
     kept.clear();
     kept.extend(
@@ -489,9 +485,7 @@ impl HttpServer {
                         self.counters.path(true);
                         tracing::info!(client = %info.client, "request refused: {}", refused.why);
                         let line = self.line(info, &method, &target, Instant::now());
-                        let _ = self
-                            .answer_locally(conn, refused.status, line, true)
-                            .await;
+                        let _ = self.answer_locally(conn, refused.status, line, true).await;
                         return Left::Closed { clean: false };
                     }
                     Parsed::Partial => {}
@@ -809,6 +803,19 @@ impl HttpServer {
                 }
                 Framing::Chunked(chunks) => match chunks.advance(upstream) {
                     Ok(take) => (take, chunks.done()),
+                    // Bad from the first bytes, before the head went out: the client can
+                    // still be told, with 502 (RFC 9112 §7.1: the backend's error).
+                    Err(e) if !head_sent => {
+                        tracing::warn!(backend = %up.names[i], "answer refused (502): {e}");
+                        drop(active);
+                        return match self
+                            .answer_locally(conn, StatusCode::BAD_GATEWAY, line, true)
+                            .await
+                        {
+                            Ok(_) => Ok(None),
+                            Err(()) => Err(()),
+                        };
+                    }
                     Err(e) => {
                         tracing::warn!(backend = %up.names[i], "answer cut off: {e}");
                         break;
@@ -1218,13 +1225,17 @@ mod tests {
             _ => None,
         };
         assert!(take(b"GET /a?b HTTP/1.1\r\nhost: x\r\n\r\n"));
-        assert!(take(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"));
+        assert!(take(
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+        ));
         assert!(matches!(
             parse(b"GET / HTTP/1.1\r\nhost: x\r\n", 65536, None),
             Parsed::Partial
         ));
         // A body still on its way, chunked, upgrades, Expect, HTTP/1.0, absolute form.
-        assert!(hyper(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhi"));
+        assert!(hyper(
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhi"
+        ));
         assert!(hyper(
             b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
         ));
