@@ -358,22 +358,128 @@ impl Upstreams {
         let via = self.settings.forwarding.via.then_some((header::VIA, &VIA));
         cookie.chain(via)
     }
+}
 
-    /// After backend `i` could not be dialled (nothing was sent, so any request may go
-    /// elsewhere): the next backend to try, if failover allows one.
-    fn after_dial_failure(
-        &self,
-        error: &io::Error,
+/// One request's attempts at an answer, for both codecs: which backend now, whether a pooled
+/// connection may be used, and after each failure what [`exchange::after`] allows. The loop
+/// around it is each codec's own (hyper's `SendRequest`, or the own path's socket); the
+/// decisions are these, once.
+struct Attempts<'a> {
+    up: &'a Upstreams,
+    client: SocketAddr,
+    /// The backend of the next attempt.
+    i: usize,
+    /// Backends that failed this request (and those outside its route's pool).
+    tried: Vec<usize>,
+    /// After a pooled connection failed under the request: dial rather than reuse.
+    fresh_only: bool,
+    left: usize,
+    /// Idempotent and without a body: may be sent again once written (RFC 9110 §9.2.2).
+    replayable: bool,
+    /// What the client gets if no attempt succeeds.
+    status: StatusCode,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(
+        up: &'a Upstreams,
         client: SocketAddr,
         i: usize,
-        tried: &mut Vec<usize>,
-    ) -> Option<usize> {
-        tracing::warn!(%client, backend = %self.names[i], "cannot reach backend: {error}");
-        if !self.balancer.may_try_another(error) {
-            return None;
+        tried: Vec<usize>,
+        replayable: bool,
+    ) -> Attempts<'a> {
+        Attempts {
+            up,
+            client,
+            i,
+            tried,
+            fresh_only: false,
+            // Two per backend (a pooled connection, then a fresh one), and pooled connections
+            // found closed on the way.
+            left: 2 * up.backends.len() + STALE_POOLED,
+            replayable,
+            status: StatusCode::BAD_GATEWAY,
         }
-        tried.push(i);
-        self.balancer.pick(client.ip(), tried)
+    }
+
+    /// Counts one attempt; `false` when none is left.
+    fn another(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    /// Whether this attempt may use a pooled connection.
+    fn may_reuse(&self) -> bool {
+        !self.fresh_only
+    }
+
+    /// The backend could not be dialled: nothing was sent, so any request may go to another
+    /// backend, if failover allows one. `false`: no attempt is left.
+    fn dial_failed(&mut self, error: &io::Error) -> bool {
+        let name = &self.up.names[self.i];
+        tracing::warn!(client = %self.client, backend = %name, "cannot reach backend: {error}");
+        if !self.up.balancer.may_try_another(error) {
+            return false;
+        }
+        self.tried.push(self.i);
+        self.next_backend()
+    }
+
+    /// An attempt failed (`reused`: on a pooled connection); `true` if the request goes
+    /// again, as [`exchange::after`] rules.
+    fn failed(
+        &mut self,
+        failure: Failure,
+        reused: bool,
+        error: Option<&dyn std::fmt::Display>,
+    ) -> bool {
+        let name = &self.up.names[self.i];
+        let error = error.map_or_else(String::new, |e| e.to_string());
+        match exchange::after(failure, reused, self.replayable) {
+            Next::Fresh => {
+                // The keep-alive race (RFC 9112 §9.3.1): the backend closed the pooled
+                // connection as the request went. The same backend, a new connection.
+                tracing::debug!(backend = %name,
+                    "pooled connection closed under the request: sending it again ({error})");
+                self.fresh_only = true;
+                true
+            }
+            Next::Another => {
+                tracing::warn!(client = %self.client, backend = %name,
+                    "backend failed before answering: {error}");
+                self.tried.push(self.i);
+                self.next_backend()
+            }
+            Next::Answer(status) => {
+                match failure {
+                    Failure::Timeout => tracing::warn!(client = %self.client, backend = %name,
+                        "no response within {:?} of the request's end: {status}",
+                        self.up.settings.response_timeout),
+                    Failure::ClientBody | Failure::ClientStalled | Failure::TooLarge => {
+                        tracing::info!(client = %self.client,
+                            "request body refused ({status}): {error}")
+                    }
+                    _ => tracing::warn!(client = %self.client, backend = %name,
+                        "backend failed before answering ({status}): {error}"),
+                }
+                self.status = status;
+                false
+            }
+        }
+    }
+
+    fn next_backend(&mut self) -> bool {
+        match self.up.balancer.pick(self.client.ip(), &self.tried) {
+            Some(next) => {
+                self.i = next;
+                self.fresh_only = false;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -1041,29 +1147,22 @@ impl HttpServer {
         ));
 
         // 4: send it, on a pooled connection when there is one; after a failure, what the
-        // exchange's rule allows (`exchange::after`).
-        let attempts = 2 * up.backends.len() + STALE_POOLED;
-        let mut failure = StatusCode::BAD_GATEWAY;
-        // After a pooled connection failed under a request: dial rather than reuse.
-        let mut fresh_only = false;
+        // exchange's rule allows (`Attempts`).
+        let mut attempts = Attempts::new(up, info.client, i, tried, replayable);
         let mut answered = None;
-        for _ in 0..attempts {
+        while attempts.another() {
+            let i = attempts.i;
             let backend = &up.backends[i];
-            let pooled = match fresh_only {
-                true => None,
-                false => backend.pool.take(),
+            let pooled = match attempts.may_reuse() {
+                true => backend.pool.take(),
+                false => None,
             };
             let (mut sender, fresh) = match pooled {
                 Some(sender) => (sender, false),
                 None => match self.dial(up, i).await {
                     Ok(sender) => (sender, true),
-                    Err(e) => match up.after_dial_failure(&e, info.client, i, &mut tried) {
-                        Some(next) => {
-                            i = next;
-                            continue;
-                        }
-                        None => break,
-                    },
+                    Err(e) if attempts.dial_failed(&e) => continue,
+                    Err(_) => break,
                 },
             };
             let Some(mut req) = request.take() else { break };
@@ -1082,7 +1181,7 @@ impl HttpServer {
             };
             let (failed, error) = match sent {
                 Some(Ok(response)) => {
-                    answered = Some((response, sender, active));
+                    answered = Some((response, sender, active, i));
                     break;
                 }
                 None => (Failure::Timeout, None),
@@ -1117,44 +1216,8 @@ impl HttpServer {
             };
             drop(active);
             sender.abort();
-            let next = exchange::after(failed, !fresh, replayable);
-            match next {
-                Next::Fresh => {
-                    // A reused connection that the backend closed while the request was on
-                    // its way (the keep-alive race, RFC 9112 §9.3.1): not the backend's
-                    // failure. The same backend again, on a new connection.
-                    tracing::debug!(backend = %up.names[i],
-                        "pooled connection closed under the request: sending it again");
-                    fresh_only = true;
-                }
-                Next::Another => {
-                    tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "backend failed before answering: {}",
-                        error.map_or_else(String::new, |e| e.to_string()));
-                    tried.push(i);
-                    let Some(next) = balancer.pick(info.client.ip(), &tried) else {
-                        break;
-                    };
-                    i = next;
-                }
-                Next::Answer(status) => {
-                    match (&error, failed) {
-                        (_, Failure::Timeout) => tracing::warn!(client = %info.client,
-                            backend = %up.names[i],
-                            "no response within {:?} of the request's end: {status}", timeout),
-                        (
-                            Some(e),
-                            Failure::ClientBody | Failure::ClientStalled | Failure::TooLarge,
-                        ) => {
-                            tracing::info!(client = %info.client, "request body refused ({status}): {e}")
-                        }
-                        (e, _) => tracing::warn!(client = %info.client, backend = %up.names[i],
-                            "backend failed before answering ({status}): {}",
-                            e.as_ref().map_or_else(String::new, |e| e.to_string())),
-                    }
-                    failure = status;
-                    break;
-                }
+            if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
+                break;
             }
             if request.is_none()
                 && let Some((method, uri, headers)) = &replay
@@ -1166,8 +1229,8 @@ impl HttpServer {
                 request = Some(again);
             }
         }
-        let Some((mut response, sender, active)) = answered else {
-            return self.local(failure, line);
+        let Some((mut response, sender, active, i)) = answered else {
+            return self.local(attempts.status, line);
         };
         // The answer's framing, by the same rule as the own path's (RFC 9112 §6.3): hyper's
         // client lets Transfer-Encoding win over a Content-Length beside it, but the field

@@ -39,8 +39,8 @@ use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Sleep;
 
-use super::{Chosen, ConnInfo, HttpServer, Line, STALE_POOLED, Upstreams, local_text};
-use crate::http::exchange::{self, BodyLength, Failure, Next};
+use super::{Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, local_text};
+use crate::http::exchange::{self, BodyLength, Failure};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
@@ -590,14 +590,14 @@ impl HttpServer {
 
         // 1 and 2: the cookie's backend while health allows, else the strategy's.
         let balancer = &up.balancer;
-        let mut tried: Vec<usize> = Vec::new();
+        let tried: Vec<usize> = Vec::new();
         let Chosen {
             pick,
             mut outcome,
             cookie: cookie_backend,
         } = up.choose(&mut headers, info.client.ip(), &tried);
         line.affinity = outcome;
-        let Some(mut i) = pick else {
+        let Some(i) = pick else {
             tracing::warn!(client = %info.client, "no backend is up: 503");
             buf.drain(..len + body);
             return self
@@ -633,19 +633,18 @@ impl HttpServer {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[len..len + body]);
         buf.drain(..len + body);
-        let replayable = exchange::is_idempotent(&method) && body == 0;
 
         // 4: send it, on a pooled connection when there is one; after a failure, what the
-        // exchange's rule allows (`exchange::after`).
-        let attempts = 2 * up.backends.len() + STALE_POOLED;
-        let mut fresh_only = false;
+        // exchange's rule allows (`Attempts`, as on hyper's path).
+        let replayable = exchange::is_idempotent(&method) && body == 0;
+        let mut attempts = Attempts::new(up, info.client, i, tried, replayable);
         let mut answered = None;
-        let mut failure = StatusCode::BAD_GATEWAY;
-        for _ in 0..attempts {
+        while attempts.another() {
+            let i = attempts.i;
             let backend = &up.backends[i];
-            let pooled = match fresh_only {
-                true => None,
-                false => backend.pool.take_raw(started),
+            let pooled = match attempts.may_reuse() {
+                true => backend.pool.take_raw(started),
+                false => None,
             };
             let (mut dialled, fresh) = match pooled {
                 Some(conn) => (conn, false),
@@ -658,13 +657,8 @@ impl HttpServer {
                         crate::metrics::inc(&up.balancer.state(i).counters.connections);
                         (conn, true)
                     }
-                    Err(e) => match up.after_dial_failure(&e, info.client, i, &mut tried) {
-                        Some(next) => {
-                            i = next;
-                            continue;
-                        }
-                        None => break,
-                    },
+                    Err(e) if attempts.dial_failed(&e) => continue,
+                    Err(_) => break,
                 },
             };
             let active = balancer.count_active(i);
@@ -681,7 +675,7 @@ impl HttpServer {
             .await
             {
                 Ok(answer) => {
-                    answered = Some((answer, dialled, active));
+                    answered = Some((answer, dialled, active, i));
                     break;
                 }
                 Err(Failed::Timeout) => (Failure::Timeout, None),
@@ -690,38 +684,13 @@ impl HttpServer {
                 Err(Failed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
             };
             drop(active);
-            match exchange::after(failed, !fresh, replayable) {
-                Next::Fresh => {
-                    // The keep-alive race (RFC 9112 §9.3.1): the backend closed the pooled
-                    // connection as the request went. The same backend, a new connection.
-                    tracing::debug!(backend = %up.names[i],
-                        "pooled connection closed under the request: sending it again");
-                    fresh_only = true;
-                }
-                Next::Another => {
-                    tracing::warn!(client = %info.client, backend = %up.names[i],
-                        "backend failed before answering: {}", error.map_or_else(String::new, |e| e.to_string()));
-                    tried.push(i);
-                    let Some(next) = balancer.pick(info.client.ip(), &tried) else {
-                        break;
-                    };
-                    i = next;
-                }
-                Next::Answer(status) => {
-                    match error {
-                        Some(e) => tracing::warn!(client = %info.client, backend = %up.names[i],
-                            "backend failed before answering ({status}): {e}"),
-                        None => tracing::warn!(client = %info.client, backend = %up.names[i],
-                            "no response within {:?}: {status}", up.settings.response_timeout),
-                    }
-                    failure = status;
-                    break;
-                }
+            if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
+                break;
             }
         }
-        let Some((answer, mut backend_conn, active)) = answered else {
+        let Some((answer, mut backend_conn, active, i)) = answered else {
             return self
-                .answer_locally(conn, failure, line, false)
+                .answer_locally(conn, attempts.status, line, false)
                 .await
                 .map(|keep| keep.then(Instant::now));
         };
