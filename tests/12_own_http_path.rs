@@ -1,4 +1,4 @@
-//! Step 12, `http-lb`'s own HTTP/1.1 path (`proxy::fast`): every way an answer's body can end,
+//! Step 12, `http-lb`'s own HTTP/1.1 path (`http::h1`): every way an answer's body can end,
 //! pipelining, and the hand-over to hyper in the middle of a connection, against a raw backend
 //! that writes exactly the bytes each test needs. `/metrics` says which path read each request
 //! (`httplb_requests_total{path}`), so these tests fail if the path is not taken at all.

@@ -1,5 +1,5 @@
 //! The decisions of one HTTP exchange, made once for both of `http-lb`'s HTTP/1 codecs
-//! (chapter 12): hyper's, and the balancer's own (`proxy::fast`).
+//! (chapter 12): hyper's, and the balancer's own (`http::h1`).
 //!
 //! A proxy that reads HTTP and a backend that reads HTTP must agree, byte for byte, on where
 //! each message ends. Where they disagree, an attacker gets a request past the proxy inside

@@ -17,7 +17,8 @@
 //! | [`body`] | bodies streamed both ways, the `max-body` cap |
 //! | [`pool`] | keep-alive connections to each backend |
 //! | [`metrics`] | per-request counters and the latency histogram |
-//! | [`proxy`] | the per-request balancer: pick, send, retry, upgrade, answer errors |
+//! | [`proxy`] | the per-request balancer on hyper: pick, send, retry, upgrade, answer errors |
+//! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
 //! | [`cache`] | chapter 16: a shared response cache (RFC 9111), bounded, collapsed, stale-if-error |
@@ -36,6 +37,7 @@ pub mod compress;
 pub mod exchange;
 pub mod fields;
 pub mod forward;
+mod h1;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -82,7 +82,7 @@ struct Idle<T> {
 /// The idle connections of one backend.
 pub struct Pool {
     idle: Mutex<Vec<Idle<Sender>>>,
-    /// The same, for the balancer's own HTTP/1 path (`proxy::fast`), which speaks on the
+    /// The same, for the balancer's own HTTP/1 path (`http::h1`), which speaks on the
     /// connection itself rather than through hyper: a connection goes back with nothing
     /// unread on it, so the socket is all there is to keep.
     raw: Mutex<Vec<Idle<Conn>>>,

@@ -3,7 +3,7 @@
 //! Per client connection, the listener's work is chapter 10's, shared with `tcp-lb`
 //! (`Server::admit`: the slot under `max-connections`, the PROXY header, allow/deny, the
 //! TLS handshake). Then, instead of relaying bytes, the balancer reads HTTP/1.1 requests from
-//! the connection: the common ones on its own path (`proxy/fast.rs`), the rest through hyper,
+//! the connection: the common ones on its own path (`src/http/h1/`), the rest through hyper,
 //! which takes the connection over when one comes. For each request, on either path:
 //!
 //! 1. the affinity cookie, if any, is read and taken out ([`super::affinity`]);
@@ -58,7 +58,7 @@ use crate::proxy::Conn;
 use crate::relay;
 use crate::server::Server;
 
-mod fast;
+use super::h1;
 
 /// Attempts one request gets beyond two per backend (a pooled connection, then a fresh one):
 /// pooled connections found closed on the way. A backend that restarted leaves every pooled
@@ -121,7 +121,7 @@ impl Default for Settings {
 
 impl Settings {
     /// Whether requests under these settings need hyper's path: the balancer's own HTTP/1
-    /// path (`proxy::fast`) does only the proxying of chapter 12. Every field is named here,
+    /// path (`http::h1`) does only the proxying of chapter 12. Every field is named here,
     /// without `..`, so that a setting added to `Settings` does not compile until it says
     /// whether the own path serves it: a setting cannot be silently skipped by one path.
     pub fn needs_hyper(&self) -> bool {
@@ -181,26 +181,26 @@ pub enum RoutedTarget {
 }
 
 /// What one backend keeps across reloads: its pool and its HTTP counters.
-struct BackendHttp {
-    pool: Arc<Pool>,
-    counters: BackendHttpCounters,
+pub(super) struct BackendHttp {
+    pub(super) pool: Arc<Pool>,
+    pub(super) counters: BackendHttpCounters,
 }
 
 /// One configuration, as requests see it: the balancer and, index for index, each backend's
 /// pool, counters and name.
-struct Upstreams {
-    balancer: Arc<Balancer>,
-    backends: Vec<Arc<BackendHttp>>,
-    names: Vec<Arc<str>>,
+pub(super) struct Upstreams {
+    pub(super) balancer: Arc<Balancer>,
+    pub(super) backends: Vec<Arc<BackendHttp>>,
+    pub(super) names: Vec<Arc<str>>,
     /// Each backend's public URL, for assignment mode.
-    urls: Vec<String>,
+    pub(super) urls: Vec<String>,
     /// The response cache (chapter 16), kept across reloads while its size stays.
-    cache: Option<Arc<Cache>>,
+    pub(super) cache: Option<Arc<Cache>>,
     /// For each route of `settings.routes` that is a pool: the backends *outside* it, which its
     /// requests treat as already tried.
-    pools: Vec<Vec<usize>>,
-    affinity: Option<Affinity>,
-    settings: Settings,
+    pub(super) pools: Vec<Vec<usize>>,
+    pub(super) affinity: Option<Affinity>,
+    pub(super) settings: Settings,
 }
 
 impl Upstreams {
@@ -282,19 +282,24 @@ impl Upstreams {
 }
 
 /// What steps 1 and 2 of a request chose.
-struct Chosen {
+pub(super) struct Chosen {
     /// The backend, if any is up.
-    pick: Option<usize>,
-    outcome: AffinityOutcome,
+    pub(super) pick: Option<usize>,
+    pub(super) outcome: AffinityOutcome,
     /// The backend the request's cookie named, valid or not now.
-    cookie: Option<usize>,
+    pub(super) cookie: Option<usize>,
 }
 
 impl Upstreams {
     /// Steps 1 and 2, shared by hyper's path and the balancer's own: the affinity cookie is
     /// taken out of `headers`, and the backend it names is chosen while health allows (and it
     /// is not in `tried`), else the strategy's among those not in `tried`.
-    fn choose(&self, headers: &mut impl Fields, client: IpAddr, tried: &[usize]) -> Chosen {
+    pub(super) fn choose(
+        &self,
+        headers: &mut impl Fields,
+        client: IpAddr,
+        tried: &[usize],
+    ) -> Chosen {
         let found = match &self.affinity {
             Some(affinity) => affinity.take(headers),
             None => Found::None,
@@ -326,7 +331,7 @@ impl Upstreams {
     }
 
     /// Whether `--hide-header` names `name`.
-    fn hides(&self, name: &[u8]) -> bool {
+    pub(super) fn hides(&self, name: &[u8]) -> bool {
         self.settings
             .hide
             .iter()
@@ -337,7 +342,7 @@ impl Upstreams {
     /// affinity cookie when the user was (re)assigned, with `Cache-Control: no-cache=
     /// "set-cookie"` so that a shared cache does not hand this user's cookie to the next one
     /// (RFC 9111 §5.2.2.4), and `Via` (RFC 9110 §7.6.3) when configured.
-    fn answer_fields(
+    pub(super) fn answer_fields(
         &self,
         outcome: AffinityOutcome,
         i: usize,
@@ -364,24 +369,24 @@ impl Upstreams {
 /// connection may be used, and after each failure what [`exchange::after`] allows. The loop
 /// around it is each codec's own (hyper's `SendRequest`, or the own path's socket); the
 /// decisions are these, once.
-struct Attempts<'a> {
-    up: &'a Upstreams,
-    client: SocketAddr,
+pub(super) struct Attempts<'a> {
+    pub(super) up: &'a Upstreams,
+    pub(super) client: SocketAddr,
     /// The backend of the next attempt.
-    i: usize,
+    pub(super) i: usize,
     /// Backends that failed this request (and those outside its route's pool).
-    tried: Vec<usize>,
+    pub(super) tried: Vec<usize>,
     /// After a pooled connection failed under the request: dial rather than reuse.
-    fresh_only: bool,
-    left: usize,
+    pub(super) fresh_only: bool,
+    pub(super) left: usize,
     /// Idempotent and without a body: may be sent again once written (RFC 9110 §9.2.2).
-    replayable: bool,
+    pub(super) replayable: bool,
     /// What the client gets if no attempt succeeds.
-    status: StatusCode,
+    pub(super) status: StatusCode,
 }
 
 impl<'a> Attempts<'a> {
-    fn new(
+    pub(super) fn new(
         up: &'a Upstreams,
         client: SocketAddr,
         i: usize,
@@ -403,7 +408,7 @@ impl<'a> Attempts<'a> {
     }
 
     /// Counts one attempt; `false` when none is left.
-    fn another(&mut self) -> bool {
+    pub(super) fn another(&mut self) -> bool {
         if self.left == 0 {
             return false;
         }
@@ -412,13 +417,13 @@ impl<'a> Attempts<'a> {
     }
 
     /// Whether this attempt may use a pooled connection.
-    fn may_reuse(&self) -> bool {
+    pub(super) fn may_reuse(&self) -> bool {
         !self.fresh_only
     }
 
     /// The backend could not be dialled: nothing was sent, so any request may go to another
     /// backend, if failover allows one. `false`: no attempt is left.
-    fn dial_failed(&mut self, error: &io::Error) -> bool {
+    pub(super) fn dial_failed(&mut self, error: &io::Error) -> bool {
         let name = &self.up.names[self.i];
         tracing::warn!(client = %self.client, backend = %name, "cannot reach backend: {error}");
         if !self.up.balancer.may_try_another(error) {
@@ -430,7 +435,7 @@ impl<'a> Attempts<'a> {
 
     /// An attempt failed (`reused`: on a pooled connection); `true` if the request goes
     /// again, as [`exchange::after`] rules.
-    fn failed(
+    pub(super) fn failed(
         &mut self,
         failure: Failure,
         reused: bool,
@@ -488,19 +493,19 @@ impl<'a> Attempts<'a> {
 pub struct HttpServer {
     server: Arc<Server>,
     current: RwLock<Arc<Upstreams>>,
-    counters: HttpCounters,
+    pub(super) counters: HttpCounters,
     /// Set when draining starts: every connection finishes its request in flight and closes.
-    stop: watch::Sender<bool>,
+    pub(super) stop: watch::Sender<bool>,
 }
 
 /// What a request needs to know about its connection.
-struct ConnInfo {
-    client: SocketAddr,
+pub(super) struct ConnInfo {
+    pub(super) client: SocketAddr,
     /// The client's address as the forwarding fields carry it.
-    forwarded_for: ClientAddr,
-    tls: bool,
+    pub(super) forwarded_for: ClientAddr,
+    pub(super) tls: bool,
     /// A request body was left (partly) unread: the connection must close lingering.
-    body_left: Arc<AtomicBool>,
+    pub(super) body_left: Arc<AtomicBool>,
 }
 
 impl HttpServer {
@@ -515,7 +520,7 @@ impl HttpServer {
         })
     }
 
-    fn upstreams(&self) -> Arc<Upstreams> {
+    pub(super) fn upstreams(&self) -> Arc<Upstreams> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -604,10 +609,10 @@ impl HttpServer {
         // the connection (with what was read of it) as soon as one is not.
         let mut conn = admitted.conn;
         let mut prefix = Vec::new();
-        if fast::enabled() && fast::takes(&self.upstreams()) {
+        if h1::enabled() && h1::takes(&self.upstreams()) {
             match self.serve_fast(&mut conn, &info).await {
-                fast::Left::Closed { clean } => return close_client(conn, clean).await,
-                fast::Left::ToHyper(read) => prefix = read,
+                h1::Left::Closed { clean } => return close_client(conn, clean).await,
+                h1::Left::ToHyper(read) => prefix = read,
             }
         }
         // Boxed: the hyper half is big (its connection state, the service) and most
@@ -703,7 +708,7 @@ impl HttpServer {
 
     /// A request head refused before it became a request (400, 408, 431): counted, and a
     /// line in the access log as for any other request.
-    fn refused_head(
+    pub(super) fn refused_head(
         &self,
         client: SocketAddr,
         status: StatusCode,
@@ -724,7 +729,7 @@ impl HttpServer {
     ) -> Response<Download> {
         self.counters.path(false);
         // The exchange's rules on the head as received, before the cache keys on it or a field
-        // is edited: the same rules the own path runs (`fast::parse`).
+        // is edited: the same rules the own path runs (`h1::parse`).
         if let Err(refused) = check_request(&req) {
             tracing::info!(client = %info.client, "request refused: {}", refused.why);
             // Where this request's body ends cannot be trusted (RFC 9112 §6.1): the
@@ -1411,7 +1416,7 @@ impl HttpServer {
 }
 
 /// The body of an answer the balancer gives itself.
-fn local_text(status: StatusCode) -> &'static str {
+pub(super) fn local_text(status: StatusCode) -> &'static str {
     match status {
         StatusCode::SERVICE_UNAVAILABLE => "no backend is available\n",
         StatusCode::BAD_GATEWAY => "the backend could not be reached or failed\n",
@@ -1425,23 +1430,23 @@ fn local_text(status: StatusCode) -> &'static str {
 }
 
 /// What a client whose request head stopped coming is told before the connection closes.
-const TIMEOUT_408: &[u8] =
+pub(super) const TIMEOUT_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// One request's access-log line, written when its response body is done.
-struct Line {
-    client: SocketAddr,
-    method: Method,
-    path: String,
-    backend: Option<Arc<str>>,
-    affinity: AffinityOutcome,
-    started: Instant,
+pub(super) struct Line {
+    pub(super) client: SocketAddr,
+    pub(super) method: Method,
+    pub(super) path: String,
+    pub(super) backend: Option<Arc<str>>,
+    pub(super) affinity: AffinityOutcome,
+    pub(super) started: Instant,
 }
 
 impl Line {
     /// Backend `i`, known as `name`, answered. When the cookie named another backend that was
     /// up but could not be reached, the user now has this one: a redispatch.
-    fn answered_by(
+    pub(super) fn answered_by(
         &mut self,
         outcome: &mut AffinityOutcome,
         cookie: Option<usize>,
@@ -1458,7 +1463,7 @@ impl Line {
     }
 
     /// Under the `access` target, as `tcp-lb`'s lines: `RUST_LOG=info,access=off` hides them.
-    fn log(self, status: StatusCode, bytes: u64, complete: bool) {
+    pub(super) fn log(self, status: StatusCode, bytes: u64, complete: bool) {
         let Line {
             client,
             method,

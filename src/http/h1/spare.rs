@@ -1,0 +1,77 @@
+//! Buffers kept per worker thread, as chapter 11's relay keeps its own: a request takes them
+//! when its head is on its way and gives them back when its answer is done, so an idle
+//! keep-alive connection holds none (three 16 KiB buffers each would be 48 KiB per idle
+//! client), and a busy one costs no allocation. A buffer taken on one thread may come back on
+//! another; each thread keeps at most [`KEEP`] of each kind.
+
+use std::cell::RefCell;
+
+use super::{READ, Scratch, Span};
+
+pub const KEEP: usize = 64;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FIELDS: RefCell<Vec<Vec<(Span, Span)>>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+}
+
+pub fn buffer() -> Vec<u8> {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(READ))
+}
+
+/// Keeps `buf` for another connection, unless it grew past the usual size (a large head).
+pub fn give_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() > 2 * READ {
+        return;
+    }
+    buf.clear();
+    BUFFERS.with(|b| {
+        let mut free = b.borrow_mut();
+        if free.len() < KEEP {
+            free.push(buf);
+        }
+    });
+}
+
+/// A list for a request head's fields.
+pub fn fields() -> Vec<(Span, Span)> {
+    FIELDS
+        .with(|f| f.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(32))
+}
+
+pub fn give_fields(mut fields: Vec<(Span, Span)>) {
+    fields.clear();
+    FIELDS.with(|f| {
+        let mut free = f.borrow_mut();
+        if free.len() < KEEP {
+            free.push(fields);
+        }
+    });
+}
+
+pub fn scratch() -> Scratch {
+    SCRATCH
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| Scratch {
+            out: Vec::with_capacity(READ),
+            upstream: Vec::with_capacity(READ),
+            kept: Vec::with_capacity(32),
+            added: Vec::with_capacity(8),
+        })
+}
+
+pub fn give_scratch(scratch: Scratch) {
+    if scratch.out.capacity() > 2 * READ || scratch.upstream.capacity() > 2 * READ {
+        return;
+    }
+    SCRATCH.with(|s| {
+        let mut free = s.borrow_mut();
+        if free.len() < KEEP {
+            free.push(scratch);
+        }
+    });
+}
