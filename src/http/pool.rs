@@ -64,8 +64,19 @@ fn quiet(conn: &Conn) -> bool {
         Conn::TlsClient(tls) => tls.get_ref().0,
         Conn::TlsServer(tls) => tls.get_ref().0,
     };
-    let mut probe = [0u8; 1];
-    matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    // First what the reactor already knows, for free: tokio clears a socket's readiness when
+    // a read comes back short (as the read that ended the last answer almost always did), and
+    // sets it again when the kernel reports bytes or a FIN. Not ready: nothing came, and no
+    // system call was needed to know it. Ready: a read tells (it may be stale readiness).
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tcp.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        std::task::Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 /// Idle connections kept per backend unless configured.

@@ -36,6 +36,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use hyper::header::HeaderName;
@@ -308,6 +309,7 @@ impl HttpServer {
         let replayable = exchange::is_idempotent(&method) && body == 0;
         let mut attempts = Attempts::new(up, info.client, i, tried, replayable);
         let mut answered = None;
+        let mut retried = false;
         while attempts.another() {
             let i = attempts.i;
             let backend = &up.backends[i];
@@ -337,6 +339,12 @@ impl HttpServer {
                 out,
                 upstream,
                 &method,
+                // From the head's arrival (a clock read already made) on a pooled
+                // connection's first try; after a dial or a failed try, from now.
+                match fresh || retried {
+                    false => started,
+                    true => Instant::now(),
+                },
                 up.settings.response_timeout,
                 timer.as_mut(),
                 kept,
@@ -356,6 +364,7 @@ impl HttpServer {
             if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
                 break;
             }
+            retried = true;
         }
         let Some((answer, mut backend_conn, active, i)) = answered else {
             return self
@@ -633,18 +642,20 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// body came with it). The backend has `response_timeout` to take the request, then as long
 /// again from the request's end to its answer's head (RFC 9110 leaves the timing to us; this
 /// is what HAProxy's `timeout server` and nginx's `proxy_read_timeout` count).
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     conn: &mut Conn,
     request: &[u8],
     buf: &mut Vec<u8>,
     method: &Method,
+    from: Instant,
     response_timeout: std::time::Duration,
     mut timer: Pin<&mut Sleep>,
     kept: &mut Vec<(Span, Span)>,
 ) -> Result<(ParsedAnswer, usize), Failed> {
-    timer
-        .as_mut()
-        .reset((Instant::now() + response_timeout).into());
+    // `from` is a moment ago: the backend's time starts from there while it takes the
+    // request, and again from the request's end if writing it had to wait.
+    timer.as_mut().reset((from + response_timeout).into());
     // Written, or not a byte of it: a connection found closed before anything was taken from
     // us may carry the request again, whatever it is.
     let write = async {
@@ -659,14 +670,23 @@ async fn exchange(
         }
         conn.flush().await.map_err(Failed::NoAnswer)
     };
-    tokio::select! {
-        biased;
-        written = write => written?,
-        () = timer.as_mut() => return Err(Failed::Timeout),
+    let mut write = std::pin::pin!(write);
+    // Almost always the whole request goes into the socket's buffer at the first try: then
+    // no time has passed, and the deadline set above stands, without another clock read.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(written) => written?,
+        Poll::Pending => {
+            tokio::select! {
+                biased;
+                written = write => written?,
+                () = timer.as_mut() => return Err(Failed::Timeout),
+            }
+            timer
+                .as_mut()
+                .reset((Instant::now() + response_timeout).into());
+        }
     }
-    timer
-        .as_mut()
-        .reset((Instant::now() + response_timeout).into());
     let read = async {
         loop {
             if !buf.is_empty() {
