@@ -44,14 +44,23 @@ fn start(fast: &str, backend: SocketAddr, extra: &[&str]) -> Proc {
 /// What the scripted backend saw and did.
 struct Backend {
     addr: SocketAddr,
-    /// The request line of every request it parsed, in order.
+    /// Every request head it parsed, in order.
     requests: Arc<Mutex<Vec<String>>>,
     /// What the scripts report: `closed` when the balancer closed a connection.
     events: Receiver<String>,
 }
 
 impl Backend {
+    /// The request line of every request it parsed, in order.
     fn requests(&self) -> Vec<String> {
+        let heads = self.requests.lock().unwrap();
+        heads
+            .iter()
+            .map(|h| h.lines().next().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    fn heads(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 
@@ -104,7 +113,7 @@ where
         while let Some((head, _)) = read_request(&mut conn) {
             let line = head.lines().next().unwrap_or("").to_owned();
             let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
-            seen.lock().unwrap().push(line);
+            seen.lock().unwrap().push(head);
             if !script(&path, &mut conn, &tx) {
                 return;
             }
@@ -493,5 +502,48 @@ fn the_largest_length_is_a_body_too_large() {
         );
         assert_eq!(r.status, status, "LB_HTTP_FAST={fast}");
         assert!(b.requests().is_empty());
+    }
+}
+
+/// Item 13, RFC 6265 §5.4: another cookie's value may hold bytes that are not UTF-8. The
+/// affinity cookie on the same `Cookie` line is still recognised (no new `Set-Cookie`, the
+/// user stays pinned) and still taken out before the backend sees the line.
+#[test]
+fn the_affinity_cookie_is_found_beside_bytes_that_are_not_utf8() {
+    for fast in PATHS {
+        let b = backend(plain);
+        let backend = b.addr.to_string();
+        let lb = Proc::start_env(
+            LB,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                &backend,
+                "--health-interval",
+                "0",
+            ],
+            1,
+            &[("LB_HTTP_FAST", fast)],
+        );
+        let first = get(lb.addr(), "/first");
+        let cookie = first
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .expect("a Set-Cookie")
+            .to_owned();
+        let mut raw = b"GET /again HTTP/1.1\r\nHost: x\r\nCookie: a=\xff\xfe; ".to_vec();
+        raw.extend_from_slice(cookie.as_bytes());
+        raw.extend_from_slice(b"\r\n\r\n");
+        let r = send(&mut client(&lb), &raw);
+        assert_eq!(r.status, 200, "LB_HTTP_FAST={fast}");
+        assert_eq!(
+            r.header("set-cookie"),
+            None,
+            "LB_HTTP_FAST={fast}: re-pinned"
+        );
+        let heads = b.heads();
+        let last = heads.last().unwrap();
+        assert!(!last.contains("lb="), "LB_HTTP_FAST={fast}: {last:?}");
     }
 }
