@@ -19,6 +19,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
+use super::cache::Reservation;
+
 /// Errors inside a streamed body.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -346,42 +348,47 @@ impl Compressing {
 /// ended (rather than the client going away first): where the access-log line is written.
 pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
 
+/// What a [`Tap`] hands over when the body ended whole: the copy, and the budget it used.
+pub type Tapped = Box<dyn FnOnce(Bytes, Reservation) + Send>;
+
 /// A copy of a body as it streams past, for the cache (chapter 16): handed over whole when the
-/// body ended, dropped if it grew past `limit`.
+/// body ended, dropped (the store abandoned) if the cache's budget has no room for it. Each
+/// piece is promised from the budget before it is copied, so copies in flight count against
+/// `--cache BYTES` too.
 pub struct Tap {
     copy: Vec<u8>,
-    limit: usize,
-    overflow: bool,
-    done: Option<Box<dyn FnOnce(Bytes) + Send>>,
+    reservation: Option<Reservation>,
+    done: Option<Tapped>,
 }
 
 impl Tap {
-    pub fn new(limit: usize, done: Box<dyn FnOnce(Bytes) + Send>) -> Tap {
+    pub fn new(reservation: Reservation, done: Tapped) -> Tap {
         Tap {
             copy: Vec::new(),
-            limit,
-            overflow: false,
+            reservation: Some(reservation),
             done: Some(done),
         }
     }
 
     fn feed(&mut self, data: &[u8]) {
-        if self.overflow {
+        let Some(reservation) = self.reservation.as_mut() else {
             return;
-        }
-        if self.copy.len() + data.len() > self.limit {
-            self.overflow = true;
+        };
+        let need = self.copy.len() + data.len();
+        if need > reservation.bytes() && !reservation.grow(need - reservation.bytes()) {
+            if let Some(reservation) = self.reservation.take() {
+                reservation.abandon();
+            }
             self.copy = Vec::new();
+            self.done = None;
             return;
         }
         self.copy.extend_from_slice(data);
     }
 
     fn end(&mut self) {
-        if !self.overflow
-            && let Some(done) = self.done.take()
-        {
-            done(Bytes::from(std::mem::take(&mut self.copy)));
+        if let (Some(done), Some(reservation)) = (self.done.take(), self.reservation.take()) {
+            done(Bytes::from(std::mem::take(&mut self.copy)), reservation);
         }
     }
 }

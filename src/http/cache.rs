@@ -5,17 +5,44 @@
 //! `Vary`), when it must be revalidated: those rules are many and easy to get dangerously
 //! wrong, so they come from a well-kept crate, `http-cache-semantics` (its `CachePolicy`, with
 //! `shared: true`: `private` is never stored, `s-maxage` counts, a response to a request with
-//! `Authorization` is stored only if it says `public` or `s-maxage`). On top of it, this module
-//! adds what a proxy needs around the rules:
+//! `Authorization` is stored only if it says `public` or `s-maxage`). Where that crate reads
+//! HTTP wrongly, this module corrects what it hands it and what it gets back, instead of
+//! replacing it ([`for_policy`], [`Cache::answer_head`]):
+//!
+//! * `Cache-Control` directive names are case-insensitive (RFC 9111 §5.2): `Max-Age=60` is
+//!   handed over as `max-age=60`;
+//! * dates in the three formats of RFC 9110 §5.6.7 are accepted (the crate knows only one) and
+//!   an invalid `Expires` means "already expired" (RFC 9111 §5.3); an `Age` that is not one
+//!   number is invalid (RFC 9111 §5.1) and makes the response stale, not fresh;
+//! * `CDN-Cache-Control` (RFC 9213), which a CDN-like shared cache such as this one honours, is
+//!   handed over in place of `Cache-Control`;
+//! * a hit goes out with the stored fields as received, its `Date` included (the crate writes
+//!   a new `Date` in a format that is not an HTTP date), and `Age` saying how old it is
+//!   (RFC 9111 §4, §5.1).
+//!
+//! Around the rules, what a proxy needs:
 //!
 //! * **never a response that sets a cookie**: a stored `Set-Cookie` would be handed to every
 //!   later user. That is the trap of this feature: the cache that gives one user's session to
 //!   the next. The affinity cookie of chapter 12 is never stored either: it is added after;
-//! * **a byte bound**, with the least recently used entries evicted first;
+//! * **a byte bound that counts what an entry really holds** (its body, its fields twice, the
+//!   fields of the request the policy keeps, its key, and a fixed cost per entry and per field
+//!   measured with a counting allocator in `tests/16_cache_memory.rs`), with the copies of
+//!   answers still streaming taken from the same budget before they are made ([`Reservation`]);
+//! * **eviction in O(log n)**: the least recently used entry is the first of an ordered index,
+//!   not the result of a scan of every entry under the lock;
+//! * **variants found by one lookup**: a key's variants are indexed by the request fields its
+//!   `Vary` names, and a key keeps at most [`MAX_VARIANTS`], so one URL whose `Vary` names a
+//!   field a client chooses cannot fill the cache or slow every other lookup;
+//! * **invalidation** (RFC 9111 §4.4): a successful unsafe request (`POST`, `PUT`, `DELETE`, any
+//!   method not known to be safe) removes what is stored for its URL, and for its answer's
+//!   `Location` and `Content-Location` on the same host;
 //! * **collapsed misses** (nginx's `proxy_cache_lock`): while one request fetches a key, the
 //!   others for that key wait for it instead of all going to the backend;
 //! * **revalidation**: an expired entry with a validator is asked for with `If-None-Match` /
-//!   `If-Modified-Since`, and a `304` refreshes it;
+//!   `If-Modified-Since`, and a `304` refreshes it (RFC 9111 §4.3.4);
+//! * **conditional requests answered**: a client's `If-None-Match` or `If-Modified-Since` that
+//!   a fresh entry satisfies gets `304` without a body (RFC 9111 §4.3.2);
 //! * **stale if error**: when the backend fails (5xx, or cannot be reached), an expired entry
 //!   is served for up to `stale-if-error` seconds past its freshness, from the response's own
 //!   `Cache-Control: stale-if-error=N` or the configured default.
@@ -24,14 +51,14 @@
 //! fetched again), `STALE` (served on a backend error), `BYPASS` (a request the cache does
 //! not serve: not `GET`/`HEAD`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
-use hyper::header::{self, HeaderValue};
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 
 use crate::metrics::{Exposition, get, inc};
@@ -40,6 +67,20 @@ use crate::metrics::{Exposition, get, inc};
 pub const X_CACHE: &str = "x-cache";
 /// How long a collapsed request waits for the one fetching its key.
 pub const COLLAPSE_WAIT: Duration = Duration::from_secs(10);
+/// The most variants one key keeps: past it, storing a new one evicts that key's least
+/// recently used. A `Vary` on a field the client chooses (`Vary: X-Anything`) could otherwise
+/// make one URL hold any number of entries.
+pub const MAX_VARIANTS: usize = 32;
+/// What an entry costs besides its bytes: the entry itself, its `Arc`, its place in the key's
+/// map, in the LRU index, the policy's fixed part, and the header maps' tables. Measured with
+/// a counting allocator (`tests/16_cache_memory.rs`) and rounded up.
+const ENTRY_COST: usize = 1024;
+/// What one stored field costs besides its name and value: its slot in a header map (hash,
+/// links, the name's and value's representations), and a value's own allocation.
+const FIELD_COST: usize = 112;
+/// `Age` for an answer whose `Age` field is invalid: the largest age RFC 9111 §1.2.2 lets a
+/// cache send, so the answer is never taken as fresh.
+const INVALID_AGE: &str = "2147483648";
 
 /// What the cache did for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,37 +120,36 @@ impl Outcome {
 pub struct Entry {
     pub policy: CachePolicy,
     pub status: StatusCode,
-    pub headers: hyper::HeaderMap,
+    /// The response's fields as received (hop-by-hop fields removed).
+    pub headers: HeaderMap,
     pub body: Bytes,
     /// When it stops being fresh, and how long past that it may serve on a backend error.
     fresh_until: SystemTime,
     stale_if_error: Duration,
-    /// The values, in the request that stored it, of the fields its `Vary` names: two
-    /// entries of one key with the same are the same variant.
-    variant: String,
-    /// For least-recently-used eviction: a tick of the cache's clock.
+    /// The request's values of the fields the response's `Vary` names: the variant's name
+    /// under its key.
+    variant: Arc<str>,
+    /// Its place in the LRU index: a tick of the cache's clock.
     used: AtomicU64,
-}
-
-impl Entry {
-    fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len())
-                .sum::<usize>()
-            + 256
-    }
+    /// What it costs the byte bound.
+    size: usize,
 }
 
 /// What a lookup found.
 pub enum Found {
-    /// Fresh: answer with it. The head is the crate's, `Age` updated.
+    /// Fresh: answer with it. The head to answer with (its `Age` updated).
     Fresh(Arc<Entry>, hyper::http::response::Parts),
     /// Expired but usable after revalidation (or on an error): the conditional fields to send.
-    Expired(Arc<Entry>, hyper::HeaderMap),
+    Expired(Arc<Entry>, HeaderMap),
     Nothing,
+}
+
+/// The stored variants of one key.
+struct Variants {
+    /// The field names its `Vary` lists (lower case, sorted): the same for every variant, as
+    /// they come from the latest answer stored for the key.
+    vary: Vec<HeaderName>,
+    by_variant: HashMap<Arc<str>, Arc<Entry>>,
 }
 
 /// The cache: entries by key, each key with the variants its `Vary` tells apart.
@@ -118,16 +158,82 @@ pub struct Cache {
     stale_if_error: Duration,
     state: Mutex<State>,
     counts: [AtomicU64; 5],
+    /// Stores abandoned because the budget had no room for their copy.
+    abandoned: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<String, Vec<Arc<Entry>>>,
+    keys: HashMap<Arc<str>, Variants>,
+    /// Every entry by when it was last used, oldest first: eviction takes the first.
+    lru: BTreeMap<u64, (Arc<str>, Arc<str>)>,
+    /// Bytes of the stored entries.
     bytes: usize,
+    /// Bytes promised to answers being copied as they stream ([`Reservation`]).
+    reserved: usize,
     tick: u64,
     /// Keys being fetched now: a waiter clones the receiver, which wakes when the fetcher's
     /// sender is dropped (even if that happened before the waiter started waiting).
     fetching: HashMap<String, tokio::sync::watch::Receiver<()>>,
+}
+
+impl State {
+    /// Removes the least recently used entry; `false` when there is none.
+    fn evict_one(&mut self) -> bool {
+        let Some((_, (key, variant))) = self.lru.pop_first() else {
+            return false;
+        };
+        self.remove_variant(&key, &variant, false);
+        true
+    }
+
+    /// Removes one variant of `key` (and its LRU place, unless it was just popped).
+    fn remove_variant(&mut self, key: &str, variant: &str, in_lru: bool) {
+        let Some(variants) = self.keys.get_mut(key) else {
+            return;
+        };
+        if let Some(gone) = variants.by_variant.remove(variant) {
+            self.bytes = self.bytes.saturating_sub(gone.size);
+            if in_lru {
+                self.lru.remove(&gone.used.load(Ordering::Relaxed));
+            }
+        }
+        if variants.by_variant.is_empty() {
+            self.keys.remove(key);
+        }
+    }
+
+    /// Removes every variant of `key`.
+    fn remove_key(&mut self, key: &str) {
+        let Some(variants) = self.keys.remove(key) else {
+            return;
+        };
+        for gone in variants.by_variant.values() {
+            self.bytes = self.bytes.saturating_sub(gone.size);
+            self.lru.remove(&gone.used.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Makes room for `bytes` more within `max`, evicting; `false` if even an empty cache
+    /// (with the reservations it has promised) has none.
+    fn make_room(&mut self, bytes: usize, max: usize) -> bool {
+        while self.bytes + self.reserved + bytes > max {
+            if !self.evict_one() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn touch(&mut self, entry: &Entry, key: &Arc<str>) {
+        self.tick += 1;
+        let old = entry.used.swap(self.tick, Ordering::Relaxed);
+        let place = self
+            .lru
+            .remove(&old)
+            .unwrap_or_else(|| (Arc::clone(key), Arc::clone(&entry.variant)));
+        self.lru.insert(self.tick, place);
+    }
 }
 
 /// Held by the request that fetches a key for everyone: when it drops (the response stored,
@@ -144,6 +250,62 @@ impl Drop for Fetching {
     }
 }
 
+/// Bytes of the cache's budget promised to the copy of an answer that is still streaming, so
+/// that copies in flight count against `--cache BYTES` before they are made. Given back when
+/// dropped; [`Cache::store`] turns it into the entry's own size.
+pub struct Reservation {
+    cache: Arc<Cache>,
+    bytes: usize,
+    /// The most this copy may grow to (an eighth of the cache).
+    limit: usize,
+}
+
+impl Reservation {
+    /// Bytes promised so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Promises `more` bytes, evicting stored entries to make room; `false` when the copy
+    /// would pass its limit or the budget has no room (the store is then abandoned and the
+    /// client still served).
+    pub fn grow(&mut self, more: usize) -> bool {
+        if self.bytes + more > self.limit {
+            return false;
+        }
+        let mut state = self.cache.lock();
+        if !state.make_room(more, self.cache.max_bytes) {
+            return false;
+        }
+        state.reserved += more;
+        self.bytes += more;
+        true
+    }
+}
+
+impl Reservation {
+    /// Gives the budget back and counts a store given up.
+    pub fn abandon(self) {
+        inc(&self.cache.abandoned);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut state = self.cache.lock();
+            state.reserved = state.reserved.saturating_sub(self.bytes);
+        }
+    }
+}
+
+/// A response the cache will store once its body has streamed: its policy and the budget its
+/// copy may use.
+pub struct Storing {
+    pub policy: CachePolicy,
+    pub reservation: Reservation,
+}
+
 impl Cache {
     /// A cache of at most `max_bytes`, serving stale entries on errors for `stale_if_error`
     /// unless a response says otherwise.
@@ -153,6 +315,7 @@ impl Cache {
             stale_if_error,
             state: Mutex::new(State::default()),
             counts: Default::default(),
+            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -172,41 +335,71 @@ impl Cache {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
+        // An absolute-form target's authority is the host (RFC 9112 §3.2.2).
+        let host = parts.uri.authority().map_or(host, |a| a.as_str());
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         format!("{host}{path}")
     }
 
-    /// The entry for `request`, if any variant of `key` matches it.
+    /// The entry for `request`, if a variant of `key` matches it: one lookup under the lock
+    /// (the variant by the fields its `Vary` names), the policy's rules outside it.
     pub fn lookup(
         &self,
         key: &str,
         request: &hyper::http::request::Parts,
         now: SystemTime,
     ) -> Found {
-        let mut state = self.lock();
-        state.tick += 1;
-        let tick = state.tick;
-        let Some(variants) = state.entries.get(key) else {
-            return Found::Nothing;
+        let entry = {
+            let mut state = self.lock();
+            let Some((key, variants)) = state.keys.get_key_value(key) else {
+                return Found::Nothing;
+            };
+            let name = variant(&variants.vary, &request.headers);
+            let Some(entry) = variants.by_variant.get(name.as_str()).cloned() else {
+                return Found::Nothing;
+            };
+            let key = Arc::clone(key);
+            state.touch(&entry, &key);
+            entry
         };
-        let mut expired = None;
-        for entry in variants {
-            match entry.policy.before_request(request, now) {
-                BeforeRequest::Fresh(head) => {
-                    entry.used.store(tick, Ordering::Relaxed);
-                    return Found::Fresh(Arc::clone(entry), head);
-                }
-                BeforeRequest::Stale {
-                    request: conditional,
-                    matches: true,
-                } => expired = Some((Arc::clone(entry), conditional.headers)),
-                BeforeRequest::Stale { matches: false, .. } => {}
+        // The request's own directives, with their names in lower case too (RFC 9111 §5.2).
+        let lowered;
+        let request = match request.headers.contains_key(header::CACHE_CONTROL) {
+            true => {
+                let mut copy = request.clone();
+                let directives = lower_directives(&copy.headers, &header::CACHE_CONTROL);
+                copy.headers.insert(header::CACHE_CONTROL, directives);
+                lowered = copy;
+                &lowered
             }
+            false => request,
+        };
+        match entry.policy.before_request(request, now) {
+            BeforeRequest::Fresh(head) => {
+                let head = Self::answer_head(&entry, &head);
+                Found::Fresh(entry, head)
+            }
+            BeforeRequest::Stale {
+                request: conditional,
+                matches: true,
+            } => Found::Expired(entry, conditional.headers),
+            BeforeRequest::Stale { matches: false, .. } => Found::Nothing,
         }
-        match expired {
-            Some((entry, headers)) => Found::Expired(entry, headers),
-            None => Found::Nothing,
+    }
+
+    /// The head a stored answer goes out with: its fields as received (its own `Date`
+    /// included), and `Age` from the policy (RFC 9111 §4, §5.1). The crate's head would carry
+    /// the fields as they were normalised for it, and a `Date` of now in a format that is not
+    /// an HTTP date.
+    pub fn answer_head(
+        entry: &Entry,
+        policy_head: &hyper::http::response::Parts,
+    ) -> hyper::http::response::Parts {
+        let mut head = entry_parts(entry);
+        if let Some(age) = policy_head.headers.get(header::AGE) {
+            head.headers.insert(header::AGE, age.clone());
         }
+        head
     }
 
     /// Becomes the one request that fetches `key` (`Ok`), or gets what to wait on while
@@ -228,16 +421,23 @@ impl Cache {
         })
     }
 
-    /// The policy for storing `response` to `request`, if it may be stored: storable for a
-    /// shared cache, no `Set-Cookie`, a `200`, and small enough to fit (an eighth of the cache
-    /// at most, so one response cannot empty it).
+    /// How to store `response` to `request`, if it may be stored: storable for a shared cache
+    /// by the policy (any status it understands: those cacheable by default, RFC 9110 §15.1,
+    /// and any other with explicit freshness), no `Set-Cookie`, no `Vary: *`, and a copy that
+    /// fits in an eighth of the cache, with its budget reserved now.
     pub fn policy_for(
-        &self,
+        self: &Arc<Self>,
         request: &hyper::http::request::Parts,
         response: &hyper::http::response::Parts,
         now: SystemTime,
-    ) -> Option<(CachePolicy, usize)> {
-        if response.status != StatusCode::OK || response.headers.contains_key(header::SET_COOKIE) {
+    ) -> Option<Storing> {
+        // 206 needs the ranges combined, which the crate does not understand; 1xx are never
+        // stored.
+        if response.status == StatusCode::PARTIAL_CONTENT
+            || response.status.is_informational()
+            || response.headers.contains_key(header::SET_COOKIE)
+            || vary_names(&response.headers).is_none()
+        {
             return None;
         }
         let limit = self.max_bytes / 8;
@@ -248,16 +448,31 @@ impl Cache {
         if length.is_some_and(|len| len > limit) {
             return None;
         }
-        let options = CacheOptions {
-            shared: true,
-            ..CacheOptions::default()
+        let policy = new_policy(request, response, now);
+        if !policy.is_storable() {
+            return None;
+        }
+        let mut reservation = Reservation {
+            cache: Arc::clone(self),
+            bytes: 0,
+            limit,
         };
-        let policy = CachePolicy::new_options(request, response, now, options);
-        policy.is_storable().then_some((policy, limit))
+        if let Some(length) = length
+            && !reservation.grow(length)
+        {
+            inc(&self.abandoned);
+            return None;
+        }
+        Some(Storing {
+            policy,
+            reservation,
+        })
     }
 
     /// Stores a complete response under `key`, evicting the least recently used entries to
-    /// stay within the byte bound; a variant its `Vary` matches the same way is replaced.
+    /// stay within the byte bound; the same variant (the same values of the fields its `Vary`
+    /// names) is replaced. `reservation`, the budget its copy used, becomes the entry's size.
+    #[allow(clippy::too_many_arguments)]
     pub fn store(
         &self,
         key: &str,
@@ -266,9 +481,25 @@ impl Cache {
         response: &hyper::http::response::Parts,
         body: Bytes,
         now: SystemTime,
+        reservation: Option<Reservation>,
     ) {
+        let Some(vary) = vary_names(&response.headers) else {
+            return;
+        };
         let stale_if_error =
             directive(&response.headers, "stale-if-error").unwrap_or(self.stale_if_error);
+        let variant: Arc<str> = Arc::from(variant(&vary, &request.headers));
+        let size = ENTRY_COST
+            + body.len()
+            + key.len() * 2
+            + variant.len() * 2
+            + request.uri.to_string().len()
+            // The fields as received, and the policy's copy of them, and of the request's.
+            + 2 * fields_size(&response.headers)
+            + fields_size(&policy_request_fields(request, &vary));
+        if size > self.max_bytes / 8 {
+            return;
+        }
         let entry = Arc::new(Entry {
             fresh_until: now + policy.time_to_live(now),
             policy,
@@ -276,44 +507,97 @@ impl Cache {
             headers: response.headers.clone(),
             body,
             stale_if_error,
-            variant: variant(&response.headers, &request.headers),
+            variant: Arc::clone(&variant),
             used: AtomicU64::new(0),
+            size,
         });
-        let size = entry.size();
         let mut state = self.lock();
-        state.tick += 1;
-        entry.used.store(state.tick, Ordering::Relaxed);
-        let variants = state.entries.entry(key.to_owned()).or_default();
-        // The same variant (the same request fields that Vary names) is replaced.
-        let replaced: Vec<Arc<Entry>> = variants
-            .extract_if(.., |old| old.variant == entry.variant)
-            .collect();
-        variants.push(entry);
-        let freed: usize = replaced.iter().map(|e| e.size()).sum();
-        state.bytes = state.bytes + size - freed;
-        while state.bytes > self.max_bytes {
-            if !evict_one(&mut state) {
-                break;
-            }
+        // The copy's promise becomes the entry's size.
+        if let Some(mut reservation) = reservation {
+            state.reserved = state.reserved.saturating_sub(reservation.bytes);
+            reservation.bytes = 0;
         }
+        let key: Arc<str> = match state.keys.get_key_value(key) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(key),
+        };
+        // A new `Vary` for the key: the old variants were told apart by other fields.
+        if state.keys.get(&key).is_some_and(|v| v.vary != vary) {
+            state.remove_key(&key);
+        }
+        state.remove_variant(&key, &variant, true);
+        // At most MAX_VARIANTS per key: the key's least recently used variant makes room.
+        if let Some(variants) = state.keys.get(&key)
+            && variants.by_variant.len() >= MAX_VARIANTS
+            && let Some(oldest) = variants
+                .by_variant
+                .values()
+                .min_by_key(|e| e.used.load(Ordering::Relaxed))
+                .map(|e| Arc::clone(&e.variant))
+        {
+            state.remove_variant(&key, &oldest, true);
+        }
+        if !state.make_room(size, self.max_bytes) {
+            return;
+        }
+        state.tick += 1;
+        let tick = state.tick;
+        entry.used.store(tick, Ordering::Relaxed);
+        state
+            .lru
+            .insert(tick, (Arc::clone(&key), Arc::clone(&variant)));
+        state.bytes += size;
+        state
+            .keys
+            .entry(key)
+            .or_insert_with(|| Variants {
+                vary,
+                by_variant: HashMap::new(),
+            })
+            .by_variant
+            .insert(variant, entry);
     }
 
-    /// A `304` answered a revalidation of `entry`: the refreshed entry, with the headers to
-    /// answer with, stored in its place.
+    /// A `304` answered a revalidation of `entry`: the stored fields updated with the 304's
+    /// (RFC 9111 §3.2, §4.3.4), stored in its place with a new policy; the head to answer
+    /// with.
     pub fn refresh(
         &self,
         key: &str,
         entry: &Arc<Entry>,
         request: &hyper::http::request::Parts,
-        response: &hyper::http::response::Parts,
+        not_modified: &hyper::http::response::Parts,
         now: SystemTime,
-    ) -> Option<hyper::http::response::Parts> {
-        match entry.policy.after_response(request, response, now) {
-            AfterResponse::NotModified(policy, head) => {
-                self.store(key, policy, request, &head, entry.body.clone(), now);
-                Some(head)
+    ) -> hyper::http::response::Parts {
+        let mut head = entry_parts(entry);
+        freshen(&mut head.headers, &not_modified.headers);
+        let policy = new_policy(request, &head, now);
+        self.store(key, policy, request, &head, entry.body.clone(), now, None);
+        head
+    }
+
+    /// RFC 9111 §4.4: a successful answer to an unsafe request invalidates what is stored for
+    /// its URL (`key`), and for its `Location` and `Content-Location` when they are on the same
+    /// host. `host` is the request's.
+    pub fn invalidate(&self, key: &str, host: &str, response: &HeaderMap) {
+        let mut state = self.lock();
+        state.remove_key(key);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(location) = response.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let same_host_path = match location.split_once("://") {
+                Some((_, rest)) => {
+                    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                    authority.eq_ignore_ascii_case(host).then_some(path)
+                }
+                None if location.starts_with('/') => Some(location),
+                None => None,
+            };
+            if let Some(path) = same_host_path {
+                let path = if path.is_empty() { "/" } else { path };
+                state.remove_key(&format!("{host}{path}"));
             }
-            AfterResponse::Modified(..) => None,
         }
     }
 
@@ -334,9 +618,15 @@ impl Cache {
         self.max_bytes
     }
 
-    /// Bytes held now.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
+    /// Bytes held now by stored entries, and promised to copies still streaming.
+    pub fn bytes(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.bytes, state.reserved)
+    }
+
+    /// Entries stored now.
+    pub fn entries(&self) -> usize {
+        self.lock().lru.len()
     }
 
     /// The cache's lines of `/metrics`.
@@ -347,67 +637,226 @@ impl Cache {
         for (outcome, n) in Outcome::ALL.iter().zip(&self.counts) {
             e.sample(name, &[("result", outcome.as_str())], get(n));
         }
+        let (bytes, reserved) = self.bytes();
         let name = "httplb_cache_bytes";
-        e.metric(name, "gauge", "Bytes the cache holds, headers included.")
-            .sample(name, &[], self.bytes());
+        e.metric(
+            name,
+            "gauge",
+            "Bytes the cache holds: bodies, fields, keys and each entry's fixed cost.",
+        )
+        .sample(name, &[], bytes);
+        let name = "httplb_cache_reserved_bytes";
+        e.metric(
+            name,
+            "gauge",
+            "Bytes promised to answers being copied into the cache as they stream.",
+        )
+        .sample(name, &[], reserved);
         let name = "httplb_cache_max_bytes";
         e.metric(name, "gauge", "The cache's bound.")
             .sample(name, &[], self.max_bytes);
+        let name = "httplb_cache_abandoned_total";
+        e.metric(
+            name,
+            "counter",
+            "Stores given up because the budget had no room for their copy.",
+        )
+        .sample(name, &[], get(&self.abandoned));
         e.finish()
     }
 }
 
-/// The request's values of the fields the response's `Vary` names, in a canonical order.
-fn variant(response: &hyper::HeaderMap, request: &hyper::HeaderMap) -> String {
-    let mut names: Vec<String> = response
-        .get_all(header::VARY)
+/// A stored answer's head as received.
+fn entry_parts(entry: &Entry) -> hyper::http::response::Parts {
+    let mut parts = hyper::Response::new(()).into_parts().0;
+    parts.status = entry.status;
+    parts.headers = entry.headers.clone();
+    parts
+}
+
+/// The policy for `response` to `request`, from what [`for_policy`] hands the crate.
+fn new_policy(
+    request: &hyper::http::request::Parts,
+    response: &hyper::http::response::Parts,
+    now: SystemTime,
+) -> CachePolicy {
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    let vary = vary_names(&response.headers).unwrap_or_default();
+    let mut kept = hyper::Request::new(()).into_parts().0;
+    kept.method = request.method.clone();
+    kept.uri = request.uri.clone();
+    kept.headers = policy_request_fields(request, &vary);
+    let mut normalised = hyper::Response::new(()).into_parts().0;
+    normalised.status = response.status;
+    normalised.headers = for_policy(&response.headers);
+    CachePolicy::new_options(&kept, &normalised, now, options)
+}
+
+/// The request fields the policy needs, and no others: a request's `Cookie`, `User-Agent` and
+/// the like would otherwise be kept with every entry (the crate keeps the whole request).
+fn policy_request_fields(request: &hyper::http::request::Parts, vary: &[HeaderName]) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in [header::HOST, header::CACHE_CONTROL, header::PRAGMA]
+        .iter()
+        .chain(vary)
+    {
+        for value in request.headers.get_all(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    // Only its presence counts (a shared cache stores an authorized answer only when told
+    // it may): the credentials themselves are not kept.
+    if request.headers.contains_key(header::AUTHORIZATION) {
+        kept.insert(header::AUTHORIZATION, HeaderValue::from_static("present"));
+    }
+    if kept.contains_key(header::CACHE_CONTROL) {
+        let directives = lower_directives(&kept, &header::CACHE_CONTROL);
+        kept.insert(header::CACHE_CONTROL, directives);
+    }
+    kept
+}
+
+/// A response's fields as the crate must read them (see the module's header).
+pub fn for_policy(response: &HeaderMap) -> HeaderMap {
+    let mut fields = response.clone();
+    // RFC 9213: a CDN-like shared cache may take its directives from `CDN-Cache-Control`,
+    // which then wins over `Cache-Control` and `Expires`.
+    let cdn = HeaderName::from_static("cdn-cache-control");
+    if fields.contains_key(&cdn) {
+        let value = lower_directives(&fields, &cdn);
+        fields.remove(header::EXPIRES);
+        fields.insert(header::CACHE_CONTROL, value);
+    } else if fields.contains_key(header::CACHE_CONTROL) {
+        let value = lower_directives(&fields, &header::CACHE_CONTROL);
+        fields.insert(header::CACHE_CONTROL, value);
+    }
+    // Dates in any of the three formats of RFC 9110 §5.6.7, as IMF-fixdate. An invalid
+    // `Expires` means already expired (RFC 9111 §5.3); an invalid `Date` or `Last-Modified`
+    // is as if absent.
+    for name in [header::DATE, header::EXPIRES, header::LAST_MODIFIED] {
+        let Some(value) = fields.get(&name) else {
+            continue;
+        };
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        match (parsed, &name) {
+            (Some(date), _) => {
+                if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
+                    fields.insert(name, v);
+                }
+            }
+            (None, n) if *n == header::EXPIRES => {
+                fields.insert(name, HeaderValue::from_static("0"));
+            }
+            (None, _) => {
+                fields.remove(name);
+            }
+        }
+    }
+    // RFC 9111 §5.1: `Age` is one non-negative integer. Anything else is invalid, and must not
+    // make the answer look younger than it is.
+    let ages: Vec<&HeaderValue> = fields.get_all(header::AGE).iter().collect();
+    let valid = match ages.as_slice() {
+        [] => true,
+        [one] => !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !valid {
+        fields.insert(header::AGE, HeaderValue::from_static(INVALID_AGE));
+    }
+    fields
+}
+
+/// Every line of `name` as one value, each directive's name in lower case (RFC 9111 §5.2:
+/// directive names are case-insensitive), its argument as it was.
+fn lower_directives(fields: &HeaderMap, name: &HeaderName) -> HeaderValue {
+    let joined: Vec<String> = fields
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-        .iter()
-        .map(|n| {
-            let values: Vec<&str> = request
-                .get_all(n.as_str())
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            format!("{n}={}", values.join(","))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((k, v)) => format!("{}={}", k.trim().to_ascii_lowercase(), v.trim()),
+            None => d.to_ascii_lowercase(),
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    HeaderValue::from_str(&joined.join(", ")).unwrap_or(HeaderValue::from_static(""))
 }
 
-fn evict_one(state: &mut State) -> bool {
-    let oldest = state
-        .entries
-        .iter()
-        .flat_map(|(k, vs)| {
-            vs.iter()
-                .enumerate()
-                .map(move |(i, e)| (e.used.load(Ordering::Relaxed), k.clone(), i))
-        })
-        .min_by_key(|(used, ..)| *used);
-    let Some((_, key, i)) = oldest else {
-        return false;
-    };
-    if let Some(variants) = state.entries.get_mut(&key) {
-        let gone = variants.remove(i);
-        state.bytes = state.bytes.saturating_sub(gone.size());
-        if variants.is_empty() {
-            state.entries.remove(&key);
+/// The field names a response's `Vary` lists, lower case and sorted; `None` for `Vary: *`
+/// (or a name that is not one), which no later request can match.
+fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in response.get_all(header::VARY) {
+        for name in value.to_str().ok()?.split(',').map(str::trim) {
+            if name.is_empty() {
+                continue;
+            }
+            if name == "*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(name.as_bytes()).ok()?);
         }
     }
-    true
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// A request's values of the fields `vary` names: the variant it asks for.
+fn variant(vary: &[HeaderName], request: &HeaderMap) -> String {
+    let mut out = String::new();
+    for name in vary {
+        out.push_str(name.as_str());
+        out.push('=');
+        for (i, value) in request.get_all(name).iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What a header map's fields cost: their bytes and each one's slot.
+fn fields_size(fields: &HeaderMap) -> usize {
+    fields
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + FIELD_COST)
+        .sum()
+}
+
+/// RFC 9111 §3.2: the stored fields updated with a `304`'s, except those that describe the
+/// stored body itself.
+fn freshen(stored: &mut HeaderMap, not_modified: &HeaderMap) {
+    let kept = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+    ];
+    for name in not_modified.keys() {
+        if kept.contains(name) {
+            continue;
+        }
+        stored.remove(name);
+        for value in not_modified.get_all(name) {
+            stored.append(name.clone(), value.clone());
+        }
+    }
 }
 
 /// `name=N` (seconds) in a response's `Cache-Control`.
-fn directive(headers: &hyper::HeaderMap, name: &str) -> Option<Duration> {
+fn directive(headers: &HeaderMap, name: &str) -> Option<Duration> {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
@@ -418,4 +867,279 @@ fn directive(headers: &hyper::HeaderMap, name: &str) -> Option<Duration> {
             (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().parse::<u64>().ok())?
         })
         .map(Duration::from_secs)
+}
+
+/// RFC 9110 §13.1.1, §13.1.3 and RFC 9111 §4.3.2: whether a client's conditional `GET` or
+/// `HEAD` is satisfied by the stored answer's validators, so that it is answered `304`.
+/// `If-None-Match` (weak comparison) wins over `If-Modified-Since`, which counts only without
+/// it and only when it is a valid date.
+pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        // Weak comparison: the opaque tags alike, `W/` or not.
+        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim() == "*" || opaque(tag) == opaque(etag));
+    }
+    let Some(since) = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+    else {
+        return false;
+    };
+    // A date in the future is invalid (RFC 9110 §13.1.3).
+    if since > SystemTime::now() {
+        return false;
+    }
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .or_else(|| stored.get(header::DATE))
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+    modified.is_some_and(|modified| modified <= since)
+}
+
+/// The fields a `304` carries from the stored answer (RFC 9110 §15.4.5).
+pub fn not_modified_fields(stored: &HeaderMap) -> HeaderMap {
+    let mut fields = HeaderMap::new();
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::VARY,
+        header::AGE,
+        header::LAST_MODIFIED,
+    ] {
+        for value in stored.get_all(&name) {
+            fields.append(name.clone(), value.clone());
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn what_the_policy_reads_is_normalised() {
+        let f = for_policy(&fields(&[
+            ("cache-control", "Max-Age=60, No-Cache"),
+            ("expires", "Sunday, 06-Nov-94 08:49:37 GMT"),
+            ("date", "Sun Nov  6 08:49:37 1994"),
+            ("age", "7200, 0"),
+        ]));
+        assert_eq!(f["cache-control"], "max-age=60, no-cache");
+        assert_eq!(f["expires"], "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(f["date"], "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(f["age"], INVALID_AGE);
+        let f = for_policy(&fields(&[("expires", "Sun, 06  Nov 1994 08:49:37 GMT")]));
+        assert_eq!(f["expires"], "0");
+        let f = for_policy(&fields(&[
+            ("cache-control", "max-age=600"),
+            ("cdn-cache-control", "No-Store"),
+        ]));
+        assert_eq!(f["cache-control"], "no-store");
+    }
+
+    #[test]
+    fn conditional_requests_match_by_weak_etag_then_by_date() {
+        let stored = fields(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert!(not_modified(
+            &fields(&[("if-none-match", "W/\"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified(
+            &fields(&[("if-none-match", "\"x\", \"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified(&fields(&[("if-none-match", "*")]), &stored));
+        assert!(!not_modified(
+            &fields(&[("if-none-match", "\"v2\"")]),
+            &stored
+        ));
+        // If-None-Match wins: a matching date does not count beside a tag that does not.
+        assert!(!not_modified(
+            &fields(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")
+            ]),
+            &stored
+        ));
+        assert!(not_modified(
+            &fields(&[("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &fields(&[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &fields(&[("if-modified-since", "Sun, 06 Nov 2994 08:49:37 GMT")]),
+            &stored
+        ));
+    }
+
+    fn request(path: &str, pairs: &[(&str, &str)]) -> hyper::http::request::Parts {
+        let mut r = hyper::Request::builder().uri(path);
+        for (n, v) in pairs {
+            r = r.header(*n, *v);
+        }
+        r.body(()).unwrap().into_parts().0
+    }
+
+    fn response(pairs: &[(&str, &str)]) -> hyper::http::response::Parts {
+        let mut r = hyper::Response::builder().status(200);
+        for (n, v) in pairs {
+            r = r.header(*n, *v);
+        }
+        r.body(()).unwrap().into_parts().0
+    }
+
+    fn put(
+        cache: &Arc<Cache>,
+        path: &str,
+        req: &[(&str, &str)],
+        res: &[(&str, &str)],
+        body: &'static [u8],
+    ) {
+        let req = request(path, req);
+        let res = response(res);
+        let now = SystemTime::now();
+        let storing = cache.policy_for(&req, &res, now).expect("storable");
+        let key = Cache::key(&req);
+        cache.store(
+            &key,
+            storing.policy,
+            &req,
+            &res,
+            Bytes::from_static(body),
+            now,
+            Some(storing.reservation),
+        );
+    }
+
+    #[test]
+    fn the_bound_holds_and_the_least_recently_used_go_first() {
+        let cache = Arc::new(Cache::new(64 * 1024, Duration::ZERO));
+        let public = [("cache-control", "max-age=60")];
+        for i in 0..200 {
+            put(
+                &cache,
+                &format!("/{i}"),
+                &[("host", "h")],
+                &public,
+                b"0123456789",
+            );
+            let (bytes, reserved) = cache.bytes();
+            assert!(bytes + reserved <= 64 * 1024, "{bytes} + {reserved}");
+        }
+        let now = SystemTime::now();
+        assert!(matches!(
+            cache.lookup("h/199", &request("/199", &[("host", "h")]), now),
+            Found::Fresh(..)
+        ));
+        assert!(matches!(
+            cache.lookup("h/0", &request("/0", &[("host", "h")]), now),
+            Found::Nothing
+        ));
+        assert_eq!(cache.entries(), cache.lock().lru.len());
+    }
+
+    #[test]
+    fn one_key_keeps_at_most_max_variants() {
+        let cache = Arc::new(Cache::new(1 << 24, Duration::ZERO));
+        for i in 0..(MAX_VARIANTS * 3) {
+            let v = i.to_string();
+            put(
+                &cache,
+                "/v",
+                &[("host", "h"), ("x-pick", &v)],
+                &[("cache-control", "max-age=60"), ("vary", "X-Pick")],
+                b"x",
+            );
+        }
+        assert_eq!(cache.entries(), MAX_VARIANTS);
+        let now = SystemTime::now();
+        let last = (MAX_VARIANTS * 3 - 1).to_string();
+        assert!(matches!(
+            cache.lookup(
+                "h/v",
+                &request("/v", &[("host", "h"), ("x-pick", &last)]),
+                now
+            ),
+            Found::Fresh(..)
+        ));
+        assert!(matches!(
+            cache.lookup(
+                "h/v",
+                &request("/v", &[("host", "h"), ("x-pick", "0")]),
+                now
+            ),
+            Found::Nothing
+        ));
+    }
+
+    #[test]
+    fn reservations_count_against_the_bound() {
+        let cache = Arc::new(Cache::new(80 * 1024, Duration::ZERO));
+        let big = response(&[("cache-control", "max-age=60"), ("content-length", "10000")]);
+        let req = request("/big", &[("host", "h")]);
+        let held: Vec<Storing> = (0..8)
+            .filter_map(|_| cache.policy_for(&req, &big, SystemTime::now()))
+            .collect();
+        assert_eq!(held.len(), 8, "8 × 10,000 fit in 80 KiB");
+        assert!(
+            cache.policy_for(&req, &big, SystemTime::now()).is_none(),
+            "a ninth does not"
+        );
+        drop(held);
+        assert_eq!(cache.bytes(), (0, 0));
+    }
+
+    #[test]
+    fn an_unsafe_request_invalidates_its_url_and_its_locations() {
+        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO));
+        for path in ["/a", "/b", "/c", "/d"] {
+            put(
+                &cache,
+                path,
+                &[("host", "h")],
+                &[("cache-control", "max-age=60")],
+                b"x",
+            );
+        }
+        cache.invalidate(
+            "h/a",
+            "h",
+            &fields(&[("location", "http://h/b"), ("content-location", "/c")]),
+        );
+        cache.invalidate("h/none", "h", &fields(&[("location", "http://other/d")]));
+        let now = SystemTime::now();
+        for (path, there) in [("/a", false), ("/b", false), ("/c", false), ("/d", true)] {
+            let found = cache.lookup(&format!("h{path}"), &request(path, &[("host", "h")]), now);
+            assert_eq!(matches!(found, Found::Fresh(..)), there, "{path}");
+        }
+    }
 }

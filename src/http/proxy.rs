@@ -771,7 +771,29 @@ impl HttpServer {
     ) -> Response<Download> {
         if !Cache::serves(req.method()) || forward::wants_upgrade(req.headers()) {
             cache.count(CacheOutcome::Bypass);
-            let mut response = self.proxied(up, req, info, None).await;
+            // RFC 9111 §4.4: what an unsafe request changes is no longer what is stored.
+            let changes = !matches!(
+                *req.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
+            let (parts, body) = req.into_parts();
+            let invalidates = changes.then(|| {
+                let host = parts.uri.authority().map(|a| a.as_str().to_owned());
+                let host = host.or_else(|| {
+                    let h = parts.headers.get(header::HOST)?;
+                    Some(h.to_str().ok()?.to_owned())
+                });
+                (Cache::key(&parts), host.unwrap_or_default())
+            });
+            let mut response = self
+                .proxied(up, Request::from_parts(parts, body), info, None)
+                .await;
+            let status = response.status();
+            if let Some((key, host)) = invalidates
+                && (status.is_success() || status.is_redirection())
+            {
+                cache.invalidate(&key, &host, response.headers());
+            }
             response
                 .headers_mut()
                 .insert(cache::X_CACHE, CacheOutcome::Bypass.header());
@@ -796,6 +818,7 @@ impl HttpServer {
                         &entry,
                         head,
                         &parts,
+                        true,
                         info,
                         CacheOutcome::Hit,
                     );
@@ -858,7 +881,7 @@ impl HttpServer {
                 // "what you have is current": serve it as stored.
                 let head = origin
                     .as_ref()
-                    .and_then(|head| cache.refresh(&key, entry, &original, head, now))
+                    .map(|head| cache.refresh(&key, entry, &original, head, now))
                     .unwrap_or_else(|| entry_head(entry));
                 cache.count(CacheOutcome::Expired);
                 return self.answer_from_cache(
@@ -866,6 +889,7 @@ impl HttpServer {
                     entry,
                     head,
                     &original,
+                    client_conditional,
                     info,
                     CacheOutcome::Expired,
                 );
@@ -879,6 +903,7 @@ impl HttpServer {
                     entry,
                     head,
                     &original,
+                    client_conditional,
                     info,
                     CacheOutcome::Stale,
                 );
@@ -894,13 +919,26 @@ impl HttpServer {
             .headers_mut()
             .insert(cache::X_CACHE, outcome.header());
         if let Some(head) = origin
-            && let Some((policy, limit)) = cache.policy_for(&original, &head, now)
+            && let Some(storing) = cache.policy_for(&original, &head, now)
         {
             let store = Arc::clone(cache);
+            let cache::Storing {
+                policy,
+                reservation,
+            } = storing;
             response.body_mut().set_tap(body::Tap::new(
-                limit,
-                Box::new(move |bytes| {
-                    store.store(&key, policy, &original, &head, bytes, SystemTime::now());
+                reservation,
+                Box::new(move |bytes, reservation| {
+                    let now = SystemTime::now();
+                    store.store(
+                        &key,
+                        policy,
+                        &original,
+                        &head,
+                        bytes,
+                        now,
+                        Some(reservation),
+                    );
                     // Waiters look again only once it is stored.
                     drop(fetching);
                 }),
@@ -911,24 +949,41 @@ impl HttpServer {
 
     /// An answer from the cache: the stored body with the head the policy gives (its `Age`
     /// updated), what the backends run hidden, `X-Cache` saying how it was found.
+    /// `conditional`: the request's `If-None-Match` and `If-Modified-Since` are the client's
+    /// own (not the ones a revalidation put there).
+    #[allow(clippy::too_many_arguments)]
     fn answer_from_cache(
         &self,
         up: &Upstreams,
         entry: &cache::Entry,
         head: hyper::http::response::Parts,
         request: &hyper::http::request::Parts,
+        conditional: bool,
         info: &ConnInfo,
         outcome: CacheOutcome,
     ) -> Response<Download> {
+        let mut head = head;
+        // RFC 9111 §4.3.2: a client's own conditional request that the stored answer satisfies
+        // is answered 304, without the body it already has.
+        let unchanged = conditional
+            && entry.status == StatusCode::OK
+            && cache::not_modified(&request.headers, &head.headers);
+        if unchanged {
+            head.headers = cache::not_modified_fields(&head.headers);
+        }
         let mut response = Response::from_parts(head, Download::new(Payload::Full(None), None));
-        *response.status_mut() = entry.status;
-        if request.method != Method::HEAD {
+        *response.status_mut() = match unchanged {
+            true => StatusCode::NOT_MODIFIED,
+            false => entry.status,
+        };
+        if request.method != Method::HEAD && !unchanged {
             *response.body_mut() = Download::new(Payload::Full(Some(entry.body.clone())), None);
         }
         up.hide(response.headers_mut());
         // Compressed on the way out as any answer is (the entry is stored as the backend sent
         // it, so one entry serves every client whatever it accepts), as nginx's gzip does.
         if let Some(min) = up.settings.compress
+            && !unchanged
             && compress::applies(
                 entry.status,
                 response.headers(),
