@@ -652,6 +652,9 @@ impl Cache {
             "Bytes promised to answers being copied into the cache as they stream.",
         )
         .sample(name, &[], reserved);
+        let name = "httplb_cache_entries";
+        e.metric(name, "gauge", "Answers stored, every variant counted.")
+            .sample(name, &[], self.entries());
         let name = "httplb_cache_max_bytes";
         e.metric(name, "gauge", "The cache's bound.")
             .sample(name, &[], self.max_bytes);

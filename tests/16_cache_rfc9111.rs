@@ -1,0 +1,330 @@
+//! Chapter 16's cache against RFC 9111 (and RFC 9110, RFC 9213 where they meet it): each test
+//! names the section it proves, and each failed on the cache before issue 26's work. The
+//! backend is scripted per path and counts what reaches it, so a hit is a request the backend
+//! never saw.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+/// Requests the backend saw, by path.
+type Seen = Arc<Mutex<HashMap<String, usize>>>;
+
+/// A backend answering `answer(method, path)` (a whole response head and body) to each request.
+fn backend(answer: fn(&str, &str) -> String) -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let addr = spawn_per_connection(move |mut conn: TcpStream| {
+        loop {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.strip_prefix("content-length:")?.trim().parse().ok()
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            if conn.read_exact(&mut body).is_err() {
+                return;
+            }
+            let mut words = head.split(' ');
+            let method = words.next().unwrap_or("").to_owned();
+            let path = words.next().unwrap_or("/").to_owned();
+            *record.lock().unwrap().entry(path.clone()).or_default() += 1;
+            if conn.write_all(answer(&method, &path).as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, seen)
+}
+
+fn start(backend: SocketAddr) -> Proc {
+    let backend = backend.to_string();
+    Proc::start(
+        bin!("http-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--health-interval",
+            "0",
+            "--affinity",
+            "none",
+            "--cache",
+            "1000000",
+        ],
+        2,
+    )
+}
+
+/// One request with extra fields; the reply (every answer here carries a length).
+fn request(lb: &Proc, method: &str, path: &str, fields: &[&str]) -> Reply {
+    let mut s = connect(lb.addr());
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: t\r\n");
+    for f in fields {
+        head += f;
+        head += "\r\n";
+    }
+    if method == "POST" {
+        head += "content-length: 0\r\n";
+    }
+    s.write_all(format!("{head}\r\n").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = text
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    // No body after a HEAD, a 204 or a 304, whatever a length says (RFC 9112 §6.3).
+    let length = match method == "HEAD" || status == 204 || status == 304 {
+        true => 0,
+        false => headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap()),
+    };
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(lb: &Proc, path: &str) -> Reply {
+    request(lb, "GET", path, &[])
+}
+
+fn seen(seen: &Seen, path: &str) -> usize {
+    seen.lock().unwrap().get(path).copied().unwrap_or(0)
+}
+
+fn ok(fields: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\n{fields}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn now_plus(secs: u64) -> String {
+    httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs))
+}
+
+/// RFC 9110 §5.6.7's obsolete formats of the same moment: RFC 850 and asctime.
+fn obsolete(imf: &str) -> (String, String) {
+    // "Sun, 06 Nov 1994 08:49:37 GMT"
+    let parts: Vec<&str> = imf.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+    let (wd, day, mon, year, time) = (parts[0], parts[1], parts[2], parts[3], parts[4]);
+    let long = match wd {
+        "Mon" => "Monday",
+        "Tue" => "Tuesday",
+        "Wed" => "Wednesday",
+        "Thu" => "Thursday",
+        "Fri" => "Friday",
+        "Sat" => "Saturday",
+        _ => "Sunday",
+    };
+    let rfc850 = format!("{long}, {day}-{mon}-{} {time} GMT", &year[2..]);
+    let asctime = format!("{wd} {mon} {:>2} {time} {year}", day.trim_start_matches('0'));
+    (rfc850, asctime)
+}
+
+fn answers(method: &str, path: &str) -> String {
+    let day = 3600;
+    match path {
+        "/fresh" | "/inv" | "/inv2" => ok("cache-control: max-age=60\r\n", path),
+        "/post" if method == "POST" => {
+            "HTTP/1.1 201 Created\r\nlocation: /inv2\r\ncontent-length: 0\r\n\r\n".to_owned()
+        }
+        "/dated" => ok(
+            &format!(
+                "cache-control: max-age=60\r\ndate: {}\r\n",
+                httpdate::fmt_http_date(SystemTime::now())
+            ),
+            "dated",
+        ),
+        "/case" => ok("Cache-Control: Public, Max-Age=60\r\n", "case"),
+        "/bad-age" => ok("cache-control: max-age=3600\r\nage: 7200, 0\r\n", "bad-age"),
+        "/bad-expires" => ok(
+            &format!("expires: {}\r\n", now_plus(day).replacen(' ', "  ", 1)),
+            "bad-expires",
+        ),
+        "/rfc850" => ok(
+            &format!("expires: {}\r\n", obsolete(&now_plus(day)).0),
+            "rfc850",
+        ),
+        "/asctime" => ok(
+            &format!("expires: {}\r\n", obsolete(&now_plus(day)).1),
+            "asctime",
+        ),
+        "/cdn-no-store" => ok(
+            "cache-control: max-age=600\r\ncdn-cache-control: no-store\r\n",
+            "cdn",
+        ),
+        "/cdn-max-age" => ok(
+            "cache-control: no-store\r\ncdn-cache-control: Max-Age=60\r\n",
+            "cdn",
+        ),
+        "/gone" => "HTTP/1.1 404 Not Found\r\ncache-control: max-age=60\r\ncontent-length: 4\r\n\r\ngone"
+            .to_owned(),
+        "/moved" => "HTTP/1.1 301 Moved Permanently\r\nlocation: /fresh\r\ncache-control: max-age=60\r\ncontent-length: 0\r\n\r\n".to_owned(),
+        "/tagged" => ok("cache-control: max-age=60\r\netag: \"v1\"\r\n", "tagged"),
+        "/vary" => ok("cache-control: max-age=60\r\nvary: x-pick\r\n", "vary"),
+        _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
+    }
+}
+
+/// RFC 9111 §4.4: a successful unsafe request invalidates the stored answer for its URL, and
+/// for the URL its answer's `Location` names on the same host.
+#[test]
+fn an_unsafe_request_invalidates_what_is_stored() {
+    let (b, seen_by) = backend(answers);
+    let lb = start(b);
+    for path in ["/inv", "/inv2"] {
+        assert_eq!(get(&lb, path).header("x-cache"), Some("MISS"));
+        assert_eq!(get(&lb, path).header("x-cache"), Some("HIT"));
+    }
+    // A POST to the URL itself, and one whose 201 names the other in `Location`.
+    assert_eq!(request(&lb, "POST", "/inv", &[]).status, 200);
+    assert_eq!(get(&lb, "/inv").header("x-cache"), Some("MISS"));
+    assert_eq!(request(&lb, "POST", "/post", &[]).status, 201);
+    assert_eq!(get(&lb, "/inv2").header("x-cache"), Some("MISS"));
+    assert_eq!(seen(&seen_by, "/inv"), 3, "GET, POST, GET");
+    assert_eq!(seen(&seen_by, "/inv2"), 2);
+    // An unsafe request that failed changes nothing (a 404 here).
+    assert_eq!(request(&lb, "DELETE", "/nothing", &[]).status, 404);
+    assert_eq!(get(&lb, "/inv").header("x-cache"), Some("HIT"));
+}
+
+/// RFC 9111 §4 and §5.1: a hit carries the `Date` the backend sent, as an HTTP-date, and an
+/// `Age` saying how old it is (not a new `Date` of its own).
+#[test]
+fn a_hit_keeps_its_date_and_tells_its_age() {
+    let (b, _) = backend(answers);
+    let lb = start(b);
+    let first = get(&lb, "/dated");
+    let date = first.header("date").unwrap().to_owned();
+    let hit = get(&lb, "/dated");
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.header("date"), Some(date.as_str()));
+    assert!(date.ends_with(" GMT"), "{date}");
+    assert!(
+        hit.header("age")
+            .is_some_and(|a| a.parse::<u64>().is_ok()),
+        "{hit:?}"
+    );
+}
+
+/// RFC 9111 §5.2 (directive names are case-insensitive), §5.1 (an `Age` that is not one number
+/// is invalid and must not make an answer fresh), §5.3 with RFC 9110 §5.6.7 (an `Expires` in
+/// either obsolete format counts; one with invalid spacing means already expired).
+#[test]
+fn freshness_fields_are_read_as_the_rfcs_write_them() {
+    let (b, _) = backend(answers);
+    let lb = start(b);
+    for (path, cached) in [
+        ("/case", true),
+        ("/rfc850", true),
+        ("/asctime", true),
+        ("/bad-age", false),
+        ("/bad-expires", false),
+    ] {
+        get(&lb, path);
+        let second = get(&lb, path);
+        assert_eq!(
+            second.header("x-cache") == Some("HIT"),
+            cached,
+            "{path}: {second:?}"
+        );
+    }
+}
+
+/// RFC 9213: a CDN-like shared cache takes `CDN-Cache-Control` over `Cache-Control`, both
+/// ways (and its directive names are case-insensitive too).
+#[test]
+fn cdn_cache_control_wins_over_cache_control() {
+    let (b, _) = backend(answers);
+    let lb = start(b);
+    get(&lb, "/cdn-no-store");
+    assert_eq!(get(&lb, "/cdn-no-store").header("x-cache"), Some("MISS"));
+    get(&lb, "/cdn-max-age");
+    assert_eq!(get(&lb, "/cdn-max-age").header("x-cache"), Some("HIT"));
+}
+
+/// RFC 9111 §3 and RFC 9110 §15.1: not only 200 is stored: a 404 or 301 with freshness (or one
+/// cacheable by default) is too.
+#[test]
+fn answers_other_than_200_are_stored() {
+    let (b, seen_by) = backend(answers);
+    let lb = start(b);
+    for (path, status) in [("/gone", 404), ("/moved", 301)] {
+        assert_eq!(get(&lb, path).status, status);
+        let second = get(&lb, path);
+        assert_eq!((second.status, second.header("x-cache")), (status, Some("HIT")));
+        assert_eq!(seen(&seen_by, path), 1);
+    }
+}
+
+/// RFC 9111 §4.3.2: a client's conditional request that a fresh stored answer satisfies is
+/// answered 304 by the cache, without a body and without asking the backend.
+#[test]
+fn a_conditional_request_on_a_hit_gets_304() {
+    let (b, seen_by) = backend(answers);
+    let lb = start(b);
+    get(&lb, "/tagged");
+    let r = request(&lb, "GET", "/tagged", &["if-none-match: \"v1\""]);
+    assert_eq!(r.status, 304, "{r:?}");
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    let other = request(&lb, "GET", "/tagged", &["if-none-match: \"v2\""]);
+    assert_eq!((other.status, other.text().as_str()), (200, "tagged"));
+    assert_eq!(seen(&seen_by, "/tagged"), 1);
+}
+
+/// RFC 9111 §4.1: variants are told apart by the fields `Vary` names, and one URL whose
+/// `Vary` names a field the client chooses cannot hold more than the cache allows one key
+/// (32 variants): a flood of variants leaves the rest of the cache alone.
+#[test]
+fn a_flood_of_variants_is_bounded_per_url() {
+    let (b, _) = backend(answers);
+    let lb = start(b);
+    get(&lb, "/fresh");
+    for i in 0..200 {
+        let pick = format!("x-pick: {i}");
+        request(&lb, "GET", "/vary", &[&pick]);
+    }
+    let r = request(&lb, "GET", "/vary", &["x-pick: 199"]);
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    let metrics = common::get(lb.addrs[1], "/metrics").text();
+    let entries = metric(&metrics, "httplb_cache_entries");
+    assert!(entries <= 33, "{entries} entries");
+    assert_eq!(get(&lb, "/fresh").header("x-cache"), Some("HIT"));
+}
