@@ -153,7 +153,10 @@ fn obsolete(imf: &str) -> (String, String) {
         _ => "Sunday",
     };
     let rfc850 = format!("{long}, {day}-{mon}-{} {time} GMT", &year[2..]);
-    let asctime = format!("{wd} {mon} {:>2} {time} {year}", day.trim_start_matches('0'));
+    let asctime = format!(
+        "{wd} {mon} {:>2} {time} {year}",
+        day.trim_start_matches('0')
+    );
     (rfc850, asctime)
 }
 
@@ -237,8 +240,7 @@ fn a_hit_keeps_its_date_and_tells_its_age() {
     assert_eq!(hit.header("date"), Some(date.as_str()));
     assert!(date.ends_with(" GMT"), "{date}");
     assert!(
-        hit.header("age")
-            .is_some_and(|a| a.parse::<u64>().is_ok()),
+        hit.header("age").is_some_and(|a| a.parse::<u64>().is_ok()),
         "{hit:?}"
     );
 }
@@ -288,7 +290,10 @@ fn answers_other_than_200_are_stored() {
     for (path, status) in [("/gone", 404), ("/moved", 301)] {
         assert_eq!(get(&lb, path).status, status);
         let second = get(&lb, path);
-        assert_eq!((second.status, second.header("x-cache")), (status, Some("HIT")));
+        assert_eq!(
+            (second.status, second.header("x-cache")),
+            (status, Some("HIT"))
+        );
         assert_eq!(seen(&seen_by, path), 1);
     }
 }
