@@ -30,7 +30,8 @@
 //!   measured with a counting allocator in `tests/16_cache_memory.rs`), with the copies of
 //!   answers still streaming taken from the same budget before they are made ([`Reservation`]);
 //! * **eviction in O(log n)**: the least recently used entry is the first of an ordered index,
-//!   not the result of a scan of every entry under the lock;
+//!   not the result of a scan of every entry under the lock; a hit only marks its entry used
+//!   (CLOCK's second chance, under a shared lock), so hits do not wait for one another;
 //! * **variants found by one lookup**: a key's variants are indexed by the request fields its
 //!   `Vary` names, and a key keeps at most [`MAX_VARIANTS`], so one URL whose `Vary` names a
 //!   field a client chooses cannot fill the cache or slow every other lookup;
@@ -52,8 +53,8 @@
 //! not serve: not `GET`/`HEAD`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -131,6 +132,9 @@ pub struct Entry {
     variant: Arc<str>,
     /// Its place in the LRU index: a tick of the cache's clock.
     used: AtomicU64,
+    /// Used since it was last placed in the index: eviction gives it a second chance (CLOCK),
+    /// so that a hit marks it without the write lock.
+    referenced: AtomicBool,
     /// What it costs the byte bound.
     size: usize,
 }
@@ -152,48 +156,73 @@ struct Variants {
     by_variant: HashMap<Arc<str>, Arc<Entry>>,
 }
 
+/// Shards of the cache, each under its own lock, by a hash of the key: a flood of stores on
+/// one URL locks one shard, and hits on the others do not wait for it (nor share a lock's
+/// cache line with it).
+const SHARDS: usize = 16;
+
 /// The cache: entries by key, each key with the variants its `Vary` tells apart.
 pub struct Cache {
     max_bytes: usize,
     stale_if_error: Duration,
-    state: Mutex<State>,
+    /// Hits read a shard under a shared lock; stores, evictions and invalidations write.
+    shards: Vec<RwLock<Shard>>,
+    /// Bytes of the stored entries and of the reservations, across shards: what the bound
+    /// holds ([`Cache::claim`]).
+    used: AtomicUsize,
+    /// The reservations' part of `used`.
+    reserved: AtomicUsize,
+    /// The shard the next eviction starts from, round robin.
+    victim: AtomicUsize,
+    /// Keys being fetched now: a waiter clones the receiver, which wakes when the fetcher's
+    /// sender is dropped (even if that happened before the waiter started waiting).
+    fetching: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
     counts: [AtomicU64; 5],
     /// Stores abandoned because the budget had no room for their copy.
     abandoned: AtomicU64,
 }
 
 #[derive(Default)]
-struct State {
+struct Shard {
     keys: HashMap<Arc<str>, Variants>,
-    /// Every entry by when it was last used, oldest first: eviction takes the first.
+    /// Every entry by when it was placed, oldest first: eviction takes the first.
     lru: BTreeMap<u64, (Arc<str>, Arc<str>)>,
-    /// Bytes of the stored entries.
-    bytes: usize,
-    /// Bytes promised to answers being copied as they stream ([`Reservation`]).
-    reserved: usize,
     tick: u64,
-    /// Keys being fetched now: a waiter clones the receiver, which wakes when the fetcher's
-    /// sender is dropped (even if that happened before the waiter started waiting).
-    fetching: HashMap<String, tokio::sync::watch::Receiver<()>>,
 }
 
-impl State {
-    /// Removes the least recently used entry; `false` when there is none.
-    fn evict_one(&mut self) -> bool {
-        let Some((_, (key, variant))) = self.lru.pop_first() else {
-            return false;
-        };
-        self.remove_variant(&key, &variant, false);
-        true
+impl Shard {
+    /// Removes the least recently used entry: the bytes it freed, or `None` when there is
+    /// none. An entry used since it was placed goes to the back instead, once (CLOCK's second
+    /// chance): every entry is moved at most once per pass, so an eviction costs O(log n)
+    /// amortised.
+    fn evict_one(&mut self) -> Option<usize> {
+        while let Some((_, (key, variant))) = self.lru.pop_first() {
+            let entry = self
+                .keys
+                .get(&key)
+                .and_then(|v| v.by_variant.get(&variant))
+                .cloned();
+            match entry {
+                Some(entry) if entry.referenced.swap(false, Ordering::Relaxed) => {
+                    self.tick += 1;
+                    entry.used.store(self.tick, Ordering::Relaxed);
+                    self.lru.insert(self.tick, (key, variant));
+                }
+                _ => return Some(self.remove_variant(&key, &variant, false)),
+            }
+        }
+        None
     }
 
-    /// Removes one variant of `key` (and its LRU place, unless it was just popped).
-    fn remove_variant(&mut self, key: &str, variant: &str, in_lru: bool) {
+    /// Removes one variant of `key` (and its LRU place, unless it was just popped): the bytes
+    /// it freed.
+    fn remove_variant(&mut self, key: &str, variant: &str, in_lru: bool) -> usize {
         let Some(variants) = self.keys.get_mut(key) else {
-            return;
+            return 0;
         };
+        let mut freed = 0;
         if let Some(gone) = variants.by_variant.remove(variant) {
-            self.bytes = self.bytes.saturating_sub(gone.size);
+            freed = gone.size;
             if in_lru {
                 self.lru.remove(&gone.used.load(Ordering::Relaxed));
             }
@@ -201,38 +230,20 @@ impl State {
         if variants.by_variant.is_empty() {
             self.keys.remove(key);
         }
+        freed
     }
 
-    /// Removes every variant of `key`.
-    fn remove_key(&mut self, key: &str) {
+    /// Removes every variant of `key`: the bytes they freed.
+    fn remove_key(&mut self, key: &str) -> usize {
         let Some(variants) = self.keys.remove(key) else {
-            return;
+            return 0;
         };
+        let mut freed = 0;
         for gone in variants.by_variant.values() {
-            self.bytes = self.bytes.saturating_sub(gone.size);
+            freed += gone.size;
             self.lru.remove(&gone.used.load(Ordering::Relaxed));
         }
-    }
-
-    /// Makes room for `bytes` more within `max`, evicting; `false` if even an empty cache
-    /// (with the reservations it has promised) has none.
-    fn make_room(&mut self, bytes: usize, max: usize) -> bool {
-        while self.bytes + self.reserved + bytes > max {
-            if !self.evict_one() {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn touch(&mut self, entry: &Entry, key: &Arc<str>) {
-        self.tick += 1;
-        let old = entry.used.swap(self.tick, Ordering::Relaxed);
-        let place = self
-            .lru
-            .remove(&old)
-            .unwrap_or_else(|| (Arc::clone(key), Arc::clone(&entry.variant)));
-        self.lru.insert(self.tick, place);
+        freed
     }
 }
 
@@ -246,7 +257,12 @@ pub struct Fetching {
 
 impl Drop for Fetching {
     fn drop(&mut self) {
-        self.cache.lock().fetching.remove(&self.key);
+        let mut fetching = self
+            .cache
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        fetching.remove(&self.key);
     }
 }
 
@@ -255,6 +271,8 @@ impl Drop for Fetching {
 /// dropped; [`Cache::store`] turns it into the entry's own size.
 pub struct Reservation {
     cache: Arc<Cache>,
+    /// The shard its entry will go to.
+    near: usize,
     bytes: usize,
     /// The most this copy may grow to (an eighth of the cache).
     limit: usize,
@@ -270,14 +288,10 @@ impl Reservation {
     /// would pass its limit or the budget has no room (the store is then abandoned and the
     /// client still served).
     pub fn grow(&mut self, more: usize) -> bool {
-        if self.bytes + more > self.limit {
+        if self.bytes + more > self.limit || !self.cache.claim(more, self.near) {
             return false;
         }
-        let mut state = self.cache.lock();
-        if !state.make_room(more, self.cache.max_bytes) {
-            return false;
-        }
-        state.reserved += more;
+        self.cache.reserved.fetch_add(more, Ordering::Relaxed);
         self.bytes += more;
         true
     }
@@ -293,8 +307,8 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            let mut state = self.cache.lock();
-            state.reserved = state.reserved.saturating_sub(self.bytes);
+            self.cache.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+            self.cache.release(self.bytes);
         }
     }
 }
@@ -313,14 +327,79 @@ impl Cache {
         Cache {
             max_bytes,
             stale_if_error,
-            state: Mutex::new(State::default()),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            used: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            victim: AtomicUsize::new(0),
+            fetching: Mutex::new(HashMap::new()),
             counts: Default::default(),
             abandoned: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, key: &str) -> &RwLock<Shard> {
+        &self.shards[Self::shard_of(key)]
+    }
+
+    fn shard_of(key: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        hasher.finish() as usize % SHARDS
+    }
+
+    fn write(shard: &RwLock<Shard>) -> std::sync::RwLockWriteGuard<'_, Shard> {
+        shard.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(shard: &RwLock<Shard>) -> std::sync::RwLockReadGuard<'_, Shard> {
+        shard.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `bytes` of the bound, evicting (from shard `near` first, whose memory the caller
+    /// is about to touch anyway, then the others round robin; never while the caller holds a
+    /// shard's lock) until they fit; `false` when even an empty cache, with the reservations
+    /// it has promised, has no room.
+    fn claim(&self, bytes: usize, near: usize) -> bool {
+        loop {
+            let claimed = self
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    (used + bytes <= self.max_bytes).then_some(used + bytes)
+                })
+                .is_ok();
+            if claimed {
+                return true;
+            }
+            if !self.evict_somewhere(near) {
+                return false;
+            }
+        }
+    }
+
+    /// Gives `bytes` of the bound back.
+    fn release(&self, bytes: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    /// Evicts one entry from shard `near`, or else from the next shard that has one.
+    fn evict_somewhere(&self, near: usize) -> bool {
+        for i in 0..=SHARDS {
+            let at = match i {
+                0 => near,
+                _ => self.victim.fetch_add(1, Ordering::Relaxed) % SHARDS,
+            };
+            let freed = Self::write(&self.shards[at]).evict_one();
+            if let Some(freed) = freed {
+                self.release(freed);
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether the cache serves this request at all: `GET` and `HEAD` only.
@@ -350,16 +429,15 @@ impl Cache {
         now: SystemTime,
     ) -> Found {
         let entry = {
-            let mut state = self.lock();
-            let Some((key, variants)) = state.keys.get_key_value(key) else {
+            let shard = Self::read(self.shard(key));
+            let Some(variants) = shard.keys.get(key) else {
                 return Found::Nothing;
             };
             let name = variant(&variants.vary, &request.headers);
             let Some(entry) = variants.by_variant.get(name.as_str()).cloned() else {
                 return Found::Nothing;
             };
-            let key = Arc::clone(key);
-            state.touch(&entry, &key);
+            entry.referenced.store(true, Ordering::Relaxed);
             entry
         };
         // The request's own directives, with their names in lower case too (RFC 9111 §5.2).
@@ -408,12 +486,12 @@ impl Cache {
         self: &Arc<Self>,
         key: &str,
     ) -> Result<Fetching, tokio::sync::watch::Receiver<()>> {
-        let mut state = self.lock();
-        if let Some(waiting) = state.fetching.get(key) {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = fetching.get(key) {
             return Err(waiting.clone());
         }
         let (done, waiting) = tokio::sync::watch::channel(());
-        state.fetching.insert(key.to_owned(), waiting);
+        fetching.insert(key.to_owned(), waiting);
         Ok(Fetching {
             cache: Arc::clone(self),
             key: key.to_owned(),
@@ -454,6 +532,7 @@ impl Cache {
         }
         let mut reservation = Reservation {
             cache: Arc::clone(self),
+            near: Self::shard_of(&Self::key(request)),
             bytes: 0,
             limit,
         };
@@ -509,25 +588,33 @@ impl Cache {
             stale_if_error,
             variant: Arc::clone(&variant),
             used: AtomicU64::new(0),
+            referenced: AtomicBool::new(false),
             size,
         });
-        let mut state = self.lock();
         // The copy's promise becomes the entry's size.
         if let Some(mut reservation) = reservation {
-            state.reserved = state.reserved.saturating_sub(reservation.bytes);
+            self.reserved
+                .fetch_sub(reservation.bytes, Ordering::Relaxed);
+            self.release(reservation.bytes);
             reservation.bytes = 0;
         }
-        let key: Arc<str> = match state.keys.get_key_value(key) {
+        let near = Self::shard_of(key);
+        if !self.claim(size, near) {
+            return;
+        }
+        let mut shard = Self::write(&self.shards[near]);
+        let mut freed = 0;
+        let key: Arc<str> = match shard.keys.get_key_value(key) {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(key),
         };
         // A new `Vary` for the key: the old variants were told apart by other fields.
-        if state.keys.get(&key).is_some_and(|v| v.vary != vary) {
-            state.remove_key(&key);
+        if shard.keys.get(&key).is_some_and(|v| v.vary != vary) {
+            freed += shard.remove_key(&key);
         }
-        state.remove_variant(&key, &variant, true);
-        // At most MAX_VARIANTS per key: the key's least recently used variant makes room.
-        if let Some(variants) = state.keys.get(&key)
+        freed += shard.remove_variant(&key, &variant, true);
+        // At most MAX_VARIANTS per key: the key's least recently placed variant makes room.
+        if let Some(variants) = shard.keys.get(&key)
             && variants.by_variant.len() >= MAX_VARIANTS
             && let Some(oldest) = variants
                 .by_variant
@@ -535,19 +622,15 @@ impl Cache {
                 .min_by_key(|e| e.used.load(Ordering::Relaxed))
                 .map(|e| Arc::clone(&e.variant))
         {
-            state.remove_variant(&key, &oldest, true);
+            freed += shard.remove_variant(&key, &oldest, true);
         }
-        if !state.make_room(size, self.max_bytes) {
-            return;
-        }
-        state.tick += 1;
-        let tick = state.tick;
+        shard.tick += 1;
+        let tick = shard.tick;
         entry.used.store(tick, Ordering::Relaxed);
-        state
+        shard
             .lru
             .insert(tick, (Arc::clone(&key), Arc::clone(&variant)));
-        state.bytes += size;
-        state
+        shard
             .keys
             .entry(key)
             .or_insert_with(|| Variants {
@@ -556,6 +639,8 @@ impl Cache {
             })
             .by_variant
             .insert(variant, entry);
+        drop(shard);
+        self.release(freed);
     }
 
     /// A `304` answered a revalidation of `entry`: the stored fields updated with the 304's
@@ -580,8 +665,7 @@ impl Cache {
     /// its URL (`key`), and for its `Location` and `Content-Location` when they are on the same
     /// host. `host` is the request's.
     pub fn invalidate(&self, key: &str, host: &str, response: &HeaderMap) {
-        let mut state = self.lock();
-        state.remove_key(key);
+        let mut freed = Self::write(self.shard(key)).remove_key(key);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(location) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -596,9 +680,11 @@ impl Cache {
             };
             if let Some(path) = same_host_path {
                 let path = if path.is_empty() { "/" } else { path };
-                state.remove_key(&format!("{host}{path}"));
+                let key = format!("{host}{path}");
+                freed += Self::write(self.shard(&key)).remove_key(&key);
             }
         }
+        self.release(freed);
     }
 
     /// Whether `entry` may still be served because the backend failed: at most its
@@ -620,13 +706,14 @@ impl Cache {
 
     /// Bytes held now by stored entries, and promised to copies still streaming.
     pub fn bytes(&self) -> (usize, usize) {
-        let state = self.lock();
-        (state.bytes, state.reserved)
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        let used = self.used.load(Ordering::Relaxed);
+        (used.saturating_sub(reserved), reserved)
     }
 
     /// Entries stored now.
     pub fn entries(&self) -> usize {
-        self.lock().lru.len()
+        self.shards.iter().map(|s| Self::read(s).lru.len()).sum()
     }
 
     /// The cache's lines of `/metrics`.
@@ -1067,7 +1154,18 @@ mod tests {
             cache.lookup("h/0", &request("/0", &[("host", "h")]), now),
             Found::Nothing
         ));
-        assert_eq!(cache.entries(), cache.lock().lru.len());
+        let variants: usize = cache
+            .shards
+            .iter()
+            .map(|s| {
+                Cache::read(s)
+                    .keys
+                    .values()
+                    .map(|v| v.by_variant.len())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(cache.entries(), variants);
     }
 
     #[test]
