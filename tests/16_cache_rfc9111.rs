@@ -199,6 +199,11 @@ fn answers(method: &str, path: &str) -> String {
         "/gone" => "HTTP/1.1 404 Not Found\r\ncache-control: max-age=60\r\ncontent-length: 4\r\n\r\ngone"
             .to_owned(),
         "/moved" => "HTTP/1.1 301 Moved Permanently\r\nlocation: /fresh\r\ncache-control: max-age=60\r\ncontent-length: 0\r\n\r\n".to_owned(),
+        "/must-understand" => ok(
+            "cache-control: max-age=60, must-understand, no-store\r\n",
+            "understood",
+        ),
+        "/no-store" => ok("cache-control: max-age=60, no-store\r\n", "not stored"),
         "/tagged" => ok("cache-control: max-age=60\r\netag: \"v1\"\r\n", "tagged"),
         "/vary" => ok("cache-control: max-age=60\r\nvary: x-pick\r\n", "vary"),
         _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
@@ -332,4 +337,18 @@ fn a_flood_of_variants_is_bounded_per_url() {
     let entries = metric(&metrics, "httplb_cache_entries");
     assert!(entries <= 33, "{entries} entries");
     assert_eq!(get(&lb, "/fresh").header("x-cache"), Some("HIT"));
+}
+
+/// RFC 9111 §5.2.2.3: `must-understand` beside `no-store` tells a cache that understands the
+/// status's caching rules (here, 200) that it may store the answer after all; `no-store`
+/// alone still means no.
+#[test]
+fn must_understand_overrides_no_store_for_a_status_we_understand() {
+    let (b, seen_by) = backend(answers);
+    let lb = start(b);
+    get(&lb, "/must-understand");
+    assert_eq!(get(&lb, "/must-understand").header("x-cache"), Some("HIT"));
+    get(&lb, "/no-store");
+    assert_eq!(get(&lb, "/no-store").header("x-cache"), Some("MISS"));
+    assert_eq!(seen(&seen_by, "/no-store"), 2);
 }

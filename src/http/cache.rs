@@ -79,6 +79,11 @@ const ENTRY_COST: usize = 1024;
 /// What one stored field costs besides its name and value: its slot in a header map (hash,
 /// links, the name's and value's representations), and a value's own allocation.
 const FIELD_COST: usize = 112;
+/// The statuses whose caching rules this cache (through its policy) implements, for
+/// `must-understand`: the policy's own list; 206 is not among them.
+const UNDERSTOOD: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
 /// `Age` for an answer whose `Age` field is invalid: the largest age RFC 9111 §1.2.2 lets a
 /// cache send, so the answer is never taken as fresh.
 const INVALID_AGE: &str = "2147483648";
@@ -781,7 +786,7 @@ fn new_policy(
     kept.headers = policy_request_fields(request, &vary);
     let mut normalised = hyper::Response::new(()).into_parts().0;
     normalised.status = response.status;
-    normalised.headers = for_policy(&response.headers);
+    normalised.headers = for_policy(response.status, &response.headers);
     CachePolicy::new_options(&kept, &normalised, now, options)
 }
 
@@ -810,7 +815,7 @@ fn policy_request_fields(request: &hyper::http::request::Parts, vary: &[HeaderNa
 }
 
 /// A response's fields as the crate must read them (see the module's header).
-pub fn for_policy(response: &HeaderMap) -> HeaderMap {
+pub fn for_policy(status: StatusCode, response: &HeaderMap) -> HeaderMap {
     let mut fields = response.clone();
     // RFC 9213: a CDN-like shared cache may take its directives from `CDN-Cache-Control`,
     // which then wins over `Cache-Control` and `Expires`.
@@ -822,6 +827,29 @@ pub fn for_policy(response: &HeaderMap) -> HeaderMap {
     } else if fields.contains_key(header::CACHE_CONTROL) {
         let value = lower_directives(&fields, &header::CACHE_CONTROL);
         fields.insert(header::CACHE_CONTROL, value);
+    }
+    // RFC 9111 §5.2.2.3: `must-understand` lets a cache that understands the status's
+    // caching rules ignore the `no-store` beside it (for older caches), and keeps every other
+    // cache from storing the answer at all.
+    let directives = fields
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(directives) = directives
+        && directives.split(',').any(|d| d.trim() == "must-understand")
+    {
+        let value = match UNDERSTOOD.contains(&status.as_u16()) {
+            true => directives
+                .split(',')
+                .map(str::trim)
+                .filter(|d| *d != "no-store" && *d != "must-understand")
+                .collect::<Vec<_>>()
+                .join(", "),
+            false => "no-store".to_owned(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            fields.insert(header::CACHE_CONTROL, value);
+        }
     }
     // Dates in any of the three formats of RFC 9110 §5.6.7, as IMF-fixdate. An invalid
     // `Expires` means already expired (RFC 9111 §5.3); an invalid `Date` or `Last-Modified`
@@ -1031,23 +1059,41 @@ mod tests {
 
     #[test]
     fn what_the_policy_reads_is_normalised() {
-        let f = for_policy(&fields(&[
-            ("cache-control", "Max-Age=60, No-Cache"),
-            ("expires", "Sunday, 06-Nov-94 08:49:37 GMT"),
-            ("date", "Sun Nov  6 08:49:37 1994"),
-            ("age", "7200, 0"),
-        ]));
+        let f = for_policy(
+            StatusCode::OK,
+            &fields(&[
+                ("cache-control", "Max-Age=60, No-Cache"),
+                ("expires", "Sunday, 06-Nov-94 08:49:37 GMT"),
+                ("date", "Sun Nov  6 08:49:37 1994"),
+                ("age", "7200, 0"),
+            ]),
+        );
         assert_eq!(f["cache-control"], "max-age=60, no-cache");
         assert_eq!(f["expires"], "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(f["date"], "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(f["age"], INVALID_AGE);
-        let f = for_policy(&fields(&[("expires", "Sun, 06  Nov 1994 08:49:37 GMT")]));
+        let f = for_policy(
+            StatusCode::OK,
+            &fields(&[("expires", "Sun, 06  Nov 1994 08:49:37 GMT")]),
+        );
         assert_eq!(f["expires"], "0");
-        let f = for_policy(&fields(&[
-            ("cache-control", "max-age=600"),
-            ("cdn-cache-control", "No-Store"),
-        ]));
+        let f = for_policy(
+            StatusCode::OK,
+            &fields(&[
+                ("cache-control", "max-age=600"),
+                ("cdn-cache-control", "No-Store"),
+            ]),
+        );
         assert_eq!(f["cache-control"], "no-store");
+        let understood = |status| {
+            let f = for_policy(
+                status,
+                &fields(&[("cache-control", "max-age=60, must-understand, no-store")]),
+            );
+            f["cache-control"].to_str().unwrap().to_owned()
+        };
+        assert_eq!(understood(StatusCode::OK), "max-age=60");
+        assert_eq!(understood(StatusCode::PARTIAL_CONTENT), "no-store");
     }
 
     #[test]
