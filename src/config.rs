@@ -125,6 +125,8 @@ pub struct HttpSection {
     /// Folders served directly: `"PREFIX=DIR"`, as the `--static` flag (chapter 16).
     #[serde(default, rename = "static")]
     pub statics: Vec<String>,
+    /// Also serve names that start with a dot (`.env`, `.git/`), refused by default.
+    pub static_dotfiles: Option<bool>,
     /// `[[http.route]]`: routes by path prefix and host (chapter 16), in order.
     #[serde(default, rename = "route")]
     pub routes: Vec<crate::http::route::Route>,

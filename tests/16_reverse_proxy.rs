@@ -630,3 +630,48 @@ fn cached_answers_are_compressed_per_client() {
     assert_eq!(plain.header("content-encoding"), None);
     assert!(plain.body == first.body);
 }
+
+/// Issue 27, items 4, 6 and 10: a folder's redirect is never protocol-relative (`//host/`,
+/// which a browser reads as another site); names starting with a dot (`.env`, `.git/config`)
+/// are refused unless `--static-dotfiles` allows them; an `If-Modified-Since` later than now
+/// is invalid and ignored (RFC 9110 §13.1.3); and `--hide-header` refuses fields that frame the
+/// answer, which a kept-alive client could not read without.
+#[test]
+fn static_folders_give_no_open_redirect_and_no_dotfile() {
+    let dir = site();
+    std::fs::create_dir_all(dir.join("evil.example")).unwrap();
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".env"), "SECRET=1\n").unwrap();
+    std::fs::write(dir.join(".git/config"), "[core]\n").unwrap();
+    let flag = format!("/={}", dir.display());
+    let (_dummy, lb) = start(&["--static", &flag]);
+    for path in ["//evil.example", "/\\evil.example", "///evil.example"] {
+        let r = get(lb.addr(), path, &[]);
+        let location = r.header("location").unwrap_or("");
+        assert!(
+            !location.starts_with("//") && !location.starts_with("/\\"),
+            "{path}: {} {location}",
+            r.status
+        );
+    }
+    for path in ["/.env", "/.git/config", "/%2egit/config"] {
+        let r = get(lb.addr(), path, &[]);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.text().contains("SECRET") && !r.text().contains("[core]"));
+    }
+    let future = "If-Modified-Since: Sun, 06 Nov 2994 08:49:37 GMT";
+    let r = get(lb.addr(), "/index.html", &[future]);
+    assert_eq!((r.status, r.text().as_str()), (200, "<h1>home</h1>\n"));
+    drop(lb);
+    let (_dummy, lb) = start(&["--static", &flag, "--static-dotfiles"]);
+    assert_eq!(get(lb.addr(), "/.env", &[]).text(), "SECRET=1\n");
+    drop(lb);
+    for field in ["content-length", "Transfer-Encoding", "connection"] {
+        common::assert_one_line_error(
+            bin!("http-lb"),
+            &["--listen", "127.0.0.1:0", "--hide-header", field],
+            &["cannot be hidden"],
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,6 +37,10 @@ pub struct HttpArgs {
     /// with ETags, ranges and no way out of the folder (chapter 16).
     #[arg(long = "static", value_name = "PREFIX=DIR", value_parser = static_files::parse_flag)]
     pub statics: Vec<(String, PathBuf)>,
+    /// Also serve files and folders whose name starts with a dot (`.env`, `.git/`), which
+    /// static folders refuse (404) unless this is given.
+    #[arg(long)]
+    pub static_dotfiles: bool,
     /// `proxy` carries each request to a backend; `assign` answers with the backend the
     /// client should use itself: a 307 redirect, or JSON at /assign [default: proxy].
     #[arg(long, value_enum)]
@@ -79,6 +83,16 @@ fn header_name(s: &str) -> Result<String, String> {
         .map_err(|_| format!("`{s}` is not a header field name"))
 }
 
+/// Fields that frame an answer or manage its connection (RFC 9112 §6, RFC 9110 §7.6.1).
+const FRAMING: [&str; 6] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "trailer",
+];
+
 /// The fields to hide: those named, and `Server` and `X-Powered-By` with them.
 fn hidden(names: &[String]) -> anyhow::Result<Vec<hyper::header::HeaderName>> {
     if names.is_empty() {
@@ -92,6 +106,11 @@ fn hidden(names: &[String]) -> anyhow::Result<Vec<hyper::header::HeaderName>> {
         let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             anyhow::anyhow!("http.hide-headers: `{name}` is not a header field name")
         })?;
+        // Without its framing or connection fields an answer cannot be read at all (a kept-alive
+        // client would wait forever for its end): not a field to hide.
+        if FRAMING.contains(&name.as_str()) {
+            anyhow::bail!("http.hide-headers: `{name}` frames the answer and cannot be hidden");
+        }
         if !out.contains(&name) {
             out.push(name);
         }
@@ -324,6 +343,7 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("http.static: {e}"))?
             .unwrap_or_default(),
     };
+    let dotfiles = http.static_dotfiles || section.and_then(|s| s.static_dotfiles) == Some(true);
     // The config's routes in order, then `--static` folders (or the config's `static`).
     let mut routes = Vec::new();
     let configured = section.map(|s| s.routes.clone()).unwrap_or_default();
@@ -336,7 +356,9 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
         let target = match &route.target {
             RouteTarget::Backends(_) => RoutedTarget::Pool,
             RouteTarget::Static(dir) => RoutedTarget::Static(
-                StaticDir::new(&route.prefix, dir).map_err(anyhow::Error::msg)?,
+                StaticDir::new(&route.prefix, dir)
+                    .map_err(anyhow::Error::msg)?
+                    .with_dotfiles(dotfiles),
             ),
             RouteTarget::Redirect { to, status } => RoutedTarget::Redirect {
                 to: to.clone(),

@@ -55,7 +55,12 @@ pub fn negotiate(accept: Option<&HeaderValue>) -> Option<Coding> {
         let mut parts = item.split(';');
         let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let weight = parts
-            .find_map(|p| p.trim().strip_prefix("q=").map(str::trim))
+            // The parameter's name is case-insensitive (RFC 9110 §12.4.2): `Q=0` is `q=0`.
+            .find_map(|p| {
+                let p = p.trim();
+                let q = p.get(..2).filter(|n| n.eq_ignore_ascii_case("q="))?;
+                Some(p[q.len()..].trim())
+            })
             .map_or(Some(1.0), |v| v.parse::<f32>().ok())
             .unwrap_or(0.0);
         match token.as_str() {
@@ -254,6 +259,8 @@ mod tests {
         assert_eq!(accept("*;q=0.5, gzip;q=0"), Some(Coding::Brotli));
         assert_eq!(accept("identity"), None);
         assert_eq!(accept("gzip;q=0"), None);
+        assert_eq!(accept("gzip;Q=0"), None);
+        assert_eq!(accept("gzip; Q=0.5, br;q=0.4"), Some(Coding::Gzip));
         assert_eq!(accept("deflate"), None);
         assert_eq!(negotiate(None), None);
     }

@@ -32,6 +32,9 @@ pub struct StaticDir {
     pub root: PathBuf,
     /// What recent paths resolved to (see [`Known`]), shared by the clones of a config.
     known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, Known>>>,
+    /// Whether names starting with a dot are served (`--static-dotfiles`): a site's folder
+    /// often holds `.env`, `.git/` or `.htpasswd`, which no visitor should read.
+    dotfiles: bool,
 }
 
 /// How long a resolved path is trusted before it is resolved again: a file changed or a link
@@ -68,7 +71,14 @@ impl StaticDir {
             prefix,
             root,
             known: Default::default(),
+            dotfiles: false,
         })
+    }
+
+    /// Serves names that start with a dot too.
+    pub fn with_dotfiles(mut self, allow: bool) -> StaticDir {
+        self.dotfiles = allow;
+        self
     }
 
     /// Whether a request for `path` is this folder's: the prefix, or the prefix without its
@@ -112,9 +122,18 @@ pub async fn serve(
     let Some(relative) = relative else {
         return not_found();
     };
+    let hidden = |c: std::path::Component<'_>| c.as_os_str().as_encoded_bytes().starts_with(b".");
+    if !dir.dotfiles && relative.components().any(hidden) {
+        return not_found();
+    }
     let file = match dir.resolve(&relative) {
         Resolved::File(file) => file,
-        Resolved::Folder if !path.ends_with('/') => return redirect(&format!("{path}/")),
+        // Never `//host/…` or `/\host/…`: a browser reads those as another site (an open
+        // redirect). Whatever the request's leading slashes, the location has one.
+        Resolved::Folder if !path.ends_with('/') => {
+            let rest = path.trim_start_matches(['/', '\\']);
+            return redirect(&format!("/{rest}/"));
+        }
         Resolved::Folder | Resolved::Nothing => return not_found(),
     };
     let (resolved, len, modified, etag) = (&file.path, file.len, file.modified, &file.etag);
@@ -396,10 +415,12 @@ fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
             .map(|t| t.trim().trim_start_matches("W/"))
             .any(|t| t == "*" || t == bare);
     }
+    // RFC 9110 §13.1.3: a date that is invalid, or later than now, is ignored.
     let since = headers
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .filter(|since| *since <= SystemTime::now());
     since.is_some_and(|since| seconds(modified) <= seconds(since))
 }
 

@@ -51,7 +51,12 @@ use lb::strategy::StrategyKind;
 
 /// http-lb: an HTTP/1.1 load balancer with cookie affinity. Flags override the config file.
 #[derive(Parser)]
-#[command(name = "http-lb", version)]
+// `--listen`'s help is `Common`'s, written for tcp-lb's default; http-lb's is 8080.
+#[command(
+    name = "http-lb",
+    version,
+    mut_arg("listen", |a| a.help("Address to listen on [default: 127.0.0.1:8080]"))
+)]
 struct Args {
     #[command(flatten)]
     common: Common,
