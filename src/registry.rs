@@ -281,8 +281,14 @@ impl Registry {
                 "registration is off: the balancer has no admin-token-file",
             ));
         };
+        // RFC 9110 §11.1: the scheme's name is case-insensitive (`bearer` is `Bearer`), and
+        // one or more spaces follow it.
         let presented = authorization
-            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .and_then(|h| {
+                let space = h.iter().position(|&b| b == b' ')?;
+                let (scheme, token) = h.split_at(space);
+                scheme.eq_ignore_ascii_case(b"bearer").then_some(token)
+            })
             .ok_or(Refused::Unauthorized)?;
         if !same(presented.trim_ascii(), token) {
             return Err(Refused::Forbidden("wrong token"));
@@ -618,6 +624,14 @@ mod tests {
         assert_eq!(
             r.authorize(LOCAL, Some(b"Bearer 0123456789abcdef"), true),
             Ok(())
+        );
+        for scheme in [&b"bearer"[..], b"BEARER", b"bEaReR"] {
+            let header = [scheme, b"  0123456789abcdef"].concat();
+            assert_eq!(r.authorize(LOCAL, Some(&header), true), Ok(()));
+        }
+        assert_eq!(
+            r.authorize(LOCAL, Some(b"Bearer0123456789abcdef"), true),
+            Err(Refused::Unauthorized)
         );
         *r.allow.lock().unwrap() = vec!["10.0.0.0/8".parse().unwrap()];
         let good = Some(&b"Bearer 0123456789abcdef"[..]);

@@ -547,3 +547,22 @@ fn the_affinity_cookie_is_found_beside_bytes_that_are_not_utf8() {
         assert!(!last.contains("lb="), "LB_HTTP_FAST={fast}: {last:?}");
     }
 }
+
+/// Issue 27, item 16: `X-Real-IP` and the other fields that name the client are a client's
+/// claim like `X-Forwarded-For`: from a client that is not a trusted proxy, `X-Real-IP`
+/// becomes the address the balancer saw and the others are removed, on both paths.
+#[test]
+fn a_client_cannot_name_itself_in_x_real_ip() {
+    for fast in PATHS {
+        let b = backend(plain);
+        let lb = start(fast, b.addr, &[]);
+        let r = send(
+            &mut client(&lb),
+            b"GET /who HTTP/1.1\r\nHost: x\r\nX-Real-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        let head = b.heads().pop().unwrap().to_ascii_lowercase();
+        assert!(head.contains("x-real-ip: 127.0.0.1\r\n"), "{fast}: {head}");
+        assert!(!head.contains("6.6.6.6"), "{fast}: {head}");
+    }
+}

@@ -184,11 +184,28 @@ impl Forwarding {
         } else if !trusted {
             fields.remove("forwarded");
         }
+        // Other fields that name the client, which applications read as readily: from a
+        // client we do not trust they are lies too. `X-Real-IP` is set to the address we saw
+        // (what nginx configurations conventionally send), the rest removed.
+        if !trusted {
+            fields.insert(X_REAL_IP, client.text.clone());
+            fields.remove_all(&CLIENT_IDENTITY);
+        }
         if self.via {
             fields.append(header::VIA, HeaderValue::from_static(VIA_VALUE));
         }
     }
 }
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Fields some CDNs and proxies use to name the client, removed from untrusted requests.
+const CLIENT_IDENTITY: [&str; 5] = [
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+];
 
 /// A client's address, and its text as `X-Forwarded-For` carries it: made once per
 /// connection, not per request.
@@ -323,10 +340,15 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
         ]);
         let plain = Forwarding::default();
         plain.apply(&mut h, &ClientAddr::new("192.0.2.7".parse().unwrap()), true);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
+        assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.7");
+        assert!(h.get("true-client-ip").is_none() && h.get("cf-connecting-ip").is_none());
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert!(h.get("x-forwarded-host").is_none());
         let mut h = map(&[("forwarded", "for=1.2.3.4")]);
