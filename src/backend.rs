@@ -32,6 +32,31 @@ pub struct HostPort {
     pub port: u16,
 }
 
+/// A host as a backend address may name it: an IP address (IPv6 only in brackets), or a DNS
+/// name (labels of letters, digits, `-` and `_`, 1 to 63 bytes each, not starting or ending
+/// with `-`, 253 in all). Nothing
+/// else: an address also goes into logs, URLs (chapter 14's assignment) and `Host` fields, where
+/// a space, a CR/LF, an `@` or a `/` would forge a line or change what it means.
+fn valid_host(host: &str, bracketed: bool) -> bool {
+    if bracketed {
+        return host.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 impl FromStr for HostPort {
     type Err = String;
 
@@ -42,6 +67,7 @@ impl FromStr for HostPort {
         let port = port
             .parse::<u16>()
             .map_err(|_| format!("`{port}` in `{s}` is not a port number (0-65535)"))?;
+        let bracketed = host.starts_with('[');
         let host = match host.strip_prefix('[') {
             Some(inner) => inner
                 .strip_suffix(']')
@@ -56,6 +82,13 @@ impl FromStr for HostPort {
         };
         if host.is_empty() {
             return Err(format!("`{s}` has no host"));
+        }
+        if !valid_host(host, bracketed) {
+            return Err(format!(
+                "`{}` in `{}` is not a DNS name or an IP address",
+                host.escape_debug(),
+                s.escape_debug()
+            ));
         }
         Ok(HostPort {
             host: host.to_owned(),
@@ -383,6 +416,37 @@ mod tests {
         assert_eq!("h:1".parse::<BackendSpec>().unwrap().weight, 1);
         let b: BackendSpec = "h:1,proxy=v2".parse().unwrap();
         assert_eq!(b.proxy, Some(proxy_protocol::Version::V2));
+    }
+
+    /// Issue 27, item 8: a host is a DNS name or an IP address, nothing that could forge a
+    /// log line or a `Host` field, wherever the address comes from (flags, config,
+    /// registrations, etcd values).
+    #[test]
+    fn a_host_is_a_name_or_an_address_and_nothing_else() {
+        for good in [
+            "localhost:1",
+            "s1.apps.internal:8080",
+            "my_host-2.example.:80",
+            "10.0.0.1:80",
+            "[fe80::1]:80",
+        ] {
+            assert!(good.parse::<HostPort>().is_ok(), "{good}");
+        }
+        for bad in [
+            "evil\r\nX-Injected-yes:80",
+            "a b:80",
+            "user@host:80",
+            "host/path:80",
+            "ho\0st:80",
+            "[not-ipv6]:80",
+            "-.:80",
+            "a..b:80",
+        ] {
+            let error = bad.parse::<HostPort>().unwrap_err();
+            assert!(!error.contains('\n') && !error.contains('\r'), "{error}");
+        }
+        let long = format!("{}:80", "a".repeat(64));
+        assert!(long.parse::<HostPort>().is_err());
     }
 
     #[test]

@@ -682,6 +682,9 @@ mod tests {
         for (name, body) in [
             ("s1", &b"not json"[..]),
             ("s1", br#"{"address": "nowhere"}"#),
+            // Issue 27, item 8: a host that would forge a log line or a Host field.
+            ("s1", br#"{"address": "evil\r\nX-Injected-yes:80"}"#),
+            ("s1", br#"{"address": "user@evil:80"}"#),
             ("s1", br#"{"address": "127.0.0.1:0"}"#),
             ("s1", br#"{"address": "127.0.0.1:1", "ttl": 0}"#),
             ("s1", br#"{"address": "127.0.0.1:1", "weight": 0}"#),
