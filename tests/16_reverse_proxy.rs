@@ -663,8 +663,10 @@ fn static_folders_give_no_open_redirect_and_no_dotfile() {
     let r = get(lb.addr(), "/index.html", &[future]);
     assert_eq!((r.status, r.text().as_str()), (200, "<h1>home</h1>\n"));
     drop(lb);
-    let (_dummy, lb) = start(&["--static", &flag, "--static-dotfiles"]);
+    let (_dummy, lb) = start(&["--static", &flag, "--static-dotfiles", "--cache", "100000"]);
     assert_eq!(get(lb.addr(), "/.env", &[]).text(), "SECRET=1\n");
+    // Issue 28, item 11: a file answers itself; with a cache on, it says nothing of one.
+    assert_eq!(get(lb.addr(), "/index.html", &[]).header("x-cache"), None);
     drop(lb);
     for field in ["content-length", "Transfer-Encoding", "connection"] {
         common::assert_one_line_error(

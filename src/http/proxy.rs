@@ -323,6 +323,19 @@ impl Upstreams {
         }
     }
 
+    /// The first route (chapter 16) that takes `req`, if any.
+    fn route_of(&self, headers: &hyper::HeaderMap, uri: &Uri) -> Option<usize> {
+        if self.settings.routes.is_empty() {
+            return None;
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let path = uri.path();
+        self.settings
+            .routes
+            .iter()
+            .position(|r| r.route.matches(host, path))
+    }
+
     /// Removes the fields `--hide-header` names from an answer (chapter 16).
     fn hide(&self, fields: &mut impl Fields) {
         for name in &self.settings.hide {
@@ -752,9 +765,14 @@ impl HttpServer {
         // One configuration for the whole request, cache, routes and backends alike: a reload
         // that lands meanwhile applies from the next request on.
         let up = self.upstreams();
+        // A static folder or a redirect (chapter 16's routes) answers itself: the cache has
+        // nothing to do with it, and its answer says nothing of a cache.
+        let answers_itself = up
+            .route_of(req.headers(), req.uri())
+            .is_some_and(|k| !matches!(up.settings.routes[k].target, RoutedTarget::Pool));
         match up.cache.clone() {
-            Some(cache) => self.cached(&up, &cache, req, info).await,
-            None => self.proxied(&up, req, info, None).await,
+            Some(cache) if !answers_itself => self.cached(&up, &cache, req, info).await,
+            _ => self.proxied(&up, req, info, None).await,
         }
     }
 
@@ -1059,15 +1077,7 @@ impl HttpServer {
         let has_body = !hyper::body::Body::is_end_stream(&body);
         // Chapter 16: the first route that takes the request.
         let path = parts.uri.path();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let routed = up
-            .settings
-            .routes
-            .iter()
-            .position(|r| r.route.matches(host, path));
+        let routed = up.route_of(&parts.headers, &parts.uri);
         let excluded: &[usize] = match routed.map(|k| (k, &up.settings.routes[k].target)) {
             None => &[],
             Some((k, RoutedTarget::Pool)) => &up.pools[k],
