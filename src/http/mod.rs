@@ -21,7 +21,7 @@
 //! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
-//! | [`cache`] | chapter 16: a shared response cache (RFC 9111), bounded, collapsed, stale-if-error |
+//! | [`cache`] | chapter 16: a shared response cache (RFC 9111), bounded, collapsed, stale-if-error; `cache/serve.rs`, a request's way through it |
 //! | [`compress`] | chapter 16: gzip, brotli, zstd by the client's q-values, streamed |
 //! | [`route`] | chapter 16: routes by path prefix and host, to a pool, a folder or a redirect |
 //! | [`static_files`] | chapter 16: a folder served directly, ETags, ranges, no escape |

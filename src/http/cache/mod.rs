@@ -64,6 +64,8 @@ use hyper::{Method, StatusCode};
 
 use crate::metrics::{Exposition, get, inc};
 
+mod serve;
+
 /// The field naming what the cache did.
 pub const X_CACHE: &str = "x-cache";
 /// How long a collapsed request waits for the one fetching its key.

@@ -1,0 +1,297 @@
+//! Chapter 16's cache in front of the balancer: what a request does with it (a hit answered
+//! from memory, collapsed misses, revalidation, stale on error, a storable answer copied into
+//! the cache as it streams, invalidation by unsafe requests). The cache itself, and the rules
+//! of RFC 9111, are in [`super`]; the request to a backend is chapter 12's
+//! `HttpServer::proxied`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use hyper::header;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::http::body::{self, Download, Payload};
+use crate::http::cache::{self, Cache, Outcome as CacheOutcome};
+use crate::http::compress;
+use crate::http::forward;
+use crate::http::metrics::AffinityOutcome;
+use crate::http::proxy::{ConnInfo, HttpServer, Line, Upstreams};
+
+/// The head of a stored answer, for serving it stale (its own, `Age` not updated).
+fn entry_head(entry: &cache::Entry) -> hyper::http::response::Parts {
+    let mut response = Response::new(());
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response.into_parts().0
+}
+
+impl HttpServer {
+    /// Chapter 16: the cache in front of [`HttpServer::proxied`]. A fresh entry answers at
+    /// once; a miss for a key another request is already fetching waits for it; an expired
+    /// entry is revalidated, and served if the backend then fails within `stale-if-error`; a
+    /// storable answer is copied into the cache as it streams to the client.
+    pub(in crate::http) async fn cached(
+        &self,
+        up: &Arc<Upstreams>,
+        cache: &Arc<Cache>,
+        req: Request<hyper::body::Incoming>,
+        info: &ConnInfo,
+    ) -> Response<Download> {
+        if !Cache::serves(req.method()) || forward::wants_upgrade(req.headers()) {
+            cache.count(CacheOutcome::Bypass);
+            // RFC 9111 §4.4: what an unsafe request changes is no longer what is stored.
+            let changes = !matches!(
+                *req.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
+            let (parts, body) = req.into_parts();
+            let invalidates = changes.then(|| {
+                let host = parts.uri.authority().map(|a| a.as_str().to_owned());
+                let host = host.or_else(|| {
+                    let h = parts.headers.get(header::HOST)?;
+                    Some(h.to_str().ok()?.to_owned())
+                });
+                (Cache::key(&parts), host.unwrap_or_default())
+            });
+            let mut response = self
+                .proxied(up, Request::from_parts(parts, body), info, None)
+                .await;
+            let status = response.status();
+            if let Some((key, host)) = invalidates
+                && (status.is_success() || status.is_redirection())
+            {
+                cache.invalidate(&key, &host, response.headers());
+            }
+            response
+                .headers_mut()
+                .insert(cache::X_CACHE, CacheOutcome::Bypass.header());
+            return response;
+        }
+        let (mut parts, body) = req.into_parts();
+        let key = Cache::key(&parts);
+        // A HEAD is answered from what a GET stored.
+        let as_get = (parts.method == Method::HEAD).then(|| {
+            let mut get = parts.clone();
+            get.method = Method::GET;
+            get
+        });
+        let mut waited = false;
+        let (fetching, expired) = loop {
+            let now = SystemTime::now();
+            match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
+                cache::Found::Fresh(entry, head) => {
+                    cache.count(CacheOutcome::Hit);
+                    return self.answer_from_cache(
+                        up,
+                        &entry,
+                        head,
+                        &parts,
+                        true,
+                        info,
+                        CacheOutcome::Hit,
+                    );
+                }
+                cache::Found::Expired(entry, conditional) => {
+                    if waited {
+                        break (None, Some((entry, conditional)));
+                    }
+                    match cache.fetch(&key) {
+                        Ok(fetching) => break (Some(fetching), Some((entry, conditional))),
+                        Err(mut other) => {
+                            let _ =
+                                tokio::time::timeout(cache::COLLAPSE_WAIT, other.changed()).await;
+                            waited = true;
+                        }
+                    }
+                }
+                cache::Found::Nothing => {
+                    if waited {
+                        break (None, None);
+                    }
+                    match cache.fetch(&key) {
+                        Ok(fetching) => break (Some(fetching), None),
+                        Err(mut other) => {
+                            let _ =
+                                tokio::time::timeout(cache::COLLAPSE_WAIT, other.changed()).await;
+                            waited = true;
+                        }
+                    }
+                }
+            }
+        };
+        // Revalidation: the entry's validators, unless the client sent its own.
+        let client_conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
+            || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
+        let revalidating = expired.is_some() && !client_conditional;
+        if revalidating && let Some((_, conditional)) = &expired {
+            for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                if let Some(v) = conditional.get(&name) {
+                    parts.headers.insert(name, v.clone());
+                }
+            }
+        }
+        let original = parts.clone();
+        let mut origin = None;
+        let mut response = self
+            .proxied(
+                up,
+                Request::from_parts(parts, body),
+                info,
+                Some(&mut origin),
+            )
+            .await;
+        let now = SystemTime::now();
+        let status = response.status();
+        if let Some((entry, _)) = &expired {
+            if revalidating && status == StatusCode::NOT_MODIFIED {
+                // The client asked for the whole answer: a 304 meant for our conditional must
+                // not reach it. One that does not match the entry (other validators) still says
+                // "what you have is current": serve it as stored.
+                let head = origin
+                    .as_ref()
+                    .map(|head| cache.refresh(&key, entry, &original, head, now))
+                    .unwrap_or_else(|| entry_head(entry));
+                cache.count(CacheOutcome::Expired);
+                return self.answer_from_cache(
+                    up,
+                    entry,
+                    head,
+                    &original,
+                    client_conditional,
+                    info,
+                    CacheOutcome::Expired,
+                );
+            }
+            if status.is_server_error() && cache.usable_on_error(entry, now) {
+                tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
+                cache.count(CacheOutcome::Stale);
+                let head = entry_head(entry);
+                return self.answer_from_cache(
+                    up,
+                    entry,
+                    head,
+                    &original,
+                    client_conditional,
+                    info,
+                    CacheOutcome::Stale,
+                );
+            }
+        }
+        let outcome = if expired.is_some() {
+            CacheOutcome::Expired
+        } else {
+            CacheOutcome::Miss
+        };
+        cache.count(outcome);
+        response
+            .headers_mut()
+            .insert(cache::X_CACHE, outcome.header());
+        if let Some(head) = origin
+            && let Some(storing) = cache.policy_for(&original, &head, now)
+        {
+            let store = Arc::clone(cache);
+            let cache::Storing {
+                policy,
+                reservation,
+            } = storing;
+            response.body_mut().set_tap(body::Tap::new(
+                reservation,
+                Box::new(move |bytes, reservation| {
+                    let now = SystemTime::now();
+                    store.store(
+                        &key,
+                        policy,
+                        &original,
+                        &head,
+                        bytes,
+                        now,
+                        Some(reservation),
+                    );
+                    // Waiters look again only once it is stored.
+                    drop(fetching);
+                }),
+            ));
+        }
+        response
+    }
+
+    /// An answer from the cache: the stored body with the head the policy gives (its `Age`
+    /// updated), what the backends run hidden, `X-Cache` saying how it was found.
+    /// `conditional`: the request's `If-None-Match` and `If-Modified-Since` are the client's
+    /// own (not the ones a revalidation put there).
+    #[allow(clippy::too_many_arguments)]
+    fn answer_from_cache(
+        &self,
+        up: &Upstreams,
+        entry: &cache::Entry,
+        head: hyper::http::response::Parts,
+        request: &hyper::http::request::Parts,
+        conditional: bool,
+        info: &ConnInfo,
+        outcome: CacheOutcome,
+    ) -> Response<Download> {
+        let mut head = head;
+        // RFC 9111 §4.3.2: a client's own conditional request that the stored answer satisfies
+        // is answered 304, without the body it already has.
+        let unchanged = conditional
+            && entry.status == StatusCode::OK
+            && cache::not_modified(&request.headers, &head.headers);
+        if unchanged {
+            head.headers = cache::not_modified_fields(&head.headers);
+        }
+        let mut response = Response::from_parts(head, Download::new(Payload::Full(None), None));
+        *response.status_mut() = match unchanged {
+            true => StatusCode::NOT_MODIFIED,
+            false => entry.status,
+        };
+        if request.method != Method::HEAD && !unchanged {
+            *response.body_mut() = Download::new(Payload::Full(Some(entry.body.clone())), None);
+        }
+        up.hide(response.headers_mut());
+        // Compressed on the way out as any answer is (the entry is stored as the backend sent
+        // it, so one entry serves every client whatever it accepts), as nginx's gzip does.
+        if let Some(min) = up.settings.compress
+            && !unchanged
+            && compress::applies(
+                entry.status,
+                response.headers(),
+                request.headers.contains_key(header::RANGE),
+                request.method == Method::HEAD,
+                min,
+            )
+        {
+            compress::vary(response.headers_mut());
+            let coding = compress::negotiate(request.headers.get(header::ACCEPT_ENCODING));
+            if let Some(coding) = coding
+                && let Ok(mut encoder) = compress::Encoder::new(coding)
+                && let Ok(head) = encoder.push(&entry.body)
+                && let Ok(tail) = encoder.finish()
+            {
+                compress::encode_headers(response.headers_mut(), coding);
+                let body = [head, tail].concat();
+                *response.body_mut() = Download::new(Payload::Full(Some(body.into())), None);
+            }
+        }
+        response
+            .headers_mut()
+            .insert(cache::X_CACHE, outcome.header());
+        let line = Line {
+            client: info.client,
+            method: request.method.clone(),
+            path: request
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            backend: Some(Arc::from("cache")),
+            affinity: AffinityOutcome::Off,
+            started: Instant::now(),
+        };
+        let status = response.status();
+        response
+            .body_mut()
+            .set_on_end(Box::new(move |bytes, complete| {
+                line.log(status, bytes, complete)
+            }));
+        response
+    }
+}
