@@ -566,3 +566,39 @@ fn a_client_cannot_name_itself_in_x_real_ip() {
         assert!(!head.contains("6.6.6.6"), "{fast}: {head}");
     }
 }
+
+/// Issue 27, item 9: `--hide-header` removes what a backend says of itself from its trailers
+/// too (a chunked answer's fields after its body), on both paths, and keeps the others.
+#[test]
+fn hidden_fields_are_hidden_in_trailers_too() {
+    for fast in PATHS {
+        let b = backend(|path, conn, events| match path {
+            "/trailers" => {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+                      5\r\nhello\r\n0\r\nServer: Apache/2.4.1\r\nX-Powered-By: PHP/5.3\r\nx-sum: 5\r\n\r\n",
+                );
+                true
+            }
+            _ => plain(path, conn, events),
+        });
+        let lb = start(fast, b.addr, &["--hide-header", "x-backend"]);
+        let mut s = client(&lb);
+        s.write_all(
+            b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let got = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+        assert!(got.starts_with("HTTP/1.1 200"), "{fast}: {got}");
+        assert!(got.contains("hello"), "{fast}: {got}");
+        assert!(
+            !got.contains("Apache") && !got.contains("PHP"),
+            "{fast}: {got}"
+        );
+        assert!(
+            got.to_ascii_lowercase().contains("x-sum: 5"),
+            "{fast}: {got}"
+        );
+        assert!(got.ends_with("\r\n\r\n"), "{fast}: {got:?}");
+    }
+}

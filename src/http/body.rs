@@ -402,6 +402,8 @@ pub struct Download {
     tap: Option<Tap>,
     /// The backend's idle limit in the middle of its body.
     stall: Option<Stall>,
+    /// Fields removed from the backend's trailers (`--hide-header`, as from its head).
+    hide: Option<Arc<[hyper::header::HeaderName]>>,
 }
 
 impl Download {
@@ -413,6 +415,14 @@ impl Download {
             on_end,
             tap: None,
             stall: None,
+            hide: None,
+        }
+    }
+
+    /// Removes these fields from the trailers the backend sends, as from its head.
+    pub fn set_hide(&mut self, hide: Arc<[hyper::header::HeaderName]>) {
+        if !hide.is_empty() {
+            self.hide = Some(hide);
         }
     }
 
@@ -485,10 +495,17 @@ impl Body for Download {
             Payload::Compressed(c) => c.poll(cx, this.tap.as_mut()),
             Payload::File { file, left } => poll_file(file, left, cx),
         };
-        let polled = match this.stall.as_mut() {
+        let mut polled = match this.stall.as_mut() {
             Some(stall) => stall.check(polled, cx),
             None => polled,
         };
+        if let (Some(hide), Poll::Ready(Some(Ok(frame)))) = (&this.hide, &mut polled)
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            for name in hide.iter() {
+                trailers.remove(name);
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

@@ -193,6 +193,8 @@ pub(super) struct Upstreams {
     pub(super) pools: Vec<Vec<usize>>,
     pub(super) affinity: Option<Affinity>,
     pub(super) settings: Settings,
+    /// `settings.hide`, shared with each answer's body (its trailers).
+    pub(super) hidden: Arc<[hyper::header::HeaderName]>,
 }
 
 impl Upstreams {
@@ -268,6 +270,7 @@ impl Upstreams {
             cache,
             pools,
             affinity,
+            hidden: Arc::from(settings.hide.as_slice()),
             settings,
         }
     }
@@ -1125,6 +1128,7 @@ impl HttpServer {
         });
         let mut download = Download::new(payload, Some(on_end));
         download.set_stall(stall);
+        download.set_hide(Arc::clone(&up.hidden));
         Response::from_parts(head, download)
     }
 

@@ -440,6 +440,11 @@ impl HttpServer {
         // The head goes out with the first bytes of the body, in one write; the rest of the
         // body is written from the buffer it was read into.
         let mut head_sent = false;
+        // With `--hide-header`, a chunked answer's trailer section is held back (at most
+        // MAX_TRAILERS) and written without the hidden fields: a backend can name itself
+        // there as well as in its head.
+        let hiding = !up.settings.hide.is_empty();
+        let mut trailers: Option<Vec<u8>> = None;
         loop {
             let (take, done) = match &mut framing {
                 Framing::None => (0, true),
@@ -475,13 +480,43 @@ impl HttpServer {
             if done && take < upstream.len() {
                 reusable = false;
             }
+            // What of `upstream[..take]` is written now, and what comes after it.
+            let mut emit = take;
+            let mut tail: Option<Vec<u8>> = None;
+            if hiding && let Framing::Chunked(chunks) = &mut framing {
+                // Held from where the section starts in this read, or from the read's start
+                // once it has started.
+                let from = match chunks.take_trailers_at() {
+                    Some(at) => {
+                        trailers = Some(Vec::new());
+                        at
+                    }
+                    None => 0,
+                };
+                if let Some(held) = trailers.as_mut() {
+                    held.extend_from_slice(&upstream[from..take]);
+                    emit = from;
+                    if held.len() > MAX_TRAILERS {
+                        tracing::warn!(backend = %up.names[i], "answer cut off: trailers too large");
+                        break;
+                    }
+                    if done {
+                        tail = Some(without_hidden(held, |name| up.hides(name)));
+                    }
+                }
+            }
             let write = async {
-                match head_sent {
-                    false => {
-                        out.extend_from_slice(&upstream[..take]);
+                match (head_sent, &tail) {
+                    (false, _) => {
+                        out.extend_from_slice(&upstream[..emit]);
+                        out.extend_from_slice(tail.as_deref().unwrap_or_default());
                         write_flushed(conn, out).await
                     }
-                    true => write_flushed(conn, &upstream[..take]).await,
+                    (true, None) => write_flushed(conn, &upstream[..emit]).await,
+                    (true, Some(tail)) => {
+                        let joined = [&upstream[..emit], tail.as_slice()].concat();
+                        write_flushed(conn, &joined).await
+                    }
                 }
             };
             if head_sent {
@@ -623,6 +658,22 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The most bytes of trailer fields held back to remove hidden ones from.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// A trailer section (field lines, then the empty line, as received and already checked by
+/// the chunk walker) without the lines whose field name `hidden` names.
+fn without_hidden(section: &[u8], hidden: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(section.len());
+    for line in section.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if line == b"\r\n" || !hidden(name.trim_ascii()) {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 /// `n` in decimal, without an allocation.

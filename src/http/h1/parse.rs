@@ -165,6 +165,9 @@ pub(super) enum Framing {
 pub(super) struct Chunks {
     state: ChunkState,
     left: u64,
+    /// Where, in the data of the last [`Chunks::advance`], the trailer section began (just
+    /// after the last chunk's line), if it began there.
+    trailers_at: Option<usize>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +223,10 @@ impl Chunks {
                 (Size | Extension, b'\r') => SizeLf,
                 // Any visible byte, space or tab; no control byte, and above all no bare LF.
                 (Extension, b) if b == b'\t' || b >= b' ' && b != 0x7f => Extension,
-                (SizeLf, b'\n') if self.left == 0 => TrailerStart,
+                (SizeLf, b'\n') if self.left == 0 => {
+                    self.trailers_at = Some(i);
+                    TrailerStart
+                }
                 (SizeLf, b'\n') => Data,
                 (DataCr, b'\r') => DataLf,
                 (DataLf, b'\n') => SizeStart,
@@ -237,6 +243,11 @@ impl Chunks {
 
     pub(super) fn done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// Where the trailer section began in the data of the last `advance`, once.
+    pub(super) fn take_trailers_at(&mut self) -> Option<usize> {
+        self.trailers_at.take()
     }
 }
 
