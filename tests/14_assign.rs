@@ -624,3 +624,36 @@ fn bad_registration_flags_are_one_line_errors() {
         &["at least 16"],
     );
 }
+
+/// Issue 27, item 15: while no balancer has a server to assign (every server down or
+/// restarting), `assign-client` keeps asking with a growing pause until `--wait` runs out, so a
+/// server that comes back in time costs no request; with `--wait 0` it gives up at once.
+#[test]
+fn assign_client_waits_for_a_server_to_come_back() {
+    let (token, _) = token();
+    let lb = balancer(&token, &[]);
+    let url = format!("http://{}", lb.addr());
+    let (code, _, stderr) = common::run(
+        bin!("assign-client"),
+        &["--requests", "1", "--wait", "0", &url],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no balancer assigned a server"), "{stderr}");
+    let client = Command::new(bin!("assign-client"))
+        .args(["--requests", "1", "--wait", "30", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it has been refused twice (it is waiting), a server registers.
+    lb.wait_stderr("status=503", 3);
+    let _servers = servers(&["s1"], &[lb.addrs[1]], &token, "5");
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("request 1: 200 from s1"), "{stdout}");
+}

@@ -63,6 +63,10 @@ struct Args {
     /// Milliseconds between requests.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     interval: u64,
+    /// Seconds to keep asking, with a growing pause (0.1 s, doubling, at most 2 s), while no
+    /// balancer has a server to assign (every server down or restarting) before giving up.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::seconds_or_zero)]
+    wait: Duration,
     /// CA certificates (PEM) that https:// servers and balancers must chain to.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
@@ -151,7 +155,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             attempt += 1;
             let assigned = match server.take() {
                 Some(s) => s,
-                None => client.ask(&args.balancers, failed.as_deref()).await?,
+                None => client.ask_waiting(&args, failed.as_deref()).await?,
             };
             match client.get(&assigned.url, &args.path).await {
                 Ok((status, served_by)) => {
@@ -181,6 +185,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 impl Client {
+    /// [`Client::ask`] until a server is assigned or `--wait` runs out: a moment with no
+    /// server (the only one restarting) is not the end of the client's work.
+    async fn ask_waiting(&mut self, args: &Args, failed: Option<&str>) -> anyhow::Result<Assigned> {
+        let until = tokio::time::Instant::now() + args.wait;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.ask(&args.balancers, failed).await {
+                Ok(assigned) => return Ok(assigned),
+                Err(e) if tokio::time::Instant::now() + pause < until => {
+                    tracing::warn!("{e:#}: asking again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// `GET /assign` from the first balancer that answers, sending the affinity cookie and the
     /// server that just failed, if any.
     async fn ask(&mut self, balancers: &[Url], failed: Option<&str>) -> anyhow::Result<Assigned> {
