@@ -584,7 +584,7 @@ fn justified(
         // cuts the body off. Neither gives the client a complete answer, and both close.
         return Some("bad chunks seen before the head went out");
     }
-    if answer.is_some() && (200..300).contains(&own.status) && hyper.status == 0 {
+    if answer.is_some_and(cut_short) && (200..300).contains(&own.status) && hyper.status == 0 {
         // The backend closed before the body it announced: the own path had sent the head
         // (it writes it as soon as it has it), hyper's server had not flushed it yet. Either
         // way the client's connection closes on an incomplete answer.
@@ -602,4 +602,27 @@ fn justified(
         return Some("hyper drops a length beside Transfer-Encoding before we see it");
     }
     None
+}
+
+/// Whether a scripted answer ends before the body its head announced: fewer bytes than its
+/// `Content-Length`, or chunks without their last one.
+fn cut_short(answer: &[u8]) -> bool {
+    // `CLOSE` is the script's mark (the backend closes after it), not part of the answer.
+    let answer = answer.strip_suffix(b"CLOSE").unwrap_or(answer);
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    let body = &answer[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return !body.ends_with(b"0\r\n\r\n");
+    }
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .is_some_and(|length| body.len() < length)
 }
