@@ -124,11 +124,22 @@ async fn respond<S: Status>(
         };
     }
     let (status, content_type, body) = match (&method, path.as_str()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            metrics::CONTENT_TYPE,
-            server.metrics() + &registry.metrics(server.prefix()),
-        ),
+        (&Method::GET, "/metrics") => {
+            // One rule for what reveals the topology: `/metrics` names every backend, as
+            // `GET /backends` does, so with a token configured it needs the token too
+            // (Prometheus sends it with `authorization: { credentials_file: … }`).
+            if registry.has_token() {
+                let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+                if let Err(refused) = registry.authorize(peer, auth, false) {
+                    return refusal(peer, &method, &path, refused);
+                }
+            }
+            (
+                StatusCode::OK,
+                metrics::CONTENT_TYPE,
+                server.metrics() + &registry.metrics(server.prefix()),
+            )
+        }
         (&Method::GET, "/health") => match server.health() {
             // Serving, and saying so: stale discovery is not a reason to route around it.
             Ok(ok) if registry.etcd_stale() => (

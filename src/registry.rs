@@ -269,6 +269,11 @@ impl Registry {
         result
     }
 
+    /// Whether an admin token is configured (registration is on).
+    pub fn has_token(&self) -> bool {
+        lock(&self.token).is_some()
+    }
+
     fn check(
         &self,
         peer: IpAddr,

@@ -474,7 +474,8 @@ fn servers_present_one_wildcard_certificate_on_their_own_names() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let (token, _) = token();
+    let (token, value) = token();
+    let bearer = format!("authorization: Bearer {value}");
     // The balancer dials the server at 127.0.0.1 but verifies it under its public name, the
     // one in its certificate: the health checker's TLS probes must pass.
     let lb = balancer(&token, &["--ca", path_str(&certs.join("ca.pem"))]);
@@ -519,10 +520,10 @@ fn servers_present_one_wildcard_certificate_on_their_own_names() {
     });
     // More probes than `fall`: a server the checker could not verify would be down by now.
     eventually("four health probes of s7", PATIENCE, || {
-        let (_, metrics) = common::admin_get(lb.addrs[1], "/metrics");
+        let metrics = call(lb.addrs[1], "GET", "/metrics", &[&bearer], b"").body;
         sum_of(&metrics, "httplb_backend_probes_total{") >= 4
     });
-    let (_, metrics) = common::admin_get(lb.addrs[1], "/metrics");
+    let metrics = call(lb.addrs[1], "GET", "/metrics", &[&bearer], b"").body;
     assert_eq!(
         sum_of(&metrics, "httplb_backend_tls_handshake_failures_total{"),
         0,
@@ -656,4 +657,25 @@ fn assign_client_waits_for_a_server_to_come_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("request 1: 200 from s1"), "{stdout}");
+}
+
+/// Issue 27, item 7: with an admin token configured, `/metrics` (which names every backend)
+/// needs the token as `GET /backends` does; the scheme's name is case-insensitive.
+#[test]
+fn metrics_need_the_token_once_there_is_one() {
+    let (token, value) = token();
+    let lb = balancer(&token, &[]);
+    let admin = lb.addrs[1];
+    assert_eq!(call(admin, "GET", "/metrics", &[], b"").status, 401);
+    let lower = format!("authorization: bearer {value}");
+    let answer = call(admin, "GET", "/metrics", &[&lower], b"");
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("httplb_"), "{}", answer.body);
+    // Without a token, metrics stay open (a lone balancer scraped on loopback).
+    let open = Proc::start(
+        bin!("http-lb"),
+        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        2,
+    );
+    assert_eq!(common::admin_get(open.addrs[1], "/metrics").0, 200);
 }
