@@ -392,9 +392,11 @@ fn assign_client_keeps_its_server_and_survives_its_death_and_a_dead_balancer() {
     let lb = balancer(&token, &[]);
     let a = servers(&["s1"], &[lb.addrs[1]], &token, "2");
     let b = servers(&["s2"], &[lb.addrs[1]], &token, "2");
+    // Until both have registered (and passed their first health check), an assignment may
+    // be refused with 503: not yet, rather than a failure.
     eventually("both registered", PATIENCE, || {
         (0..6)
-            .map(|_| assigned(lb.addr()))
+            .filter_map(|_| try_assigned(lb.addr()))
             .collect::<std::collections::HashSet<_>>()
             .len()
             == 2
