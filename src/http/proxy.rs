@@ -11,17 +11,21 @@
 //!    (chapter 9), and a cookie that named a backend now down is *redispatched*;
 //! 3. hop-by-hop fields go, `X-Forwarded-*` come ([`super::forward`]);
 //! 4. the request is sent on a pooled keep-alive connection to that backend
-//!    ([`super::pool`]), its body streaming ([`super::body`]). A connect failure moves on to
-//!    another backend (nothing was sent); a reset before any answer does so only for a request
-//!    that can safely be sent twice;
+//!    ([`super::pool`]), its body streaming ([`super::body`]). What follows a failure is
+//!    [`super::exchange::after`]'s rule, kept by `Attempts` for both codecs: a connect failure
+//!    moves on to another backend (nothing was sent); a reset before any answer does so only
+//!    for a request that can safely be sent twice (RFC 9112 §9.3.1);
 //! 5. the response head comes back with `Set-Cookie` if the user was (re)assigned; the body
 //!    streams to the client, and its end writes the access-log line;
 //! 6. a `101 Switching Protocols` (a WebSocket) turns both connections into one byte tunnel.
 //!
-//! Everything that goes wrong is a status and an access-log line: 503 with no backend up, 502
-//! when none could be reached or one failed mid-request, 504 past `response-timeout`, 413 past
-//! `max-body`, 400/431 from hyper for a malformed or oversized head, 408 for a head that does
-//! not arrive in time.
+//! Before any of it, the head as received goes through the exchange's rules
+//! ([`super::exchange`]: framing, target and `Host`), the same the own HTTP/1 codec
+//! (`super::h1`) runs. Everything that goes wrong is a status and an access-log line: 503 with
+//! no backend up, 502 when none could be reached or one failed mid-request, 504 past
+//! `response-timeout` (counted from the request's end), 413 past `max-body`, 400 for an
+//! ambiguous or malformed request or body, 501 for `CONNECT`, 431 from hyper for an oversized
+//! head, 408 for a head or a body that stops coming.
 
 use std::convert::Infallible;
 use std::future::Future;
