@@ -649,7 +649,7 @@ pub const DEFAULT_ETCD_PREFIX: &str = "/lb/backends/";
 pub(crate) async fn start_etcd(
     setup: &Setup,
     config: &Config,
-) -> anyhow::Result<Option<(Arc<crate::discovery::Source>, Option<i64>)>> {
+) -> anyhow::Result<Option<(Arc<crate::discovery::Source>, Option<crate::etcd::Header>)>> {
     let Some(flags) = &setup.step.production else {
         return Ok(None);
     };
@@ -679,7 +679,7 @@ pub(crate) async fn start_etcd(
 /// notification rebuilds the balancer through [`follow_registry`].
 pub(crate) fn follow_etcd(
     setup: &Setup,
-    started: Option<(Arc<crate::discovery::Source>, Option<i64>)>,
+    started: Option<(Arc<crate::discovery::Source>, Option<crate::etcd::Header>)>,
 ) {
     if let Some((source, revision)) = started {
         tokio::spawn(crate::discovery::follow(

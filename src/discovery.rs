@@ -11,17 +11,28 @@
 //!
 //! * unreachable at start-up: the balancer starts with its file's backends and keeps trying;
 //! * lost while running: the last known set keeps serving (`/health` and the `etcd_stale`
-//!   metric say so); it reconnects with backoff, and resumes watching from the last revision
-//!   it saw, so nothing that happened meanwhile is missed;
-//! * that revision compacted away: it lists the prefix again;
-//! * a malformed key: one log line, and the others are used.
+//!   metric say so); it reconnects with backoff and lists the prefix again, so nothing that
+//!   happened meanwhile is missed, whatever happened to the store;
+//! * replaced while we were away (its data lost, so its revisions restarted, or another
+//!   cluster on the same address): resuming a watch from our old revision would wait for a
+//!   revision the new store has not reached, and miss every change until then; listing again
+//!   on every reconnect cannot be fooled that way, and the log says when the store changed;
+//! * a watch that stays open but goes silent (a partition, a frozen etcd): a connection that
+//!   says nothing looks exactly like a prefix where nothing changes, so every
+//!   [`CHECK_EVERY`] a cheap read must come back within the call timeout; one that does not
+//!   marks discovery stale and starts again;
+//! * a malformed key or value (one that is not UTF-8, not JSON, not an address): one log line
+//!   and a count in `etcd_skipped_total`, and the others are used.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::etcd::{Etcd, Event, Watched};
+use crate::etcd::{Etcd, Event, Header, Watched};
 use crate::registry::{self, Registry};
+
+/// How often a watch that is open must prove etcd still answers.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The first wait before trying etcd again; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -34,20 +45,20 @@ pub struct Source {
     pub prefix: String,
 }
 
-/// Lists the prefix once, for the first plan: `true` when it could. A balancer whose etcd
-/// answers starts with its backends; one whose etcd does not starts without them and lets
-/// [`follow`] catch up.
-pub async fn load(source: &Source, registry: &Registry) -> Option<i64> {
+/// Lists the prefix once, for the first plan: the store's header when it could. A balancer
+/// whose etcd answers starts with its backends; one whose etcd does not starts without them
+/// and lets [`follow`] catch up.
+pub async fn load(source: &Source, registry: &Registry) -> Option<Header> {
     match source.etcd.range(&source.prefix).await {
-        Ok((revision, kvs)) => {
-            registry.etcd_replace(parse_all(source, kvs));
+        Ok((header, kvs)) => {
+            registry.etcd_replace(parse_all(source, registry, kvs));
             tracing::info!(
                 "etcd {}: {} backends under {}",
                 source.etcd.endpoints(),
                 registry.etcd_len(),
                 source.prefix
             );
-            Some(revision)
+            Some(header)
         }
         Err(e) => {
             registry.set_etcd_stale(true);
@@ -61,16 +72,25 @@ pub async fn load(source: &Source, registry: &Registry) -> Option<i64> {
 }
 
 /// Keeps `registry`'s etcd backends in step with the prefix, for the life of the process.
-/// `revision` is what [`load`] read, if it could.
-pub async fn follow(source: Arc<Source>, registry: Arc<Registry>, mut revision: Option<i64>) {
+/// `listed` is what [`load`] read, if it could.
+pub async fn follow(source: Arc<Source>, registry: Arc<Registry>, mut listed: Option<Header>) {
     let mut backoff = MIN_BACKOFF;
+    // The newest header seen, from whichever store: what a replaced store is told apart by.
+    let mut seen = listed.clone();
     loop {
-        let from = match revision {
-            Some(r) => r,
+        let header = match listed.take() {
+            Some(header) => header,
             None => match source.etcd.range(&source.prefix).await {
-                Ok((r, kvs)) => {
-                    registry.etcd_replace(parse_all(&source, kvs));
-                    r
+                Ok((header, kvs)) => {
+                    if let Some(why) = seen.as_ref().and_then(|s| header.replaces(s)) {
+                        tracing::warn!(
+                            "etcd {}: the store was replaced ({why}): its listing replaces every \
+                             backend it gave before",
+                            source.etcd.endpoints()
+                        );
+                    }
+                    registry.etcd_replace(parse_all(&source, &registry, kvs));
+                    header
                 }
                 Err(e) => {
                     lost(&registry, &source, &e.to_string());
@@ -80,8 +100,8 @@ pub async fn follow(source: Arc<Source>, registry: Arc<Registry>, mut revision: 
                 }
             },
         };
-        revision = Some(from);
-        let mut watch = match source.etcd.watch(&source.prefix, from + 1).await {
+        seen = Some(header.clone());
+        let mut watch = match source.etcd.watch(&source.prefix, header.revision + 1).await {
             Ok(watch) => watch,
             Err(e) => {
                 lost(&registry, &source, &e.to_string());
@@ -92,38 +112,67 @@ pub async fn follow(source: Arc<Source>, registry: Arc<Registry>, mut revision: 
         };
         if registry.etcd_stale() {
             tracing::info!(
-                "etcd {} reached again: watching {} from revision {}",
+                "etcd {} reached again: {} backends under {}, watching from revision {}",
                 source.etcd.endpoints(),
+                registry.etcd_len(),
                 source.prefix,
-                from + 1
+                header.revision + 1
             );
         }
         registry.set_etcd_stale(false);
         backoff = MIN_BACKOFF;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.reset();
+        // Whatever ends this loop, the next turn lists the prefix again (`listed` is `None`).
         loop {
-            match watch.next().await {
-                Ok(Some(Watched::Events {
-                    revision: r,
-                    events,
-                })) => {
-                    for event in events {
-                        apply(&source, &registry, event);
+            tokio::select! {
+                next = watch.next() => match next {
+                    Ok(Some(Watched::Events { revision, events })) => {
+                        for event in events {
+                            apply(&source, &registry, event);
+                        }
+                        if let Some(seen) = &mut seen {
+                            seen.revision = seen.revision.max(revision);
+                        }
                     }
-                    revision = Some(r);
-                }
-                Ok(Some(Watched::Compacted)) => {
-                    tracing::warn!("etcd compacted the revisions being watched: listing again");
-                    revision = None;
-                    break;
-                }
-                Ok(None) => {
-                    lost(&registry, &source, "the watch ended");
-                    break;
-                }
-                Err(e) => {
-                    lost(&registry, &source, &e.to_string());
-                    break;
-                }
+                    Ok(Some(Watched::Compacted)) => {
+                        tracing::warn!("etcd compacted the revisions being watched: listing again");
+                        break;
+                    }
+                    Ok(None) => {
+                        lost(&registry, &source, "the watch ended");
+                        break;
+                    }
+                    Err(e) => {
+                        lost(&registry, &source, &e.to_string());
+                        break;
+                    }
+                },
+                _ = check.tick() => match source.etcd.probe(&source.prefix, &watch).await {
+                    Ok(now) => {
+                        let replaced = seen.as_ref().and_then(|s| now.replaces(s));
+                        if let Some(why) = replaced {
+                            // Still connected, so no outage to report: just start again.
+                            tracing::warn!(
+                                "etcd {}: the store was replaced ({why}): listing again",
+                                source.etcd.endpoints()
+                            );
+                            break;
+                        }
+                        if let Some(seen) = &mut seen {
+                            seen.revision = seen.revision.max(now.revision);
+                        }
+                    }
+                    Err(e) => {
+                        lost(
+                            &registry,
+                            &source,
+                            &format!("the watch is open but etcd did not answer a check: {e}"),
+                        );
+                        break;
+                    }
+                },
             }
         }
     }
@@ -144,20 +193,22 @@ fn lost(registry: &Registry, source: &Source, why: &str) {
 fn apply(source: &Source, registry: &Registry, event: Event) {
     match event {
         Event::Put { key, value } => {
-            let Some(name) = name_of(source, &key) else {
+            let Some(name) = name_of(source, registry, &key) else {
                 return;
             };
             match registry::parse_backend(name, &value) {
                 Ok(spec) => registry.etcd_set(name, Some(spec)),
                 Err(why) => {
-                    tracing::warn!("etcd key {key} skipped: {why}");
+                    skipped(registry, &key, &why);
                     // A key that turned bad takes its old backend out.
                     registry.etcd_set(name, None);
                 }
             }
         }
         Event::Delete { key } => {
-            if let Some(name) = name_of(source, &key) {
+            // A key that is not UTF-8 never became a backend: nothing to remove, nothing to log.
+            let name = std::str::from_utf8(&key).ok();
+            if let Some(name) = name.and_then(|key| name_in(source, key)) {
                 registry.etcd_set(name, None);
             }
         }
@@ -167,26 +218,45 @@ fn apply(source: &Source, registry: &Registry, event: Event) {
 /// Every well-formed key, by name; each malformed one is one log line.
 fn parse_all(
     source: &Source,
-    kvs: Vec<(String, Vec<u8>)>,
+    registry: &Registry,
+    kvs: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> BTreeMap<String, crate::backend::BackendSpec> {
     let mut found = BTreeMap::new();
     for (key, value) in kvs {
-        let Some(name) = name_of(source, &key) else {
+        let Some(name) = name_of(source, registry, &key) else {
             continue;
         };
         match registry::parse_backend(name, &value) {
             Ok(spec) => {
                 found.insert(name.to_owned(), spec);
             }
-            Err(why) => tracing::warn!("etcd key {key} skipped: {why}"),
+            Err(why) => skipped(registry, &key, &why),
         }
     }
     found
 }
 
+/// One log line and one count for a key we cannot use. The key is escaped: anyone who can
+/// write under the prefix must not be able to forge log lines with a CR or LF in a key.
+fn skipped(registry: &Registry, key: &[u8], why: &str) {
+    tracing::warn!("etcd key {} skipped: {why}", key.escape_ascii());
+    registry.count_etcd_skipped();
+}
+
 /// The backend's name: the key's last segment, directly under the prefix (deeper keys are
-/// someone else's).
-fn name_of<'k>(source: &Source, key: &'k str) -> Option<&'k str> {
+/// someone else's). A key under the prefix that is not UTF-8 cannot name a backend: skipped
+/// (its delete needs nothing either, as it never became one).
+fn name_of<'k>(source: &Source, registry: &Registry, key: &'k [u8]) -> Option<&'k str> {
+    match std::str::from_utf8(key) {
+        Ok(key) => name_in(source, key),
+        Err(_) => {
+            skipped(registry, key, "a key that is not UTF-8");
+            None
+        }
+    }
+}
+
+fn name_in<'k>(source: &Source, key: &'k str) -> Option<&'k str> {
     let rest = key.strip_prefix(&source.prefix)?;
     match rest.contains('/') || rest.is_empty() {
         true => None,

@@ -37,11 +37,45 @@ pub struct Etcd {
     preferred: AtomicUsize,
 }
 
-/// One change under a watched prefix.
+/// One change under a watched prefix. Keys are bytes, as etcd stores them: one that is not
+/// UTF-8 is the caller's to skip, never a reason to fail the whole listing or watch (a single
+/// such key used to stop discovery for good).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// What every etcd answer says about the store it came from: its revision, and the cluster's
+/// id. A revision lower than one already seen, or another id, means the store was replaced
+/// (data lost, a new cluster on the same address): nothing learnt from the old one holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub revision: i64,
+    /// A u64 the gateway writes as a string; kept as text, it is only compared.
+    pub cluster_id: String,
+}
+
+impl Header {
+    /// Why `self`, read now, cannot come from the store `earlier` was read from; `None` when
+    /// it can.
+    pub fn replaces(&self, earlier: &Header) -> Option<String> {
+        if !earlier.cluster_id.is_empty()
+            && !self.cluster_id.is_empty()
+            && self.cluster_id != earlier.cluster_id
+        {
+            return Some(format!(
+                "its cluster id changed from {} to {}",
+                earlier.cluster_id, self.cluster_id
+            ));
+        }
+        (self.revision < earlier.revision).then(|| {
+            format!(
+                "its revision went back from {} to {}",
+                earlier.revision, self.revision
+            )
+        })
+    }
 }
 
 /// What a watch delivers: changes, and the revision they bring the prefix to.
@@ -80,17 +114,34 @@ impl Etcd {
             .join(", ")
     }
 
-    /// Every key under `prefix` and its value, with the store's revision they were read at.
-    pub async fn range(&self, prefix: &str) -> io::Result<(i64, Vec<(String, Vec<u8>)>)> {
+    /// Every key under `prefix` and its value, with the header of the store they were read
+    /// from.
+    pub async fn range(&self, prefix: &str) -> io::Result<(Header, Vec<(Vec<u8>, Vec<u8>)>)> {
         let body =
             json!({ "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix)) });
         let answer = self.call("/v3/kv/range", body).await?;
-        let revision = revision(&answer)?;
         let mut kvs = Vec::new();
         for kv in answer["kvs"].as_array().into_iter().flatten() {
-            kvs.push((text(&kv["key"])?, bytes(&kv["value"])?));
+            kvs.push((bytes(&kv["key"])?, bytes(&kv["value"])?));
         }
-        Ok((revision, kvs))
+        Ok((header(&answer)?, kvs))
+    }
+
+    /// The store's header, from the cheapest read there is (a count of the keys under
+    /// `prefix`), asked of the endpoint `watch` is open on and no other: proof that this
+    /// endpoint answers now (another one answering would prove nothing about the watch), and
+    /// of which store it is.
+    pub async fn probe(&self, prefix: &str, watch: &Watch) -> io::Result<Header> {
+        let body = json!({
+            "key": B64.encode(prefix),
+            "range_end": B64.encode(prefix_end(prefix)),
+            "count_only": true,
+        });
+        header(
+            &self
+                .call_on(Some(watch.endpoint), "/v3/kv/range", body)
+                .await?,
+        )
     }
 
     /// Puts `key` = `value`, attached to `lease` (0: none).
@@ -141,7 +192,7 @@ impl Etcd {
             "range_end": B64.encode(prefix_end(prefix)),
             "start_revision": revision.to_string(),
         }});
-        let (status, body) = self.send("/v3/watch", body).await?;
+        let (endpoint, status, body) = self.send(None, "/v3/watch", body).await?;
         if status != StatusCode::OK {
             return Err(io::Error::other(format!(
                 "etcd answered the watch with {status}"
@@ -150,12 +201,18 @@ impl Etcd {
         Ok(Watch {
             body,
             buffered: BytesMut::new(),
+            endpoint,
         })
     }
 
     /// A unary call: the answer, parsed.
     async fn call(&self, path: &str, body: Value) -> io::Result<Value> {
-        let (status, mut body) = self.send(path, body).await?;
+        self.call_on(None, path, body).await
+    }
+
+    /// A unary call to endpoint `only`, or to any (see [`Etcd::send`]).
+    async fn call_on(&self, only: Option<usize>, path: &str, body: Value) -> io::Result<Value> {
+        let (_, status, mut body) = self.send(only, path, body).await?;
         let read = async {
             let mut all = BytesMut::new();
             while let Some(chunk) = next_chunk(&mut body).await? {
@@ -185,20 +242,31 @@ impl Etcd {
         Ok(answer)
     }
 
-    /// Sends `body` to `path` on the preferred endpoint, failing over to the others; the
-    /// status and the body to read. Each endpoint has [`CALL_TIMEOUT`] to answer with a head
-    /// (a watch's body then lasts as long as it runs).
-    async fn send(&self, path: &str, body: Value) -> io::Result<(StatusCode, Incoming)> {
-        let first = self.preferred.load(Ordering::Relaxed);
+    /// Sends `body` to `path` on the preferred endpoint, failing over to the others (or on
+    /// endpoint `only`, by its index, and no other); which endpoint answered, the status, and
+    /// the body to read. Each endpoint has [`CALL_TIMEOUT`] to answer with a head (a watch's
+    /// body then lasts as long as it runs).
+    async fn send(
+        &self,
+        only: Option<usize>,
+        path: &str,
+        body: Value,
+    ) -> io::Result<(usize, StatusCode, Incoming)> {
+        let first = only.unwrap_or_else(|| self.preferred.load(Ordering::Relaxed));
+        let tries = if only.is_some() {
+            1
+        } else {
+            self.endpoints.len()
+        };
         let mut last = io::Error::other("no endpoint");
-        for k in 0..self.endpoints.len() {
+        for k in 0..tries {
             let i = (first + k) % self.endpoints.len();
             let endpoint = &self.endpoints[i];
             let attempt = tokio::time::timeout(CALL_TIMEOUT, request(endpoint, path, &body)).await;
             match attempt {
-                Ok(Ok(answer)) => {
+                Ok(Ok((status, body))) => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(answer);
+                    return Ok((i, status, body));
                 }
                 Ok(Err(e)) => last = io::Error::new(e.kind(), format!("http://{endpoint}: {e}")),
                 Err(_) => {
@@ -217,6 +285,7 @@ impl Etcd {
 pub struct Watch {
     body: Incoming,
     buffered: BytesMut,
+    endpoint: usize,
 }
 
 impl Watch {
@@ -270,7 +339,7 @@ fn parse_watch(value: &Value) -> io::Result<Option<Watched>> {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         let kv = &event["kv"];
-        let key = text(&kv["key"])?;
+        let key = bytes(&kv["key"])?;
         // PUT is the enum's default, so the JSON leaves it out.
         out.push(match event["type"].as_str() {
             Some("DELETE") => Event::Delete { key },
@@ -327,6 +396,17 @@ fn revision(value: &Value) -> io::Result<i64> {
     number(&value["header"]["revision"])
 }
 
+fn header(value: &Value) -> io::Result<Header> {
+    Ok(Header {
+        revision: revision(value)?,
+        cluster_id: match &value["header"]["cluster_id"] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        },
+    })
+}
+
 /// A 64-bit number as the gateway writes it: a string (or, for small ones, a number).
 fn number(value: &Value) -> io::Result<i64> {
     match value {
@@ -350,11 +430,6 @@ fn bytes(value: &Value) -> io::Result<Vec<u8>> {
             .decode(s)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("etcd: {e}"))),
     }
-}
-
-fn text(value: &Value) -> io::Result<String> {
-    String::from_utf8(bytes(value)?)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "etcd: a key that is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -387,11 +462,11 @@ mod tests {
                     events,
                     [
                         Event::Put {
-                            key: "/lb/a".into(),
+                            key: b"/lb/a".to_vec(),
                             value: b"x".to_vec()
                         },
                         Event::Delete {
-                            key: "/lb/a".into()
+                            key: b"/lb/a".to_vec()
                         }
                     ]
                 );
@@ -409,6 +484,39 @@ mod tests {
         let bad: Value =
             serde_json::from_str(r#"{"result":{"header":{"revision":"x"},"events":[]}}"#).unwrap();
         assert!(parse_watch(&bad).is_err());
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_is_an_event_like_any_other() {
+        // "L2xiL//+" is `/lb/` followed by the bytes ff fe.
+        let events: Value = serde_json::from_str(
+            r#"{"result":{"header":{"revision":"4"},"events":[{"kv":{"key":"L2xiL//+","value":"eA=="}}]}}"#,
+        )
+        .unwrap();
+        match parse_watch(&events).unwrap() {
+            Some(Watched::Events { events, .. }) => assert_eq!(
+                events,
+                [Event::Put {
+                    key: b"/lb/\xff\xfe".to_vec(),
+                    value: b"x".to_vec()
+                }]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_store_is_replaced_when_its_revision_goes_back_or_its_id_changes() {
+        let at = |revision, id: &str| Header {
+            revision,
+            cluster_id: id.to_owned(),
+        };
+        assert_eq!(at(30, "7").replaces(&at(27, "7")), None);
+        assert_eq!(at(27, "7").replaces(&at(27, "7")), None);
+        assert!(at(3, "7").replaces(&at(27, "7")).is_some());
+        assert!(at(30, "8").replaces(&at(27, "7")).is_some());
+        // An answer without an id (an old gateway) is judged by its revision alone.
+        assert_eq!(at(30, "").replaces(&at(27, "7")), None);
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub struct Registry {
     etcd_on: std::sync::atomic::AtomicBool,
     /// etcd cannot be reached: the etcd backends are the last ones known.
     etcd_stale: std::sync::atomic::AtomicBool,
+    /// Keys or values under the prefix that could not be used (chapter 15).
+    etcd_skipped: std::sync::atomic::AtomicU64,
     changed: tokio::sync::Notify,
     counters: Counters,
 }
@@ -171,6 +173,7 @@ impl Registry {
             etcd: Mutex::new(BTreeMap::new()),
             etcd_on: std::sync::atomic::AtomicBool::new(false),
             etcd_stale: std::sync::atomic::AtomicBool::new(false),
+            etcd_skipped: std::sync::atomic::AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
         }
@@ -243,6 +246,12 @@ impl Registry {
 
     pub fn etcd_stale(&self) -> bool {
         self.etcd_stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one etcd key or value skipped because it could not be used.
+    pub fn count_etcd_skipped(&self) {
+        self.etcd_skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where the backend named `name` came from: `registered`, `etcd`, or `None` (the config).
@@ -467,6 +476,18 @@ impl Registry {
                 "1 while etcd cannot be reached and the last known backends are served.",
             )
             .sample(&name, &[], u8::from(self.etcd_stale()));
+            let name = format!("{prefix}_etcd_skipped_total");
+            e.metric(
+                &name,
+                "counter",
+                "etcd keys or values skipped because they could not be used (not UTF-8, not \
+                 JSON, not an address); each is also one log line.",
+            )
+            .sample(
+                &name,
+                &[],
+                self.etcd_skipped.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
         let name = format!("{prefix}_registrations_total");
         e.metric(

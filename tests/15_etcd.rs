@@ -116,11 +116,48 @@ impl Etcd {
         }
     }
 
+    /// Sends it a signal by PID (`STOP` freezes it with every connection left open: a
+    /// partition, as a client sees one).
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    /// Stops it, loses its data, and starts a fresh store on the same address: revisions
+    /// start again from 1.
+    fn replace(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+        self.run();
+    }
+
+    /// The store's revision now.
+    fn revision(&self) -> u64 {
+        let text = post(
+            self.client,
+            "/v3/kv/range",
+            &format!(r#"{{"key":"{}","count_only":true}}"#, B64.encode("/")),
+        )
+        .expect("etcd range");
+        let at = text.find(r#""revision":""#).expect("a revision") + 12;
+        text[at..].split('"').next().unwrap().parse().unwrap()
+    }
+
     fn url(&self) -> String {
         format!("http://{}", self.client)
     }
 
     fn put(&self, key: &str, value: &str) {
+        self.put_bytes(key.as_bytes(), value);
+    }
+
+    /// A put whose key may be any bytes, as etcd allows.
+    fn put_bytes(&self, key: &[u8], value: &str) {
         let body = format!(
             r#"{{"key":"{}","value":"{}"}}"#,
             B64.encode(key),
@@ -401,6 +438,120 @@ fn bad_keys_are_skipped_and_a_thousand_load() {
         metric(lb.addrs[1], "tcplb_etcd_backends") == Some(999)
     });
     lb.wait_stderr("etcd key /lb/many/b1 skipped", 1);
+}
+
+/// A key under the prefix that is not UTF-8 is skipped with one escaped log line and a
+/// count; it neither stops the watch of a running balancer nor the listing of one that
+/// starts while it exists (issue 27, item 1: it used to stop discovery for good).
+#[test]
+fn a_key_that_is_not_utf8_stops_nothing() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let prefix = "/lb/bytes/";
+    let (_dummies, _) = common::dummies(2);
+    let address = |i: usize| format!(r#"{{"address": "{}"}}"#, _dummies.addrs[i]);
+    etcd.put(&format!("{prefix}s1"), &address(0));
+    let running = balancer(bin!("tcp-lb"), &etcd, prefix);
+    assert_eq!(served_by(running.addr()).as_deref(), Some("server1"));
+
+    let mut bad = prefix.as_bytes().to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    etcd.put_bytes(&bad, &address(0));
+    etcd.put(&format!("{prefix}s2"), &address(1));
+    eventually("the watch goes on past the bad key", PATIENCE, || {
+        metric(running.addrs[1], "tcplb_etcd_backends") == Some(2)
+    });
+    running.wait_stderr(
+        r"etcd key /lb/bytes/\xff\xfe skipped: a key that is not UTF-8",
+        1,
+    );
+    assert_eq!(
+        metric(running.addrs[1], "tcplb_etcd_skipped_total"),
+        Some(1)
+    );
+    assert_eq!(metric(running.addrs[1], "tcplb_etcd_stale"), Some(0));
+
+    let started = balancer(bin!("tcp-lb"), &etcd, prefix);
+    assert_eq!(metric(started.addrs[1], "tcplb_etcd_backends"), Some(2));
+    assert_eq!(
+        metric(started.addrs[1], "tcplb_etcd_skipped_total"),
+        Some(1)
+    );
+    let seen: std::collections::HashSet<String> =
+        (0..10).filter_map(|_| served_by(started.addr())).collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// etcd replaced by a fresh store on the same address (its data lost, revisions restarting
+/// at 1): the balancer lists it again from scratch, drops what only the old store had, and
+/// follows the new one (issue 27, item 2: it used to wait for its old revision forever).
+#[test]
+fn a_replaced_store_is_listed_again() {
+    if !have_etcd() {
+        return;
+    }
+    let mut etcd = Etcd::start();
+    let prefix = "/lb/replaced/";
+    let (dummies, _) = common::dummies(2);
+    let address = |i: usize| format!(r#"{{"address": "{}"}}"#, dummies.addrs[i]);
+    // Revisions well past where the fresh store will be when it is watched.
+    for i in 0..30 {
+        etcd.put(&format!("/elsewhere/{i}"), "x");
+    }
+    etcd.put(&format!("{prefix}s1"), &address(0));
+    let lb = balancer(bin!("tcp-lb"), &etcd, prefix);
+    assert_eq!(served_by(lb.addr()).as_deref(), Some("server1"));
+    let old = etcd.revision();
+
+    etcd.replace();
+    assert!(etcd.revision() < old, "the fresh store starts again");
+    etcd.put(&format!("{prefix}s6"), &address(1));
+    eventually("only the new store's server", PATIENCE, || {
+        served_by(lb.addr()).as_deref() == Some("server2")
+            && metric(lb.addrs[1], "tcplb_etcd_backends") == Some(1)
+    });
+    lb.wait_stderr("the store was replaced (its revision went back", 1);
+    assert_eq!(metric(lb.addrs[1], "tcplb_etcd_stale"), Some(0));
+    etcd.put(&format!("{prefix}s7"), &address(0));
+    eventually("and then its changes", PATIENCE, || {
+        metric(lb.addrs[1], "tcplb_etcd_backends") == Some(2)
+    });
+}
+
+/// A watch that stays open but says nothing (etcd frozen with SIGSTOP: every connection
+/// open, nothing answered, as in a partition) is found out and reported stale, while the
+/// last set keeps serving; once etcd answers again, discovery resumes (issue 27, item 3).
+#[test]
+fn a_silent_watch_is_found_out() {
+    if !have_etcd() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let prefix = "/lb/silent/";
+    let (dummies, _) = common::dummies(2);
+    let address = |i: usize| format!(r#"{{"address": "{}"}}"#, dummies.addrs[i]);
+    etcd.put(&format!("{prefix}s1"), &address(0));
+    let lb = balancer(bin!("http-lb"), &etcd, prefix);
+    assert_eq!(metric(lb.addrs[1], "httplb_etcd_backends"), Some(1));
+
+    etcd.signal("STOP");
+    eventually("stale", PATIENCE, || {
+        metric(lb.addrs[1], "httplb_etcd_stale") == Some(1)
+    });
+    lb.wait_stderr("the watch is open but etcd did not answer a check", 1);
+    assert!(common::get(lb.addrs[1], "/health").text().contains("stale"));
+    assert_eq!(served_by(lb.addr()).as_deref(), Some("server1"));
+
+    etcd.signal("CONT");
+    eventually("fresh again", PATIENCE, || {
+        metric(lb.addrs[1], "httplb_etcd_stale") == Some(0)
+    });
+    etcd.put(&format!("{prefix}s2"), &address(1));
+    eventually("and watching", PATIENCE, || {
+        metric(lb.addrs[1], "httplb_etcd_backends") == Some(2)
+    });
 }
 
 /// Bad etcd flags are one-line errors.
