@@ -205,7 +205,8 @@ fn site() -> std::path::PathBuf {
     std::fs::write(dir.join("sub/blob.bin"), common::payload(100_000, 16)).unwrap();
     std::fs::write(dir.join("sub/style.css"), "body { color: red }\n").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join("sub/out")).unwrap();
-    std::os::unix::fs::symlink(dir.join("sub/style.css"), dir.join("inside")).unwrap();
+    std::os::unix::fs::symlink("sub/style.css", dir.join("inside")).unwrap();
+    std::os::unix::fs::symlink(dir.join("sub/style.css"), dir.join("absolute")).unwrap();
     dir
 }
 
@@ -302,7 +303,8 @@ fn a_static_folder_is_served_with_validators_and_ranges() {
 }
 
 /// No path leaves the folder: `..` (plain or percent-encoded), a link pointing out, a NUL
-/// byte; a link that stays inside is fine.
+/// byte; a relative link that stays inside is fine; an absolute one is refused even when it
+/// points inside (the kernel's `RESOLVE_BENEATH` cannot follow it without leaving).
 #[test]
 fn no_path_escapes_the_static_folder() {
     let dir = site();
@@ -329,6 +331,7 @@ fn no_path_escapes_the_static_folder() {
         get(lb.addr(), "/assets/inside", &[]).text(),
         "body { color: red }\n"
     );
+    assert_eq!(get(lb.addr(), "/assets/absolute", &[]).status, 404);
     assert_eq!(get(lb.addr(), "/assets/missing.txt", &[]).status, 404);
     assert_eq!(
         get(lb.addr(), "/assetsX/index.html", &[]).status,
@@ -340,6 +343,43 @@ fn no_path_escapes_the_static_folder() {
             .text()
             .starts_with("server: ")
     );
+}
+
+/// A folder in the middle of a path swapped for a link pointing out, right after the path
+/// was served (so its resolution is remembered): the next request for it is 404, never the
+/// file outside (issue 27, item 5: a remembered check, then an open by path, followed the
+/// link). Big and tiny files alike: one is read from disk per request, one kept in memory.
+#[test]
+fn a_folder_swapped_for_a_link_out_is_not_followed() {
+    let base = common::temp_dir("swap");
+    let (root, outside) = (base.join("root"), base.join("outside"));
+    std::fs::create_dir_all(root.join("mid")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    for (name, len) in [("big", 200_000), ("tiny", 100)] {
+        std::fs::write(root.join("mid").join(name), vec![b'i'; len]).unwrap();
+        std::fs::write(outside.join(name), vec![b'S'; len]).unwrap();
+    }
+    let flag = format!("/s/={}", root.display());
+    let (_dummy, lb) = start(&["--static", &flag]);
+    for name in ["big", "tiny"] {
+        let inside = get(lb.addr(), &format!("/s/mid/{name}"), &[]);
+        assert_eq!(inside.status, 200);
+        assert!(inside.body.iter().all(|&b| b == b'i'));
+    }
+    std::fs::remove_dir_all(root.join("mid")).unwrap();
+    std::os::unix::fs::symlink("../outside", root.join("mid")).unwrap();
+    for name in ["big", "tiny", "big", "tiny"] {
+        let reply = get(lb.addr(), &format!("/s/mid/{name}"), &[]);
+        assert!(
+            !reply.body.contains(&b'S'),
+            "/s/mid/{name} served the file outside ({})",
+            reply.status
+        );
+    }
+    // Never remembered before the swap: refused by the walk itself.
+    std::fs::write(outside.join("new"), "SECRET").unwrap();
+    assert_eq!(get(lb.addr(), "/s/mid/new", &[]).status, 404);
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// `http-lb --cache` over one slow dummy server (`--delay`), with an admin listener.

@@ -10,9 +10,18 @@
 //!
 //! And one thing above all: **no path ever leaves the folder.** The request path is
 //! percent-decoded once; a NUL byte is refused (400); a `..` segment, decoded or not, is
-//! refused (404, as if it were not there); and what the path resolves to, symbolic links
-//! followed, must still be inside the folder (a link pointing out is 404). That is the trap of
-//! this feature: a static route that serves `/etc/passwd` to `GET /static/../../etc/passwd`.
+//! refused (404, as if it were not there); names starting with a dot are not served unless
+//! `--static-dotfiles` says so. That is the trap of this feature: a static route that serves
+//! `/etc/passwd` to `GET /static/../../etc/passwd`.
+//!
+//! And the path is never checked first and opened after: a check ("this resolves inside")
+//! followed by an open is a race, since a folder in the middle of the path can be swapped for
+//! a link pointing out between the two (and a remembered check widens the window). Every open
+//! is one `openat2(root, path, RESOLVE_BENEATH)` from a handle on the folder taken at start:
+//! the kernel walks the path and refuses, during that very walk, any step that would leave the
+//! folder (a `..` above it, an absolute link, a relative link pointing out). A relative link
+//! that stays inside (`latest -> v2`) is followed; an absolute one is refused even when it
+//! points inside, since the kernel cannot tell where it would land without leaving.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,8 +37,10 @@ use super::body::{Download, Payload};
 pub struct StaticDir {
     /// Requests whose path starts with it (it starts and ends with `/`).
     pub prefix: String,
-    /// The folder, absolute and with symbolic links resolved: what every file must be under.
+    /// The folder, absolute and with symbolic links resolved, for logs.
     pub root: PathBuf,
+    /// A handle on it, taken at start: every file is opened from it (see the module's header).
+    beneath: std::sync::Arc<Beneath>,
     /// What recent paths resolved to (see [`Known`]), shared by the clones of a config.
     known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, Known>>>,
     /// Whether names starting with a dot are served (`--static-dotfiles`): a site's folder
@@ -63,6 +74,8 @@ impl StaticDir {
         if !root.is_dir() {
             return Err(format!("static folder {} is not a folder", dir.display()));
         }
+        let beneath =
+            Beneath::new(&root).map_err(|e| format!("static folder {}: {e}", dir.display()))?;
         let mut prefix = prefix.to_owned();
         if !prefix.ends_with('/') {
             prefix.push('/');
@@ -70,6 +83,7 @@ impl StaticDir {
         Ok(StaticDir {
             prefix,
             root,
+            beneath: std::sync::Arc::new(beneath),
             known: Default::default(),
             dotfiles: false,
         })
@@ -137,6 +151,7 @@ pub async fn serve(
         Resolved::Folder | Resolved::Nothing => return not_found(),
     };
     let (resolved, len, modified, etag) = (&file.path, file.len, file.modified, &file.etag);
+    let beneath = &dir.beneath;
     let mut response = Response::new(Download::text(""));
     let h = response.headers_mut();
     h.insert(header::ETAG, file.etag_value.clone());
@@ -179,16 +194,17 @@ pub async fn serve(
     // takes it).
     let tiny = file.content.get_or_init(|| {
         (len <= TINY)
-            .then(|| read_small(resolved, 0, len).ok())
+            .then(|| read_small(beneath, resolved, 0, len).ok())
             .flatten()
     });
     let payload = if let Some(content) = tiny {
         let (from, to) = (start as usize, (start + count) as usize);
         Ok(Payload::Full(Some(content.slice(from..to))))
     } else if count <= SMALL {
-        read_small(resolved, start, count).map(|bytes| Payload::Full(Some(bytes)))
+        read_small(beneath, resolved, start, count).map(|bytes| Payload::Full(Some(bytes)))
     } else {
-        open_at(resolved, start).map(|file| Payload::file(tokio::fs::File::from_std(file), count))
+        open_at(beneath, resolved, start)
+            .map(|file| Payload::file(tokio::fs::File::from_std(file), count))
     };
     match payload {
         Ok(payload) => {
@@ -198,6 +214,8 @@ pub async fn serve(
             *full.headers_mut() = headers;
             full
         }
+        // Gone, or moved out of reach, since its resolution was remembered.
+        Err(e) if Beneath::out_of_reach(&e) => not_found(),
         Err(e) => {
             tracing::warn!(file = %resolved.display(), "cannot read: {e}");
             text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n")
@@ -222,7 +240,7 @@ impl StaticDir {
             return k.resolved.clone();
         }
         drop(known);
-        let resolved = resolve(&self.root, relative);
+        let resolved = resolve(&self.beneath, relative);
         known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= KNOWN_MAX {
             known.clear();
@@ -250,6 +268,8 @@ enum Resolved {
 /// A file to serve, with its validators formatted once.
 #[derive(Debug)]
 struct FileInfo {
+    /// Relative to the folder: opened from its handle each time (never a remembered absolute
+    /// path, which a swapped folder would send elsewhere).
     path: PathBuf,
     len: u64,
     modified: SystemTime,
@@ -277,44 +297,120 @@ impl FileInfo {
     }
 }
 
-/// The file `relative` names under `root` (or its folder's `index.html`), symbolic links
-/// resolved, and still under `root`.
+/// The file `relative` names under the folder (or its folder's `index.html`), found by
+/// opening it from the folder's handle (see [`Beneath`]).
 ///
 /// On the serving thread, as nginx does without `aio`: the folder's metadata and small files
 /// are in the page cache, and these calls take microseconds, where handing each to tokio's
 /// blocking pool costs a thread switch and tens of microseconds. A folder on a disk that can
 /// stall is better served by a backend.
-fn resolve(root: &Path, relative: &Path) -> Resolved {
-    let Ok(resolved) = std::fs::canonicalize(root.join(relative)) else {
-        return Resolved::Nothing;
-    };
-    if !resolved.starts_with(root) {
-        return Resolved::Nothing;
-    }
-    let Ok(meta) = std::fs::metadata(&resolved) else {
+fn resolve(beneath: &Beneath, relative: &Path) -> Resolved {
+    let Ok(meta) = beneath.open(relative).and_then(|f| f.metadata()) else {
         return Resolved::Nothing;
     };
     if meta.is_file() {
-        return FileInfo::resolved(resolved, &meta);
+        return FileInfo::resolved(relative.to_owned(), &meta);
     }
     if !meta.is_dir() {
         return Resolved::Nothing;
     }
-    match std::fs::canonicalize(resolved.join("index.html")) {
-        Ok(index) if index.starts_with(root) => match std::fs::metadata(&index) {
-            Ok(meta) if meta.is_file() => FileInfo::resolved(index, &meta),
-            _ => Resolved::Folder,
-        },
+    let index = relative.join("index.html");
+    match beneath.open(&index).and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => FileInfo::resolved(index, &meta),
         _ => Resolved::Folder,
     }
 }
 
-fn read_small(path: &Path, start: u64, count: u64) -> io::Result<bytes::Bytes> {
+fn read_small(beneath: &Beneath, path: &Path, start: u64, count: u64) -> io::Result<bytes::Bytes> {
     use std::io::Read as _;
-    let mut file = open_at(path, start)?;
+    let mut file = open_at(beneath, path, start)?;
     let mut buf = vec![0u8; count as usize];
     file.read_exact(&mut buf)?;
     Ok(bytes::Bytes::from(buf))
+}
+
+/// A handle on the served folder, and the one way files under it are opened.
+#[derive(Debug)]
+struct Beneath {
+    root: std::os::fd::OwnedFd,
+    #[cfg(not(target_os = "linux"))]
+    path: PathBuf,
+}
+
+impl Beneath {
+    /// A handle on `root`; on Linux, also proof that this kernel has `openat2` (5.6 and later;
+    /// a container's seccomp profile may refuse it too), so that a folder that cannot be served
+    /// safely is a start-up error, not a 404 per request.
+    fn new(root: &Path) -> io::Result<Beneath> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let beneath = Beneath {
+            root: fd,
+            #[cfg(not(target_os = "linux"))]
+            path: root.to_owned(),
+        };
+        if let Err(e) = beneath.open(Path::new("")) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot be opened beneath itself ({e}): openat2 needs Linux 5.6 or later"),
+            ));
+        }
+        Ok(beneath)
+    }
+
+    /// Opens `relative` for reading, without ever leaving the folder: the kernel refuses, while
+    /// it walks the path, any `..` above the folder and any link pointing out (or absolute),
+    /// so nothing swapped in the meantime can redirect the open. `O_NONBLOCK` so that a FIFO
+    /// in the folder is opened (then refused as not a file) instead of blocking the thread.
+    #[cfg(target_os = "linux")]
+    fn open(&self, relative: &Path) -> io::Result<std::fs::File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let relative = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
+        let fd = rustix::fs::openat2(
+            &self.root,
+            relative,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Without `openat2`: resolved, checked to be under the folder, and opened without
+    /// following a link at its end. A folder in the middle swapped between the check and the
+    /// open is followed: the race the Linux version closes.
+    #[cfg(not(target_os = "linux"))]
+    fn open(&self, relative: &Path) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let resolved = std::fs::canonicalize(self.path.join(relative))?;
+        if !resolved.starts_with(&self.path) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(resolved)
+    }
+
+    /// Whether a failed open means "not there for this request": missing, or reachable only
+    /// by leaving the folder (`EXDEV`), through a loop of links, or through a file where a
+    /// folder was (404, as for a path that never existed).
+    fn out_of_reach(e: &io::Error) -> bool {
+        use rustix::io::Errno;
+        let errno = e.raw_os_error().map(Errno::from_raw_os_error);
+        e.kind() == io::ErrorKind::NotFound
+            || matches!(errno, Some(Errno::XDEV | Errno::LOOP | Errno::NOTDIR))
+    }
 }
 
 /// The path below the prefix as folder segments: `None` for a NUL byte or bad escape (400),
@@ -478,15 +574,10 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// Opens the resolved path without following a link at its end: a file swapped for a link
-/// pointing out, after it was resolved, is refused instead of followed.
-fn open_at(path: &Path, start: u64) -> io::Result<std::fs::File> {
+/// Opens `path` under the folder at byte `start`.
+fn open_at(beneath: &Beneath, path: &Path, start: u64) -> io::Result<std::fs::File> {
     use std::io::Seek as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
+    let mut file = beneath.open(path)?;
     if start > 0 {
         file.seek(io::SeekFrom::Start(start))?;
     }
@@ -538,6 +629,46 @@ mod tests {
         assert_eq!(safe_relative("a%00.txt"), None);
         assert_eq!(safe_relative("a%zz"), None);
         assert_eq!(safe_relative("a%2"), None);
+    }
+
+    /// The open itself refuses what leaves the folder, whatever reached it (the request
+    /// parser refuses `..` first; this is the second wall), and a FIFO does not block.
+    #[test]
+    fn opens_stay_beneath_the_folder() {
+        let base = std::env::temp_dir().join(format!("lb-beneath-{}", std::process::id()));
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(base.join("secret"), "x").unwrap();
+        std::fs::write(root.join("sub/f"), "f").unwrap();
+        std::os::unix::fs::symlink("../secret", root.join("out")).unwrap();
+        std::os::unix::fs::symlink("sub/f", root.join("in")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(root.join("fifo"))
+            .status();
+        let beneath = Beneath::new(&root).unwrap();
+        for (path, served) in [
+            ("sub/f", true),
+            ("in", true),
+            ("sub/../sub/f", true),
+            ("../secret", false),
+            ("out", false),
+            ("sub/../../secret", false),
+            (base.join("secret").to_str().unwrap(), false),
+        ] {
+            let opened = beneath.open(Path::new(path));
+            assert_eq!(opened.is_ok(), served, "{path}");
+            if let Err(e) = opened {
+                assert!(Beneath::out_of_reach(&e), "{path}: {e}");
+            }
+        }
+        assert!(matches!(resolve(&beneath, Path::new("")), Resolved::Folder));
+        if fifo.is_ok_and(|s| s.success()) {
+            assert!(matches!(
+                resolve(&beneath, Path::new("fifo")),
+                Resolved::Nothing
+            ));
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
