@@ -59,8 +59,49 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
+/// The environment variable that makes a process stop when its standard input closes (see
+/// [`shutdown_signal`]).
+pub const STOP_ON_STDIN_EOF: &str = "LB_STOP_ON_STDIN_EOF";
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM; and, with
+/// `LB_STOP_ON_STDIN_EOF=1` in the environment, when standard input closes.
+///
+/// That last one is how a parent makes its children stop when it dies, however it dies
+/// (chapter 13's `ssl-farm`): it gives each child a pipe as standard input and keeps the
+/// writing end; when the parent exits, even by SIGKILL, the kernel closes that end and the
+/// child reads end-of-file. The usual alternative, `prctl(PR_SET_PDEATHSIG)`, needs `unsafe`
+/// code between fork and exec, and fires when the *thread* that forked the child exits, not
+/// the process: with a thread pool that can retire threads, a child can be told its parent
+/// died while it is alive. A pipe has neither problem, and the child drains (as on SIGTERM)
+/// instead of being killed. Only the first call watches standard input: the second (which
+/// turns a drain into an immediate stop) must not fire on the same end-of-file.
 pub async fn shutdown_signal() {
+    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let stdin_closed = async {
+        let wanted = std::env::var_os(STOP_ON_STDIN_EOF).is_some_and(|v| v == "1");
+        if !wanted || WATCHING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return std::future::pending::<()>().await;
+        }
+        let (closed, is_closed) = tokio::sync::oneshot::channel();
+        // A thread of its own, not tokio's blocking pool: a runtime waits for its blocking
+        // tasks when it is dropped, and this read lasts as long as the parent lives.
+        let spawned = std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                use std::io::Read as _;
+                let mut buf = [0u8; 512];
+                let mut stdin = std::io::stdin().lock();
+                // Whatever the parent writes is ignored; only the end counts.
+                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = closed.send(());
+            });
+        match spawned {
+            Ok(_) if is_closed.await.is_ok() => {
+                tracing::info!("standard input closed (the process that started us is gone)");
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -81,6 +122,7 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+        () = stdin_closed => {}
     }
     tracing::info!("shutting down");
 }

@@ -411,6 +411,31 @@ fn ctrl_c_leaves_no_process_running() {
     assert_eq!(farm.json()["processes"].as_array().unwrap().len(), 0);
 }
 
+/// `kill -9` of ssl-farm itself: every process it started notices (its standard input, a
+/// pipe only the farm held, reads end-of-file), drains and exits; none is left orphaned
+/// (issue 27, item 14: they all kept running).
+#[test]
+fn kill_9_of_the_farm_leaves_no_orphan() {
+    let farm = Farm::start();
+    let pids: Vec<u32> = farm.json()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 7);
+    // Traffic first, so the children have connections to finish, not just listeners.
+    let (reply, _) = farm.get([127, 0, 0, 9], "/", None);
+    assert_eq!(reply.status, 200);
+    kill(farm.proc.pid(), rustix::process::Signal::KILL);
+    for pid in pids {
+        eventually(&format!("child {pid} exits"), || is_dead(pid));
+    }
+    eventually("no process left in the farm's folder", || {
+        children_in(&farm.dir).into_iter().all(is_dead)
+    });
+}
+
 /// Start-up failures are one `error:` line, and every child already started is stopped: tier
 /// 1's port in use, a binary that is not there, a tier of zero.
 #[test]

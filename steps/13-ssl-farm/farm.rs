@@ -237,7 +237,12 @@ impl Farm {
                 cmd.args(["--listen", &listen.to_string(), "--name", &name]);
             }
         }
-        cmd.stdin(Stdio::null())
+        // Standard input is a pipe whose writing end only this process holds (tokio makes it
+        // close-on-exec, so no other child inherits it): when ssl-farm dies, however it dies,
+        // the kernel closes it and the child, told by LB_STOP_ON_STDIN_EOF to watch for that,
+        // drains and exits (`lb::cli::shutdown_signal`). No orphan outlives the farm.
+        cmd.stdin(Stdio::piped())
+            .env(lb::cli::STOP_ON_STDIN_EOF, "1")
             // Run in the state folder, which names the farm each process belongs to: tests
             // (and `ls -l /proc/*/cwd`) find a farm's processes by it.
             .current_dir(&self.dir)
@@ -280,8 +285,12 @@ impl Farm {
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         let (tell, exited) = watch::channel(None);
         let exits = self.exits.clone();
+        let lifeline = child.stdin.take();
         tokio::spawn(async move {
-            let how = match child.wait().await {
+            let waited = child.wait().await;
+            // Held until the child is gone: dropping it earlier would tell the child to stop.
+            drop(lifeline);
+            let how = match waited {
                 Ok(status) => describe(status),
                 Err(e) => format!("cannot be waited for: {e}"),
             };
