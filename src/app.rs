@@ -511,6 +511,14 @@ impl Setup {
                 step.name
             );
         }
+        if step.production.is_none()
+            && let Some(b) = backends.iter().find(|b| b.spec().retry_unanswered)
+        {
+            anyhow::bail!(
+                "backend {b}: retry-unanswered comes with tcp-lb (chapters 10 and 13), not {}",
+                step.name
+            );
+        }
         let any_tls = backends.iter().any(|b| b.server_name().is_some());
         if any_tls && options.upstream_tls.is_none() {
             options.upstream_tls = Some(if insecure {

@@ -116,7 +116,7 @@ impl fmt::Display for HostPort {
 
 /// A backend as given on the command line: `HOST:PORT` for plain TCP, `tls://HOST:PORT` for a
 /// backend we must speak TLS to (chapter 7), optionally followed by `,weight=N` (chapter 9),
-/// `,check=http` (chapter 8) and `,proxy=v1|v2` (chapter 10):
+/// `,check=http` (chapter 8), `,proxy=v1|v2` (chapter 10) and `,retry-unanswered` (chapter 13):
 /// `tls://10.0.0.5:443,weight=3,check=http`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
@@ -135,6 +135,10 @@ pub struct BackendSpec {
     /// Where clients reach it themselves, for `http-lb --mode assign` (chapter 14):
     /// `https://s1.apps.example`. Default: `http://` (or `https://`) and its address.
     pub url: Option<String>,
+    /// A connection this backend closes or resets before sending a byte goes to another
+    /// backend with the client's bytes (`tcp-lb`, chapter 13; see
+    /// [`relay::until_answered`](crate::relay::until_answered) for when that is safe).
+    pub retry_unanswered: bool,
 }
 
 /// How the active health checker of chapter 8 probes a backend.
@@ -160,6 +164,7 @@ impl BackendSpec {
             proxy: None,
             name: None,
             url: None,
+            retry_unanswered: false,
         }
     }
 
@@ -235,10 +240,11 @@ impl FromStr for BackendSpec {
                     return Err(format!("unknown check `{other}` (use tcp or http)"));
                 }
                 Some(("proxy", version)) => spec.proxy = Some(version.parse()?),
+                None if option == "retry-unanswered" => spec.retry_unanswered = true,
                 _ => {
                     return Err(format!(
-                        "unknown option `{option}` in `{s}` (use weight=N, check=http or \
-                         proxy=v2)"
+                        "unknown option `{option}` in `{s}` (use weight=N, check=http, \
+                         proxy=v2 or retry-unanswered)"
                     ));
                 }
             }

@@ -246,15 +246,17 @@ impl Balancer {
     /// the strategy's order, until one answers. `None` (logged) when none did.
     ///
     /// `origin` (the client's address, the one it dialled, whether it spoke TLS) is for a
-    /// backend that wants a PROXY header.
+    /// backend that wants a PROXY header. Backends in `tried` are left out, and each one that
+    /// fails is added; the index of the one that answered is returned (a second call after it
+    /// closed without answering, `retry-unanswered` in chapter 13, adds it to `tried` first).
     pub(crate) async fn connect_upstream(
         &self,
         client: SocketAddr,
         origin: Option<Origin>,
-    ) -> Option<(&Backend, Conn, ActiveGuard<'_>, &BackendCounters)> {
-        let mut tried = Vec::new();
+        tried: &mut Vec<usize>,
+    ) -> Option<(usize, Conn, ActiveGuard<'_>)> {
         loop {
-            let Some(i) = self.pick(client.ip(), &tried) else {
+            let Some(i) = self.pick(client.ip(), tried) else {
                 if tried.is_empty() {
                     tracing::warn!(client = %client, "no backend is up: closing the connection");
                 } else {
@@ -268,9 +270,8 @@ impl Balancer {
             let active = self.count_active(i);
             match self.dial_reporting(i, origin).await {
                 Ok(upstream) => {
-                    let state = &self.states[i];
-                    metrics::inc(&state.counters.connections);
-                    return Some((&self.backends[i], upstream, active, &state.counters));
+                    metrics::inc(&self.states[i].counters.connections);
+                    return Some((i, upstream, active));
                 }
                 Err(e) => {
                     tracing::warn!(client = %client, backend = %self.backends[i], "cannot reach backend: {e}");

@@ -242,6 +242,9 @@ pub struct BackendEntry {
     pub name: Option<String>,
     /// Where clients reach it themselves, for `http-lb --mode assign` (chapter 14).
     pub url: Option<String>,
+    /// Give a connection it closes unanswered to another backend (`tcp-lb`, chapter 13).
+    #[serde(default)]
+    pub retry_unanswered: bool,
 }
 
 /// A `weight`, checked while parsing so that an error points at the offending line.
@@ -272,6 +275,7 @@ impl BackendEntry {
             proxy: self.proxy_protocol,
             name: self.name.clone(),
             url: self.url.clone(),
+            retry_unanswered: self.retry_unanswered,
         }
     }
 }
@@ -298,6 +302,10 @@ impl Config {
             (
                 "proxy-protocol",
                 self.backends.iter().any(|b| b.proxy_protocol.is_some()),
+            ),
+            (
+                "retry-unanswered",
+                self.backends.iter().any(|b| b.retry_unanswered),
             ),
         ]
         .into_iter()

@@ -29,6 +29,8 @@ pub struct Counters {
     pub proxy_header_errors: AtomicU64,
     /// Clients closed because no backend could be reached.
     pub no_backend: AtomicU64,
+    /// Connections a `retry-unanswered` backend closed before answering, given to another.
+    pub unanswered_retries: AtomicU64,
     /// Connection pairs closed because both directions were quiet for `idle-timeout`.
     pub idle_timeouts: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -69,6 +71,10 @@ pub struct BackendCounters {
 
 pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 pub fn get(counter: &AtomicU64) -> u64 {

@@ -98,6 +98,153 @@ where
     tally.relayed(end)
 }
 
+/// The most client bytes kept while waiting for a backend's first answer (see
+/// [`until_answered`]): a TLS ClientHello is one record, at most 16 KiB, and rarely over 2.
+/// A client that sends more before any answer is past what a retry can be for.
+pub const MAX_KEPT: usize = 64 * 1024;
+
+/// How the wait for a backend's first byte ended.
+#[derive(Debug)]
+pub enum FirstAnswer {
+    /// The backend answered (its first bytes are already at the client), or the client sent
+    /// more than [`MAX_KEPT`]: relay as usual from here, no retry.
+    Relay,
+    /// The backend closed or reset the connection before sending a single byte: what the
+    /// client sent, kept, may go to another backend.
+    Unanswered(io::Error),
+    /// The connection is over (the client failed, or nothing moved for the idle timeout).
+    Ended(End),
+}
+
+/// What the client sent before any backend answered: its bytes, and whether it has ended its
+/// side (a half-close is part of what it said, and goes to the next backend too).
+#[derive(Debug, Default)]
+pub struct Kept {
+    bytes: Vec<u8>,
+    ended: bool,
+}
+
+impl Kept {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && !self.ended
+    }
+
+    /// Says it all again to `backend`, the next one tried.
+    pub async fn replay(&self, backend: &mut Conn) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        backend.write_all(&self.bytes).await?;
+        backend.flush().await?;
+        if self.ended {
+            backend.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Relays until `backend` sends its first byte, keeping a copy of everything the client sent
+/// in `kept`, so that a backend that dies with the client's first bytes in hand (chapter 13:
+/// an offloader killed with a ClientHello in its socket) can be replaced by another, and the
+/// client never knows. `up` and `down` count what moved.
+///
+/// Safe only where a backend that closes without answering has done nothing with what it
+/// received: a TLS handshake (a ClientHello changes nothing), HTTP's idempotent requests. Not
+/// for a protocol whose server acts on a message and closes without a word, so it is a
+/// per-backend option (`retry-unanswered`), off by default.
+pub async fn until_answered(
+    client: &mut Conn,
+    backend: &mut Conn,
+    kept: &mut Kept,
+    idle: Option<Duration>,
+    up: &mut u64,
+    down: &mut u64,
+) -> FirstAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut from_client = vec![0u8; BUFFER_SIZE];
+    let mut from_backend = vec![0u8; BUFFER_SIZE];
+    loop {
+        let quiet = async {
+            match idle {
+                Some(idle) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        let more = async {
+            if kept.ended {
+                // Said all it will say: only the backend is left to wait for.
+                std::future::pending().await
+            } else {
+                client.read(&mut from_client).await
+            }
+        };
+        tokio::select! {
+            read = more => {
+                let n = match read {
+                    Ok(n) => n,
+                    Err(e) => return FirstAnswer::Ended(End::Client(e)),
+                };
+                let sent = async {
+                    if n == 0 {
+                        // A client that half-closes may be waiting for the backend to see its
+                        // end before it answers (HTTP/1.0, `nc -N`): pass it on now.
+                        return backend.shutdown().await;
+                    }
+                    backend.write_all(&from_client[..n]).await?;
+                    backend.flush().await
+                };
+                let sent = sent.await;
+                kept.bytes.extend_from_slice(&from_client[..n]);
+                kept.ended |= n == 0;
+                if let Err(e) = sent {
+                    return FirstAnswer::Unanswered(e);
+                }
+                *up += n as u64;
+                if kept.bytes.len() > MAX_KEPT {
+                    return FirstAnswer::Relay;
+                }
+            }
+            read = backend.read(&mut from_backend) => {
+                let n = match read {
+                    Ok(0) => {
+                        return FirstAnswer::Unanswered(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed before answering",
+                        ));
+                    }
+                    Ok(n) => n,
+                    Err(e) => return FirstAnswer::Unanswered(e),
+                };
+                let sent = async {
+                    client.write_all(&from_backend[..n]).await?;
+                    client.flush().await
+                };
+                return match sent.await {
+                    Ok(()) => {
+                        *down += n as u64;
+                        FirstAnswer::Relay
+                    }
+                    Err(e) => FirstAnswer::Ended(End::Client(e)),
+                };
+            }
+            () = quiet => return FirstAnswer::Ended(End::IdleTimeout),
+        }
+    }
+}
+
+/// A shutdown that finds the socket already closed (`ENOTCONN`) has nothing left to pass on,
+/// and must not end the other direction, which may still be delivering. It happens after
+/// [`until_answered`] passed on a client's half-close itself, and the relay, reading that
+/// end again, passes it on a second time to a backend that has closed since.
+fn already_closed(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
 /// One connection's counts: bytes each way, and when the last byte moved either way.
 struct Tally {
     start: Instant,
@@ -264,7 +411,7 @@ impl Ended {
     async fn pass_on(&self, dst: &mut tokio::net::tcp::WriteHalf<'_>) -> Result<(), Failed> {
         use tokio::io::AsyncWriteExt as _;
         if self.0.fetch_add(1, Ordering::AcqRel) == 0 {
-            dst.shutdown().await.map_err(Failed::Write)?;
+            already_closed(dst.shutdown().await).map_err(Failed::Write)?;
         }
         Ok(())
     }
@@ -488,7 +635,9 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut *this.inner).poll_shutdown(cx);
+        let poll = Pin::new(&mut *this.inner)
+            .poll_shutdown(cx)
+            .map(already_closed);
         this.note(poll)
     }
 }

@@ -41,7 +41,7 @@ use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy::Conn;
 use crate::proxy_protocol::Origin;
-use crate::relay::{self, End};
+use crate::relay::{self, End, FirstAnswer};
 use crate::{net, proxy_protocol, tls};
 
 impl Balancer {
@@ -245,14 +245,60 @@ impl Server {
         // closed, and the descriptor budget behind `max-connections` stays exact.
         let _held = admitted.held;
         let (mut conn, client, origin) = (admitted.conn, admitted.client, admitted.origin);
-        let Some((backend, mut upstream, _active, counters)) =
-            Box::pin(balancer.connect_upstream(client, origin)).await
+        let mut tried = Vec::new();
+        let Some((mut i, mut upstream, mut _active)) =
+            Box::pin(balancer.connect_upstream(client, origin, &mut tried)).await
         else {
             // Returning drops `conn`, which closes it at once: the client sees the connection
             // end rather than waiting on a backend that will never answer.
             metrics::inc(&self.counters.no_backend);
             return Outcome::early(client, "no-backend");
         };
+        // `retry-unanswered` (chapter 13): until the backend's first byte, the client's bytes
+        // are kept, and a backend that closes or resets without a word is replaced by the
+        // next one, which gets them all again. Boxed, like the dial: it lasts a moment.
+        let (mut up, mut down) = (0, 0);
+        if balancer.backends()[i].spec().retry_unanswered {
+            let mut kept = relay::Kept::default();
+            loop {
+                let answered = relay::until_answered(
+                    &mut conn,
+                    &mut upstream,
+                    &mut kept,
+                    balancer.idle_timeout,
+                    &mut up,
+                    &mut down,
+                );
+                let why = match Box::pin(answered).await {
+                    FirstAnswer::Relay => break,
+                    FirstAnswer::Unanswered(why) => why,
+                    FirstAnswer::Ended(end) => {
+                        return self.ended(client, &balancer.backends()[i], up, down, end);
+                    }
+                };
+                metrics::inc(&self.counters.unanswered_retries);
+                tracing::warn!(
+                    client = %client,
+                    backend = %balancer.backends()[i],
+                    "backend closed before answering ({why}): its {} bytes go to another",
+                    kept.len()
+                );
+                tried.push(i);
+                let again = balancer.connect_upstream(client, origin, &mut tried);
+                let Some(next) = Box::pin(again).await else {
+                    metrics::inc(&self.counters.no_backend);
+                    return Outcome::early(client, "no-backend");
+                };
+                (i, upstream, _active) = next;
+                if let Err(e) = kept.replay(&mut upstream).await {
+                    // Dead too: the next turn sees it and moves on.
+                    tracing::debug!("replaying to {}: {e}", balancer.backends()[i]);
+                }
+            }
+        }
+        let (backend, counters) = (&balancer.backends()[i], &balancer.state(i).counters);
+        metrics::add(&counters.bytes_up, up);
+        metrics::add(&counters.bytes_down, down);
         let relayed = relay::relay_conns(
             &mut conn,
             &mut upstream,
@@ -261,8 +307,23 @@ impl Server {
             &counters.bytes_down,
         )
         .await;
-        let end = relayed.end.as_str();
-        let error = match relayed.end {
+        let mut outcome = self.ended(client, backend, relayed.up, relayed.down, relayed.end);
+        outcome.up += up;
+        outcome.down += down;
+        outcome
+    }
+
+    /// The outcome of a connection that reached `backend`, once it ended.
+    fn ended<'a>(
+        &self,
+        client: SocketAddr,
+        backend: &'a Backend,
+        up: u64,
+        down: u64,
+        end: End,
+    ) -> Outcome<'a> {
+        let name = end.as_str();
+        let error = match end {
             End::Client(e) | End::Backend(e) => Some(e),
             End::IdleTimeout => {
                 metrics::inc(&self.counters.idle_timeouts);
@@ -273,9 +334,9 @@ impl Server {
         Outcome {
             client,
             backend: Some(backend),
-            up: relayed.up,
-            down: relayed.down,
-            end,
+            up,
+            down,
+            end: name,
             error,
         }
     }
@@ -448,6 +509,13 @@ impl Server {
             "tcplb_no_backend_total",
             "Clients closed because no backend could be reached.",
             get(&c.no_backend),
+        );
+        counter(
+            &mut e,
+            "tcplb_unanswered_retries_total",
+            "Connections a retry-unanswered backend closed before its first byte, given to \
+             another backend with the client's bytes.",
+            get(&c.unanswered_retries),
         );
         counter(
             &mut e,

@@ -428,6 +428,80 @@ fn accept_proxy_takes_the_client_from_the_header_for_limits_logs_and_backends() 
     assert_eq!(metric(&metrics(&lb), "tcplb_proxy_header_errors_total"), 1);
 }
 
+/// Backends for `retry-unanswered`: one that reads a byte and closes with the rest unread (the
+/// kernel answers with a reset), one that reads what came and closes (a FIN), one that echoes,
+/// one that greets first and closes.
+fn unanswering_backends() -> [String; 4] {
+    let reset = spawn_per_connection(|mut conn| {
+        let _ = conn.read(&mut [0u8; 1]);
+    });
+    let fin = spawn_per_connection(|mut conn| {
+        let _ = conn.read(&mut [0u8; 64]);
+    });
+    let echo = spawn_per_connection(|mut conn| {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let greeter = spawn_per_connection(|mut conn| {
+        let _ = conn.write_all(b"hello");
+    });
+    [reset, fin, echo, greeter].map(|a| a.to_string())
+}
+
+/// What the client of one connection gets back for `ping`: everything until the end.
+fn ping(lb: &Proc) -> Vec<u8> {
+    let mut s = connect(lb.addr());
+    s.write_all(b"ping").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    back
+}
+
+/// `retry-unanswered` (chapter 13, issue 27 item 13): a connection its backend closes or
+/// resets before sending a byte goes to the next backend with the client's bytes, byte-exact;
+/// a backend that said anything is never retried; and without the option, the client sees
+/// the close.
+#[test]
+fn a_backend_that_closes_unanswered_is_retried_only_when_allowed() {
+    let [reset, fin, echo, greeter] = unanswering_backends();
+    let retried = |b: &str| format!("{b},retry-unanswered");
+    let (reset_r, fin_r) = (retried(&reset), retried(&fin));
+    let lb = start(&[
+        "--backend",
+        &reset_r,
+        "--backend",
+        &fin_r,
+        "--backend",
+        &echo,
+    ]);
+    for _ in 0..9 {
+        assert_eq!(ping(&lb), b"ping");
+    }
+    let text = metrics(&lb);
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tcplb_unanswered_retries_total "))
+        .unwrap();
+    assert!(count.parse::<u32>().unwrap() >= 6, "{count}");
+    lb.wait_stderr("backend closed before answering", 6);
+
+    // Said something first: the client gets it, and no retry could be right.
+    let greeted = start(&["--backend", &retried(&greeter), "--backend", &echo]);
+    let answers: Vec<Vec<u8>> = (0..4).map(|_| ping(&greeted)).collect();
+    assert_eq!(answers.iter().filter(|a| a == &b"hello").count(), 2);
+    assert!(metrics(&greeted).contains("tcplb_unanswered_retries_total 0"));
+
+    // Off by default: round robin sends half the clients to the one that closes.
+    let plain = start(&["--backend", &fin, "--backend", &echo]);
+    let answers: Vec<Vec<u8>> = (0..4).map(|_| ping(&plain)).collect();
+    assert_eq!(answers.iter().filter(|a| a.is_empty()).count(), 2);
+}
+
 #[test]
 fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
     for (args, words) in [
@@ -437,6 +511,10 @@ fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
         ),
         (&["--deny", "nope"], &["nope"]),
         (&["--backend", "127.0.0.1:1,proxy=v3"], &["v3"]),
+        (
+            &["--backend", "127.0.0.1:1,retry"],
+            &["retry", "retry-unanswered"],
+        ),
         (&["--queue-timeout", "0"], &["queue-timeout"]),
         (&["--max-connections", "many"], &["max-connections"]),
         (&["--workers", "0"], &["--workers"]),
@@ -465,6 +543,16 @@ fn bad_settings_are_one_line_errors_and_earlier_steps_refuse_chapter_10_keys() {
         bin!("09-strategies"),
         &["--backend", "127.0.0.1:1,proxy=v2"],
         &["proxy=", "10-production"],
+    );
+    assert_one_line_error(
+        bin!("09-strategies"),
+        &["--backend", "127.0.0.1:1,retry-unanswered"],
+        &["retry-unanswered", "tcp-lb"],
+    );
+    assert_one_line_error(
+        bin!("http-lb"),
+        &["--backend", "127.0.0.1:1,retry-unanswered"],
+        &["retry-unanswered", "tcp-lb's"],
     );
     let file = dir.join("limits.toml");
     std::fs::write(&file, "[limits]\nqueue = 0\n").unwrap();

@@ -255,6 +255,20 @@ async fn prepare(
             entry.address
         );
     }
+    let unanswered = config.backends.iter().find(|b| b.retry_unanswered);
+    let unanswered = unanswered.map(|b| b.address.to_string()).or_else(|| {
+        let flags = setup.common.backends.iter();
+        flags
+            .filter(|b| b.retry_unanswered)
+            .map(|b| b.addr.to_string())
+            .next()
+    });
+    if let Some(address) = unanswered {
+        anyhow::bail!(
+            "backend {address}: retry-unanswered is tcp-lb's; http-lb decides retries per \
+             request, from its method (only idempotent ones, RFC 9110 §9.2.2)"
+        );
+    }
     if let Some(b) = setup.common.backends.iter().find(|b| b.proxy.is_some()) {
         anyhow::bail!(
             "backend {}: http-lb cannot send PROXY headers over pooled connections; the \

@@ -525,6 +525,11 @@ impl Farm {
                 );
                 let _ = match behind {
                     Tier::App => writeln!(t, "health-check = \"http\""),
+                    // An offloader killed with a ClientHello in its socket: tier 1 gives that
+                    // connection to another offloader (a ClientHello changes nothing).
+                    Tier::Offload => {
+                        writeln!(t, "proxy-protocol = \"v2\"\nretry-unanswered = true")
+                    }
                     _ => writeln!(t, "proxy-protocol = \"v2\""),
                 };
             }
