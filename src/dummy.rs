@@ -240,7 +240,8 @@ impl DummyServer {
         } else if let Some(n) = path.strip_prefix("/cacheable/") {
             // Chapter 16: an answer a cache may keep for N seconds, with an ETag ("v1") that a
             // conditional request gets a 304 for. Query flags: private, no-store, nopublic,
-            // cookie, vary=FIELD, sie=SECS (stale-if-error).
+            // cookie, vary=FIELD, sie=SECS (stale-if-error), size=N (a body of N pattern
+            // bytes, up to the text limit, instead of the description).
             match n.parse::<u64>() {
                 Ok(secs) => {
                     let query = req.uri().query().unwrap_or("").to_owned();
@@ -266,7 +267,16 @@ impl DummyServer {
                         .is_some_and(|v| v.as_bytes() == b"\"v1\"");
                     let (status, body) = match not_modified {
                         true => (StatusCode::NOT_MODIFIED, DummyBody::text(String::new())),
-                        false => (StatusCode::OK, DummyBody::text(self.describe(&req, hits))),
+                        false => match value("size").and_then(|n| n.parse::<usize>().ok()) {
+                            Some(len) if len <= MAX_TEXT => (
+                                StatusCode::OK,
+                                DummyBody::Pattern {
+                                    sent: 0,
+                                    len: len as u64,
+                                },
+                            ),
+                            _ => (StatusCode::OK, DummyBody::text(self.describe(&req, hits))),
+                        },
                     };
                     let mut response = self.response(status, body);
                     let headers = response.headers_mut();

@@ -206,6 +206,7 @@ fn answers(method: &str, path: &str) -> String {
         "/no-store" => ok("cache-control: max-age=60, no-store\r\n", "not stored"),
         "/tagged" => ok("cache-control: max-age=60\r\netag: \"v1\"\r\n", "tagged"),
         "/vary" => ok("cache-control: max-age=60\r\nvary: x-pick\r\n", "vary"),
+        "/swr" => swr_answer(),
         _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
     }
 }
@@ -351,4 +352,57 @@ fn must_understand_overrides_no_store_for_a_status_we_understand() {
     get(&lb, "/no-store");
     assert_eq!(get(&lb, "/no-store").header("x-cache"), Some("MISS"));
     assert_eq!(seen(&seen_by, "/no-store"), 2);
+}
+
+/// Versions of `/swr` handed out, and how many of its requests the backend has in hand now
+/// and at most: it takes its time over each, as a slow application does.
+static SWR_VERSION: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SWR_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SWR_MOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `/swr`: stale on arrival (`Age` past `max-age`) and usable stale for a minute while it is
+/// revalidated; each answer a new version.
+fn swr_answer() -> String {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = SWR_IN_FLIGHT.fetch_add(1, SeqCst) + 1;
+    SWR_MOST.fetch_max(now, SeqCst);
+    std::thread::sleep(Duration::from_millis(200));
+    let version = SWR_VERSION.fetch_add(1, SeqCst) + 1;
+    SWR_IN_FLIGHT.fetch_sub(1, SeqCst);
+    ok(
+        "cache-control: max-age=5, stale-while-revalidate=60\r\nage: 10\r\n",
+        &format!("v{version}"),
+    )
+}
+
+/// RFC 5861 §3: an entry expired for less than its `stale-while-revalidate` is served at once
+/// (`X-Cache: UPDATING`, its `Age` told) while one request, in the background, fetches it again;
+/// however many clients arrive meanwhile, the backend has one revalidation in hand at a time;
+/// the new version then answers. A client's own `Cache-Control` (here `no-cache`) asks for a
+/// validated answer and gets one, never the stale entry (RFC 9111 §5.2.1.4).
+#[test]
+fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (addr, saw) = backend(answers);
+    let lb = start(addr);
+    let first = get(&lb, "/swr");
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(first.body, b"v1");
+    for _ in 0..10 {
+        let stale = get(&lb, "/swr");
+        assert_eq!(stale.header("x-cache"), Some("UPDATING"));
+        assert!(stale.body.starts_with(b"v"), "{:?}", stale.body);
+        let age: u64 = stale.header("age").unwrap().parse().unwrap();
+        assert!(age >= 10, "age {age}");
+    }
+    eventually("a newer version is served", PATIENCE, || {
+        get(&lb, "/swr").body != b"v1"
+    });
+    assert_eq!(SWR_MOST.load(SeqCst), 1, "revalidations at once");
+    assert!(seen(&saw, "/swr") >= 2);
+
+    let before = seen(&saw, "/swr");
+    let validated = request(&lb, "GET", "/swr", &["cache-control: no-cache"]);
+    assert_ne!(validated.header("x-cache"), Some("UPDATING"));
+    assert!(seen(&saw, "/swr") > before, "no-cache reached the backend");
 }

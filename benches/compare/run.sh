@@ -9,6 +9,7 @@
 #   benches/compare/run.sh --farm                # ssl-farm (chapter 13): benches/compare/farm.py
 #   benches/compare/run.sh --etcd                # etcd to every balancer (chapter 15): etcd.py
 #   benches/compare/run.sh --edge                # cache, static, gzip beside nginx (chapter 16)
+#   benches/compare/run.sh --cache-rss           # the cache's real memory against its bound (chapter 16)
 #   benches/compare/run.sh --syscalls            # system calls per request and connection (issue 19)
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
@@ -33,6 +34,13 @@ if [ "${1:-}" = "--edge" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]
 fi
 if [ "${1:-}" = "--etcd" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/etcd.py --help
+fi
+if [ "${1:-}" = "--cache-rss" ]; then
+    # Needs nothing but python3 and the release binaries.
+    shift
+    [[ " $* " == *" --help "* || " $* " == *" -h "* ]] && exec python3 benches/compare/cache_rss.py --help
+    cargo build --release --bin http-lb --bin dummy-server >&2
+    exec python3 benches/compare/cache_rss.py "$@"
 fi
 
 missing=()

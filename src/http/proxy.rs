@@ -735,7 +735,7 @@ impl HttpServer {
 
     /// One request, from its head to the head of its response (the body streams on after).
     async fn request(
-        &self,
+        self: &Arc<Self>,
         req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
     ) -> Response<Download> {
@@ -771,16 +771,18 @@ impl HttpServer {
             .is_some_and(|k| !matches!(up.settings.routes[k].target, RoutedTarget::Pool));
         match up.cache.clone() {
             Some(cache) if !answers_itself => self.cached(&up, &cache, req, info).await,
-            _ => self.proxied(&up, req, info, None).await,
+            _ => self.proxied(&up, req.map(Some), info, None).await,
         }
     }
 
     /// One request carried to a backend. With `origin`, the backend's response head as it
     /// came (before this balancer adds or removes anything) is copied there, for the cache.
+    /// A body of `None` is no body: a request the balancer makes itself (the cache's
+    /// revalidation in the background, chapter 16).
     pub(in crate::http) async fn proxied(
         &self,
         up: &Arc<Upstreams>,
-        mut req: Request<hyper::body::Incoming>,
+        mut req: Request<Option<hyper::body::Incoming>>,
         info: &ConnInfo,
         origin: Option<&mut Option<hyper::http::response::Parts>>,
     ) -> Response<Download> {
@@ -804,7 +806,9 @@ impl HttpServer {
             started,
         };
 
-        let has_body = !hyper::body::Body::is_end_stream(&body);
+        let has_body = body
+            .as_ref()
+            .is_some_and(|body| !hyper::body::Body::is_end_stream(body));
         // Chapter 16: the first route that takes the request.
         let path = parts.uri.path();
         let routed = up.route_of(&parts.headers, &parts.uri);
@@ -936,15 +940,16 @@ impl HttpServer {
         let stall = balancer
             .idle_timeout
             .unwrap_or(up.settings.response_timeout);
-        let mut request = Some(Request::from_parts(
-            parts,
-            Upload::new(
+        let upload = match body {
+            Some(body) => Upload::new(
                 body,
                 up.settings.max_body,
                 Arc::clone(&info.body_left),
                 stall,
             ),
-        ));
+            None => Upload::empty(),
+        };
+        let mut request = Some(Request::from_parts(parts, upload));
 
         // 4: send it, on a pooled connection when there is one; after a failure, what the
         // exchange's rule allows (`Attempts`).

@@ -48,9 +48,14 @@
 //!   is served for up to `stale-if-error` seconds past its freshness, from the response's own
 //!   `Cache-Control: stale-if-error=N` or the configured default.
 //!
+//! * **stale while revalidate** (RFC 5861 §3): an entry expired for less than its
+//!   `stale-while-revalidate=N` is served at once, and one request in the background (one
+//!   per key, however many clients arrive meanwhile) revalidates or replaces it.
+//!
 //! Every answer says what happened in `X-Cache`: `HIT`, `MISS`, `EXPIRED` (revalidated or
-//! fetched again), `STALE` (served on a backend error), `BYPASS` (a request the cache does
-//! not serve: not `GET`/`HEAD`).
+//! fetched again), `STALE` (served on a backend error), `UPDATING` (served stale while it is
+//! revalidated in the background, as nginx calls it), `BYPASS` (a request the cache does not
+//! serve: not `GET`/`HEAD`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -97,15 +102,17 @@ pub enum Outcome {
     Miss,
     Expired,
     Stale,
+    Updating,
     Bypass,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Hit,
         Outcome::Miss,
         Outcome::Expired,
         Outcome::Stale,
+        Outcome::Updating,
         Outcome::Bypass,
     ];
 
@@ -115,6 +122,7 @@ impl Outcome {
             Outcome::Miss => "MISS",
             Outcome::Expired => "EXPIRED",
             Outcome::Stale => "STALE",
+            Outcome::Updating => "UPDATING",
             Outcome::Bypass => "BYPASS",
         }
     }
@@ -131,9 +139,11 @@ pub struct Entry {
     /// The response's fields as received (hop-by-hop fields removed).
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// When it stops being fresh, and how long past that it may serve on a backend error.
+    /// When it stops being fresh, and how long past that it may serve on a backend error, or
+    /// while a request in the background revalidates it.
     fresh_until: SystemTime,
     stale_if_error: Duration,
+    stale_while_revalidate: Duration,
     /// The request's values of the fields the response's `Vary` names: the variant's name
     /// under its key.
     variant: Arc<str>,
@@ -184,7 +194,7 @@ pub struct Cache {
     /// Keys being fetched now: a waiter clones the receiver, which wakes when the fetcher's
     /// sender is dropped (even if that happened before the waiter started waiting).
     fetching: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; Outcome::ALL.len()],
     /// Stores abandoned because the budget had no room for their copy.
     abandoned: AtomicU64,
 }
@@ -574,6 +584,8 @@ impl Cache {
         };
         let stale_if_error =
             directive(&response.headers, "stale-if-error").unwrap_or(self.stale_if_error);
+        let stale_while_revalidate =
+            directive(&response.headers, "stale-while-revalidate").unwrap_or_default();
         let variant: Arc<str> = Arc::from(variant(&vary, &request.headers));
         let size = ENTRY_COST
             + body.len()
@@ -593,6 +605,7 @@ impl Cache {
             headers: response.headers.clone(),
             body,
             stale_if_error,
+            stale_while_revalidate,
             variant: Arc::clone(&variant),
             used: AtomicU64::new(0),
             referenced: AtomicBool::new(false),
@@ -701,7 +714,33 @@ impl Cache {
             .map_or(true, |staleness| staleness <= entry.stale_if_error)
     }
 
+    /// RFC 5861 §3: whether `entry`, expired, may answer `request` at once while a request in
+    /// the background revalidates it: expired for less than its `stale-while-revalidate`, and
+    /// asked for by a request that set no `Cache-Control` or `Pragma` of its own (a client's
+    /// `no-cache` or `max-age=0` asks for a validated answer, RFC 9111 §5.2.1, which a stale
+    /// one is not).
+    pub fn usable_while_revalidating(
+        &self,
+        entry: &Entry,
+        request: &HeaderMap,
+        now: SystemTime,
+    ) -> bool {
+        let expired_for = now.duration_since(entry.fresh_until);
+        expired_for.is_ok_and(|stale| stale < entry.stale_while_revalidate)
+            && !request.contains_key(header::CACHE_CONTROL)
+            && !request.contains_key(header::PRAGMA)
+    }
+
+    /// The head a stale entry answers with: as stored, with its `Age` now (RFC 9111 §5.1).
+    pub fn stale_head(entry: &Entry, now: SystemTime) -> hyper::http::response::Parts {
+        let mut head = entry_parts(entry);
+        let age = entry.policy.age(now).as_secs();
+        head.headers.insert(header::AGE, HeaderValue::from(age));
+        head
+    }
+
     pub fn count(&self, outcome: Outcome) {
+        // `counts` has one slot per member of `ALL`.
         let i = Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0);
         inc(&self.counts[i]);
     }

@@ -4,10 +4,13 @@
 //! of RFC 9111, are in [`super`]; the request to a backend is chapter 12's
 //! `HttpServer::proxied`.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use hyper::header;
+use hyper::body::Body as _;
+use hyper::header::{self, HeaderMap};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::http::body::{self, Download, Payload};
@@ -31,7 +34,7 @@ impl HttpServer {
     /// entry is revalidated, and served if the backend then fails within `stale-if-error`; a
     /// storable answer is copied into the cache as it streams to the client.
     pub(in crate::http) async fn cached(
-        &self,
+        self: &Arc<Self>,
         up: &Arc<Upstreams>,
         cache: &Arc<Cache>,
         req: Request<hyper::body::Incoming>,
@@ -54,7 +57,7 @@ impl HttpServer {
                 (Cache::key(&parts), host.unwrap_or_default())
             });
             let mut response = self
-                .proxied(up, Request::from_parts(parts, body), info, None)
+                .proxied(up, Request::from_parts(parts, Some(body)), info, None)
                 .await;
             let status = response.status();
             if let Some((key, host)) = invalidates
@@ -92,6 +95,32 @@ impl HttpServer {
                     );
                 }
                 cache::Found::Expired(entry, conditional) => {
+                    // RFC 5861 §3: served as it is, and revalidated once, in the background
+                    // (a request already doing that is left to it).
+                    if cache.usable_while_revalidating(&entry, &parts.headers, now) {
+                        if let Ok(fetching) = cache.fetch(&key) {
+                            let request = as_get.as_ref().unwrap_or(&parts);
+                            self.revalidate_in_background(
+                                up,
+                                cache,
+                                (key, request, &entry, conditional),
+                                fetching,
+                                info,
+                            );
+                        }
+                        cache.count(CacheOutcome::Updating);
+                        let conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
+                            || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
+                        return self.answer_from_cache(
+                            up,
+                            &entry,
+                            Cache::stale_head(&entry, now),
+                            &parts,
+                            conditional,
+                            info,
+                            CacheOutcome::Updating,
+                        );
+                    }
                     if waited {
                         break (None, Some((entry, conditional)));
                     }
@@ -135,7 +164,7 @@ impl HttpServer {
         let mut response = self
             .proxied(
                 up,
-                Request::from_parts(parts, body),
+                Request::from_parts(parts, Some(body)),
                 info,
                 Some(&mut origin),
             )
@@ -186,33 +215,84 @@ impl HttpServer {
         response
             .headers_mut()
             .insert(cache::X_CACHE, outcome.header());
-        if let Some(head) = origin
-            && let Some(storing) = cache.policy_for(&original, &head, now)
-        {
-            let store = Arc::clone(cache);
-            let cache::Storing {
-                policy,
-                reservation,
-            } = storing;
-            response.body_mut().set_tap(body::Tap::new(
-                reservation,
-                Box::new(move |bytes, reservation| {
-                    let now = SystemTime::now();
-                    store.store(
-                        &key,
-                        policy,
-                        &original,
-                        &head,
-                        bytes,
-                        now,
-                        Some(reservation),
-                    );
-                    // Waiters look again only once it is stored.
-                    drop(fetching);
-                }),
-            ));
-        }
+        store_as_it_streams(cache, &mut response, key, original, origin, fetching, now);
         response
+    }
+
+    /// RFC 5861 §3's other half: `entry`, just served stale for `request` under `key`, is
+    /// revalidated with its `conditional` fields by a request of the balancer's own, in a task
+    /// of its own: a `304` freshens it, a storable answer replaces it, anything else leaves it
+    /// (the next request past the window revalidates as usual). `fetching` is held until then,
+    /// so that it happens once per key.
+    fn revalidate_in_background(
+        self: &Arc<Self>,
+        up: &Arc<Upstreams>,
+        cache: &Arc<Cache>,
+        (key, request, entry, conditional): (String, &Parts, &Arc<cache::Entry>, HeaderMap),
+        fetching: cache::Fetching,
+        info: &ConnInfo,
+    ) {
+        let mut parts = request.clone();
+        // The whole answer, validated against what is stored: none of the client's own
+        // preconditions or ranges.
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            parts.headers.remove(name);
+        }
+        for (name, value) in &conditional {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+        let info = ConnInfo {
+            client: info.client,
+            forwarded_for: info.forwarded_for.clone(),
+            tls: info.tls,
+            body_left: Default::default(),
+        };
+        let (this, up, cache, entry) = (
+            Arc::clone(self),
+            Arc::clone(up),
+            Arc::clone(cache),
+            Arc::clone(entry),
+        );
+        tokio::spawn(async move {
+            let original = parts.clone();
+            let mut origin = None;
+            let request = Request::from_parts(parts, None);
+            let mut response = this.proxied(&up, request, &info, Some(&mut origin)).await;
+            let now = SystemTime::now();
+            match (response.status(), &origin) {
+                (StatusCode::NOT_MODIFIED, Some(head)) => {
+                    cache.refresh(&key, &entry, &original, head, now);
+                }
+                (status, _) if status.is_success() => {
+                    let fetching = Some(fetching);
+                    store_as_it_streams(
+                        &cache,
+                        &mut response,
+                        key,
+                        original,
+                        origin,
+                        fetching,
+                        now,
+                    );
+                    // Nobody reads this answer: read it here, so that the copy completes.
+                    let mut body = response.into_body();
+                    while let Some(Ok(_)) =
+                        std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    {
+                    }
+                }
+                (status, _) => {
+                    tracing::info!(key = %key, %status, "background revalidation failed: the entry stays stale");
+                }
+            }
+        });
     }
 
     /// An answer from the cache: the stored body with the head the policy gives (its `Age`
@@ -294,4 +374,46 @@ impl HttpServer {
             }));
         response
     }
+}
+
+/// When the backend's answer (`origin`, its head as received) to `original` may be stored
+/// under `key`, copies its body into the cache as it streams through `response`; `fetching`
+/// is held until it is stored, so that requests waiting for this key look again only then.
+fn store_as_it_streams(
+    cache: &Arc<Cache>,
+    response: &mut Response<Download>,
+    key: String,
+    original: Parts,
+    origin: Option<hyper::http::response::Parts>,
+    fetching: Option<cache::Fetching>,
+    now: SystemTime,
+) {
+    let Some(head) = origin else {
+        return;
+    };
+    let Some(storing) = cache.policy_for(&original, &head, now) else {
+        return;
+    };
+    let store = Arc::clone(cache);
+    let cache::Storing {
+        policy,
+        reservation,
+    } = storing;
+    response.body_mut().set_tap(body::Tap::new(
+        reservation,
+        Box::new(move |bytes, reservation| {
+            let now = SystemTime::now();
+            store.store(
+                &key,
+                policy,
+                &original,
+                &head,
+                bytes,
+                now,
+                Some(reservation),
+            );
+            // Waiters look again only once it is stored.
+            drop(fetching);
+        }),
+    ));
 }
