@@ -388,7 +388,11 @@ impl Tap {
 
     fn end(&mut self) {
         if let (Some(done), Some(reservation)) = (self.done.take(), self.reservation.take()) {
-            done(Bytes::from(std::mem::take(&mut self.copy)), reservation);
+            // The copy grew by doubling; stored as is, up to half of its allocation would be
+            // held for nothing for the entry's whole life.
+            let mut copy = std::mem::take(&mut self.copy);
+            copy.shrink_to_fit();
+            done(Bytes::from(copy), reservation);
         }
     }
 }
