@@ -2,9 +2,10 @@
 //! (Debian's `etcd-server`; `.ci/run` installs it) on free loopback ports with a temporary
 //! data folder, and stops it by PID.
 //!
-//! Without an `etcd` on the PATH these tests say so on stderr and pass, so that `cargo test`
-//! stays green on a machine that has only the Rust toolchain; `.ci/run` sets
-//! `LB_REQUIRE_ETCD=1`, which makes a missing etcd a failure.
+//! Without an `etcd` on the PATH when they are built, these tests are *ignored*, with the
+//! reason, so that `cargo test` stays green on a machine that has only the Rust toolchain and
+//! says so in its summary (`build.rs` looks for it). `.ci/run` installs etcd and sets
+//! `LB_REQUIRE_ETCD=1`, which makes a missing etcd a build failure there.
 
 mod common;
 
@@ -261,6 +262,10 @@ fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
 /// the prefix; killed with SIGKILL it is gone from all three within its TTL (plus a second);
 /// stopped with SIGTERM it is gone at once (its lease revoked).
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn every_balancer_follows_the_servers_in_etcd() {
     if !have_etcd() {
         return;
@@ -328,6 +333,10 @@ fn every_balancer_follows_the_servers_in_etcd() {
 /// a server that registers meanwhile keeps trying; etcd restarted with its data: the
 /// balancers resync from the revision they saw, and the newcomer appears.
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn balancers_serve_through_an_etcd_outage_and_resync() {
     if !have_etcd() {
         return;
@@ -367,6 +376,10 @@ fn balancers_serve_through_an_etcd_outage_and_resync() {
 /// etcd down when the balancer starts: it starts with its config's backends, retries, and
 /// picks up etcd's once it answers.
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn a_balancer_starts_without_etcd_and_catches_up() {
     if !have_etcd() {
         return;
@@ -405,6 +418,10 @@ fn a_balancer_starts_without_etcd_and_catches_up() {
 /// A malformed key is skipped with one log line and never takes the others with it; 1,000
 /// keys load at start-up and keep being watched.
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn bad_keys_are_skipped_and_a_thousand_load() {
     if !have_etcd() {
         return;
@@ -444,6 +461,10 @@ fn bad_keys_are_skipped_and_a_thousand_load() {
 /// count; it neither stops the watch of a running balancer nor the listing of one that
 /// starts while it exists (issue 27, item 1: it used to stop discovery for good).
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn a_key_that_is_not_utf8_stops_nothing() {
     if !have_etcd() {
         return;
@@ -488,6 +509,10 @@ fn a_key_that_is_not_utf8_stops_nothing() {
 /// at 1): the balancer lists it again from scratch, drops what only the old store had, and
 /// follows the new one (issue 27, item 2: it used to wait for its old revision forever).
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn a_replaced_store_is_listed_again() {
     if !have_etcd() {
         return;
@@ -524,6 +549,10 @@ fn a_replaced_store_is_listed_again() {
 /// open, nothing answered, as in a partition) is found out and reported stale, while the
 /// last set keeps serving; once etcd answers again, discovery resumes (issue 27, item 3).
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn a_silent_watch_is_found_out() {
     if !have_etcd() {
         return;
@@ -535,6 +564,12 @@ fn a_silent_watch_is_found_out() {
     etcd.put(&format!("{prefix}s1"), &address(0));
     let lb = balancer(bin!("http-lb"), &etcd, prefix);
     assert_eq!(metric(lb.addrs[1], "httplb_etcd_backends"), Some(1));
+    // A change applied proves the watch is open: frozen any earlier, etcd would be caught
+    // not answering the watch's creation instead.
+    etcd.put(&format!("{prefix}s2"), &address(1));
+    eventually("watching", PATIENCE, || {
+        metric(lb.addrs[1], "httplb_etcd_backends") == Some(2)
+    });
 
     etcd.signal("STOP");
     eventually("stale", PATIENCE, || {
@@ -542,15 +577,15 @@ fn a_silent_watch_is_found_out() {
     });
     lb.wait_stderr("the watch is open but etcd did not answer a check", 1);
     assert!(common::get(lb.addrs[1], "/health").text().contains("stale"));
-    assert_eq!(served_by(lb.addr()).as_deref(), Some("server1"));
+    assert!(served_by(lb.addr()).is_some(), "the last set keeps serving");
 
     etcd.signal("CONT");
     eventually("fresh again", PATIENCE, || {
         metric(lb.addrs[1], "httplb_etcd_stale") == Some(0)
     });
-    etcd.put(&format!("{prefix}s2"), &address(1));
+    etcd.delete(&format!("{prefix}s2"));
     eventually("and watching", PATIENCE, || {
-        metric(lb.addrs[1], "httplb_etcd_backends") == Some(2)
+        metric(lb.addrs[1], "httplb_etcd_backends") == Some(1)
     });
 }
 
@@ -589,6 +624,10 @@ fn bad_etcd_flags_are_one_line_errors() {
 /// Backends from the config file, from chapter 14's registry and from etcd side by side, and
 /// `GET /backends` says where each came from.
 #[test]
+#[cfg_attr(
+    etcd_missing,
+    ignore = "no etcd on the PATH when built: apt-get install etcd-server, then touch build.rs"
+)]
 fn config_registry_and_etcd_backends_live_side_by_side() {
     if !have_etcd() {
         return;
