@@ -176,10 +176,12 @@ pub fn main(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyho
 
 /// The runtime `--workers` (or the config's `workers`) asks for; see [`main`].
 pub fn runtime(step: &Step, common: &Common) -> anyhow::Result<tokio::runtime::Runtime> {
-    let configured = match &common.config {
-        Some(path) => Config::load(path)?.workers,
-        None => None,
-    };
+    // A file that does not load is reported once the runtime runs (`Setup::load_config`), in
+    // the words of the step that reads it.
+    let configured = common
+        .config
+        .as_ref()
+        .and_then(|path| Config::load(path).ok()?.workers);
     let flag = step.production.as_ref().and_then(|p| p.workers);
     let workers = flag.map(usize::from).or(configured);
     match workers {
@@ -253,6 +255,21 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
     }
     Ok(())
 }
+
+/// The top-level keys chapter 10 and later add, which steps 07 to 09 refuse.
+const PRODUCTION_KEYS: [&str; 11] = [
+    "idle-timeout",
+    "drain-timeout",
+    "accept-proxy",
+    "admin",
+    "admin-token-file",
+    "register-allow",
+    "max-registered",
+    "etcd",
+    "etcd-prefix",
+    "workers",
+    "limits",
+];
 
 /// Which balancer a [`Setup`] is for: the config's `[http]` section belongs to `http-lb`
 /// alone, and each listens on its own default port.
@@ -330,7 +347,7 @@ impl Setup {
 
     pub(crate) fn load_config(&self) -> anyhow::Result<Config> {
         let config = match &self.common.config {
-            Some(path) => Config::load(path)?,
+            Some(path) => Config::load(path).map_err(|e| self.keys_it_has(e))?,
             None => Config::default(),
         };
         if self.layer == Layer::Tcp && config.http.is_some() {
@@ -350,6 +367,30 @@ impl Setup {
             );
         }
         Ok(config)
+    }
+
+    /// A file's unknown key is one line listing the keys expected: only those this step
+    /// reads, or the line would suggest a key it then refuses (07-final listing `etcd`).
+    fn keys_it_has(&self, error: anyhow::Error) -> anyhow::Error {
+        let text = error.to_string();
+        let Some((before, listed)) = text.split_once("expected one of ") else {
+            return error;
+        };
+        let mut refused: Vec<&str> = Vec::new();
+        if self.layer == Layer::Tcp {
+            refused.push("http");
+        }
+        if self.step.production.is_none() {
+            refused.extend(PRODUCTION_KEYS);
+        }
+        if self.step.health.is_none() {
+            refused.push("health");
+        }
+        let kept: Vec<&str> = listed
+            .split(", ")
+            .filter(|key| !refused.contains(&key.trim_matches('`')))
+            .collect();
+        anyhow::anyhow!("{before}expected one of {}", kept.join(", "))
     }
 
     pub(crate) fn listen(&self, config: &Config) -> anyhow::Result<SocketAddr> {

@@ -131,8 +131,19 @@ fn config_errors_are_one_line() {
     assert_one_line_error(
         b,
         &["--config", path_str(&bad)],
-        &[&at, "unknown field `stratgy`"],
+        &[&at, "unknown field `stratgy`", "`strategy`"],
     );
+    // The keys it suggests are the ones this step reads: not chapter 10's or 15's, which it
+    // would then refuse.
+    let said = assert_cmd::Command::new(b)
+        .args(["--config", path_str(&bad)])
+        .timeout(PATIENCE)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&said.stderr);
+    for later in ["`idle-timeout`", "`etcd`", "`http`", "`health`"] {
+        assert!(!said.contains(later), "{later} suggested: {said}");
+    }
     std::fs::write(
         &bad,
         "[[backend]]\naddress = \"127.0.0.1:4444\"\ntls = \"yes\"\n",
