@@ -17,7 +17,14 @@
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use std::sync::Arc;
+
+use hyper::Uri;
+use hyper::http::uri::PathAndQuery;
+
 use super::body::Download;
+use super::metrics::AffinityOutcome;
+use super::proxy::{HttpServer, Line, Upstreams};
 
 /// What `http-lb` does with a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -79,6 +86,44 @@ pub fn answer(
         headers.append(header::SET_COOKIE, cookie.clone());
     }
     response
+}
+
+impl HttpServer {
+    /// Assignment mode (chapter 14): the client is told to use `backends[i]` itself.
+    pub(super) fn assign(
+        &self,
+        up: &Upstreams,
+        i: usize,
+        outcome: AffinityOutcome,
+        uri: &Uri,
+        tls: bool,
+        mut line: Line,
+    ) -> Response<Download> {
+        let spec = up.balancer.backends()[i].spec();
+        let cookie = match (outcome, &up.affinity) {
+            (AffinityOutcome::Hit, _) | (_, None) => None,
+            (_, Some(affinity)) => affinity.set_cookie(i, tls),
+        };
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut response = answer(
+            &up.urls[i],
+            &up.names[i],
+            &spec.addr.to_string(),
+            path,
+            cookie,
+        );
+        self.counters.affinity(outcome);
+        up.backends[i].counters.assigned();
+        line.backend = Some(Arc::clone(&up.names[i]));
+        let status = response.status();
+        let len = hyper::body::Body::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        response
+            .body_mut()
+            .set_on_end(Box::new(move |_, complete| line.log(status, len, complete)));
+        response
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,50 @@ use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderValue};
 
+use super::body::{Compressing, Payload};
+
+/// What a request allows its answer to be compressed with: decided from the request before it
+/// is passed on, applied to the answer's head once it comes ([`Wanted::payload`]).
+#[derive(Clone, Copy)]
+pub struct Wanted {
+    coding: Option<Coding>,
+    range: bool,
+    head: bool,
+    min: u64,
+}
+
+impl Wanted {
+    /// For `request`, with `--compress`'s smallest size `min`.
+    pub fn of(request: &hyper::http::request::Parts, min: u64) -> Wanted {
+        Wanted {
+            coding: negotiate(request.headers.get(header::ACCEPT_ENCODING)),
+            range: request.headers.contains_key(header::RANGE),
+            head: request.method == hyper::Method::HEAD,
+            min,
+        }
+    }
+
+    /// The backend's `body` as the client gets it: compressed as it streams where the rules
+    /// allow (its head then says so: `Content-Encoding`, `Vary`, no length), else as it is.
+    pub fn payload(
+        self,
+        head: &mut hyper::http::response::Parts,
+        body: hyper::body::Incoming,
+    ) -> Payload {
+        if !applies(head.status, &head.headers, self.range, self.head, self.min) {
+            return Payload::Upstream(body);
+        }
+        vary(&mut head.headers);
+        match self.coding.map(|coding| (coding, Encoder::new(coding))) {
+            Some((coding, Ok(encoder))) => {
+                encode_headers(&mut head.headers, coding);
+                Payload::Compressed(Compressing::new(body, encoder))
+            }
+            _ => Payload::Upstream(body),
+        }
+    }
+}
+
 /// The codings offered, in the order preferred on a tie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coding {

@@ -47,7 +47,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::affinity::{Affinity, CookieSettings, Found};
 use super::assign::{self, Mode};
-use super::body::{self, Compressing, Download, Payload, Upload};
+use super::body::{self, Download, Payload, Upload};
 use super::cache::Cache;
 use super::compress;
 use super::exchange::{self, Failure, Next};
@@ -55,6 +55,7 @@ use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
+use super::route::{Routed, RoutedTarget, Taken};
 use crate::balancer::Balancer;
 use crate::limits::Entry;
 use crate::net;
@@ -147,33 +148,6 @@ impl Settings {
         } = self;
         *mode != Mode::Proxy || compress.is_some() || !routes.is_empty() || cache.is_some()
     }
-}
-
-/// What a request allows its answer to be compressed with (chapter 16).
-#[derive(Clone, Copy)]
-struct Compression {
-    coding: Option<compress::Coding>,
-    range: bool,
-    head: bool,
-}
-
-/// A route ready to use (chapter 16).
-#[derive(Clone, Debug)]
-pub struct Routed {
-    pub route: super::route::Route,
-    pub target: RoutedTarget,
-}
-
-/// What a route does, its folder opened.
-#[derive(Clone, Debug)]
-pub enum RoutedTarget {
-    /// Balance among these backends (names or addresses); see `Upstreams::pools`.
-    Pool,
-    Static(super::static_files::StaticDir),
-    Redirect {
-        to: String,
-        status: StatusCode,
-    },
 }
 
 /// What one backend keeps across reloads: its pool and its HTTP counters.
@@ -810,56 +784,34 @@ impl HttpServer {
             .as_ref()
             .is_some_and(|body| !hyper::body::Body::is_end_stream(body));
         // Chapter 16: the first route that takes the request.
-        let path = parts.uri.path();
         let routed = up.route_of(&parts.headers, &parts.uri);
-        let excluded: &[usize] = match routed.map(|k| (k, &up.settings.routes[k].target)) {
+        let excluded: &[usize] = match routed {
             None => &[],
-            Some((k, RoutedTarget::Pool)) => &up.pools[k],
-            Some((_, RoutedTarget::Static(dir))) => {
-                if has_body {
-                    info.body_left.store(true, Ordering::Relaxed);
+            Some(k) => match up.settings.routes[k].take(&parts).await {
+                Taken::Pool => &up.pools[k],
+                Taken::Answer(mut response, by) => {
+                    // Answered without reading a body the client may be sending.
+                    if has_body {
+                        info.body_left.store(true, Ordering::Relaxed);
+                    }
+                    up.hide(response.headers_mut());
+                    line.backend = Some(Arc::from(by));
+                    let status = response.status();
+                    response
+                        .body_mut()
+                        .set_on_end(Box::new(move |bytes, complete| {
+                            line.log(status, bytes, complete)
+                        }));
+                    return response;
                 }
-                let mut response =
-                    super::static_files::serve(dir, &parts.method, path, &parts.headers).await;
-                up.hide(response.headers_mut());
-                line.backend = Some(Arc::from("static"));
-                let status = response.status();
-                response
-                    .body_mut()
-                    .set_on_end(Box::new(move |bytes, complete| {
-                        line.log(status, bytes, complete)
-                    }));
-                return response;
-            }
-            Some((k, RoutedTarget::Redirect { to, status })) => {
-                if has_body {
-                    info.body_left.store(true, Ordering::Relaxed);
-                }
-                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                let location =
-                    super::route::redirect_location(to, &up.settings.routes[k].route.prefix, pq);
-                let mut response = Response::new(Download::text(""));
-                *response.status_mut() = *status;
-                if let Ok(value) = HeaderValue::from_str(&location) {
-                    response.headers_mut().insert(header::LOCATION, value);
-                }
-                line.backend = Some(Arc::from("redirect"));
-                let status = *status;
-                response
-                    .body_mut()
-                    .set_on_end(Box::new(move |bytes, complete| {
-                        line.log(status, bytes, complete)
-                    }));
-                return response;
-            }
+            },
         };
         // Chapter 16: what the answer may be compressed with, decided from the request before
         // it is passed on.
-        let compressing = up.settings.compress.map(|_| Compression {
-            coding: compress::negotiate(parts.headers.get(header::ACCEPT_ENCODING)),
-            range: parts.headers.contains_key(header::RANGE),
-            head: parts.method == Method::HEAD,
-        });
+        let compressing = up
+            .settings
+            .compress
+            .map(|min| compress::Wanted::of(&parts, min));
         // An answer given before the body is passed on leaves it unread (later, `Upload` says
         // so itself if it is dropped before its end).
         let unread = |info: &ConnInfo| {
@@ -1097,23 +1049,9 @@ impl HttpServer {
         }
         // Chapter 16: what the backend runs is nobody's business.
         up.hide(&mut head.headers);
-        let payload = match (compressing, up.settings.compress) {
-            (Some(c), Some(min))
-                if compress::applies(head.status, &head.headers, c.range, c.head, min) =>
-            {
-                compress::vary(&mut head.headers);
-                match c
-                    .coding
-                    .map(|coding| (coding, compress::Encoder::new(coding)))
-                {
-                    Some((coding, Ok(encoder))) => {
-                        compress::encode_headers(&mut head.headers, coding);
-                        Payload::Compressed(Compressing::new(body, encoder))
-                    }
-                    _ => Payload::Upstream(body),
-                }
-            }
-            _ => Payload::Upstream(body),
+        let payload = match compressing {
+            Some(wanted) => wanted.payload(&mut head, body),
+            None => Payload::Upstream(body),
         };
         for (name, value) in up.answer_fields(outcome, i, info.tls) {
             head.headers.append(name, value.clone());
@@ -1159,42 +1097,6 @@ impl HttpServer {
             }
         });
         Ok(Sender::new(sender, task.abort_handle()))
-    }
-
-    /// Assignment mode (chapter 14): the client is told to use `backends[i]` itself.
-    fn assign(
-        &self,
-        up: &Upstreams,
-        i: usize,
-        outcome: AffinityOutcome,
-        uri: &Uri,
-        tls: bool,
-        mut line: Line,
-    ) -> Response<Download> {
-        let spec = up.balancer.backends()[i].spec();
-        let cookie = match (outcome, &up.affinity) {
-            (AffinityOutcome::Hit, _) | (_, None) => None,
-            (_, Some(affinity)) => affinity.set_cookie(i, tls),
-        };
-        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let mut response = assign::answer(
-            &up.urls[i],
-            &up.names[i],
-            &spec.addr.to_string(),
-            path,
-            cookie,
-        );
-        self.counters.affinity(outcome);
-        up.backends[i].counters.assigned();
-        line.backend = Some(Arc::clone(&up.names[i]));
-        let status = response.status();
-        let len = hyper::body::Body::size_hint(response.body())
-            .exact()
-            .unwrap_or(0);
-        response
-            .body_mut()
-            .set_on_end(Box::new(move |_, complete| line.log(status, len, complete)));
-        response
     }
 
     /// An answer of our own: counted, logged, with a one-line body.

@@ -22,7 +22,67 @@
 
 use std::path::PathBuf;
 
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
 use serde::Deserialize;
+
+use super::body::Download;
+use super::static_files::StaticDir;
+
+/// A route ready to use: as written, its folder opened.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    pub route: Route,
+    pub target: RoutedTarget,
+}
+
+/// What a route does, its folder opened.
+#[derive(Clone, Debug)]
+pub enum RoutedTarget {
+    /// Balance among these backends (names or addresses); see `Upstreams::pools`.
+    Pool,
+    Static(StaticDir),
+    Redirect {
+        to: String,
+        status: StatusCode,
+    },
+}
+
+/// What a route did with a request.
+// Returned once and taken apart at once by the caller: never stored, so the size of the
+// answer variant costs nothing a box would save.
+#[allow(clippy::large_enum_variant)]
+pub enum Taken {
+    /// Balance it among the route's own pool.
+    Pool,
+    /// Answered here (a file, a redirect), and what the access log names as its backend.
+    Answer(Response<Download>, &'static str),
+}
+
+impl Routed {
+    /// The request `parts`, taken by this route.
+    pub async fn take(&self, parts: &hyper::http::request::Parts) -> Taken {
+        match &self.target {
+            RoutedTarget::Pool => Taken::Pool,
+            RoutedTarget::Static(dir) => {
+                let path = parts.uri.path();
+                let response =
+                    super::static_files::serve(dir, &parts.method, path, &parts.headers).await;
+                Taken::Answer(response, "static")
+            }
+            RoutedTarget::Redirect { to, status } => {
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = redirect_location(to, &self.route.prefix, pq);
+                let mut response = Response::new(Download::text(""));
+                *response.status_mut() = *status;
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                Taken::Answer(response, "redirect")
+            }
+        }
+    }
+}
 
 /// One `[[http.route]]`, as written.
 #[derive(Clone, Debug, Deserialize)]
