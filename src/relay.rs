@@ -351,7 +351,7 @@ pub async fn relay_conns(
 }
 
 /// Which end of a [`pipe`] failed.
-enum Failed {
+enum FailedEnd {
     Read(io::Error),
     Write(io::Error),
 }
@@ -375,16 +375,16 @@ async fn relay_plain(
             pipe(&mut client_read, &mut backend_write, &up_meter, &ended)
                 .await
                 .map_err(|f| match f {
-                    Failed::Read(e) => End::Client(e),
-                    Failed::Write(e) => End::Backend(e),
+                    FailedEnd::Read(e) => End::Client(e),
+                    FailedEnd::Write(e) => End::Backend(e),
                 })
         };
         let down = async {
             pipe(&mut backend_read, &mut client_write, &down_meter, &ended)
                 .await
                 .map_err(|f| match f {
-                    Failed::Read(e) => End::Backend(e),
-                    Failed::Write(e) => End::Client(e),
+                    FailedEnd::Read(e) => End::Backend(e),
+                    FailedEnd::Write(e) => End::Client(e),
                 })
         };
         tokio::try_join!(up, down).err()
@@ -408,10 +408,10 @@ impl Ended {
     /// same FIN (its receive queue is empty: we read up to the peer's own FIN), so it is left
     /// to `close`: one system call fewer per connection (chapter 11, issue 19; nginx never
     /// shuts down, HAProxy 0.8 times per connection).
-    async fn pass_on(&self, dst: &mut tokio::net::tcp::WriteHalf<'_>) -> Result<(), Failed> {
+    async fn pass_on(&self, dst: &mut tokio::net::tcp::WriteHalf<'_>) -> Result<(), FailedEnd> {
         use tokio::io::AsyncWriteExt as _;
         if self.0.fetch_add(1, Ordering::AcqRel) == 0 {
-            already_closed(dst.shutdown().await).map_err(Failed::Write)?;
+            already_closed(dst.shutdown().await).map_err(FailedEnd::Write)?;
         }
         Ok(())
     }
@@ -424,7 +424,7 @@ async fn pipe(
     dst: &mut tokio::net::tcp::WriteHalf<'_>,
     meter: &Meter<'_>,
     ended: &Ended,
-) -> Result<(), Failed> {
+) -> Result<(), FailedEnd> {
     use std::pin::Pin;
     use std::task::Poll;
     use tokio::io::{AsyncRead as _, AsyncWriteExt as _, ReadBuf};
@@ -441,7 +441,7 @@ async fn pipe(
                 Spliced::Unavailable => splicing = false,
             }
         }
-        src.readable().await.map_err(Failed::Read)?;
+        src.readable().await.map_err(FailedEnd::Read)?;
         let mut buf = pool::take();
         let mut filled = ReadBuf::new(&mut buf);
         // One read attempt, through `poll_read` rather than `try_read`: on a short read (fewer
@@ -466,7 +466,7 @@ async fn pipe(
             }
             Poll::Ready(Err(e)) => {
                 pool::give(buf);
-                return Err(Failed::Read(e));
+                return Err(FailedEnd::Read(e));
             }
         }
         if n == 0 {
@@ -480,7 +480,7 @@ async fn pipe(
         meter.record(n as u64);
         let written = dst.write_all(&buf[..n]).await;
         pool::give(buf);
-        written.map_err(Failed::Write)?;
+        written.map_err(FailedEnd::Write)?;
     }
 }
 
@@ -502,10 +502,10 @@ async fn splice_once(
     src: &TcpStream,
     dst: &TcpStream,
     meter: &Meter<'_>,
-) -> Result<Spliced, Failed> {
+) -> Result<Spliced, FailedEnd> {
     use crate::splice::{Pipe, splice_in, splice_out};
     use tokio::io::Interest;
-    src.readable().await.map_err(Failed::Read)?;
+    src.readable().await.map_err(FailedEnd::Read)?;
     let Ok(pipe) = Pipe::take() else {
         return Ok(Spliced::Unavailable);
     };
@@ -521,7 +521,7 @@ async fn splice_once(
         }
         Err(e) => {
             pipe.give();
-            return Err(Failed::Read(e));
+            return Err(FailedEnd::Read(e));
         }
     };
     if n == 0 {
@@ -532,12 +532,12 @@ async fn splice_once(
     let mut left = n;
     while left > 0 {
         // On an error the pipe is dropped, not pooled: it may still hold bytes.
-        dst.writable().await.map_err(Failed::Write)?;
+        dst.writable().await.map_err(FailedEnd::Write)?;
         match dst.try_io(Interest::WRITABLE, || splice_out(&pipe, dst, left)) {
-            Ok(0) => return Err(Failed::Write(io::ErrorKind::WriteZero.into())),
+            Ok(0) => return Err(FailedEnd::Write(io::ErrorKind::WriteZero.into())),
             Ok(m) => left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Failed::Write(e)),
+            Err(e) => return Err(FailedEnd::Write(e)),
         }
     }
     pipe.give();

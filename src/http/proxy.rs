@@ -596,7 +596,7 @@ impl HttpServer {
         let mut conn = admitted.conn;
         let mut prefix = Vec::new();
         if h1::enabled() && h1::takes(&self.upstreams()) {
-            match self.serve_fast(&mut conn, &info).await {
+            match self.serve_h1(&mut conn, &info).await {
                 h1::Left::Closed { clean } => return close_client(conn, clean).await,
                 h1::Left::ToHyper(read) => prefix = read,
             }

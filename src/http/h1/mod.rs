@@ -84,7 +84,7 @@ pub(in crate::http) fn takes(up: &Upstreams) -> bool {
 }
 
 /// What went wrong on the way to an answer; the exchange's [`Failure`] says what follows.
-enum Failed {
+enum AnswerFailed {
     /// The connection was found closed before any byte of the request was written.
     Unsent(io::Error),
     /// Nothing came back (the connection was closed or reset before any byte of an answer)
@@ -108,7 +108,7 @@ struct Scratch {
 
 impl HttpServer {
     /// Serves requests on `conn` while this path can; see the module's header.
-    pub(super) async fn serve_fast(&self, conn: &mut Conn, info: &ConnInfo) -> Left {
+    pub(super) async fn serve_h1(&self, conn: &mut Conn, info: &ConnInfo) -> Left {
         // Nothing is held while the connection waits for a request (see `spare`).
         let mut buf: Vec<u8> = Vec::new();
         let mut stop = self.stop.subscribe();
@@ -355,10 +355,10 @@ impl HttpServer {
                     answered = Some((answer, dialled, active, i));
                     break;
                 }
-                Err(Failed::Timeout) => (Failure::Timeout, None),
-                Err(Failed::Bad(e)) => (Failure::BadAnswer, Some(e)),
-                Err(Failed::Unsent(e)) => (Failure::Unsent, Some(e)),
-                Err(Failed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
+                Err(AnswerFailed::Timeout) => (Failure::Timeout, None),
+                Err(AnswerFailed::Bad(e)) => (Failure::BadAnswer, Some(e)),
+                Err(AnswerFailed::Unsent(e)) => (Failure::Unsent, Some(e)),
+                Err(AnswerFailed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
             };
             drop(active);
             if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
@@ -703,7 +703,7 @@ async fn exchange(
     response_timeout: std::time::Duration,
     mut timer: Pin<&mut Sleep>,
     kept: &mut Vec<(Span, Span)>,
-) -> Result<(ParsedAnswer, usize), Failed> {
+) -> Result<(ParsedAnswer, usize), AnswerFailed> {
     // `from` is a moment ago: the backend's time starts from there while it takes the
     // request, and again from the request's end if writing it had to wait.
     timer.as_mut().reset((from + response_timeout).into());
@@ -713,13 +713,13 @@ async fn exchange(
         let mut at = 0;
         while at < request.len() {
             match conn.write(&request[at..]).await {
-                Ok(0) => return Err(Failed::NoAnswer(io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Err(AnswerFailed::NoAnswer(io::ErrorKind::WriteZero.into())),
                 Ok(n) => at += n,
-                Err(e) if at == 0 => return Err(Failed::Unsent(e)),
-                Err(e) => return Err(Failed::NoAnswer(e)),
+                Err(e) if at == 0 => return Err(AnswerFailed::Unsent(e)),
+                Err(e) => return Err(AnswerFailed::NoAnswer(e)),
             }
         }
-        conn.flush().await.map_err(Failed::NoAnswer)
+        conn.flush().await.map_err(AnswerFailed::NoAnswer)
     };
     let mut write = std::pin::pin!(write);
     // Almost always the whole request goes into the socket's buffer at the first try: then
@@ -731,7 +731,7 @@ async fn exchange(
             tokio::select! {
                 biased;
                 written = write => written?,
-                () = timer.as_mut() => return Err(Failed::Timeout),
+                () = timer.as_mut() => return Err(AnswerFailed::Timeout),
             }
             timer
                 .as_mut()
@@ -745,7 +745,7 @@ async fn exchange(
                     Ok(Some((answer, len))) if answer.status.is_informational() => {
                         // 100 Continue, 103 Early Hints: hyper's client drops them too.
                         if answer.status == StatusCode::SWITCHING_PROTOCOLS {
-                            return Err(Failed::Bad(io::Error::other(
+                            return Err(AnswerFailed::Bad(io::Error::other(
                                 "101 to a request without Upgrade",
                             )));
                         }
@@ -754,30 +754,30 @@ async fn exchange(
                     }
                     Ok(Some(answer)) => return Ok(answer),
                     Ok(None) if buf.len() > super::proxy::DEFAULT_MAX_HEAD * 2 => {
-                        return Err(Failed::Bad(io::Error::other("answer head too large")));
+                        return Err(AnswerFailed::Bad(io::Error::other("answer head too large")));
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(Failed::Bad(e)),
+                    Err(e) => return Err(AnswerFailed::Bad(e)),
                 }
             }
             buf.reserve(READ);
             match conn.read_buf(buf).await {
                 Ok(0) if buf.is_empty() => {
-                    return Err(Failed::NoAnswer(io::Error::new(
+                    return Err(AnswerFailed::NoAnswer(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed before an answer",
                     )));
                 }
-                Ok(0) => return Err(Failed::Bad(io::Error::other("answer head cut short"))),
+                Ok(0) => return Err(AnswerFailed::Bad(io::Error::other("answer head cut short"))),
                 Ok(_) => {}
-                Err(e) if buf.is_empty() => return Err(Failed::NoAnswer(e)),
-                Err(e) => return Err(Failed::Bad(e)),
+                Err(e) if buf.is_empty() => return Err(AnswerFailed::NoAnswer(e)),
+                Err(e) => return Err(AnswerFailed::Bad(e)),
             }
         }
     };
     tokio::select! {
         biased;
         answer = read => answer,
-        () = timer => Err(Failed::Timeout),
+        () = timer => Err(AnswerFailed::Timeout),
     }
 }
