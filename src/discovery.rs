@@ -19,7 +19,7 @@
 //!   on every reconnect cannot be fooled that way, and the log says when the store changed;
 //! * a watch that stays open but goes silent (a partition, a frozen etcd): a connection that
 //!   says nothing looks exactly like a prefix where nothing changes, so every
-//!   [`CHECK_EVERY`] a cheap read must come back within the call timeout; one that does not
+//!   `CHECK_EVERY` (5 s) a cheap read must come back within the call timeout; one that does not
 //!   marks discovery stale and starts again;
 //! * a malformed key or value (one that is not UTF-8, not JSON, not an address): one log line
 //!   and a count in `etcd_skipped_total`, and the others are used.

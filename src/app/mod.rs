@@ -6,9 +6,9 @@
 //! here lets each of those `main.rs` files show only what its chapter adds, and keeps every
 //! step reading flags and file the same way: flags win over the file, the file over defaults.
 //!
-//! Its rooms, by idea: [`flags`] (what each step adds to the command line), [`plan`] (flags
-//! and file turned into a balancer, again on every reload), [`reload`] (SIGHUP, and the
-//! registry's changes, chapter 14), [`sources`] (backends from etcd, chapter 15). What is here
+//! Its rooms, by idea: `flags.rs` (what each step adds to the command line), `plan.rs` (flags
+//! and file turned into a balancer, again on every reload), `reload.rs` (SIGHUP, and the
+//! registry's changes, chapter 14), `sources.rs` (backends from etcd, chapter 15). What is here
 //! is the order they run in: [`main`], [`runtime`], [`run`].
 
 mod flags;
