@@ -207,6 +207,10 @@ fn answers(method: &str, path: &str) -> String {
         "/tagged" => ok("cache-control: max-age=60\r\netag: \"v1\"\r\n", "tagged"),
         "/vary" => ok("cache-control: max-age=60\r\nvary: x-pick\r\n", "vary"),
         "/swr" => swr_answer(),
+        "/ranged" => ok(
+            "cache-control: max-age=60\r\netag: \"r1\"\r\nlast-modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+            "0123456789",
+        ),
         _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
     }
 }
@@ -405,4 +409,55 @@ fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     let validated = request(&lb, "GET", "/swr", &["cache-control: no-cache"]);
     assert_ne!(validated.header("x-cache"), Some("UPDATING"));
     assert!(seen(&saw, "/swr") > before, "no-cache reached the backend");
+}
+
+/// RFC 9110 §14 and §13.1.5: a range of a stored whole answer is served from the cache, as the
+/// backend would: one range is a 206 with its `Content-Range`, past the end a 416, several
+/// ranges or an `If-Range` naming another version the whole answer; the backend is asked once.
+#[test]
+fn ranges_are_served_from_a_stored_whole_answer() {
+    let (b, saw) = backend(answers);
+    let lb = start(b);
+    assert_eq!(get(&lb, "/ranged").header("x-cache"), Some("MISS"));
+    let part = request(&lb, "GET", "/ranged", &["range: bytes=2-5"]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some("bytes 2-5/10"));
+    assert_eq!(part.header("content-length"), Some("4"));
+    assert_eq!(part.body, b"2345");
+    assert_eq!(part.header("x-cache"), Some("HIT"));
+    let tail = request(&lb, "GET", "/ranged", &["range: bytes=-3"]);
+    assert_eq!((tail.status, tail.body.as_slice()), (206, &b"789"[..]));
+    let past = request(&lb, "GET", "/ranged", &["range: bytes=10-"]);
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range"), Some("bytes */10"));
+    for whole in [
+        &["range: bytes=0-1,4-5"][..],
+        &["range: bytes=2-5", "if-range: \"r0\""],
+        &["range: bytes=2-5", "if-range: W/\"r1\""],
+        &[
+            "range: bytes=2-5",
+            "if-range: Sun, 06 Nov 1994 08:49:38 GMT",
+        ],
+    ] {
+        let reply = request(&lb, "GET", "/ranged", whole);
+        assert_eq!(
+            (reply.status, reply.body.as_slice()),
+            (200, &b"0123456789"[..]),
+            "{whole:?}"
+        );
+    }
+    for still in [
+        &["range: bytes=2-5", "if-range: \"r1\""][..],
+        &[
+            "range: bytes=2-5",
+            "if-range: Sun, 06 Nov 1994 08:49:37 GMT",
+        ],
+    ] {
+        assert_eq!(
+            request(&lb, "GET", "/ranged", still).status,
+            206,
+            "{still:?}"
+        );
+    }
+    assert_eq!(seen(&saw, "/ranged"), 1);
 }

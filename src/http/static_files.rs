@@ -451,7 +451,7 @@ fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-enum Ranged {
+pub(super) enum Ranged {
     Whole,
     /// First and last byte, inclusive.
     Part(u64, u64),
@@ -459,7 +459,7 @@ enum Ranged {
 }
 
 /// One `bytes=` range of a `len`-byte file; several (or anything unparsable) is the whole file.
-fn byte_range(value: &HeaderValue, len: u64) -> Ranged {
+pub(super) fn byte_range(value: &HeaderValue, len: u64) -> Ranged {
     let Some(spec) = value
         .to_str()
         .ok()

@@ -327,6 +327,9 @@ impl HttpServer {
         if request.method != Method::HEAD && !unchanged {
             *response.body_mut() = Download::new(Payload::Full(Some(entry.body.clone())), None);
         }
+        if !unchanged && entry.status == StatusCode::OK {
+            answer_range(&mut response, request, &entry.body);
+        }
         up.hide(response.headers_mut());
         // Compressed on the way out as any answer is (the entry is stored as the backend sent
         // it, so one entry serves every client whatever it accepts), as nginx's gzip does.
@@ -416,4 +419,66 @@ fn store_as_it_streams(
             drop(fetching);
         }),
     ));
+}
+
+/// RFC 9110 §14: a `Range` request answered from a stored whole answer, as the backend would
+/// have: one `bytes=` range is a `206` with that part and its `Content-Range`; a range past the
+/// end is a `416`; several ranges, an unparsable one, or an `If-Range` that no longer names
+/// this answer (§13.1.5: a strong `ETag` match, or exactly its `Last-Modified`) get the whole
+/// answer, which a server may always send. Compression is left out for a range already
+/// (`compress::applies`).
+fn answer_range(response: &mut Response<Download>, request: &Parts, body: &bytes::Bytes) {
+    use crate::http::static_files::{Ranged, byte_range};
+    let Some(range) = request.headers.get(header::RANGE) else {
+        return;
+    };
+    if request.method != Method::GET || !if_range_holds(&request.headers, response.headers()) {
+        return;
+    }
+    let len = body.len() as u64;
+    let (status, content_range, part) = match byte_range(range, len) {
+        Ranged::Whole => return,
+        Ranged::Part(first, last) => (
+            StatusCode::PARTIAL_CONTENT,
+            format!("bytes {first}-{last}/{len}"),
+            body.slice(first as usize..=last as usize),
+        ),
+        Ranged::Unsatisfiable => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("bytes */{len}"),
+            bytes::Bytes::new(),
+        ),
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = header::HeaderValue::from_str(&content_range) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    headers.insert(
+        header::CONTENT_LENGTH,
+        header::HeaderValue::from(part.len()),
+    );
+    *response.status_mut() = status;
+    *response.body_mut() = Download::new(Payload::Full(Some(part)), None);
+}
+
+/// RFC 9110 §13.1.5: whether `If-Range` (if any) still names the stored answer whose fields are
+/// `stored`: an entity tag must match its `ETag` strongly (a weak one never does), a date must
+/// be exactly its `Last-Modified`.
+fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let Some(condition) = request.get(header::IF_RANGE) else {
+        return true;
+    };
+    let Ok(condition) = condition.to_str() else {
+        return false;
+    };
+    let condition = condition.trim();
+    if condition.starts_with('"') {
+        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+        return etag.is_some_and(|etag| etag.trim() == condition);
+    }
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+    let asked = httpdate::parse_http_date(condition).ok();
+    modified.is_some() && modified == asked
 }
