@@ -23,7 +23,7 @@ use lb::backend::Backend;
 use lb::balancer::{Balancer, Options};
 use lb::http::affinity::CookieSettings;
 use lb::http::assign::{self, Mode};
-use lb::http::proxy::{HttpServer, Settings};
+use lb::http::balancer::{HttpServer, Settings};
 use lb::registry::Registry;
 use lb::server::Server;
 use lb::strategy::StrategyKind;

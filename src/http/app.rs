@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use super::affinity::{self, CookieSettings};
 use super::assign::Mode;
+use super::balancer::{self, HttpServer, Settings};
 use super::forward::Forwarding;
 use super::pool;
-use super::proxy::{self, HttpServer, Settings};
 use super::route::{Route, Target as RouteTarget};
 use super::route::{Routed, RoutedTarget};
 use super::static_files::{self, StaticDir};
@@ -408,15 +408,15 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
         header_timeout: http
             .header_timeout
             .or(key(|s| s.header_timeout))
-            .unwrap_or(proxy::DEFAULT_HEADER_TIMEOUT),
+            .unwrap_or(balancer::DEFAULT_HEADER_TIMEOUT),
         response_timeout: http
             .response_timeout
             .or(key(|s| s.response_timeout))
-            .unwrap_or(proxy::DEFAULT_RESPONSE_TIMEOUT),
+            .unwrap_or(balancer::DEFAULT_RESPONSE_TIMEOUT),
         max_head: http
             .max_head
             .or(section.and_then(|s| s.max_head))
-            .unwrap_or(proxy::DEFAULT_MAX_HEAD),
+            .unwrap_or(balancer::DEFAULT_MAX_HEAD),
         max_body: http
             .max_body
             .or(section.and_then(|s| s.max_body))

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use hyper::Uri;
 use hyper::http::uri::PathAndQuery;
 
+use super::balancer::{HttpServer, Line, Upstreams};
 use super::body::Download;
 use super::metrics::AffinityOutcome;
-use super::proxy::{HttpServer, Line, Upstreams};
 
 /// What `http-lb` does with a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]

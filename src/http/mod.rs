@@ -17,7 +17,7 @@
 //! | [`body`] | bodies streamed both ways, the `max-body` cap |
 //! | [`pool`] | keep-alive connections to each backend |
 //! | [`metrics`] | per-request counters and the latency histogram |
-//! | [`proxy`] | the per-request balancer on hyper: pick, send, retry, upgrade, answer errors |
+//! | [`balancer`] | the per-request balancer: pick, send (through hyper), retry, upgrade, answer errors |
 //! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
@@ -30,6 +30,7 @@
 pub mod affinity;
 pub mod app;
 pub mod assign;
+pub mod balancer;
 pub mod body;
 pub mod cache;
 pub mod client;
@@ -40,7 +41,6 @@ pub mod forward;
 mod h1;
 pub mod metrics;
 pub mod pool;
-pub mod proxy;
 pub mod route;
 pub mod static_files;
 

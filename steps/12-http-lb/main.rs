@@ -12,13 +12,13 @@
 //!   is down is redispatched and re-issued;
 //! * forward as **RFC 9110** asks ([`lb::http::forward`]): hop-by-hop fields removed,
 //!   `X-Forwarded-For`/`-Proto`/`-Host` added, trusted only from `--trusted-proxy` networks;
-//! * serve the **common request on its own HTTP/1.1 path** (`lb::http::proxy`'s `fast`
-//!   module: `httparse`, one task owning the pooled backend connection for the request), and
+//! * serve the **common request on its own HTTP/1.1 path** (`lb::http`'s `h1` codec:
+//!   `httparse`, one task owning the pooled backend connection for the request), and
 //!   everything else through hyper, which takes over a connection with the bytes already read:
 //!   hyper's path alone cost 1.17× nginx's CPU per kept-alive request and 20 KiB per idle
 //!   client, this one is level with nginx at 2.6 KiB (`LB_HTTP_FAST=off` to compare);
 //! * tunnel **upgrades** (WebSocket) after a `101`;
-//! * answer failures in HTTP ([`lb::http::proxy`]): 503 no backend up, 502 unreachable, 504
+//! * answer failures in HTTP ([`lb::http::balancer`]): 503 no backend up, 502 unreachable, 504
 //!   too slow (`--response-timeout`), 413 over `--max-body`, 431 head over `--max-head`, 400
 //!   malformed, 408 head too slow (`--header-timeout`).
 //!

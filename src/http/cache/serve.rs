@@ -13,12 +13,12 @@ use hyper::header::{self, HeaderMap};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::http::balancer::{ConnInfo, HttpServer, Line, Upstreams};
 use crate::http::body::{self, Download, Payload};
 use crate::http::cache::{self, Cache, Outcome as CacheOutcome};
 use crate::http::compress;
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
-use crate::http::proxy::{ConnInfo, HttpServer, Line, Upstreams};
 
 /// The head of a stored answer, for serving it stale (its own, `Age` not updated).
 fn entry_head(entry: &cache::Entry) -> hyper::http::response::Parts {

@@ -44,7 +44,7 @@ use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Sleep;
 
-use super::proxy::{Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, local_text};
+use super::balancer::{Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, local_text};
 use crate::http::exchange::{self, Failure};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
@@ -189,7 +189,7 @@ impl HttpServer {
                         if !idle {
                             let _ = tokio::time::timeout(
                                 crate::net::LINGER,
-                                write_flushed(conn, super::proxy::TIMEOUT_408),
+                                write_flushed(conn, super::balancer::TIMEOUT_408),
                             )
                             .await;
                         }
@@ -753,7 +753,7 @@ async fn exchange(
                         continue;
                     }
                     Ok(Some(answer)) => return Ok(answer),
-                    Ok(None) if buf.len() > super::proxy::DEFAULT_MAX_HEAD * 2 => {
+                    Ok(None) if buf.len() > super::balancer::DEFAULT_MAX_HEAD * 2 => {
                         return Err(AnswerFailed::Bad(io::Error::other("answer head too large")));
                     }
                     Ok(None) => {}
