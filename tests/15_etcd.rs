@@ -471,8 +471,8 @@ fn a_key_that_is_not_utf8_stops_nothing() {
     }
     let etcd = Etcd::start();
     let prefix = "/lb/bytes/";
-    let (_dummies, _) = common::dummies(2);
-    let address = |i: usize| format!(r#"{{"address": "{}"}}"#, _dummies.addrs[i]);
+    let (dummies, _) = common::dummies(2);
+    let address = |i: usize| format!(r#"{{"address": "{}"}}"#, dummies.addrs[i]);
     etcd.put(&format!("{prefix}s1"), &address(0));
     let running = balancer(bin!("tcp-lb"), &etcd, prefix);
     assert_eq!(served_by(running.addr()).as_deref(), Some("server1"));
