@@ -486,11 +486,15 @@ pub fn read_reply(r: &mut impl Read) -> Reply {
             (n.trim().to_ascii_lowercase(), v.trim().to_owned())
         })
         .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.parse().unwrap())
-        .expect("content-length");
+    // An informational answer has no body, and no length to say so (RFC 9112 §6.3).
+    let len: usize = match (100..200).contains(&status) {
+        true => 0,
+        false => headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .expect("content-length"),
+    };
     let mut body = vec![0; len];
     r.read_exact(&mut body).unwrap();
     Reply {

@@ -96,6 +96,39 @@ enum AnswerFailed {
     Timeout,
 }
 
+/// Where a `103 Early Hints` goes while the final answer is awaited: the client, at once.
+///
+/// RFC 9110 §15.2: a proxy forwards a 1xx answer it did not ask for itself, except to an
+/// HTTP/1.0 client (which cannot read one; such a request never takes this path). Early Hints
+/// (RFC 8297) are what a backend sends while it prepares a slow page, so that the browser
+/// starts fetching its stylesheets meanwhile: held back until the final answer, they would be
+/// worth nothing. The fields go through the same rules as a final answer's: hop-by-hop ones
+/// were left out while parsing, hidden ones (`--hide-header`) are removed. Never stored: the
+/// cache (hyper's path) does not see them, as hyper's client drops them (as its server cannot
+/// send one: hyper has no API for it), a difference the differential test lists.
+struct Hints<'a> {
+    client: &'a mut Conn,
+    up: &'a Upstreams,
+}
+
+impl Hints<'_> {
+    async fn pass_on(&mut self, hint: &ParsedAnswer, head: &[u8], kept: &[(Span, Span)]) {
+        let bytes = |(start, end): Span| &head[start..end];
+        let mut out = Vec::with_capacity(head.len());
+        out.extend_from_slice(b"HTTP/1.1 103 ");
+        out.extend_from_slice(bytes(hint.reason));
+        out.extend_from_slice(b"\r\n");
+        for &(name, value) in &kept[..hint.codings] {
+            if !self.up.hides(bytes(name)) {
+                field(&mut out, bytes(name), bytes(value));
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        // A client that is gone is found out when the final answer is written.
+        let _ = write_flushed(self.client, &out).await;
+    }
+}
+
 /// The buffers a connection reuses from request to request: what is written next, what the
 /// backend sent, and where the answer's fields are in it.
 struct Scratch {
@@ -336,6 +369,7 @@ impl HttpServer {
             upstream.clear();
             let (failed, error) = match exchange(
                 &mut dialled,
+                Hints { client: conn, up },
                 out,
                 upstream,
                 &method,
@@ -696,6 +730,7 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     conn: &mut Conn,
+    mut hints: Hints<'_>,
     request: &[u8],
     buf: &mut Vec<u8>,
     method: &Method,
@@ -743,12 +778,16 @@ async fn exchange(
             if !buf.is_empty() {
                 match parse_answer(buf, method, kept) {
                     Ok(Some((answer, len))) if answer.status.is_informational() => {
-                        // 100 Continue, 103 Early Hints: hyper's client drops them too.
                         if answer.status == StatusCode::SWITCHING_PROTOCOLS {
                             return Err(AnswerFailed::Bad(io::Error::other(
                                 "101 to a request without Upgrade",
                             )));
                         }
+                        if answer.status == StatusCode::EARLY_HINTS {
+                            hints.pass_on(&answer, &buf[..len], kept).await;
+                        }
+                        // A 100 Continue is dropped: this path never sends `Expect` (such a
+                        // request goes to hyper), so it answers nothing the client asked.
                         buf.drain(..len);
                         continue;
                     }
