@@ -496,6 +496,28 @@ fn a_backend_that_closes_unanswered_is_retried_only_when_allowed() {
     assert_eq!(answers.iter().filter(|a| a == &b"hello").count(), 2);
     assert!(metrics(&greeted).contains("tcplb_unanswered_retries_total 0"));
 
+    // Past what is kept (64 KiB) before any answer, a client's bytes are not sent twice: a
+    // backend that read them all and closed might have acted on them.
+    let sink = spawn_per_connection(|mut conn| {
+        let _ = conn.read_to_end(&mut Vec::new());
+    })
+    .to_string();
+    let big = start(&["--backend", &retried(&sink), "--backend", &echo]);
+    let mut sent_to_sink = 0;
+    for _ in 0..2 {
+        let mut s = connect(big.addr());
+        s.write_all(&vec![b'x'; 100 * 1024]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back);
+        sent_to_sink += usize::from(back.is_empty());
+    }
+    assert_eq!(
+        sent_to_sink, 1,
+        "one of two went to the sink, and stayed there"
+    );
+    assert!(metrics(&big).contains("tcplb_unanswered_retries_total 0"));
+
     // Off by default: round robin sends half the clients to the one that closes.
     let plain = start(&["--backend", &fin, "--backend", &echo]);
     let answers: Vec<Vec<u8>> = (0..4).map(|_| ping(&plain)).collect();
