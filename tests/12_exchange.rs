@@ -75,31 +75,6 @@ impl Backend {
     }
 }
 
-/// Reads a request head and its `Content-Length` body, as a backend that knows no other
-/// framing would; `None` when the connection ends.
-fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match conn.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let l = l.to_ascii_lowercase();
-            let v = l.strip_prefix("content-length:")?;
-            v.trim().parse::<usize>().ok()
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).ok()?;
-    Some((head, body))
-}
-
 /// A backend that runs `script(path, connection, events)` for each request it reads; the
 /// script writes the answer and returns whether to go on reading that connection.
 fn backend<F>(script: F) -> Backend

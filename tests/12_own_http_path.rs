@@ -42,31 +42,6 @@ fn requests_by(lb: &Proc, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {needle} in {body}"))
 }
 
-/// Reads one request head (and its `content-length` body) from a backend connection; `None`
-/// when the balancer closed it.
-fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match conn.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let head = String::from_utf8(head).unwrap();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).ok()?;
-    Some((head, body))
-}
-
 /// A backend that answers the request for `/NAME` with `answers(NAME)`, written as raw bytes,
 /// on every connection, and reports each request head it saw. An answer ending in `CLOSE`
 /// (stripped) is followed by closing the connection.

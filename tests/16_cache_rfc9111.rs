@@ -21,27 +21,7 @@ fn backend(answer: fn(&str, &str) -> String) -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let record = Arc::clone(&seen);
     let addr = spawn_per_connection(move |mut conn: TcpStream| {
-        loop {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match conn.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let l = l.to_ascii_lowercase();
-                    l.strip_prefix("content-length:")?.trim().parse().ok()
-                })
-                .unwrap_or(0);
-            let mut body = vec![0; length];
-            if conn.read_exact(&mut body).is_err() {
-                return;
-            }
+        while let Some((head, _body)) = read_request(&mut conn) {
             let mut words = head.split(' ');
             let method = words.next().unwrap_or("").to_owned();
             let path = words.next().unwrap_or("/").to_owned();

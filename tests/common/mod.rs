@@ -517,6 +517,36 @@ pub fn get(addr: SocketAddr, path: &str) -> Reply {
     get_on(&mut s, path)
 }
 
+/// Reads one request head and its `Content-Length` body from a backend's connection, as a
+/// backend that knows no other framing would; `None` when the connection ends. Byte by byte,
+/// so that nothing of a next request is taken; a read a signal interrupts is read again (a bare
+/// `read` taking EINTR for the end flaked a test under stress-ng).
+pub fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("content-length:")?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
 /// True when the peer closes `stream` (EOF or reset) without sending anything.
 pub fn closed_without_data(stream: &mut impl Read) -> bool {
     let mut buf = [0u8; 64];
