@@ -202,9 +202,12 @@ fn assign(c: &mut Criterion) {
     });
 
     let admin = {
-        let registry = Arc::clone(&registry);
+        let sources = lb::sources::Sources {
+            registry: Arc::clone(&registry),
+            ..Default::default()
+        };
         Served::start("assign-admin", move |listener| async move {
-            lb::admin::run(listener, Server::new(balancer()), registry).await
+            lb::admin::run(listener, Server::new(balancer()), sources).await
         })
     };
     let renewal: &'static str = Box::leak(

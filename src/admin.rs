@@ -30,6 +30,7 @@ use crate::metrics;
 use crate::net;
 use crate::registry::{MAX_BODY, Put, Refused, Registry};
 use crate::server::Server;
+use crate::sources::Sources;
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -68,7 +69,7 @@ impl Status for Server {
 }
 
 /// Serves the admin endpoints on `listener` for as long as the task runs.
-pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>, registry: Arc<Registry>) {
+pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>, sources: Sources) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let waiting = Arc::new(tokio::sync::Semaphore::new(MAX_WAITING));
     loop {
@@ -79,7 +80,7 @@ pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>, registry: Arc
             tracing::debug!(client = %peer, "admin listener busy: connection closed");
             continue;
         };
-        let (server, registry) = (Arc::clone(&server), Arc::clone(&registry));
+        let (server, sources) = (Arc::clone(&server), sources.clone());
         let permits = Arc::clone(&permits);
         tokio::spawn(async move {
             let permit = tokio::time::timeout(WAIT_FOR_SLOT, permits.acquire_owned()).await;
@@ -89,11 +90,11 @@ pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>, registry: Arc
                 return;
             };
             let service = hyper::service::service_fn(move |req| {
-                let (server, registry) = (Arc::clone(&server), Arc::clone(&registry));
+                let (server, sources) = (Arc::clone(&server), sources.clone());
                 async move {
                     // An IPv4 client of a dual-stack listener as IPv4, for `register-allow`.
                     let ip = peer.ip().to_canonical();
-                    Ok::<_, std::convert::Infallible>(respond(&*server, &registry, ip, req).await)
+                    Ok::<_, std::convert::Infallible>(respond(&*server, &sources, ip, req).await)
                 }
             });
             let result = hyper::server::conn::http1::Builder::new()
@@ -111,10 +112,11 @@ pub async fn run<S: Status>(listener: TcpListener, server: Arc<S>, registry: Arc
 
 async fn respond<S: Status>(
     server: &S,
-    registry: &Registry,
+    sources: &Sources,
     peer: IpAddr,
     req: Request<Incoming>,
 ) -> Response<DummyBody> {
+    let registry = &*sources.registry;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if let Some(name) = path.strip_prefix("/backends/") {
@@ -137,12 +139,12 @@ async fn respond<S: Status>(
             (
                 StatusCode::OK,
                 metrics::CONTENT_TYPE,
-                server.metrics() + &registry.metrics(server.prefix()),
+                server.metrics() + &sources.metrics(server.prefix()),
             )
         }
         (&Method::GET, "/health") => match server.health() {
             // Serving, and saying so: stale discovery is not a reason to route around it.
-            Ok(ok) if registry.etcd_stale() => (
+            Ok(ok) if sources.discovered.stale() => (
                 StatusCode::OK,
                 "text/plain",
                 format!("{ok}; etcd discovery is stale: serving the last known backends\n"),
@@ -159,7 +161,7 @@ async fn respond<S: Status>(
             if let Err(refused) = registry.authorize(peer, auth, false) {
                 return refusal(peer, &method, &path, refused);
             }
-            let list = list(&server.balancer(), registry);
+            let list = list(&server.balancer(), sources);
             (
                 StatusCode::OK,
                 "application/json",
@@ -309,8 +311,8 @@ struct Listed {
 
 /// Every backend the balancer has, then registrations it does not have yet (a rebuild under
 /// way, or a name that did not resolve).
-fn list(balancer: &Balancer, registry: &Registry) -> Vec<Listed> {
-    let leases = registry.leases(Instant::now());
+fn list(balancer: &Balancer, sources: &Sources) -> Vec<Listed> {
+    let leases = sources.registry.leases(Instant::now());
     let mut out: Vec<Listed> = balancer
         .backends()
         .iter()
@@ -322,7 +324,7 @@ fn list(balancer: &Balancer, registry: &Registry) -> Vec<Listed> {
                 .find(|(s, ..)| s.same_target(spec) && s.name == spec.name);
             let source = match (&spec.name, lease) {
                 (_, Some(_)) => "registered",
-                (Some(name), None) => registry.source(name).unwrap_or("config"),
+                (Some(name), None) => sources.source_of(name).unwrap_or("config"),
                 (None, None) => "config",
             };
             Listed {

@@ -32,6 +32,7 @@
 //! | [`registry`] | 14-assign | servers that register themselves: leases, a token, a cap |
 //! | [`etcd`] | 15 | an etcd v3 client over its JSON gateway: range, watch, leases |
 //! | [`discovery`] | 15 | backends from an etcd prefix, listed then watched; stale but serving |
+//! | [`sources`] | 14, 15 | where backends come from besides the file, behind one trait, merged |
 //! | [`registrant`] | 14-assign | the server's side: register with each balancer, renew, deregister |
 
 pub mod admin;
@@ -57,6 +58,7 @@ pub mod registrant;
 pub mod registry;
 pub mod relay;
 pub mod server;
+pub mod sources;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod strategy;

@@ -144,14 +144,6 @@ pub struct Registry {
     allow: Mutex<Vec<Cidr>>,
     cap: std::sync::atomic::AtomicUsize,
     leases: Mutex<BTreeMap<String, Lease>>,
-    /// Backends found in etcd (chapter 15), by name; kept by `lb::discovery`.
-    etcd: Mutex<BTreeMap<String, BackendSpec>>,
-    /// etcd discovery is configured: the balancer may start with no backend.
-    etcd_on: std::sync::atomic::AtomicBool,
-    /// etcd cannot be reached: the etcd backends are the last ones known.
-    etcd_stale: std::sync::atomic::AtomicBool,
-    /// Keys or values under the prefix that could not be used (chapter 15).
-    etcd_skipped: std::sync::atomic::AtomicU64,
     changed: tokio::sync::Notify,
     counters: Counters,
 }
@@ -170,10 +162,6 @@ impl Registry {
             allow: Mutex::new(Vec::new()),
             cap: std::sync::atomic::AtomicUsize::new(cap),
             leases: Mutex::new(BTreeMap::new()),
-            etcd: Mutex::new(BTreeMap::new()),
-            etcd_on: std::sync::atomic::AtomicBool::new(false),
-            etcd_stale: std::sync::atomic::AtomicBool::new(false),
-            etcd_skipped: std::sync::atomic::AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
         }
@@ -198,68 +186,6 @@ impl Registry {
     /// Whether a token is configured: registration is on.
     pub fn is_on(&self) -> bool {
         lock(&self.token).is_some()
-    }
-
-    /// Whether backends come from elsewhere than the config (registration, or etcd): the
-    /// balancer may start with none, and starts no demo servers in their place.
-    pub fn expects_backends(&self) -> bool {
-        self.is_on() || self.etcd_on.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// etcd discovery is on (chapter 15).
-    pub fn use_etcd(&self) {
-        self.etcd_on
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Replaces every etcd backend (after listing the prefix); notifies when that changed.
-    pub fn etcd_replace(&self, found: BTreeMap<String, BackendSpec>) {
-        let mut etcd = lock(&self.etcd);
-        if *etcd != found {
-            *etcd = found;
-            self.changed.notify_one();
-        }
-    }
-
-    /// One etcd backend added or changed (`Some`), or removed (`None`); notifies on a change.
-    pub fn etcd_set(&self, name: &str, spec: Option<BackendSpec>) {
-        let mut etcd = lock(&self.etcd);
-        let changed = match spec {
-            Some(spec) => etcd.insert(name.to_owned(), spec.clone()).as_ref() != Some(&spec),
-            None => etcd.remove(name).is_some(),
-        };
-        if changed {
-            self.changed.notify_one();
-        }
-    }
-
-    /// How many backends etcd holds now.
-    pub fn etcd_len(&self) -> usize {
-        lock(&self.etcd).len()
-    }
-
-    /// Marks etcd discovery as cut off (`true`: serving the last known set) or back.
-    pub fn set_etcd_stale(&self, stale: bool) {
-        self.etcd_stale
-            .store(stale, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn etcd_stale(&self) -> bool {
-        self.etcd_stale.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Counts one etcd key or value skipped because it could not be used.
-    pub fn count_etcd_skipped(&self) {
-        self.etcd_skipped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Where the backend named `name` came from: `registered`, `etcd`, or `None` (the config).
-    pub fn source(&self, name: &str) -> Option<&'static str> {
-        if lock(&self.leases).contains_key(name) {
-            return Some("registered");
-        }
-        lock(&self.etcd).contains_key(name).then_some("etcd")
     }
 
     /// Checks the caller: a token must be configured and presented (`Authorization: Bearer
@@ -420,18 +346,10 @@ impl Registry {
         gone
     }
 
-    /// The registered backends, then those from etcd, by name. A name in both is the
-    /// registered one's: one name, one backend (the cookie's identity).
+    /// The registered backends.
     pub fn specs(&self) -> Vec<BackendSpec> {
         let leases = lock(&self.leases);
-        let etcd = lock(&self.etcd);
-        let mut specs: Vec<BackendSpec> = leases.values().map(|lease| lease.spec.clone()).collect();
-        specs.extend(
-            etcd.iter()
-                .filter(|(name, _)| !leases.contains_key(*name))
-                .map(|(_, spec)| spec.clone()),
-        );
-        specs
+        leases.values().map(|lease| lease.spec.clone()).collect()
     }
 
     /// Each registered backend with the time its lease has left at `now`, and its TTL.
@@ -455,40 +373,12 @@ impl Registry {
     }
 
     /// The registry's lines of `/metrics`.
-    pub fn metrics(&self, prefix: &str) -> String {
+    fn exposition(&self, prefix: &str) -> String {
         let c = &self.counters;
         let mut e = Exposition::default();
         let name = format!("{prefix}_registered_backends");
         e.metric(&name, "gauge", "Backends registered now (chapter 14).")
             .sample(&name, &[], self.specs().len());
-        if self.etcd_on.load(std::sync::atomic::Ordering::Relaxed) {
-            let name = format!("{prefix}_etcd_backends");
-            e.metric(
-                &name,
-                "gauge",
-                "Backends found under the etcd prefix (chapter 15).",
-            )
-            .sample(&name, &[], self.etcd_len());
-            let name = format!("{prefix}_etcd_stale");
-            e.metric(
-                &name,
-                "gauge",
-                "1 while etcd cannot be reached and the last known backends are served.",
-            )
-            .sample(&name, &[], u8::from(self.etcd_stale()));
-            let name = format!("{prefix}_etcd_skipped_total");
-            e.metric(
-                &name,
-                "counter",
-                "etcd keys or values skipped because they could not be used (not UTF-8, not \
-                 JSON, not an address); each is also one log line.",
-            )
-            .sample(
-                &name,
-                &[],
-                self.etcd_skipped.load(std::sync::atomic::Ordering::Relaxed),
-            );
-        }
         let name = format!("{prefix}_registrations_total");
         e.metric(
             &name,
@@ -617,6 +507,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
         && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
+}
+
+impl crate::sources::Source for Registry {
+    fn label(&self) -> &'static str {
+        "registered"
+    }
+
+    fn is_on(&self) -> bool {
+        Registry::is_on(self)
+    }
+
+    fn specs(&self) -> Vec<BackendSpec> {
+        Registry::specs(self)
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        lock(&self.leases).contains_key(name)
+    }
+
+    fn metrics(&self, prefix: &str) -> String {
+        self.exposition(prefix)
+    }
 }
 
 #[cfg(test)]

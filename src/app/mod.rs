@@ -114,7 +114,7 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
         tokio::spawn(admin::run(
             admin,
             Arc::clone(&server),
-            Arc::clone(&setup.registry),
+            setup.sources.clone(),
         ));
     }
     tracing::info!("{}", plan.summary);

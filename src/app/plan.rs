@@ -10,7 +10,7 @@ use crate::balancer::{Balancer, Options};
 use crate::config::{Config, HealthSection};
 use crate::health::{Checks, Failover};
 use crate::limits::{self, Cidr, Limits};
-use crate::registry::Registry;
+use crate::sources::Sources;
 use crate::strategy::StrategyKind;
 use crate::{dummy, net, tls};
 
@@ -50,8 +50,9 @@ pub(crate) struct Setup {
     /// The in-process servers of `cargo run`, started by the first plan that needs them, and
     /// the client config that trusts their in-memory CA.
     builtin: OnceLock<(Vec<Backend>, Option<Arc<rustls::ClientConfig>>)>,
-    /// Servers that registered themselves (chapter 14): kept across reloads.
-    pub(crate) registry: Arc<Registry>,
+    /// Where backends come from besides the file: servers that registered themselves
+    /// (chapter 14), etcd (chapter 15); kept across reloads.
+    pub(crate) sources: Sources,
     /// The configuration of the last plan that succeeded: what a registry change rebuilds
     /// from, without reading the file again.
     last: Mutex<Option<Config>>,
@@ -83,7 +84,7 @@ impl Setup {
             strategy,
             layer,
             builtin: OnceLock::new(),
-            registry: Arc::default(),
+            sources: Sources::default(),
             last: Mutex::new(None),
             applying: tokio::sync::Mutex::new(()),
             assigning: std::sync::atomic::AtomicBool::new(false),
@@ -270,8 +271,8 @@ impl Setup {
             let cap = config
                 .max_registered
                 .unwrap_or(crate::registry::DEFAULT_CAP);
-            self.registry.configure(token, allow, cap)?;
-            options.may_be_empty = self.registry.expects_backends();
+            self.sources.registry.configure(token, allow, cap)?;
+            options.may_be_empty = self.sources.expect_backends();
         }
         let mut backends: Vec<Backend> = if !common.backends.is_empty() {
             backend::resolve_all(common.backends.clone(), None).await?
@@ -281,7 +282,7 @@ impl Setup {
                 backends.push(Backend::resolve(entry.spec(), entry.sni.as_deref()).await?);
             }
             backends
-        } else if self.registry.expects_backends() {
+        } else if self.sources.expect_backends() {
             // Its servers will register (or are in etcd): no demo servers in their place.
             Vec::new()
         } else {
@@ -296,7 +297,7 @@ impl Setup {
             backends
         };
 
-        for spec in self.registry.specs() {
+        for spec in self.sources.specs() {
             // One server whose name no longer resolves must not stop the others: it stays
             // out until it registers again.
             match Backend::resolve(spec.clone(), None).await {

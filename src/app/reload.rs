@@ -58,9 +58,9 @@ where
 {
     loop {
         tokio::select! {
-            () = setup.registry.changed() => {}
+            () = setup.sources.changed() => {}
             () = tokio::time::sleep(EXPIRY_TICK) => {
-                let gone = setup.registry.expire(std::time::Instant::now());
+                let gone = setup.sources.registry.expire(std::time::Instant::now());
                 if gone.is_empty() {
                     continue;
                 }

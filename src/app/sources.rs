@@ -1,5 +1,5 @@
-//! Backends from elsewhere than the config file: etcd (chapter 15), beside the registry of
-//! chapter 14 (kept in [`Setup::registry`](super::Setup)).
+//! Backends from etcd (chapter 15): started here, kept in `Setup::sources` beside the
+//! registry of chapter 14 (`lb::sources` merges them).
 
 use std::sync::Arc;
 
@@ -37,8 +37,8 @@ pub(crate) async fn start_etcd(
         prefix.push('/');
     }
     let source = Arc::new(crate::discovery::Source { etcd, prefix });
-    setup.registry.use_etcd();
-    let revision = crate::discovery::load(&source, &setup.registry).await;
+    setup.sources.discovered.turn_on();
+    let revision = crate::discovery::load(&source, &setup.sources.discovered).await;
     Ok(Some((source, revision)))
 }
 
@@ -51,7 +51,7 @@ pub(crate) fn follow_etcd(
     if let Some((source, revision)) = started {
         tokio::spawn(crate::discovery::follow(
             source,
-            Arc::clone(&setup.registry),
+            Arc::clone(&setup.sources.discovered),
             revision,
         ));
     }

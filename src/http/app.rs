@@ -181,7 +181,7 @@ pub async fn run(
         tokio::spawn(admin::run(
             admin,
             Arc::clone(&server),
-            Arc::clone(&setup.registry),
+            setup.sources.clone(),
         ));
     }
     tracing::info!("{summary}");
