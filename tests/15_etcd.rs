@@ -695,4 +695,18 @@ fn config_registry_and_etcd_backends_live_side_by_side() {
     let seen: std::collections::HashSet<String> =
         (0..12).filter_map(|_| served_by(lb.addr())).collect();
     assert_eq!(seen.len(), 3, "{seen:?}");
+    // Each source counts its own: the registered gauge once counted etcd's too.
+    let mut s = connect(lb.addrs[1]);
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    let _ = s.read_to_string(&mut metrics);
+    assert!(
+        metrics.contains("\ntcplb_registered_backends 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\ntcplb_etcd_backends 1\n"), "{metrics}");
 }
