@@ -36,7 +36,7 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::Backend;
-use crate::balancer::{AbortOnDrop, Balancer};
+use crate::balancer::{AbortOnDrop, ActiveGuard, Balancer};
 use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy::Conn;
@@ -245,57 +245,13 @@ impl Server {
         // closed, and the descriptor budget behind `max-connections` stays exact.
         let _held = admitted.held;
         let (mut conn, client, origin) = (admitted.conn, admitted.client, admitted.origin);
-        let mut tried = Vec::new();
-        let Some((mut i, mut upstream, mut _active)) =
-            Box::pin(balancer.connect_upstream(client, origin, &mut tried)).await
-        else {
-            // Returning drops `conn`, which closes it at once: the client sees the connection
-            // end rather than waiting on a backend that will never answer.
-            metrics::inc(&self.counters.no_backend);
-            return Outcome::early(client, "no-backend");
+        // Boxed, like the admission: it lasts a moment, and its state (the backends tried,
+        // the bytes kept) must not size the task for the connection's whole life.
+        let connected = Box::pin(self.connect(&mut conn, client, origin, balancer)).await;
+        let (i, mut upstream, _active, up, down) = match connected {
+            Ok(connected) => connected,
+            Err(outcome) => return outcome,
         };
-        // `retry-unanswered` (chapter 13): until the backend's first byte, the client's bytes
-        // are kept, and a backend that closes or resets without a word is replaced by the
-        // next one, which gets them all again. Boxed, like the dial: it lasts a moment.
-        let (mut up, mut down) = (0, 0);
-        if balancer.backends()[i].spec().retry_unanswered {
-            let mut kept = relay::Kept::default();
-            loop {
-                let answered = relay::until_answered(
-                    &mut conn,
-                    &mut upstream,
-                    &mut kept,
-                    balancer.idle_timeout,
-                    &mut up,
-                    &mut down,
-                );
-                let why = match Box::pin(answered).await {
-                    FirstAnswer::Relay => break,
-                    FirstAnswer::Unanswered(why) => why,
-                    FirstAnswer::Ended(end) => {
-                        return self.ended(client, &balancer.backends()[i], up, down, end);
-                    }
-                };
-                metrics::inc(&self.counters.unanswered_retries);
-                tracing::warn!(
-                    client = %client,
-                    backend = %balancer.backends()[i],
-                    "backend closed before answering ({why}): its {} bytes go to another",
-                    kept.len()
-                );
-                tried.push(i);
-                let again = balancer.connect_upstream(client, origin, &mut tried);
-                let Some(next) = Box::pin(again).await else {
-                    metrics::inc(&self.counters.no_backend);
-                    return Outcome::early(client, "no-backend");
-                };
-                (i, upstream, _active) = next;
-                if let Err(e) = kept.replay(&mut upstream).await {
-                    // Dead too: the next turn sees it and moves on.
-                    tracing::debug!("replaying to {}: {e}", balancer.backends()[i]);
-                }
-            }
-        }
         let (backend, counters) = (&balancer.backends()[i], &balancer.state(i).counters);
         metrics::add(&counters.bytes_up, up);
         metrics::add(&counters.bytes_down, down);
@@ -311,6 +267,67 @@ impl Server {
         outcome.up += up;
         outcome.down += down;
         outcome
+    }
+
+    /// Picks and dials a backend for `client`; with `retry-unanswered` (chapter 13), relays
+    /// until that backend's first byte, and gives the connection to the next backend, with
+    /// the client's bytes, if it closes or resets without a word. The backend's index, its
+    /// connection and slot, and the bytes moved so far each way; or how the connection ended.
+    async fn connect<'a>(
+        &self,
+        conn: &mut Conn,
+        client: SocketAddr,
+        origin: Option<Origin>,
+        balancer: &'a Balancer,
+    ) -> Result<(usize, Conn, ActiveGuard<'a>, u64, u64), Outcome<'a>> {
+        let mut tried = Vec::new();
+        let Some((mut i, mut upstream, mut active)) =
+            balancer.connect_upstream(client, origin, &mut tried).await
+        else {
+            // The caller returns at once, dropping `conn`, which closes it: the client sees
+            // the connection end rather than waiting on a backend that will never answer.
+            metrics::inc(&self.counters.no_backend);
+            return Err(Outcome::early(client, "no-backend"));
+        };
+        let (mut up, mut down) = (0, 0);
+        if !balancer.backends()[i].spec().retry_unanswered {
+            return Ok((i, upstream, active, up, down));
+        }
+        let mut kept = relay::Kept::default();
+        loop {
+            let answered = relay::until_answered(
+                conn,
+                &mut upstream,
+                &mut kept,
+                balancer.idle_timeout,
+                &mut up,
+                &mut down,
+            );
+            let why = match answered.await {
+                FirstAnswer::Relay => return Ok((i, upstream, active, up, down)),
+                FirstAnswer::Unanswered(why) => why,
+                FirstAnswer::Ended(end) => {
+                    return Err(self.ended(client, &balancer.backends()[i], up, down, end));
+                }
+            };
+            metrics::inc(&self.counters.unanswered_retries);
+            tracing::warn!(
+                client = %client,
+                backend = %balancer.backends()[i],
+                "backend closed before answering ({why}): its {} bytes go to another",
+                kept.len()
+            );
+            tried.push(i);
+            let Some(next) = balancer.connect_upstream(client, origin, &mut tried).await else {
+                metrics::inc(&self.counters.no_backend);
+                return Err(Outcome::early(client, "no-backend"));
+            };
+            (i, upstream, active) = next;
+            if let Err(e) = kept.replay(&mut upstream).await {
+                // Dead too: the next turn sees it and moves on.
+                tracing::debug!("replaying to {}: {e}", balancer.backends()[i]);
+            }
+        }
     }
 
     /// The outcome of a connection that reached `backend`, once it ended.
