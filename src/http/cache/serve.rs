@@ -272,7 +272,7 @@ impl HttpServer {
                 }
                 (status, _) if status.is_success() => {
                     let fetching = Some(fetching);
-                    store_as_it_streams(
+                    let storing = store_as_it_streams(
                         &cache,
                         &mut response,
                         key,
@@ -281,6 +281,10 @@ impl HttpServer {
                         fetching,
                         now,
                     );
+                    if !storing {
+                        // Not storable after all: nothing to read it for.
+                        return;
+                    }
                     // Nobody reads this answer: read it here, so that the copy completes.
                     let mut body = response.into_body();
                     while let Some(Ok(_)) =
@@ -382,6 +386,7 @@ impl HttpServer {
 /// When the backend's answer (`origin`, its head as received) to `original` may be stored
 /// under `key`, copies its body into the cache as it streams through `response`; `fetching`
 /// is held until it is stored, so that requests waiting for this key look again only then.
+/// Whether it is being copied.
 fn store_as_it_streams(
     cache: &Arc<Cache>,
     response: &mut Response<Download>,
@@ -390,12 +395,12 @@ fn store_as_it_streams(
     origin: Option<hyper::http::response::Parts>,
     fetching: Option<cache::Fetching>,
     now: SystemTime,
-) {
+) -> bool {
     let Some(head) = origin else {
-        return;
+        return false;
     };
     let Some(storing) = cache.policy_for(&original, &head, now) else {
-        return;
+        return false;
     };
     let store = Arc::clone(cache);
     let cache::Storing {
@@ -419,6 +424,7 @@ fn store_as_it_streams(
             drop(fetching);
         }),
     ));
+    true
 }
 
 /// RFC 9110 §14: a `Range` request answered from a stored whole answer, as the backend would
