@@ -15,7 +15,12 @@
 //! * every offloader reads one ticket-key file ([`lb::tickets`]), so a returning client that
 //!   tier 1 sends to *another* offloader still resumes its TLS session;
 //! * commands on standard input add and remove members: the tier in front is reconfigured and
-//!   reloaded (SIGHUP) first, then the member drains (SIGTERM), so nothing in flight is cut.
+//!   reloaded (SIGHUP) first, then the member drains (SIGTERM), so nothing in flight is cut;
+//! * an offloader killed with ClientHellos in its sockets loses none of them: tier 1 keeps a
+//!   connection's first bytes until its offloader answers, and gives them to another if it
+//!   closes without a word (`retry-unanswered`, [`lb::relay::until_answered`]);
+//! * `ssl-farm` itself killed (`kill -9`) leaves no orphan: each child watches a pipe only the
+//!   farm holds (`LB_STOP_ON_STDIN_EOF`, [`lb::cli::shutdown_signal`]).
 //!
 //! The config files it writes under `--state-dir` are the deployment: on four machines, the
 //! same files with real addresses (README, chapter 13).

@@ -806,7 +806,8 @@ impl Cache {
 }
 
 /// A stored answer's head as received.
-fn entry_parts(entry: &Entry) -> hyper::http::response::Parts {
+/// The head of a stored answer, as stored (its own `Age`, not updated).
+pub fn entry_parts(entry: &Entry) -> hyper::http::response::Parts {
     let mut parts = hyper::Response::new(()).into_parts().0;
     parts.status = entry.status;
     parts.headers = entry.headers.clone();

@@ -20,14 +20,6 @@ use crate::http::compress;
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
 
-/// The head of a stored answer, for serving it stale (its own, `Age` not updated).
-fn entry_head(entry: &cache::Entry) -> hyper::http::response::Parts {
-    let mut response = Response::new(());
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
-    response.into_parts().0
-}
-
 impl HttpServer {
     /// Chapter 16: the cache in front of [`HttpServer::proxied`]. A fresh entry answers at
     /// once; a miss for a key another request is already fetching waits for it; an expired
@@ -83,7 +75,6 @@ impl HttpServer {
             let now = SystemTime::now();
             match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
                 cache::Found::Fresh(entry, head) => {
-                    cache.count(CacheOutcome::Hit);
                     return self.answer_from_cache(
                         up,
                         &entry,
@@ -108,7 +99,6 @@ impl HttpServer {
                                 info,
                             );
                         }
-                        cache.count(CacheOutcome::Updating);
                         let conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
                             || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
                         return self.answer_from_cache(
@@ -179,8 +169,7 @@ impl HttpServer {
                 let head = origin
                     .as_ref()
                     .map(|head| cache.refresh(&key, entry, &original, head, now))
-                    .unwrap_or_else(|| entry_head(entry));
-                cache.count(CacheOutcome::Expired);
+                    .unwrap_or_else(|| cache::entry_parts(entry));
                 return self.answer_from_cache(
                     up,
                     entry,
@@ -193,8 +182,7 @@ impl HttpServer {
             }
             if status.is_server_error() && cache.usable_on_error(entry, now) {
                 tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
-                cache.count(CacheOutcome::Stale);
-                let head = entry_head(entry);
+                let head = cache::entry_parts(entry);
                 return self.answer_from_cache(
                     up,
                     entry,
@@ -314,6 +302,11 @@ impl HttpServer {
         info: &ConnInfo,
         outcome: CacheOutcome,
     ) -> Response<Download> {
+        // Counted here, where every answer from the cache passes: `up.cache` is the cache the
+        // request was looked up in (one configuration per request).
+        if let Some(cache) = &up.cache {
+            cache.count(outcome);
+        }
         let mut head = head;
         // RFC 9111 §4.3.2: a client's own conditional request that the stored answer satisfies
         // is answered 304, without the body it already has.
