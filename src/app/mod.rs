@@ -9,7 +9,8 @@
 //! Its rooms, by idea: `flags.rs` (what each step adds to the command line), `plan.rs` (flags
 //! and file turned into a balancer, again on every reload), `reload.rs` (SIGHUP, and the
 //! registry's changes, chapter 14), `sources.rs` (backends from etcd, chapter 15). What is here
-//! is the order they run in: [`main`], [`runtime`], [`run`].
+//! is the order they run in: [`main`], [`runtime`], [`run`], and [`serve`], the one start-up
+//! both `tcp-lb` and `http-lb` (chapter 12) go through: a [`Serving`] says what differs.
 
 mod flags;
 mod plan;
@@ -22,15 +23,16 @@ pub(crate) use reload::{follow_registry, hangups, on_sighup, reload_config};
 pub use sources::DEFAULT_ETCD_PREFIX;
 pub(crate) use sources::{follow_etcd, start_etcd};
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::server::Server;
 use crate::strategy::StrategyKind;
 use crate::{admin, cli, net};
-
-use reload::reload_on_sighup;
 
 pub use crate::config::MAX_WORKERS;
 
@@ -94,8 +96,79 @@ pub fn runtime(step: &Step, common: &Common) -> anyhow::Result<tokio::runtime::R
 /// Starts the balancer the flags and config describe, and serves until Ctrl-C or SIGTERM.
 /// Step 10 then drains, and reloads its configuration on SIGHUP while it serves.
 pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> anyhow::Result<()> {
-    let production = step.production.is_some();
-    let setup = Arc::new(Setup::new(step, common, strategy, Layer::Tcp));
+    serve(Tcp, Setup::new(step, common, strategy, Layer::Tcp)).await
+}
+
+/// What differs between the two servers the shared start-up runs: `tcp-lb`'s [`Server`] and
+/// `http-lb`'s `HttpServer` (chapter 12). Each plans a configuration its own way and takes
+/// it its own way; the order of everything else (bind, announce, follow the registry and
+/// etcd, reload, drain) is [`serve`]'s, written once.
+pub(crate) trait Serving: Send + Sync + 'static {
+    /// The server this layer runs; the admin listener reports on it.
+    type Server: admin::Status;
+    /// One configuration, planned: the balancer, and whatever else the server takes.
+    type Plan: Send + 'static;
+    /// Plans from the flags and `config`: at start, on SIGHUP, and when the backends change.
+    fn plan(
+        self: Arc<Self>,
+        setup: Arc<Setup>,
+        config: Config,
+    ) -> impl Future<Output = anyhow::Result<Self::Plan>> + Send;
+    /// The line logged when a plan takes effect.
+    fn summary(&self, plan: &Self::Plan) -> String;
+    /// The server, on the first plan.
+    fn start(&self, setup: &Setup, plan: Self::Plan) -> Arc<Self::Server>;
+    /// Puts a later plan in place; `reload` counts it as a reload (SIGHUP), otherwise it is
+    /// the registry's or etcd's change (chapters 14 and 15).
+    fn put(server: &Self::Server, plan: Self::Plan, reload: bool);
+    /// Counts a reload that was refused.
+    fn reload_failed(server: &Self::Server);
+    /// Serves `listener` until Ctrl-C or SIGTERM.
+    fn run(server: &Arc<Self::Server>, listener: TcpListener) -> impl Future<Output = ()>;
+    /// After [`Serving::run`], in step 10 and on: waits for the connections in flight, and
+    /// returns how many were left.
+    fn drain(server: &Self::Server) -> impl Future<Output = usize>;
+}
+
+/// `tcp-lb` and steps 07-09: a plan is a balancer.
+struct Tcp;
+
+impl Serving for Tcp {
+    type Server = Server;
+    type Plan = Plan;
+
+    async fn plan(self: Arc<Self>, setup: Arc<Setup>, config: Config) -> anyhow::Result<Plan> {
+        setup.plan(config).await
+    }
+    fn summary(&self, plan: &Plan) -> String {
+        plan.summary.clone()
+    }
+    fn start(&self, _: &Setup, plan: Plan) -> Arc<Server> {
+        Server::new(plan.balancer)
+    }
+    fn put(server: &Server, plan: Plan, reload: bool) {
+        match reload {
+            true => server.reload(plan.balancer),
+            false => server.replace(plan.balancer),
+        }
+    }
+    fn reload_failed(server: &Server) {
+        server.reload_failed();
+    }
+    async fn run(server: &Arc<Server>, listener: TcpListener) {
+        server.run(listener, cli::shutdown_signal()).await;
+    }
+    async fn drain(server: &Server) -> usize {
+        server.drain(cli::shutdown_signal()).await
+    }
+}
+
+/// The start-up both layers share, in order: bind (a port in use fails the start before any
+/// backend is touched), list etcd, plan, announce, then serve; from step 10 on, also follow
+/// the registry, reload on SIGHUP, and drain at the end.
+pub(crate) async fn serve<L: Serving>(layer: L, setup: Setup) -> anyhow::Result<()> {
+    let production = setup.step.production.is_some();
+    let (layer, setup) = (Arc::new(layer), Arc::new(setup));
     let config = setup.load_config()?;
     // Bound before the built-in backends start: a port in use fails the start on its own.
     let listen = setup.listen(&config)?;
@@ -103,9 +176,9 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
     let admin = setup.admin(&config);
     let admin_listener = admin.map(net::listen).transpose()?;
     let etcd = start_etcd(&setup, &config).await?;
-    let plan = setup.plan(config).await?;
-
-    let server = Server::new(plan.balancer);
+    let plan = Arc::clone(&layer).plan(Arc::clone(&setup), config).await?;
+    let summary = layer.summary(&plan);
+    let server = layer.start(&setup, plan);
     // Before the `listening on` line: see `Hangups`.
     let hangups = production.then(hangups);
     net::announce(&listener)?;
@@ -117,33 +190,49 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
             setup.sources.clone(),
         ));
     }
-    tracing::info!("{}", plan.summary);
+    tracing::info!("{summary}");
     follow_etcd(&setup, etcd);
     if production {
-        let (server, following) = (Arc::clone(&server), Arc::clone(&setup));
-        tokio::spawn(follow_registry(following, move |setup, config| {
-            let server = Arc::clone(&server);
+        let (layer, server) = (Arc::clone(&layer), Arc::clone(&server));
+        tokio::spawn(follow_registry(Arc::clone(&setup), move |setup, config| {
+            let (layer, server) = (Arc::clone(&layer), Arc::clone(&server));
             async move {
-                let plan = setup.plan(config).await?;
-                server.replace(plan.balancer);
-                Ok(plan.summary)
+                let plan = Arc::clone(&layer).plan(setup, config).await?;
+                let summary = layer.summary(&plan);
+                L::put(&server, plan, false);
+                Ok(summary)
             }
         }));
     }
     if let Some(hangups) = hangups {
-        tokio::spawn(reload_on_sighup(
-            hangups,
-            Arc::clone(&setup),
-            Arc::clone(&server),
-            (listen, admin),
-        ));
+        let (layer, server, setup) = (Arc::clone(&layer), Arc::clone(&server), Arc::clone(&setup));
+        tokio::spawn(on_sighup(hangups, move || {
+            let (layer, server, setup) =
+                (Arc::clone(&layer), Arc::clone(&server), Arc::clone(&setup));
+            async move {
+                let _applying = setup.applying.lock().await;
+                let planning = Arc::clone(&layer);
+                let planned = reload_config(&setup, (listen, admin), move |setup, config| {
+                    planning.plan(setup, config)
+                })
+                .await;
+                match planned {
+                    Ok(plan) => {
+                        let summary = layer.summary(&plan);
+                        L::put(&server, plan, true);
+                        tracing::info!("configuration reloaded: {summary}");
+                    }
+                    Err(e) => {
+                        L::reload_failed(&server);
+                        tracing::error!("reload failed, keeping the running configuration: {e:#}");
+                    }
+                }
+            }
+        }));
     }
-    server.run(listener, cli::shutdown_signal()).await;
-    if production {
-        let left = server.drain(cli::shutdown_signal()).await;
-        if left == 0 {
-            tracing::info!("stopped");
-        }
+    L::run(&server, listener).await;
+    if production && L::drain(&server).await == 0 {
+        tracing::info!("stopped");
     }
     Ok(())
 }

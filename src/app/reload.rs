@@ -8,39 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::server::Server;
 
 use super::RELOAD_LIMIT;
 use super::plan::Setup;
-
-/// Step 10: on SIGHUP, re-read the config file (and re-resolve backend names), and put the
-/// result in place; a file that does not load or does not make sense leaves the running
-/// configuration alone.
-pub(super) async fn reload_on_sighup(
-    hangups: Hangups,
-    setup: Arc<Setup>,
-    server: Arc<Server>,
-    bound: (SocketAddr, Option<SocketAddr>),
-) {
-    on_sighup(hangups, || async {
-        let _applying = setup.applying.lock().await;
-        let planned = reload_config(&setup, bound, |setup, config| async move {
-            setup.plan(config).await
-        })
-        .await;
-        match planned {
-            Ok(plan) => {
-                server.reload(plan.balancer);
-                tracing::info!("configuration reloaded: {}", plan.summary);
-            }
-            Err(e) => {
-                server.reload_failed();
-                tracing::error!("reload failed, keeping the running configuration: {e:#}");
-            }
-        }
-    })
-    .await;
-}
 
 /// How often leases are checked for expiry: a server that stopped renewing is gone at most
 /// this long after its TTL.

@@ -14,11 +14,12 @@ use super::route::{Route, Target as RouteTarget};
 use super::route::{Routed, RoutedTarget};
 use super::static_files::{self, StaticDir};
 use crate::app::{self, Common, Layer, Setup, Step};
+use crate::cli;
 use crate::config::{AffinityMode, Config, MAX_HEAD_RANGE};
 use crate::files;
 use crate::limits::Cidr;
 use crate::strategy::StrategyKind;
-use crate::{admin, cli, net};
+use tokio::net::TcpListener;
 
 /// The flags chapter 12 adds; each overrides its key in the config's `[http]` section.
 #[derive(clap::Args, Clone)]
@@ -147,97 +148,67 @@ pub fn main(
 }
 
 /// Starts `http-lb` as the flags and config describe, and serves until Ctrl-C or SIGTERM,
-/// reloading on SIGHUP.
+/// reloading on SIGHUP: chapter 10's start-up ([`app::serve`]) with an [`Http`] layer.
 pub async fn run(
     step: Step,
     common: Common,
     strategy: Option<StrategyKind>,
     http: HttpArgs,
 ) -> anyhow::Result<()> {
-    let setup = Arc::new(Setup::new(step, common, strategy, Layer::Http));
-    let http = Arc::new(http);
-    let config = setup.load_config()?;
-    let listen = setup.listen(&config)?;
-    let listener = net::listen(listen)?;
-    let admin = setup.admin(&config);
-    let admin_listener = admin.map(net::listen).transpose()?;
-    // A random secret, made once: a reload without a secret file keeps the cookies valid.
-    let fallback: Arc<[u8]> = Arc::from(random_secret());
-    let etcd = app::start_etcd(&setup, &config).await?;
-    let (settings, plan) = prepare(&setup, &http, &fallback, config).await?;
-    if settings.affinity.is_some() && uses_fallback(&setup, &http) {
-        tracing::warn!(
-            "no affinity-secret-file: using a random secret, so other http-lb instances (and \
-             this one after a restart) will not recognise its cookies"
-        );
+    let layer = Http {
+        args: http,
+        // A random secret, made once: a reload without a secret file keeps the cookies valid.
+        fallback: random_secret(),
+    };
+    app::serve(layer, Setup::new(step, common, strategy, Layer::Http)).await
+}
+
+/// What `http-lb` brings to the shared start-up: its flags, and the affinity secret used
+/// when no file gives one.
+struct Http {
+    args: HttpArgs,
+    fallback: Vec<u8>,
+}
+
+impl app::Serving for Http {
+    type Server = HttpServer;
+    /// Chapter 10's balancer, and the HTTP settings.
+    type Plan = (Settings, app::Plan);
+
+    async fn plan(
+        self: Arc<Self>,
+        setup: Arc<Setup>,
+        config: Config,
+    ) -> anyhow::Result<Self::Plan> {
+        prepare(&setup, &self.args, &self.fallback, config).await
     }
-    let summary = describe(&plan.summary, &settings);
-    let server = HttpServer::new(plan.balancer, settings);
-    // Before the `listening on` line: see `app::Hangups`.
-    let hangups = app::hangups();
-    net::announce(&listener)?;
-    if let Some(admin) = admin_listener {
-        net::announce(&admin)?;
-        tokio::spawn(admin::run(
-            admin,
-            Arc::clone(&server),
-            setup.sources.clone(),
-        ));
+    fn summary(&self, (settings, plan): &Self::Plan) -> String {
+        describe(&plan.summary, settings)
     }
-    tracing::info!("{summary}");
-    app::follow_etcd(&setup, etcd);
-    let (following, rebuilt, secret) = (
-        Arc::clone(&setup),
-        Arc::clone(&server),
-        Arc::clone(&fallback),
-    );
-    let flags = Arc::clone(&http);
-    tokio::spawn(app::follow_registry(following, move |setup, config| {
-        let (server, http, fallback) = (
-            Arc::clone(&rebuilt),
-            Arc::clone(&flags),
-            Arc::clone(&secret),
-        );
-        async move {
-            let (settings, plan) = prepare(&setup, &http, &fallback, config).await?;
-            let summary = describe(&plan.summary, &settings);
-            server.replace(plan.balancer, settings);
-            Ok(summary)
+    fn start(&self, setup: &Setup, (settings, plan): Self::Plan) -> Arc<HttpServer> {
+        if settings.affinity.is_some() && uses_fallback(setup, &self.args) {
+            tracing::warn!(
+                "no affinity-secret-file: using a random secret, so other http-lb instances (and \
+                 this one after a restart) will not recognise its cookies"
+            );
         }
-    }));
-    let reloading = Arc::clone(&server);
-    tokio::spawn(app::on_sighup(hangups, move || {
-        let (setup, http, fallback, server) = (
-            Arc::clone(&setup),
-            Arc::clone(&http),
-            Arc::clone(&fallback),
-            Arc::clone(&reloading),
-        );
-        async move {
-            let _applying = setup.applying.lock().await;
-            let planned =
-                app::reload_config(&setup, (listen, admin), move |setup, config| async move {
-                    prepare(&setup, &http, &fallback, config).await
-                })
-                .await;
-            match planned {
-                Ok((settings, plan)) => {
-                    let summary = describe(&plan.summary, &settings);
-                    server.reload(plan.balancer, settings);
-                    tracing::info!("configuration reloaded: {summary}");
-                }
-                Err(e) => {
-                    server.reload_failed();
-                    tracing::error!("reload failed, keeping the running configuration: {e:#}");
-                }
-            }
-        }
-    }));
-    server.run(listener, cli::shutdown_signal()).await;
-    if server.drain(cli::shutdown_signal()).await == 0 {
-        tracing::info!("stopped");
+        HttpServer::new(plan.balancer, settings)
     }
-    Ok(())
+    fn put(server: &HttpServer, (settings, plan): Self::Plan, reload: bool) {
+        match reload {
+            true => server.reload(plan.balancer, settings),
+            false => server.replace(plan.balancer, settings),
+        }
+    }
+    fn reload_failed(server: &HttpServer) {
+        server.reload_failed();
+    }
+    async fn run(server: &Arc<HttpServer>, listener: TcpListener) {
+        server.run(listener, cli::shutdown_signal()).await;
+    }
+    async fn drain(server: &HttpServer) -> usize {
+        server.drain(cli::shutdown_signal()).await
+    }
 }
 
 /// One configuration: the balancer chapter 10 would build, and the HTTP settings.
