@@ -187,6 +187,7 @@ fn answers(method: &str, path: &str) -> String {
         "/tagged" => ok("cache-control: max-age=60\r\netag: \"v1\"\r\n", "tagged"),
         "/vary" => ok("cache-control: max-age=60\r\nvary: x-pick\r\n", "vary"),
         "/swr" => swr_answer(),
+        "/stale-if-error" => stale_if_error_answer(),
         "/ranged" => ok(
             "cache-control: max-age=60\r\netag: \"r1\"\r\nlast-modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
             "0123456789",
@@ -389,6 +390,42 @@ fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     let validated = request(&lb, "GET", "/swr", &["cache-control: no-cache"]);
     assert_ne!(validated.header("x-cache"), Some("UPDATING"));
     assert!(seen(&saw, "/swr") > before, "no-cache reached the backend");
+}
+
+/// Answers to `/stale-if-error` so far: the first is stored, every later one is a 503.
+static SIE_ANSWERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `/stale-if-error`: an answer expired on arrival (`max-age=0`), with no `Age` of its own,
+/// usable stale on error; then the backend fails.
+fn stale_if_error_answer() -> String {
+    match SIE_ANSWERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+        0 => ok("cache-control: max-age=0, stale-if-error=600\r\n", "kept"),
+        _ => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown".to_owned(),
+    }
+}
+
+/// RFC 9111 §4 ("a cache MUST generate an Age header field ... equal to the stored response's
+/// current_age") and §5.1, with RFC 5861 §4: a stale answer served because the backend failed
+/// (`X-Cache: STALE`) says how old it is now, as a hit and an `UPDATING` answer do; before, it
+/// went out with its fields as stored, here with no `Age` at all.
+#[test]
+fn a_stale_answer_on_error_tells_its_age_now() {
+    let (addr, saw) = backend(answers);
+    let lb = start(addr);
+    assert_eq!(get(&lb, "/stale-if-error").body, b"kept");
+    let stale = get(&lb, "/stale-if-error");
+    assert_eq!(
+        (stale.status, stale.header("x-cache")),
+        (200, Some("STALE"))
+    );
+    assert_eq!(stale.body, b"kept");
+    let age: u64 = stale
+        .header("age")
+        .expect("a stale answer carries Age")
+        .parse()
+        .unwrap();
+    assert!(age < 600, "age {age}");
+    assert_eq!(seen(&saw, "/stale-if-error"), 2);
 }
 
 /// RFC 9110 §14 and §13.1.5: a range of a stored whole answer is served from the cache, as the

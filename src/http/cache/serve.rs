@@ -165,11 +165,11 @@ impl HttpServer {
             if revalidating && status == StatusCode::NOT_MODIFIED {
                 // The client asked for the whole answer: a 304 meant for our conditional must
                 // not reach it. One that does not match the entry (other validators) still says
-                // "what you have is current": serve it as stored.
+                // "what you have is current": serve it as stored, with its age now.
                 let head = origin
                     .as_ref()
                     .map(|head| cache.refresh(&key, entry, &original, head, now))
-                    .unwrap_or_else(|| cache::entry_parts(entry));
+                    .unwrap_or_else(|| Cache::stale_head(entry, now));
                 return self.answer_from_cache(
                     up,
                     entry,
@@ -182,7 +182,8 @@ impl HttpServer {
             }
             if status.is_server_error() && cache.usable_on_error(entry, now) {
                 tracing::warn!(key = %key, %status, "backend failed: serving the stale cached answer");
-                let head = cache::entry_parts(entry);
+                // Its age now, as every answer from the cache (RFC 9111 §4, §5.1).
+                let head = Cache::stale_head(entry, now);
                 return self.answer_from_cache(
                     up,
                     entry,
