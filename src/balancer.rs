@@ -42,10 +42,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::backend::{Backend, DEFAULT_CONNECT_TIMEOUT, HealthCheck};
+use crate::conn::Conn;
 use crate::health::{Checks, Clock, Failover, Health};
 use crate::limits::Limits;
 use crate::metrics::{self, BackendCounters};
-use crate::proxy::Conn;
 use crate::proxy_protocol::Origin;
 use crate::strategy::{Candidates, Strategy};
 use crate::{net, proxy_protocol, tls};

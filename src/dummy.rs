@@ -37,8 +37,8 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::Conn;
 use crate::net;
-use crate::proxy::Conn;
 use crate::tls::{self, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// The header every response carries, naming the server that produced it.

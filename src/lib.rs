@@ -10,7 +10,7 @@
 //! | [`cli`] | 01-ping | one-line start-up errors, logging set-up |
 //! | [`files`] | hardening | reading operator-named files: regular files only, size caps, no blocking |
 //! | [`dummy`] | dummy-server | the HTTP backend the tutorial balances over |
-//! | [`proxy`] | 02-forward | copying bytes both ways with half-close; `Conn`, one side plain or TLS |
+//! | [`conn`] | 02-forward | copying bytes both ways with half-close; `Conn`, one side plain or TLS |
 //! | [`backend`] | 02-forward | a backend address, resolved once, dialled with a timeout |
 //! | [`strategy`] | 03-round-robin | the `Strategy` trait and its implementations |
 //! | [`balancer`] | 03-round-robin | accept, pick, dial, forward, log: the load balancer itself |
@@ -42,6 +42,7 @@ pub mod balancer;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod discovery;
 pub mod dummy;
 pub mod etcd;
@@ -52,7 +53,6 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod net;
-pub mod proxy;
 pub mod proxy_protocol;
 pub mod registrant;
 pub mod registry;

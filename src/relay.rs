@@ -1,4 +1,4 @@
-//! The relay of chapters 10 and 11: chapter 2's forwarding ([`crate::proxy::forward`]), made
+//! The relay of chapters 10 and 11: chapter 2's forwarding ([`crate::conn::forward`]), made
 //! into what an operator's balancer needs.
 //!
 //! * **Counted as it moves** ([`relay`]): bytes each way go into the backend's counters while a
@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::{BUFFER_SIZE, Conn};
+use crate::conn::{BUFFER_SIZE, Conn};
 
 /// How a proxied connection ended: the access log's `end=`.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ pub struct Relayed {
     pub end: End,
 }
 
-/// [`forward`](crate::proxy::forward), for the balancer: adds the bytes to `up_total` and `down_total` as they move
+/// [`forward`](crate::conn::forward), for the balancer: adds the bytes to `up_total` and `down_total` as they move
 /// (so `/metrics` sees a long transfer while it runs), tells which side failed, and with `idle`
 /// closes the pair once neither direction has moved a byte for that long.
 ///

@@ -37,9 +37,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::Backend;
 use crate::balancer::{AbortOnDrop, ActiveGuard, Balancer};
+use crate::conn::Conn;
 use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
-use crate::proxy::Conn;
 use crate::proxy_protocol::Origin;
 use crate::relay::{self, End, FirstAnswer};
 use crate::{net, proxy_protocol, tls};

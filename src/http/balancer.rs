@@ -57,9 +57,9 @@ use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
 use super::route::{Routed, RoutedTarget, Taken};
 use crate::balancer::Balancer;
+use crate::conn::Conn;
 use crate::limits::Entry;
 use crate::net;
-use crate::proxy::Conn;
 use crate::relay;
 use crate::server::Server;
 

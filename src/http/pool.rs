@@ -26,7 +26,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::task::AbortHandle;
 
 use super::body::Upload;
-use crate::proxy::Conn;
+use crate::conn::Conn;
 
 /// The sending half of one backend connection, and the task that runs the connection: a
 /// response abandoned halfway (a backend that stalled, a client that left) aborts it, so the

@@ -4,7 +4,7 @@
 //! server on 4444) and relay bytes both ways. HTTP is just bytes on TCP, so curl's request
 //! reaches the dummy server and its answer comes back: a reverse proxy in a few lines.
 //!
-//! **What it adds:** [`lb::proxy::forward`], copying in both directions at once until both are
+//! **What it adds:** [`lb::conn::forward`], copying in both directions at once until both are
 //! done, half-close included; [`lb::backend::Backend`], an address resolved once and dialled
 //! with a timeout.
 //!
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lb::backend::{Backend, BackendSpec, HostPort};
-use lb::{cli, net, proxy};
+use lb::{cli, conn, net};
 use tokio::net::TcpStream;
 
 /// Step 2: relay every client to one backend.
@@ -95,7 +95,7 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, backend: Arc<Backend>, t
             return;
         }
     };
-    let result = proxy::forward(&mut client, &mut upstream).await;
+    let result = conn::forward(&mut client, &mut upstream).await;
     let duration = started.elapsed();
     match result {
         Ok((up, down)) => {

@@ -42,8 +42,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use lb::cli;
+use lb::conn::Conn;
 use lb::http::client;
-use lb::proxy::Conn;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 

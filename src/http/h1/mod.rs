@@ -45,11 +45,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Sleep;
 
 use super::balancer::{Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, local_text};
+use crate::conn::Conn;
 use crate::http::exchange::{self, Failure};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
-use crate::proxy::Conn;
 use parse::{Framing, Head, Parsed, ParsedAnswer, parse, parse_answer};
 
 mod parse;
