@@ -478,3 +478,127 @@ fn ranges_are_served_from_a_stored_whole_answer() {
     }
     assert_eq!(seen(&saw, "/ranged"), 1);
 }
+
+/// Answers to `/changing` so far: each carries a new strong `ETag`.
+static CHANGING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A backend that serves ranges itself, as an origin does: `/parts` (one representation,
+/// `ETag "p1"`), `/changing` (a new `ETag` every answer), `/lying` (a `206` whose
+/// `Content-Range` names 4 bytes while it sends 5); each body is `0123456789`, fresh for a
+/// minute.
+fn ranged_backend() -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let addr = spawn_per_connection(move |mut conn: TcpStream| {
+        while let Some((head, _body)) = read_request(&mut conn) {
+            let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            *record.lock().unwrap().entry(path.clone()).or_default() += 1;
+            let range = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(str::to_owned)
+                })
+                .and_then(|r| {
+                    let (a, b) = r.trim().split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?.min(9)))
+                });
+            let etag = match path.as_str() {
+                "/changing" => format!(
+                    "\"c{}\"",
+                    CHANGING.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                ),
+                _ => "\"p1\"".to_owned(),
+            };
+            let fields = format!("cache-control: max-age=60\r\netag: {etag}\r\n");
+            let body = "0123456789";
+            let answer = match (range, path.as_str()) {
+                (Some(_), "/lying") => format!(
+                    "HTTP/1.1 206 Partial Content\r\n{fields}content-range: bytes 0-3/10\r\ncontent-length: 5\r\n\r\n01234"
+                ),
+                (Some((a, b)), _) => format!(
+                    "HTTP/1.1 206 Partial Content\r\n{fields}content-range: bytes {a}-{b}/10\r\ncontent-length: {}\r\n\r\n{}",
+                    b - a + 1,
+                    &body[a..=b]
+                ),
+                (None, _) => ok(&fields, body),
+            };
+            if conn.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// RFC 9111 §3.3 and §3.4: a `206` is stored as a part that answers the ranges inside it (and
+/// nothing else: not the whole, not a `HEAD`, not a range that reaches past it); a newer part of
+/// the same representation that overlaps or touches it is combined with it, and parts that add
+/// up to the whole become the whole answer. Parts of different representations (another strong
+/// `ETag`) are never combined, and a `206` whose `Content-Range` does not describe its body is
+/// not stored. Before, no `206` was stored.
+#[test]
+fn parts_are_stored_combined_and_completed() {
+    let (b, saw) = ranged_backend();
+    let lb = start(b);
+    let range = |path: &str, r: &str| request(&lb, "GET", path, &[&format!("range: bytes={r}")]);
+    let first = range("/parts", "0-3");
+    assert_eq!((first.status, first.body.as_slice()), (206, &b"0123"[..]));
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let inside = range("/parts", "1-2");
+    assert_eq!((inside.status, inside.body.as_slice()), (206, &b"12"[..]));
+    assert_eq!(inside.header("x-cache"), Some("HIT"));
+    assert_eq!(inside.header("content-range"), Some("bytes 1-2/10"));
+    assert_eq!(seen(&saw, "/parts"), 1);
+    // Past the part: to the backend, and what comes back is combined with it.
+    assert_eq!(range("/parts", "3-6").header("x-cache"), Some("MISS"));
+    let combined = range("/parts", "0-6");
+    assert_eq!(
+        (combined.status, combined.body.as_slice()),
+        (206, &b"0123456"[..])
+    );
+    assert_eq!(combined.header("x-cache"), Some("HIT"));
+    // Neither a HEAD nor the whole answer comes from a part; the HEAD's answer, bodiless, is
+    // not stored either, so the part stays.
+    assert_eq!(
+        request(&lb, "HEAD", "/parts", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(range("/parts", "4-6").header("x-cache"), Some("HIT"));
+    assert_eq!(seen(&saw, "/parts"), 3);
+    // The part that touches the end completes it: a whole answer, which answers anything.
+    assert_eq!(range("/parts", "7-9").header("x-cache"), Some("MISS"));
+    let whole = get(&lb, "/parts");
+    assert_eq!(
+        (whole.status, whole.body.as_slice()),
+        (200, &b"0123456789"[..])
+    );
+    assert_eq!(whole.header("x-cache"), Some("HIT"));
+    assert_eq!(whole.header("content-range"), None);
+    assert_eq!(whole.header("content-length"), Some("10"));
+    assert_eq!(range("/parts", "8-9").body, b"89");
+    assert_eq!(seen(&saw, "/parts"), 4);
+    // A mismatched If-Range is not answered from a part.
+    assert_eq!(range("/changing", "0-3").header("x-cache"), Some("MISS"));
+    let other = request(
+        &lb,
+        "GET",
+        "/changing",
+        &["range: bytes=0-1", "if-range: \"other\""],
+    );
+    assert_eq!(other.header("x-cache"), Some("MISS"));
+
+    // Another representation: the newer part replaces the older, never joins it.
+    assert_eq!(range("/changing", "0-4").header("x-cache"), Some("MISS"));
+    assert_eq!(range("/changing", "5-9").header("x-cache"), Some("MISS"));
+    assert_eq!(range("/changing", "0-1").header("x-cache"), Some("MISS"));
+    assert_eq!(get(&lb, "/changing").header("x-cache"), Some("MISS"));
+
+    // A backend that says 4 bytes and sends 5: passed on as sent, never stored.
+    for _ in 0..2 {
+        let lying = range("/lying", "0-3");
+        assert_eq!(lying.header("x-cache"), Some("MISS"));
+    }
+    assert_eq!(seen(&saw, "/lying"), 2);
+}

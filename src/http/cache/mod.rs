@@ -48,6 +48,11 @@
 //!   is served for up to `stale-if-error` seconds past its freshness, from the response's own
 //!   `Cache-Control: stale-if-error=N` or the configured default.
 //!
+//! * **parts of an answer** (RFC 9111 §3.3, §3.4): a `206` with one range and a known length is
+//!   stored as a part ([`Span`]) that answers the ranges it holds; a newer part of the same
+//!   representation (the same strong `ETag`) that overlaps or touches it is combined with it,
+//!   and parts that add up to the whole become a whole answer, which then answers any request;
+//!
 //! * **stale while revalidate** (RFC 5861 §3): an entry expired for less than its
 //!   `stale-while-revalidate=N` is served at once, and one request in the background (one
 //!   per key, however many clients arrive meanwhile) revalidates or replaces it.
@@ -87,7 +92,9 @@ const ENTRY_COST: usize = 1024;
 /// links, the name's and value's representations), and a value's own allocation.
 const FIELD_COST: usize = 112;
 /// The statuses whose caching rules this cache (through its policy) implements, for
-/// `must-understand`: the policy's own list; 206 is not among them.
+/// `must-understand`: the policy's own list. A 206 is not among them because the policy never
+/// sees one: this module stores parts itself (RFC 9111 §3.3, §3.4) and hands the policy the
+/// whole answer's head ([`Cache::policy_for`]).
 const UNDERSTOOD: [u16; 14] = [
     200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
 ];
@@ -154,6 +161,45 @@ pub struct Entry {
     referenced: AtomicBool,
     /// What it costs the byte bound.
     size: usize,
+    /// `Some` for a part of an answer (a stored `206`): where its body sits in the whole.
+    pub partial: Option<Span>,
+}
+
+/// Where a stored part (a `206`, RFC 9111 §3.3) sits in the whole answer: the whole's first
+/// byte it holds (its body holds the bytes from there on), and the whole's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub first: u64,
+    pub complete: u64,
+}
+
+impl Entry {
+    /// Where its body sits in the whole answer: all of it, unless it is a part.
+    pub fn span(&self) -> Span {
+        self.partial.unwrap_or(Span {
+            first: 0,
+            complete: self.body.len() as u64,
+        })
+    }
+
+    /// Whether it can answer `request`. A whole answer answers any request; a part only a `GET`
+    /// for one range that lies inside it, whose `If-Range` (if any) names it (RFC 9111 §3.3:
+    /// "a cache MUST NOT use an incomplete response to answer requests unless ... the request
+    /// is partial and specifies a range wholly within the incomplete response").
+    pub fn answers(&self, request: &hyper::http::request::Parts) -> bool {
+        use crate::http::static_files::{Ranged, byte_range};
+        let Some(span) = self.partial else {
+            return true;
+        };
+        let Some(range) = request.headers.get(header::RANGE) else {
+            return false;
+        };
+        let end = span.first + self.body.len() as u64;
+        request.method == Method::GET
+            && if_range_holds(&request.headers, &self.headers)
+            && matches!(byte_range(range, span.complete),
+                Ranged::Part(first, last) if first >= span.first && last < end)
+    }
 }
 
 /// What a lookup found.
@@ -527,9 +573,9 @@ impl Cache {
         response: &hyper::http::response::Parts,
         now: SystemTime,
     ) -> Option<Storing> {
-        // 206 needs the ranges combined, which the crate does not understand; 1xx are never
-        // stored.
-        if response.status == StatusCode::PARTIAL_CONTENT
+        // 1xx are never stored. Nor is an answer to a HEAD: it has no body, so stored under
+        // the key it would displace the GET's entry (or part) with one no GET can use.
+        if request.method != Method::GET
             || response.status.is_informational()
             || response.headers.contains_key(header::SET_COOKIE)
             || vary_names(&response.headers).is_none()
@@ -544,6 +590,22 @@ impl Cache {
         if length.is_some_and(|len| len > limit) {
             return None;
         }
+        // A part (RFC 9111 §3.3): only one range of a known length can be stored and combined.
+        // The crate has no rules for 206, so its policy is the whole answer's, which the part's
+        // fields describe: the same representation, the same freshness.
+        let whole;
+        let response = match response.status == StatusCode::PARTIAL_CONTENT {
+            true => {
+                content_range(&response.headers)?;
+                let mut head = response.clone();
+                head.status = StatusCode::OK;
+                head.headers.remove(header::CONTENT_RANGE);
+                head.headers.remove(header::CONTENT_LENGTH);
+                whole = head;
+                &whole
+            }
+            false => response,
+        };
         let policy = new_policy(request, response, now);
         if !policy.is_storable() {
             return None;
@@ -583,6 +645,14 @@ impl Cache {
         let Some(vary) = vary_names(&response.headers) else {
             return;
         };
+        let (combined, body, partial) = match response.status == StatusCode::PARTIAL_CONTENT {
+            true => match self.combine(key, &vary, request, response, body) {
+                Some(part) => part,
+                None => return,
+            },
+            false => (None, body, None),
+        };
+        let response = combined.as_ref().unwrap_or(response);
         let stale_if_error =
             directive(&response.headers, "stale-if-error").unwrap_or(self.stale_if_error);
         let stale_while_revalidate =
@@ -611,6 +681,7 @@ impl Cache {
             used: AtomicU64::new(0),
             referenced: AtomicBool::new(false),
             size,
+            partial,
         });
         // The copy's promise becomes the entry's size.
         if let Some(mut reservation) = reservation {
@@ -663,6 +734,71 @@ impl Cache {
         drop(shard);
         self.release(freed);
         crate::memory::note_freed(freed);
+    }
+
+    /// RFC 9111 §3.4: a `206` (`response`, its part `body`) to store under `key`, combined with
+    /// the part already stored for the same variant when both are of one representation (the
+    /// same strong `ETag`, the same length) and they overlap or touch; where they overlap, the
+    /// newer bytes win, and the fields are the newer response's. Otherwise the new part replaces
+    /// the old one. Returns the head to store (a `206` with its `Content-Range`, or a `200` once
+    /// the parts add up to the whole answer), its body and its span; `None` when there is
+    /// nothing to store: a `Content-Range` that does not describe the body (a backend that said
+    /// one thing and sent another is not stored), or a whole answer already stored, which
+    /// answers every range itself.
+    #[allow(clippy::type_complexity)]
+    fn combine(
+        &self,
+        key: &str,
+        vary: &[HeaderName],
+        request: &hyper::http::request::Parts,
+        response: &hyper::http::response::Parts,
+        body: Bytes,
+    ) -> Option<(Option<hyper::http::response::Parts>, Bytes, Option<Span>)> {
+        let (first, last, complete) = content_range(&response.headers)?;
+        if last - first + 1 != body.len() as u64 {
+            return None;
+        }
+        let stored = {
+            let shard = Self::read(self.shard(key));
+            let variants = shard.keys.get(key).filter(|v| v.vary == vary);
+            let name = variant(vary, &request.headers);
+            variants.and_then(|v| v.by_variant.get(name.as_str()).cloned())
+        };
+        let (mut first, mut bytes) = (first, body);
+        if let Some(stored) = stored {
+            let span = stored.partial?;
+            let (old_first, old_end) = (span.first, span.first + stored.body.len() as u64);
+            let new_end = first + bytes.len() as u64;
+            let same = span.complete == complete
+                && strong_etag(&stored.headers).is_some()
+                && strong_etag(&stored.headers) == strong_etag(&response.headers);
+            if same && first <= old_end && old_first <= new_end {
+                let mut merged =
+                    Vec::with_capacity((old_end.max(new_end) - old_first.min(first)) as usize);
+                if old_first < first {
+                    merged.extend_from_slice(&stored.body[..(first - old_first) as usize]);
+                }
+                merged.extend_from_slice(&bytes);
+                if old_end > new_end {
+                    merged.extend_from_slice(&stored.body[(new_end - old_first) as usize..]);
+                }
+                first = first.min(old_first);
+                bytes = Bytes::from(merged);
+            }
+        }
+        let mut head = response.clone();
+        let len = bytes.len() as u64;
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if first == 0 && len == complete {
+            head.status = StatusCode::OK;
+            head.headers.remove(header::CONTENT_RANGE);
+            return Some((Some(head), bytes, None));
+        }
+        let range = format!("bytes {first}-{}/{complete}", first + len - 1);
+        head.headers
+            .insert(header::CONTENT_RANGE, HeaderValue::from_str(&range).ok()?);
+        Some((Some(head), bytes, Some(Span { first, complete })))
     }
 
     /// A `304` answered a revalidation of `entry`: the stored fields updated with the 304's
@@ -812,6 +948,50 @@ pub fn entry_parts(entry: &Entry) -> hyper::http::response::Parts {
     parts.status = entry.status;
     parts.headers = entry.headers.clone();
     parts
+}
+
+/// A `206`'s `Content-Range` when it names one range of a known length (RFC 9110 §14.4):
+/// its first and last byte and the whole's length; `None` for anything else (`*` for the
+/// length, a range that does not fit in it).
+fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, complete) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let digits = |s: &str| match !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        true => s.parse::<u64>().ok(),
+        false => None,
+    };
+    let (first, last, complete) = (digits(first)?, digits(last)?, digits(complete)?);
+    (first <= last && last < complete).then_some((first, last, complete))
+}
+
+/// The `ETag` of `headers` when it is a strong one (RFC 9110 §8.8.3): `None` for a weak one or
+/// none. Only a strong validator says two parts are of the same bytes (RFC 9111 §3.4).
+fn strong_etag(headers: &HeaderMap) -> Option<&[u8]> {
+    let etag = headers.get(header::ETAG)?.as_bytes().trim_ascii();
+    etag.starts_with(b"\"").then_some(etag)
+}
+
+/// RFC 9110 §13.1.5: whether `If-Range` (if any) still names the stored answer whose fields are
+/// `stored`: an entity tag must match its `ETag` strongly (a weak one never does), a date must
+/// be exactly its `Last-Modified`.
+pub fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let Some(condition) = request.get(header::IF_RANGE) else {
+        return true;
+    };
+    let Ok(condition) = condition.to_str() else {
+        return false;
+    };
+    let condition = condition.trim();
+    if condition.starts_with('"') {
+        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+        return etag.is_some_and(|etag| etag.trim() == condition);
+    }
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+    let asked = httpdate::parse_http_date(condition).ok();
+    modified.is_some() && modified == asked
 }
 
 /// The policy for `response` to `request`, from what [`for_policy`] hands the crate.

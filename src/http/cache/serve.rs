@@ -73,7 +73,17 @@ impl HttpServer {
         let mut waited = false;
         let (fetching, expired) = loop {
             let now = SystemTime::now();
-            match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
+            let found = match cache.lookup(&key, as_get.as_ref().unwrap_or(&parts), now) {
+                // A part answers only the ranges it holds (RFC 9111 §3.3); for the rest it is
+                // as if nothing were stored, and what the backend sends may complete it.
+                cache::Found::Fresh(entry, _) | cache::Found::Expired(entry, _)
+                    if !entry.answers(&parts) =>
+                {
+                    cache::Found::Nothing
+                }
+                found => found,
+            };
+            match found {
                 cache::Found::Fresh(entry, head) => {
                     return self.answer_from_cache(
                         up,
@@ -325,8 +335,8 @@ impl HttpServer {
         if request.method != Method::HEAD && !unchanged {
             *response.body_mut() = Download::new(Payload::Full(Some(entry.body.clone())), None);
         }
-        if !unchanged && entry.status == StatusCode::OK {
-            answer_range(&mut response, request, &entry.body);
+        if !unchanged && (entry.status == StatusCode::OK || entry.partial.is_some()) {
+            answer_range(&mut response, request, entry);
         }
         up.hide(response.headers_mut());
         // Compressed on the way out as any answer is (the entry is stored as the backend sent
@@ -421,28 +431,33 @@ fn store_as_it_streams(
     true
 }
 
-/// RFC 9110 §14: a `Range` request answered from a stored whole answer, as the backend would
-/// have: one `bytes=` range is a `206` with that part and its `Content-Range`; a range past the
-/// end is a `416`; several ranges, an unparsable one, or an `If-Range` that no longer names
-/// this answer (§13.1.5: a strong `ETag` match, or exactly its `Last-Modified`) get the whole
-/// answer, which a server may always send. Compression is left out for a range already
+/// RFC 9110 §14: a `Range` request answered from a stored answer, as the backend would have:
+/// one `bytes=` range is a `206` with that part and its `Content-Range`; a range past the end
+/// is a `416`; several ranges, an unparsable one, or an `If-Range` that no longer names this
+/// answer (§13.1.5: a strong `ETag` match, or exactly its `Last-Modified`) get the whole
+/// answer, which a server may always send. A stored part (RFC 9111 §3.3) is here only for a
+/// range it holds (`Entry::answers`). Compression is left out for a range already
 /// (`compress::applies`).
-fn answer_range(response: &mut Response<Download>, request: &Parts, body: &bytes::Bytes) {
+fn answer_range(response: &mut Response<Download>, request: &Parts, entry: &cache::Entry) {
     use crate::http::static_files::{Ranged, byte_range};
     let Some(range) = request.headers.get(header::RANGE) else {
         return;
     };
-    if request.method != Method::GET || !if_range_holds(&request.headers, response.headers()) {
+    let stored = response.headers();
+    if request.method != Method::GET || !cache::if_range_holds(&request.headers, stored) {
         return;
     }
-    let len = body.len() as u64;
+    let (span, body) = (entry.span(), &entry.body);
+    let (len, held) = (span.complete, span.first..span.first + body.len() as u64);
     let (status, content_range, part) = match byte_range(range, len) {
-        Ranged::Whole => return,
-        Ranged::Part(first, last) => (
+        Ranged::Whole if entry.partial.is_none() => return,
+        Ranged::Part(first, last) if held.contains(&first) && held.contains(&last) => (
             StatusCode::PARTIAL_CONTENT,
             format!("bytes {first}-{last}/{len}"),
-            body.slice(first as usize..=last as usize),
+            body.slice((first - span.first) as usize..=(last - span.first) as usize),
         ),
+        // What a part does not hold never comes here (`Entry::answers`).
+        Ranged::Whole | Ranged::Part(..) => return,
         Ranged::Unsatisfiable => (
             StatusCode::RANGE_NOT_SATISFIABLE,
             format!("bytes */{len}"),
@@ -459,26 +474,4 @@ fn answer_range(response: &mut Response<Download>, request: &Parts, body: &bytes
     );
     *response.status_mut() = status;
     *response.body_mut() = Download::new(Payload::Full(Some(part)), None);
-}
-
-/// RFC 9110 §13.1.5: whether `If-Range` (if any) still names the stored answer whose fields are
-/// `stored`: an entity tag must match its `ETag` strongly (a weak one never does), a date must
-/// be exactly its `Last-Modified`.
-fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
-    let Some(condition) = request.get(header::IF_RANGE) else {
-        return true;
-    };
-    let Ok(condition) = condition.to_str() else {
-        return false;
-    };
-    let condition = condition.trim();
-    if condition.starts_with('"') {
-        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
-        return etag.is_some_and(|etag| etag.trim() == condition);
-    }
-    let modified = stored
-        .get(header::LAST_MODIFIED)
-        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
-    let asked = httpdate::parse_http_date(condition).ok();
-    modified.is_some() && modified == asked
 }
