@@ -79,6 +79,12 @@ fn framings(path: &str) -> Vec<u8> {
         "head" => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec(),
         // An informational answer first: passed on at once (RFC 9110 §15.2, RFC 8297).
         "early" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        // A megabyte: an answer still being written out when the next one is prepared.
+        "big" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+            answer.extend((0..1_048_576u32).map(|i| b'a' + (i % 26) as u8));
+            answer
+        }
         // No reason phrase, not even its space (RFC 9112 makes the phrase optional; some
         // servers drop the space too): found by the parsers' fuzz test, which panicked.
         "no-reason" => b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok".to_vec(),
@@ -160,12 +166,13 @@ fn every_way_an_answer_can_end_passes_on_one_kept_alive_connection() {
 
 /// RFC 9110 §15.2 and RFC 8297: a backend's `103 Early Hints` reaches the client at once,
 /// while the backend still prepares its answer (the test holds the answer back until the hint
-/// has arrived), with hidden fields removed; the answer follows on the same connection.
-/// Hyper's path cannot send one (hyper's server has no API for informational answers; its
-/// client drops them): there the client gets the answer alone.
+/// has arrived), with hidden fields removed; the answer follows on the same connection. On
+/// both paths: hyper's server has no API for informational answers, so on its path the hint
+/// is written under it (`http::early_hints`); before, that path dropped it. An HTTP/1.0
+/// client, which cannot read one, gets the answer alone on both.
 #[test]
 fn early_hints_reach_the_client_before_the_answer() {
-    for fast in ["on", "off"] {
+    for (fast, version) in [("on", "1.1"), ("off", "1.1"), ("on", "1.0"), ("off", "1.0")] {
         let (release, released) = mpsc::channel::<()>();
         let released = std::sync::Arc::new(std::sync::Mutex::new(released));
         let backend = spawn_per_connection(move |mut conn: TcpStream| {
@@ -196,16 +203,68 @@ fn early_hints_reach_the_client_before_the_answer() {
         ];
         let lb = Proc::start_env(LB, &args, 1, &[("LB_HTTP_FAST", fast)]);
         let mut s = connect(lb.addr());
-        write!(s, "GET / HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
-        if fast == "on" {
+        write!(s, "GET / HTTP/{version}\r\nhost: t\r\n\r\n").unwrap();
+        if version == "1.1" {
             let hint = read_reply(&mut s);
-            assert_eq!(hint.status, 103);
+            assert_eq!(hint.status, 103, "{fast}");
             assert_eq!(hint.header("link"), Some("</style.css>; rel=preload"));
             assert_eq!(hint.header("x-secret"), None, "a hidden field in a hint");
         }
         release.send(()).unwrap();
         let page = read_reply(&mut s);
-        assert_eq!((page.status, page.text().as_str()), (200, "page"), "{fast}");
+        assert_eq!(
+            (page.status, page.text().as_str()),
+            (200, "page"),
+            "{fast} {version}"
+        );
+    }
+}
+
+/// RFC 9112 §9.3 (answers in the order of the requests) with RFC 9110 §15.2: a hint lands
+/// between two answers, never inside one. A megabyte answer, which the client reads only after
+/// it has sent everything, is still being written out when the next request's backend sends
+/// its 103: on both paths the client reads the megabyte whole, then the hint, then the answer
+/// it belongs to. On hyper's path the hint is written under hyper, only when hyper's own buffer
+/// is empty (`http::early_hints`).
+#[test]
+fn a_hint_never_lands_inside_the_answer_before_it() {
+    let (backend, _heads) = raw_backend(framings);
+    for fast in ["on", "off"] {
+        let backend = backend.to_string();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--health-interval",
+            "0",
+            "--affinity",
+            "none",
+        ];
+        let lb = Proc::start_env(LB, &args, 1, &[("LB_HTTP_FAST", fast)]);
+        let mut s = connect(lb.addr());
+        s.write_all(
+            b"GET /big HTTP/1.1\r\nhost: t\r\n\r\nGET /early HTTP/1.1\r\nhost: t\r\n\r\nGET /length HTTP/1.1\r\nhost: t\r\n\r\n",
+        )
+        .unwrap();
+        let big = read_reply(&mut s);
+        assert_eq!((big.status, big.body.len()), (200, 1_048_576), "{fast}");
+        assert!(
+            big.body
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == b'a' + (i % 26) as u8),
+            "{fast}: the megabyte came back altered"
+        );
+        let hint = read_reply(&mut s);
+        assert_eq!(
+            (hint.status, hint.header("link")),
+            (103, Some("</a.css>")),
+            "{fast}"
+        );
+        let ok = read_reply(&mut s);
+        assert_eq!((ok.status, ok.text().as_str()), (200, "ok"), "{fast}");
+        assert_eq!(read_reply(&mut s).text(), "hello", "{fast}");
     }
 }
 
@@ -413,8 +472,8 @@ fn outcome(addr: SocketAddr, bytes: &[u8]) -> Outcome {
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
-    // A 103 Early Hints before the answer is passed on by the own path only (hyper's client
-    // drops it, and its server could not send it): skipped, as a client reads past it.
+    // A 103 Early Hints before the answer is passed on by both paths: skipped, as a client
+    // reads past it.
     while got.starts_with(b"HTTP/1.1 103 ")
         && let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
     {

@@ -188,6 +188,10 @@ fn answers(method: &str, path: &str) -> String {
         "/vary" => ok("cache-control: max-age=60\r\nvary: x-pick\r\n", "vary"),
         "/swr" => swr_answer(),
         "/stale-if-error" => stale_if_error_answer(),
+        "/hinted" => format!(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n{}",
+            ok("cache-control: max-age=60\r\n", "hinted")
+        ),
         "/ranged" => ok(
             "cache-control: max-age=60\r\netag: \"r1\"\r\nlast-modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
             "0123456789",
@@ -477,6 +481,31 @@ fn ranges_are_served_from_a_stored_whole_answer() {
         );
     }
     assert_eq!(seen(&saw, "/ranged"), 1);
+}
+
+/// RFC 9110 §15.2 (a proxy forwards the 1xx it did not ask for) and RFC 8297, with the cache
+/// on, which puts every request on hyper's path: the backend's `103 Early Hints` reaches the
+/// client before the answer, and is never stored: the hit that follows is the answer alone.
+/// Before, hyper's path dropped every hint.
+#[test]
+fn early_hints_pass_with_the_cache_on_and_are_not_stored() {
+    let (b, saw) = backend(answers);
+    let lb = start(b);
+    let mut s = connect(lb.addr());
+    s.write_all(b"GET /hinted HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    let hint = read_reply(&mut s);
+    assert_eq!(hint.status, 103);
+    assert_eq!(hint.header("link"), Some("</a.css>; rel=preload"));
+    let answer = read_reply(&mut s);
+    assert_eq!((answer.status, answer.text().as_str()), (200, "hinted"));
+    assert_eq!(answer.header("x-cache"), Some("MISS"));
+    // On the same connection: the hit comes first, no hint before it.
+    s.write_all(b"GET /hinted HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    let hit = read_reply(&mut s);
+    assert_eq!((hit.status, hit.header("x-cache")), (200, Some("HIT")));
+    assert_eq!(seen(&saw, "/hinted"), 1);
 }
 
 /// Answers to `/changing` so far: each carries a new strong `ETag`.

@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -50,6 +50,7 @@ use super::assign::{self, Mode};
 use super::body::{self, Download, Payload, Upload};
 use super::cache::Cache;
 use super::compress;
+use super::early_hints::EarlyHints;
 use super::exchange::{self, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
@@ -492,6 +493,8 @@ pub(super) struct ConnInfo {
     pub(super) tls: bool,
     /// A request body was left (partly) unread: the connection must close lingering.
     pub(super) body_left: Arc<AtomicBool>,
+    /// On hyper's path, where a backend's `103 Early Hints` go to reach the client.
+    pub(super) hints: Option<Arc<EarlyHints>>,
 }
 
 impl HttpServer {
@@ -590,6 +593,7 @@ impl HttpServer {
             forwarded_for: ClientAddr::new(admitted.client.ip()),
             tls: admitted.tls,
             body_left: Arc::new(AtomicBool::new(false)),
+            hints: None,
         });
         // The balancer's own HTTP/1 path first, while the requests are simple; hyper takes
         // the connection (with what was read of it) as soon as one is not.
@@ -617,8 +621,17 @@ impl HttpServer {
     ) {
         let settings = self.upstreams().settings.clone();
         let (back, returned) = oneshot::channel();
+        let hints = Arc::new(EarlyHints::default());
+        let info = Arc::new(ConnInfo {
+            client: info.client,
+            forwarded_for: info.forwarded_for.clone(),
+            tls: info.tls,
+            body_left: Arc::clone(&info.body_left),
+            hints: Some(Arc::clone(&hints)),
+        });
         let io = TokioIo::new(Returning {
             io: Some(conn),
+            hints,
             // Bytes of a request already read: a head is on its way.
             partial: !prefix.is_empty(),
             prefix,
@@ -764,6 +777,11 @@ impl HttpServer {
         let upgrade = forward::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
+        let hinting = info
+            .hints
+            .as_ref()
+            .filter(|_| parts.version == Version::HTTP_11);
         let mut line = Line {
             client: info.client,
             method: parts.method.clone(),
@@ -902,6 +920,8 @@ impl HttpServer {
             None => Upload::empty(),
         };
         let mut request = Some(Request::from_parts(parts, upload));
+        // The backend's Early Hints reach the client while this request waits (hyper's path).
+        let hints = hinting.map(|hints| Arc::new(hints.open()));
 
         // 4: send it, on a pooled connection when there is one; after a failure, what the
         // exchange's rule allows (`Attempts`).
@@ -923,6 +943,12 @@ impl HttpServer {
                 },
             };
             let Some(mut req) = request.take() else { break };
+            if let Some(open) = &hints {
+                let (open, up) = (Arc::clone(open), Arc::clone(up));
+                hyper::ext::on_informational(&mut req, move |hint| {
+                    EarlyHints::hint(&open, hint.status(), hint.headers(), &up.settings.hide);
+                });
+            }
             let active = balancer.count_active_owned(i);
             // `response-timeout` counts from the request's end (a slow upload is the client's
             // time, bounded by the body's idle limit), as HAProxy's `timeout server` does.
@@ -985,6 +1011,10 @@ impl HttpServer {
                 *again.headers_mut() = headers.clone();
                 request = Some(again);
             }
+        }
+        // Hints this request queued leave before its answer, whatever it is (`early_hints`).
+        if let Some(open) = &hints {
+            open.written().await;
         }
         let Some((mut response, sender, active, i)) = answered else {
             return self.local(attempts.status, line);
@@ -1257,6 +1287,8 @@ async fn close_client(stream: Conn, clean: bool) {
 /// is a slow client, not an idle keep-alive connection.
 struct Returning {
     io: Option<Conn>,
+    /// Written when hyper flushes (see `early_hints`).
+    hints: Arc<EarlyHints>,
     /// Bytes the balancer's own path had read before it handed the connection over: hyper
     /// reads them first.
     prefix: Vec<u8>,
@@ -1337,8 +1369,15 @@ impl AsyncWrite for Returning {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_flush(cx),
+        // hyper flushes on every turn of its loop, while a request waits for its backend too,
+        // and only with its own buffer empty: where a hint that arrived leaves, between two
+        // answers (`early_hints`).
+        let this = &mut *self;
+        match this.io.as_mut() {
+            Some(io) => {
+                ready!(this.hints.poll_write_queued(io, cx))?;
+                Pin::new(io).poll_flush(cx)
+            }
             None => Poll::Ready(Ok(())),
         }
     }

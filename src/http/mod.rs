@@ -19,6 +19,7 @@
 //! | [`metrics`] | per-request counters and the latency histogram |
 //! | [`balancer`] | the per-request balancer: pick, send (through hyper), retry, upgrade, answer errors |
 //! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
+//! | `early_hints` | a backend's `103 Early Hints` to the client on hyper's path, written under hyper's server |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
 //! | [`cache`] | chapter 16: a shared response cache (RFC 9111), bounded, collapsed, stale-if-error; `cache/serve.rs`, a request's way through it |
@@ -35,6 +36,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod compress;
+mod early_hints;
 pub mod exchange;
 pub mod fields;
 pub mod forward;

@@ -252,6 +252,8 @@ impl HttpServer {
             forwarded_for: info.forwarded_for.clone(),
             tls: info.tls,
             body_left: Default::default(),
+            // Nobody waits for this answer: its hints have nowhere to go.
+            hints: None,
         };
         let (this, up, cache, entry) = (
             Arc::clone(self),

@@ -103,9 +103,8 @@ enum AnswerFailed {
 /// (RFC 8297) are what a backend sends while it prepares a slow page, so that the browser
 /// starts fetching its stylesheets meanwhile: held back until the final answer, they would be
 /// worth nothing. The fields go through the same rules as a final answer's: hop-by-hop ones
-/// were left out while parsing, hidden ones (`--hide-header`) are removed. Never stored: the
-/// cache (hyper's path) does not see them, as hyper's client drops them (as its server cannot
-/// send one: hyper has no API for it), a difference the differential test lists.
+/// were left out while parsing, hidden ones (`--hide-header`) are removed. hyper's path passes
+/// them on too, under hyper's server (`http::early_hints`); never stored either way.
 struct Hints<'a> {
     client: &'a mut Conn,
     up: &'a Upstreams,
