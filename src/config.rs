@@ -161,6 +161,13 @@ pub struct HttpSection {
     pub pool_max_idle: Option<usize>,
     /// Seconds an idle pooled connection is kept.
     pub pool_idle_timeout: Option<f64>,
+    /// Accept HTTP/2 in clear text from clients that start with its preface (chapter 17).
+    pub h2c: Option<bool>,
+    /// Streams one HTTP/2 connection may have open at once (default 100).
+    pub max_concurrent_streams: Option<u32>,
+    /// Streams an HTTP/2 client may reset before their answer, per connection and second,
+    /// before the connection is closed (default 100).
+    pub h2_reset_budget: Option<u32>,
 }
 
 /// How `http-lb` keeps a user on one backend.

@@ -236,6 +236,17 @@ impl Setup {
             ),
             _ => None,
         };
+        // Chapter 17: http-lb offers HTTP/2 in ALPN, then HTTP/1.1 (what a client that
+        // offers neither gets too). tcp-lb offers nothing: it does not read what it carries,
+        // so it cannot promise a protocol; the client and the backend would have to agree.
+        let listener_tls = match self.layer {
+            Layer::Http => listener_tls.map(|config| {
+                let mut config = Arc::unwrap_or_clone(config);
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Arc::new(config)
+            }),
+            Layer::Tcp => listener_tls,
+        };
         let secs = |s: f64| Duration::from_secs_f64(s);
         let mut options = Options {
             listener_tls,

@@ -9,6 +9,7 @@ use super::affinity::{self, CookieSettings};
 use super::assign::Mode;
 use super::balancer::{self, HttpServer, Settings};
 use super::forward::Forwarding;
+use super::h2::{self, H2Settings};
 use super::pool;
 use super::route::{Route, Target as RouteTarget};
 use super::route::{Routed, RoutedTarget};
@@ -73,9 +74,22 @@ pub struct HttpArgs {
     /// Largest request body in bytes, answered 413 beyond; 0 for no limit [default: 0].
     #[arg(long, value_name = "BYTES")]
     pub max_body: Option<u64>,
-    /// Largest request head in bytes, answered 431 beyond [default: 65536].
+    /// Largest request head in bytes, answered 431 beyond [default: 65536]. In HTTP/2, the
+    /// largest header block (CONTINUATIONs included).
     #[arg(long, value_name = "BYTES", value_parser = max_head)]
     pub max_head: Option<usize>,
+    /// Accept HTTP/2 in clear text (h2c) from clients that start with its preface, as
+    /// `curl --http2-prior-knowledge` does (chapter 17). Over TLS, `h2` is offered in ALPN
+    /// whatever this says.
+    #[arg(long)]
+    pub h2c: bool,
+    /// Streams one HTTP/2 connection may have open at once [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: Option<u32>,
+    /// Streams an HTTP/2 client may reset before their answer, per connection and second;
+    /// past it the connection is closed (rapid reset, CVE-2023-44487) [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_reset_budget: Option<u32>,
 }
 
 fn header_name(s: &str) -> Result<String, String> {
@@ -396,6 +410,17 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
             .and_then(|s| s.pool_max_idle)
             .unwrap_or(pool::DEFAULT_MAX_IDLE),
         pool_idle_timeout: key(|s| s.pool_idle_timeout).unwrap_or(pool::DEFAULT_IDLE_TIMEOUT),
+        h2: H2Settings {
+            h2c: http.h2c || section.and_then(|s| s.h2c) == Some(true),
+            max_concurrent_streams: http
+                .max_concurrent_streams
+                .or(section.and_then(|s| s.max_concurrent_streams))
+                .unwrap_or(h2::DEFAULT_MAX_CONCURRENT_STREAMS),
+            reset_budget: http
+                .h2_reset_budget
+                .or(section.and_then(|s| s.h2_reset_budget))
+                .unwrap_or(h2::DEFAULT_RESET_BUDGET),
+        },
     })
 }
 

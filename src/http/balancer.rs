@@ -54,6 +54,7 @@ use super::early_hints::EarlyHints;
 use super::exchange::{self, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
+use super::h2::{self, H2Settings};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
 use super::route::{Routed, RoutedTarget, Taken};
@@ -103,6 +104,8 @@ pub struct Settings {
     pub max_body: Option<u64>,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
+    /// HTTP/2 from clients (chapter 17).
+    pub h2: H2Settings,
 }
 
 impl Default for Settings {
@@ -121,6 +124,7 @@ impl Default for Settings {
             max_body: None,
             pool_max_idle: pool::DEFAULT_MAX_IDLE,
             pool_idle_timeout: pool::DEFAULT_IDLE_TIMEOUT,
+            h2: H2Settings::default(),
         }
     }
 }
@@ -146,6 +150,9 @@ impl Settings {
             max_body: _,
             pool_max_idle: _,
             pool_idle_timeout: _,
+            // An HTTP/2 connection is hyper's whatever the settings; HTTP/1 ones are not
+            // concerned.
+            h2: _,
         } = self;
         *mode != Mode::Proxy || compress.is_some() || !routes.is_empty() || cache.is_some()
     }
@@ -595,15 +602,28 @@ impl HttpServer {
             body_left: Arc::new(AtomicBool::new(false)),
             hints: None,
         });
-        // The balancer's own HTTP/1 path first, while the requests are simple; hyper takes
-        // the connection (with what was read of it) as soon as one is not.
         let mut conn = admitted.conn;
+        // Chapter 17: a TLS client that chose h2.
+        if h2::negotiated(&conn) {
+            return Box::pin(Arc::clone(&self).serve_h2(conn, Vec::new(), info)).await;
+        }
+        // The balancer's own HTTP/1 path first, while the requests are simple; hyper takes
+        // the connection (with what was read of it) as soon as one is not. HTTP/2's preface
+        // is not HTTP/1 (its version is 2.0), so it comes back at once.
         let mut prefix = Vec::new();
         if h1::enabled() && h1::takes(&self.upstreams()) {
             match self.serve_h1(&mut conn, &info).await {
                 h1::Left::Closed { clean } => return close_client(conn, clean).await,
                 h1::Left::ToHyper(read) => prefix = read,
             }
+        }
+        // Chapter 17: HTTP/2 in clear text, by prior knowledge, where `--h2c` allows.
+        let settings = &self.upstreams().settings;
+        if settings.h2.h2c
+            && matches!(conn, Conn::Plain(_))
+            && h2::starts_with_preface(&mut conn, &mut prefix, settings.header_timeout).await
+        {
+            return Box::pin(Arc::clone(&self).serve_h2(conn, prefix, info)).await;
         }
         // Boxed: the hyper half is big (its connection state, the service) and most
         // connections never need it; left inline it would size every connection's task.
@@ -629,15 +649,9 @@ impl HttpServer {
             body_left: Arc::clone(&info.body_left),
             hints: Some(Arc::clone(&hints)),
         });
-        let io = TokioIo::new(Returning {
-            io: Some(conn),
-            hints,
-            // Bytes of a request already read: a head is on its way.
-            partial: !prefix.is_empty(),
-            prefix,
-            at: 0,
-            back: Some(back),
-        });
+        let mut returning = Returning::new(conn, prefix, Some(hints));
+        returning.back = Some(back);
+        let io = TokioIo::new(returning);
         let this = Arc::clone(&self);
         let service_info = Arc::clone(&info);
         let service = hyper::service::service_fn(move |req| {
@@ -721,7 +735,7 @@ impl HttpServer {
     }
 
     /// One request, from its head to the head of its response (the body streams on after).
-    async fn request(
+    pub(super) async fn request(
         self: &Arc<Self>,
         req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
@@ -1285,16 +1299,31 @@ async fn close_client(stream: Conn, clean: bool) {
 /// we can close it lingering, and answer 408 first when a head was cut short). `partial` says
 /// whether bytes of a request arrived since the last response started: a header timeout then
 /// is a slow client, not an idle keep-alive connection.
-struct Returning {
+pub(super) struct Returning {
     io: Option<Conn>,
-    /// Written when hyper flushes (see `early_hints`).
-    hints: Arc<EarlyHints>,
+    /// Written when hyper flushes (see `early_hints`): HTTP/1 only.
+    hints: Option<Arc<EarlyHints>>,
     /// Bytes the balancer's own path had read before it handed the connection over: hyper
     /// reads them first.
     prefix: Vec<u8>,
     at: usize,
     partial: bool,
     back: Option<oneshot::Sender<(Conn, bool)>>,
+}
+
+impl Returning {
+    /// `conn`, read from `prefix` first.
+    pub(super) fn new(conn: Conn, prefix: Vec<u8>, hints: Option<Arc<EarlyHints>>) -> Returning {
+        Returning {
+            io: Some(conn),
+            hints,
+            // Bytes of a request already read: a head is on its way.
+            partial: !prefix.is_empty(),
+            prefix,
+            at: 0,
+            back: None,
+        }
+    }
 }
 
 impl Drop for Returning {
@@ -1375,7 +1404,9 @@ impl AsyncWrite for Returning {
         let this = &mut *self;
         match this.io.as_mut() {
             Some(io) => {
-                ready!(this.hints.poll_write_queued(io, cx))?;
+                if let Some(hints) = &this.hints {
+                    ready!(hints.poll_write_queued(io, cx))?;
+                }
                 Pin::new(io).poll_flush(cx)
             }
             None => Poll::Ready(Ok(())),

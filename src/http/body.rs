@@ -408,6 +408,8 @@ pub struct Download {
     stall: Option<Stall>,
     /// Fields removed from the backend's trailers (`--hide-header`, as from its head).
     hide: Option<Arc<[hyper::header::HeaderName]>>,
+    /// Kept for as long as the body is (an HTTP/2 stream's place in its connection's count).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl Download {
@@ -420,7 +422,13 @@ impl Download {
             tap: None,
             stall: None,
             hide: None,
+            held: None,
         }
+    }
+
+    /// Keeps `guard` until the body ends or is dropped.
+    pub fn hold(&mut self, guard: Box<dyn Send + Sync>) {
+        self.held = Some(guard);
     }
 
     /// Removes these fields from the trailers the backend sends, as from its head.

@@ -19,6 +19,7 @@
 //! | [`metrics`] | per-request counters and the latency histogram |
 //! | [`balancer`] | the per-request balancer: pick, send (through hyper), retry, upgrade, answer errors |
 //! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
+//! | [`h2`] | chapter 17: HTTP/2 from clients (ALPN `h2`, or `--h2c`), each stream a request of hyper's path, with the HTTP/2 attacks bounded |
 //! | `early_hints` | a backend's `103 Early Hints` to the client on hyper's path, written under hyper's server |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
@@ -41,6 +42,7 @@ pub mod exchange;
 pub mod fields;
 pub mod forward;
 mod h1;
+pub mod h2;
 pub mod metrics;
 pub mod pool;
 pub mod route;

@@ -1,0 +1,250 @@
+//! Chapter 17: HTTP/2 from clients. Over TLS a client that offers `h2` in ALPN gets it (then
+//! `http/1.1`); in clear text a client that starts with HTTP/2's connection preface (prior
+//! knowledge, `curl --http2-prior-knowledge`) gets it when `--h2c` allows.
+//!
+//! HTTP/2 is another codec over the same decisions: each stream is a request that goes through
+//! `HttpServer::request`, as an HTTP/1 request on hyper's path does, so cookie affinity,
+//! forwarding fields, limits, routes, the cache, compression and the access log hold per
+//! stream. What HTTP/2 changes is what one connection can do:
+//!
+//! * **many requests at once.** One client connection carries up to
+//!   `--max-concurrent-streams` (100) requests, each balanced on its own: one browser tab may
+//!   reach every backend. Affinity is per request, as it always was;
+//! * **attacks of its own**, each bounded here or in the `h2` crate under hyper, which has had
+//!   the fixes the HTTP/2 attacks of 2019-2024 called for:
+//!   - *rapid reset* (CVE-2023-44487): a stream opened and reset at once costs the client one
+//!     frame and the server a request to a backend. Streams reset by the client before they are
+//!     answered count against `--h2-reset-budget` per second (and those reset before hyper even
+//!     took them, against `h2`'s own bound, which answers `GOAWAY ENHANCE_YOUR_CALM`); past it
+//!     the connection is closed;
+//!   - *CONTINUATION floods* (2024) and *HPACK bombs*: a header block, across any number of
+//!     CONTINUATION frames, is bounded by the same `max-head` as an HTTP/1 head (431's bound),
+//!     and the HPACK table by its default 4 KiB;
+//!   - *SETTINGS, PING and empty-frame floods*: `h2` answers them in bounded queues and closes
+//!     a peer that does not read its answers;
+//!   - *memory pinned through flow control*: a stream may hold at most its window
+//!     ([`STREAM_WINDOW`]) of a body the backend has not taken yet, and a connection at most
+//!     [`CONNECTION_WINDOW`] over all its streams; what we send waits in at most
+//!     [`SEND_BUFFER`] per stream for a client that does not read;
+//!   - *idle connections*: one with no stream open closes after `header-timeout`, as an idle
+//!     HTTP/1 keep-alive connection does.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+
+use super::balancer::{ConnInfo, HttpServer, Returning};
+use crate::conn::Conn;
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Streams one connection may have open at once unless configured (RFC 9113 §5.1.2 suggests
+/// no fewer than 100).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before their answer, per connection and second, unless
+/// configured: a browser cancels a few when a page changes; an attacker thousands.
+pub const DEFAULT_RESET_BUDGET: u32 = 100;
+/// Bytes of a request body a client may send ahead on one stream, and over the whole
+/// connection: what a backend that reads slowly can make us hold.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Bytes of an answer queued per stream for a client that does not read.
+pub const SEND_BUFFER: usize = 256 * 1024;
+
+/// Chapter 17's settings (`[http]` and their flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct H2Settings {
+    /// Accept HTTP/2 in clear text from clients that start with its preface (`--h2c`).
+    pub h2c: bool,
+    pub max_concurrent_streams: u32,
+    pub reset_budget: u32,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            h2c: false,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            reset_budget: DEFAULT_RESET_BUDGET,
+        }
+    }
+}
+
+/// Whether a TLS client chose `h2` in ALPN.
+pub(super) fn negotiated(conn: &Conn) -> bool {
+    match conn {
+        Conn::TlsServer(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        _ => false,
+    }
+}
+
+/// Whether a clear-text client starts with the HTTP/2 preface: reads into `read` (what was
+/// read of the connection so far) until it either holds the whole preface or departs from it,
+/// within `timeout`. What is read stays in `read`, for whichever codec serves it.
+pub(super) async fn starts_with_preface(
+    conn: &mut Conn,
+    read: &mut Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while read.len() < PREFACE.len() && PREFACE.starts_with(read) {
+        let mut more = [0u8; 64];
+        let n = match tokio::time::timeout_at(deadline, conn.read(&mut more)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            // Closed, failed or slow: not HTTP/2; the HTTP/1 codec answers as it would.
+            _ => return false,
+        };
+        read.extend_from_slice(&more[..n]);
+    }
+    read.starts_with(PREFACE)
+}
+
+/// One connection's count of streams reset by the client before their answer, per second.
+struct Resets {
+    budget: usize,
+    second: std::sync::Mutex<(Instant, usize)>,
+    /// Streams being answered now: a connection with none is idle.
+    open: AtomicUsize,
+    over: tokio::sync::Notify,
+    idle: tokio::sync::Notify,
+}
+
+/// A stream open on the connection, until its answer's body is done: a connection with none
+/// is idle.
+struct Busy(Arc<Resets>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// A stream being answered; dropped before [`Stream::answered`], it was reset by the client.
+struct Stream {
+    resets: Arc<Resets>,
+    busy: Option<Busy>,
+}
+
+impl Resets {
+    fn stream(self: &Arc<Self>) -> Stream {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Stream {
+            resets: Arc::clone(self),
+            busy: Some(Busy(Arc::clone(self))),
+        }
+    }
+}
+
+impl Stream {
+    /// Its answer is ready: whatever happens to the stream now, the client did not cancel it
+    /// before we had done the work. The stream stays busy while its body goes out.
+    fn answered(mut self) -> Option<Busy> {
+        self.busy.take()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.busy.is_none() {
+            return;
+        }
+        let mut second = self.resets.second.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(second.0) >= Duration::from_secs(1) {
+            *second = (now, 0);
+        }
+        second.1 += 1;
+        if second.1 > self.resets.budget {
+            self.resets.over.notify_one();
+        }
+    }
+}
+
+impl HttpServer {
+    /// Serves an HTTP/2 connection (chapter 17): each stream a request through
+    /// [`HttpServer::request`]'s rules; see the module's header for the bounds.
+    pub(super) async fn serve_h2(
+        self: Arc<Self>,
+        conn: Conn,
+        prefix: Vec<u8>,
+        info: Arc<ConnInfo>,
+    ) {
+        let settings = self.upstreams().settings.clone();
+        let h2 = settings.h2.clone();
+        let io = TokioIo::new(Returning::new(conn, prefix, None));
+        let resets = Arc::new(Resets {
+            budget: h2.reset_budget as usize,
+            second: std::sync::Mutex::new((Instant::now(), 0)),
+            open: AtomicUsize::new(0),
+            over: tokio::sync::Notify::new(),
+            idle: tokio::sync::Notify::new(),
+        });
+        let client = info.client;
+        let (this, counting) = (Arc::clone(&self), Arc::clone(&resets));
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (this, info) = (Arc::clone(&this), Arc::clone(&info));
+            let stream = counting.stream();
+            async move {
+                let mut response = this.request(req, &info).await;
+                if let Some(busy) = stream.answered() {
+                    response.body_mut().hold(Box::new(busy));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_pending_accept_reset_streams(h2.reset_budget as usize)
+            // A header block, CONTINUATIONs included, within the HTTP/1 head's bound.
+            .max_header_list_size(u32::try_from(settings.max_head).unwrap_or(u32::MAX))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buf_size(SEND_BUFFER);
+        let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+        let mut stop = self.stop.subscribe();
+        let idle_for = settings.header_timeout;
+        // Idle: no stream open for `header-timeout` (the first from the start).
+        let idle = async {
+            loop {
+                let emptied = resets.idle.notified();
+                if resets.open.load(Ordering::Relaxed) != 0 {
+                    emptied.await;
+                } else if tokio::time::timeout(idle_for, emptied).await.is_err()
+                    && resets.open.load(Ordering::Relaxed) == 0
+                {
+                    return;
+                }
+            }
+        };
+        let closing = tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%client, "HTTP/2 connection ended: {e}");
+                }
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop) => "draining",
+            () = idle => "idle",
+            () = resets.over.notified() => {
+                // An abuser gets no more of our time: closed at once.
+                tracing::warn!(%client, budget = h2.reset_budget,
+                    "HTTP/2: more streams reset by the client in a second than the budget; closing");
+                return;
+            }
+        };
+        tracing::debug!(%client, "closing an HTTP/2 connection: {closing}");
+        // GOAWAY: the streams open finish (each bounded by the body timeouts), no new one
+        // starts.
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.as_mut().await;
+    }
+}
