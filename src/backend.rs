@@ -115,9 +115,10 @@ impl fmt::Display for HostPort {
 }
 
 /// A backend as given on the command line: `HOST:PORT` for plain TCP, `tls://HOST:PORT` for a
-/// backend we must speak TLS to (chapter 7), optionally followed by `,weight=N` (chapter 9),
-/// `,check=http` (chapter 8), `,proxy=v1|v2` (chapter 10) and `,retry-unanswered` (chapter 13):
-/// `tls://10.0.0.5:443,weight=3,check=http`.
+/// backend we must speak TLS to (chapter 7), `h2c://HOST:PORT` and `h2://HOST:PORT` for
+/// `http-lb` to speak HTTP/2 to it, in clear text or over TLS (chapter 17), optionally
+/// followed by `,weight=N` (chapter 9), `,check=http` (chapter 8), `,proxy=v1|v2` (chapter 10)
+/// and `,retry-unanswered` (chapter 13): `tls://10.0.0.5:443,weight=3,check=http`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: HostPort,
@@ -139,6 +140,28 @@ pub struct BackendSpec {
     /// backend with the client's bytes (`tcp-lb`, chapter 13; see
     /// [`relay::until_answered`](crate::relay::until_answered) for when that is safe).
     pub retry_unanswered: bool,
+    /// What `http-lb` speaks to it (chapter 17).
+    pub protocol: Protocol,
+}
+
+/// The HTTP version `http-lb` speaks to a backend (chapter 17): the config's
+/// `protocol = "http1" | "h2" | "h2c"`, the flags' `h2://` and `h2c://`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// HTTP/1.1, one request at a time per pooled connection.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, agreed in ALPN: many requests on one connection.
+    H2,
+    /// HTTP/2 in clear text, by prior knowledge (a gRPC server inside the network).
+    H2c,
+}
+
+impl Protocol {
+    pub fn is_h2(self) -> bool {
+        self != Protocol::Http1
+    }
 }
 
 /// How the active health checker of chapter 8 probes a backend.
@@ -165,6 +188,7 @@ impl BackendSpec {
             name: None,
             url: None,
             retry_unanswered: false,
+            protocol: Protocol::Http1,
         }
     }
 
@@ -192,7 +216,10 @@ impl BackendSpec {
     /// The same server, spoken to the same way: what keeps a backend's state across a reload
     /// (its weight may change).
     pub fn same_target(&self, other: &BackendSpec) -> bool {
-        self.addr == other.addr && self.tls == other.tls && self.proxy == other.proxy
+        self.addr == other.addr
+            && self.tls == other.tls
+            && self.proxy == other.proxy
+            && self.protocol == other.protocol
     }
 }
 
@@ -214,16 +241,21 @@ impl FromStr for BackendSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let address = parts.next().unwrap_or_default();
-        let (tls, rest) = match address.split_once("://") {
-            None => (false, address),
-            Some(("tls", rest)) => (true, rest),
-            Some(("tcp", rest)) => (false, rest),
+        let (tls, protocol, rest) = match address.split_once("://") {
+            None => (false, Protocol::Http1, address),
+            Some(("tls", rest)) => (true, Protocol::Http1, rest),
+            Some(("tcp", rest)) => (false, Protocol::Http1, rest),
+            Some(("h2", rest)) => (true, Protocol::H2, rest),
+            Some(("h2c", rest)) => (false, Protocol::H2c, rest),
             Some((scheme, _)) => {
-                return Err(format!("unknown scheme `{scheme}://` (use tls:// or none)"));
+                return Err(format!(
+                    "unknown scheme `{scheme}://` (use tls://, h2:// or h2c://, or none)"
+                ));
             }
         };
         let mut spec = BackendSpec {
             tls,
+            protocol,
             ..BackendSpec::plain(rest.parse()?)
         };
         for option in parts {
@@ -257,10 +289,11 @@ impl FromStr for BackendSpec {
 /// and check are left out; they are in the start-up line.
 impl fmt::Display for BackendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.tls {
-            write!(f, "tls://{}", self.addr)
-        } else {
-            write!(f, "{}", self.addr)
+        match (self.protocol, self.tls) {
+            (Protocol::H2, _) => write!(f, "h2://{}", self.addr),
+            (Protocol::H2c, _) => write!(f, "h2c://{}", self.addr),
+            (Protocol::Http1, true) => write!(f, "tls://{}", self.addr),
+            (Protocol::Http1, false) => write!(f, "{}", self.addr),
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct Balancer {
     pub(crate) acceptor: Option<TlsAcceptor>,
     pub(crate) handshake_timeout: Duration,
     connector: Option<TlsConnector>,
+    /// The same, offering `h2` in ALPN: for `h2://` backends (chapter 17).
+    connector_h2: Option<TlsConnector>,
     failover: Option<Failover>,
     clock: Clock,
     pub(crate) idle_timeout: Option<Duration>,
@@ -198,6 +200,11 @@ impl Balancer {
             connect_timeout: options.connect_timeout,
             acceptor: options.listener_tls.map(TlsAcceptor::from),
             handshake_timeout: options.handshake_timeout,
+            connector_h2: options.upstream_tls.as_ref().map(|config| {
+                let mut config = (**config).clone();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                TlsConnector::from(Arc::new(config))
+            }),
             connector: options.upstream_tls.map(TlsConnector::from),
             failover: options.failover,
             clock: Clock::start(),
@@ -462,13 +469,23 @@ impl Balancer {
                 }
             }
         }
-        let (Some(name), Some(connector)) = (backend.server_name(), &self.connector) else {
+        let h2 = backend.spec().protocol == crate::backend::Protocol::H2;
+        let connector = match h2 {
+            true => &self.connector_h2,
+            false => &self.connector,
+        };
+        let (Some(name), Some(connector)) = (backend.server_name(), connector) else {
             return Ok(Conn::Plain(tcp));
         };
         let error =
             match tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
                 .await
             {
+                // An `h2://` backend must have agreed to HTTP/2 (RFC 9113 §3.2): one that did
+                // not would read our frames as a garbled HTTP/1 request.
+                Ok(Ok(tls)) if h2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") => {
+                    io::Error::other("the backend did not agree to h2 in ALPN")
+                }
                 Ok(Ok(tls)) => return Ok(Conn::TlsClient(Box::new(tls))),
                 Ok(Err(e)) => io::Error::new(e.kind(), format!("TLS handshake failed: {e}")),
                 Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),

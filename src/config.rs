@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::backend::{BackendSpec, HealthCheck, HostPort, check_weight};
+use crate::backend::{BackendSpec, HealthCheck, HostPort, Protocol, check_weight};
 use crate::health::{self, Checks, Failover};
 use crate::limits::Cidr;
 use crate::proxy_protocol;
@@ -252,6 +252,10 @@ pub struct BackendEntry {
     /// Give a connection it closes unanswered to another backend (`tcp-lb`, chapter 13).
     #[serde(default)]
     pub retry_unanswered: bool,
+    /// `"http1"` (the default), `"h2"` (HTTP/2 over TLS: needs `tls = true`) or `"h2c"`
+    /// (HTTP/2 in clear text): what `http-lb` speaks to it (chapter 17).
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// A `weight`, checked while parsing so that an error points at the offending line.
@@ -276,13 +280,15 @@ impl BackendEntry {
     pub fn spec(&self) -> BackendSpec {
         BackendSpec {
             addr: self.address.clone(),
-            tls: self.tls,
+            // `h2` is HTTP/2 over TLS by its name (RFC 9113 §3.2).
+            tls: self.tls || self.protocol == Protocol::H2,
             weight: self.weight.0,
             check: self.health_check,
             proxy: self.proxy_protocol,
             name: self.name.clone(),
             url: self.url.clone(),
             retry_unanswered: self.retry_unanswered,
+            protocol: self.protocol,
         }
     }
 }

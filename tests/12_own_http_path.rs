@@ -1,7 +1,7 @@
 //! Step 12, `http-lb`'s own HTTP/1.1 path (`http::h1`): every way an answer's body can end,
 //! pipelining, and the hand-over to hyper in the middle of a connection, against a raw backend
 //! that writes exactly the bytes each test needs. `/metrics` says which path read each request
-//! (`httplb_requests_total{path}`), so these tests fail if the path is not taken at all.
+//! (`httplb_requests_total{path,protocol}`), so these tests fail if the path is not taken at all.
 //!
 //! The rest of chapter 12's tests (`12_http_lb.rs`) run through this path too, and CI runs them
 //! again with `LB_HTTP_FAST=off` for hyper's.
@@ -32,10 +32,10 @@ fn start(backend: SocketAddr, extra: &[&str]) -> Proc {
     Proc::start(LB, &args, 2)
 }
 
-/// `httplb_requests_total{path="PATH"}`.
+/// `httplb_requests_total{path="PATH",protocol="http1"}`.
 fn requests_by(lb: &Proc, path: &str) -> u64 {
     let (_, body) = admin_get(lb.addrs[1], "/metrics");
-    let needle = format!("httplb_requests_total{{path=\"{path}\"}} ");
+    let needle = format!("httplb_requests_total{{path=\"{path}\",protocol=\"http1\"}} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&needle))
         .and_then(|v| v.trim().parse().ok())

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::backend::{self, Backend, DEFAULT_CONNECT_TIMEOUT};
+use crate::backend::{self, Backend, DEFAULT_CONNECT_TIMEOUT, HealthCheck};
 use crate::balancer::{Balancer, Options};
 use crate::config::{Config, HealthSection};
 use crate::health::{Checks, Failover};
@@ -323,6 +323,24 @@ impl Setup {
                 "backend {b}: proxy= comes with step 10-production (the tcp-lb binary); {} \
                  does not send PROXY headers",
                 step.name
+            );
+        }
+        if self.layer == Layer::Tcp
+            && let Some(b) = backends.iter().find(|b| b.spec().protocol.is_h2())
+        {
+            anyhow::bail!(
+                "backend {b}: h2:// and h2c:// are what http-lb speaks to a backend (chapter \
+                 17); {} relays bytes, whatever the protocol",
+                step.name
+            );
+        }
+        if let Some(b) = backends
+            .iter()
+            .find(|b| b.spec().protocol.is_h2() && b.spec().check == HealthCheck::Http)
+        {
+            anyhow::bail!(
+                "backend {b}: check=http asks GET /health in HTTP/1.1, which an HTTP/2-only \
+                 server refuses; check it by TCP (the default)"
             );
         }
         if step.production.is_none()

@@ -456,9 +456,14 @@ fn describe(summary: &str, s: &Settings) -> String {
         Some((_, cookie)) => format!("cookie affinity ({})", cookie.name),
         None => "no affinity".to_owned(),
     };
+    let http2 = match s.h2.h2c {
+        true => "HTTP/2 (h2 over TLS, h2c)",
+        false => "HTTP/2 over TLS",
+    };
     let mut line = format!(
-        "HTTP/1.1, {affinity}, response timeout {:?}, header timeout {:?}, max head {} bytes",
-        s.response_timeout, s.header_timeout, s.max_head
+        "HTTP/1.1 and {http2} ({} streams), {affinity}, response timeout {:?}, header timeout \
+         {:?}, max head {} bytes",
+        s.h2.max_concurrent_streams, s.response_timeout, s.header_timeout, s.max_head
     );
     if let Some(max) = s.max_body {
         line += &format!(", max body {max} bytes");

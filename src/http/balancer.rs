@@ -181,6 +181,8 @@ pub(super) struct Upstreams {
     pub(super) settings: Settings,
     /// `settings.hide`, shared with each answer's body (its trailers).
     pub(super) hidden: Arc<[hyper::header::HeaderName]>,
+    /// Some backend is spoken to in HTTP/2 (chapter 17), which only hyper's path does.
+    pub(super) any_h2: bool,
 }
 
 impl Upstreams {
@@ -248,6 +250,7 @@ impl Upstreams {
                 _ => Vec::new(),
             })
             .collect();
+        let any_h2 = specs.iter().any(|spec| spec.protocol.is_h2());
         Upstreams {
             balancer,
             backends,
@@ -257,6 +260,7 @@ impl Upstreams {
             pools,
             affinity,
             hidden: Arc::from(settings.hide.as_slice()),
+            any_h2,
             settings,
         }
     }
@@ -740,7 +744,7 @@ impl HttpServer {
         req: Request<hyper::body::Incoming>,
         info: &ConnInfo,
     ) -> Response<Download> {
-        self.counters.path(false);
+        self.counters.path(false, req.version() == Version::HTTP_2);
         // The exchange's rules on the head as received, before the cache keys on it or a field
         // is edited: the same rules the own path runs (`h1::parse`).
         if let Err(refused) = check_request(&req) {
@@ -901,7 +905,13 @@ impl HttpServer {
             return self.assign(up, i, outcome, &parts.uri, info.tls, line);
         }
 
-        // 3: what the backend is sent.
+        // 3: what the backend is sent. `TE: trailers` (gRPC's) is hop-by-hop, but an HTTP/2
+        // backend may be sent it again (RFC 9113 §8.2.2): the client can read trailers.
+        let trailers = parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         up.settings
             .forwarding
@@ -944,9 +954,11 @@ impl HttpServer {
         while attempts.another() {
             let i = attempts.i;
             let backend = &up.backends[i];
-            let pooled = match attempts.may_reuse() {
-                true => backend.pool.take(),
-                false => None,
+            let spec = up.balancer.backends()[i].spec();
+            let pooled = match (attempts.may_reuse(), spec.protocol.is_h2()) {
+                (true, false) => backend.pool.take(),
+                (true, true) => backend.pool.take_h2(),
+                (false, _) => None,
             };
             let (mut sender, fresh) = match pooled {
                 Some(sender) => (sender, false),
@@ -957,6 +969,7 @@ impl HttpServer {
                 },
             };
             let Some(mut req) = request.take() else { break };
+            fit(&mut req, spec.protocol, spec.tls, trailers);
             if let Some(open) = &hints {
                 let (open, up) = (Arc::clone(open), Arc::clone(up));
                 hyper::ext::on_informational(&mut req, move |hint| {
@@ -973,7 +986,7 @@ impl HttpServer {
                 tokio::time::sleep(timeout).await;
             };
             let sent = tokio::select! {
-                sent = sender.send.try_send_request(req) => Some(sent),
+                sent = sender.send(req) => Some(sent),
                 () = deadline => None,
             };
             let (failed, error) = match sent {
@@ -1123,9 +1136,31 @@ impl HttpServer {
         Response::from_parts(head, download)
     }
 
-    /// Dials backend `i` and starts an HTTP/1.1 connection on it.
+    /// Dials backend `i` and starts an HTTP/1.1 connection on it, or an HTTP/2 one that the
+    /// requests after this one share (chapter 17).
     async fn dial(&self, up: &Upstreams, i: usize) -> io::Result<Sender> {
         let conn = up.balancer.dial_reporting(i, None).await?;
+        if up.balancer.backends()[i].spec().protocol.is_h2() {
+            let (sender, connection) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(h2::STREAM_WINDOW)
+                    .initial_connection_window_size(h2::CONNECTION_WINDOW)
+                    .max_send_buf_size(h2::SEND_BUFFER)
+                    .handshake(TokioIo::new(conn))
+                    .await
+                    .map_err(io::Error::other)?;
+            up.backends[i].pool.opened();
+            crate::metrics::inc(&up.balancer.state(i).counters.connections);
+            let name = Arc::clone(&up.names[i]);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(backend = %name, "backend HTTP/2 connection ended: {e}");
+                }
+            });
+            up.backends[i].pool.put_h2(&sender);
+            return Ok(Sender::H2(sender));
+        }
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             // As for the answers to clients (see `connection`): one buffer per request.
             .writev(false)
@@ -1140,7 +1175,7 @@ impl HttpServer {
                 tracing::debug!(backend = %name, "backend connection ended: {e}");
             }
         });
-        Ok(Sender::new(sender, task.abort_handle()))
+        Ok(Sender::H1(sender, task.abort_handle()))
     }
 
     /// An answer of our own: counted, logged, with a one-line body.
@@ -1253,6 +1288,20 @@ fn check_request<B>(req: &Request<B>) -> Result<(), exchange::Refused> {
         .iter()
         .map(HeaderValue::as_bytes);
     exchange::check_target(req.method(), form, hosts, req.version() == Version::HTTP_11)?;
+    // RFC 9113 §8.3.1: an HTTP/2 request whose Host names another server than its
+    // `:authority` is malformed: one of the two would route it, the other reach the backend.
+    if req.version() == Version::HTTP_2
+        && let (Some(authority), Some(host)) = (uri.authority(), req.headers().get(header::HOST))
+        && !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    {
+        return Err(exchange::Refused {
+            status: StatusCode::BAD_REQUEST,
+            why: "Host differs from :authority",
+        });
+    }
     exchange::request_framing(
         req.headers()
             .iter()
@@ -1277,6 +1326,38 @@ fn origin_form(uri: &mut Uri, headers: &mut hyper::HeaderMap) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *uri = Uri::from(path);
+}
+
+/// Shapes a request for what its backend speaks, for each attempt (a retry may go to another
+/// kind of backend): HTTP/1.1 in origin form with `Host`; or HTTP/2 (chapter 17) with the
+/// target's scheme and authority as its pseudo-fields, where `Host` gives way to `:authority`
+/// (RFC 9113 §8.3.1), and `TE: trailers` when the client sent it (`trailers`).
+fn fit(req: &mut Request<Upload>, protocol: crate::backend::Protocol, tls: bool, trailers: bool) {
+    let (parts, headers) = (req.uri().clone(), req.headers_mut());
+    if protocol.is_h2() {
+        let authority = parts
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| Some(headers.get(header::HOST)?.to_str().ok()?.to_owned()));
+        headers.remove(header::HOST);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let path = parts.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = if tls { "https" } else { "http" };
+        if let Some(authority) = authority
+            && let Ok(uri) = Uri::try_from(format!("{scheme}://{authority}{path}"))
+        {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        headers.remove(header::TE);
+        let mut uri = parts;
+        origin_form(&mut uri, headers);
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+    }
 }
 
 /// Closes a client's connection. Lingering costs a wait for the client's FIN; like nginx, pay

@@ -60,7 +60,8 @@ pub struct HttpCounters {
     /// By [`LOCAL`] index.
     local: [AtomicU64; LOCAL.len()],
     /// Requests served by the balancer's own HTTP/1 path, then by hyper's.
-    paths: [AtomicU64; 2],
+    /// Requests by path and protocol: own HTTP/1, hyper's HTTP/1, hyper's HTTP/2.
+    paths: [AtomicU64; 3],
 }
 
 impl HttpCounters {
@@ -75,8 +76,15 @@ impl HttpCounters {
     }
 
     /// One request read by the balancer's own HTTP/1 path (`own`) or by hyper.
-    pub fn path(&self, own: bool) {
-        inc(&self.paths[usize::from(!own)]);
+    /// A request read by the own path (`own`, HTTP/1 only) or hyper's, over HTTP/2 (`h2`,
+    /// chapter 17) or HTTP/1.
+    pub fn path(&self, own: bool, h2: bool) {
+        let i = match (own, h2) {
+            (true, _) => 0,
+            (false, false) => 1,
+            (false, true) => 2,
+        };
+        inc(&self.paths[i]);
     }
 
     pub fn local(&self, status: StatusCode) {
@@ -101,10 +109,12 @@ impl HttpCounters {
         e.metric(
             name,
             "counter",
-            "Requests by the code that read them: the balancer's own HTTP/1 path, or hyper.",
+            "Requests by the code that read them (the balancer's own HTTP/1 path, or hyper) \
+             and their protocol (http1 or h2).",
         );
-        for (path, n) in ["own", "hyper"].iter().zip(&self.paths) {
-            e.sample(name, &[("path", path)], get(n));
+        let labels = [("own", "http1"), ("hyper", "http1"), ("hyper", "h2")];
+        for ((path, protocol), n) in labels.iter().zip(&self.paths) {
+            e.sample(name, &[("path", path), ("protocol", protocol)], get(n));
         }
         let name = "httplb_local_responses_total";
         e.metric(

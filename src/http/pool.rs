@@ -22,36 +22,56 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::{Request, Response};
 use tokio::task::AbortHandle;
 
 use super::body::Upload;
 use crate::conn::Conn;
 
-/// The sending half of one backend connection, and the task that runs the connection: a
-/// response abandoned halfway (a backend that stalled, a client that left) aborts it, so the
-/// socket closes at once instead of waiting for bytes that may never come.
-pub struct Sender {
-    pub send: SendRequest<Upload>,
-    task: AbortHandle,
+/// The sending half of one backend connection: HTTP/1.1, one request at a time, with the task
+/// that runs the connection (a response abandoned halfway, by a backend that stalled or a
+/// client that left, aborts it, so the socket closes at once instead of waiting for bytes that
+/// may never come); or HTTP/2 (chapter 17), a handle to a connection shared by every request
+/// to the backend, where an abandoned response resets its own stream only.
+pub enum Sender {
+    H1(http1::SendRequest<Upload>, AbortHandle),
+    H2(http2::SendRequest<Upload>),
 }
 
 impl Sender {
-    pub fn new(send: SendRequest<Upload>, task: AbortHandle) -> Sender {
-        Sender { send, task }
-    }
-
     fn is_closed(&self) -> bool {
-        self.send.is_closed()
+        match self {
+            Sender::H1(send, _) => send.is_closed(),
+            Sender::H2(send) => send.is_closed(),
+        }
     }
 
     fn is_ready(&self) -> bool {
-        self.send.is_ready()
+        match self {
+            Sender::H1(send, _) => send.is_ready(),
+            Sender::H2(send) => send.is_ready(),
+        }
     }
 
-    /// Closes the connection now, whatever it was doing.
+    /// Sends `req`; a request that was never written comes back in the error (hyper's
+    /// `try_send_request`), to go again on another connection.
+    pub async fn send(
+        &mut self,
+        req: Request<Upload>,
+    ) -> Result<Response<hyper::body::Incoming>, TrySendError<Request<Upload>>> {
+        match self {
+            Sender::H1(send, _) => send.try_send_request(req).await,
+            Sender::H2(send) => send.try_send_request(req).await,
+        }
+    }
+
+    /// Closes an HTTP/1 connection now, whatever it was doing. An HTTP/2 connection carries
+    /// other requests: it stays, and closes when its last handle goes.
     pub fn abort(self) {
-        self.task.abort();
+        if let Sender::H1(_, task) = self {
+            task.abort();
+        }
     }
 }
 
@@ -93,6 +113,8 @@ struct Idle<T> {
 /// The idle connections of one backend.
 pub struct Pool {
     idle: Mutex<Vec<Idle<Sender>>>,
+    /// The HTTP/2 connection requests to this backend share (chapter 17), while it is open.
+    h2: Mutex<Option<http2::SendRequest<Upload>>>,
     /// The same, for the balancer's own HTTP/1 path (`http::h1`), which speaks on the
     /// connection itself rather than through hyper: a connection goes back with nothing
     /// unread on it, so the socket is all there is to keep.
@@ -108,6 +130,7 @@ impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
             raw: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
@@ -133,11 +156,32 @@ impl Pool {
         None
     }
 
+    /// The backend's shared HTTP/2 connection, while it is open (chapter 17). hyper's handle
+    /// queues a request beyond the streams the backend allows at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`) until one ends.
+    pub fn take_h2(&self) -> Option<Sender> {
+        let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        match h2.as_ref() {
+            Some(send) if !send.is_closed() => Some(Sender::H2(send.clone())),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Shares a new HTTP/2 connection for the requests that follow.
+    pub fn put_h2(&self, send: &http2::SendRequest<Upload>) {
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(send.clone());
+    }
+
     /// Puts back a connection whose last response was read to the end, for the next request,
     /// unless the pool is full. Giving it back as the body ends, rather than from a task that
     /// waits for hyper to say it is ready, saves a task per request.
     pub fn put(&self, sender: Sender) {
-        if !sender.is_closed() {
+        // An HTTP/2 handle is shared already (`take_h2`).
+        if matches!(sender, Sender::H1(..)) && !sender.is_closed() {
             self.give_back(&self.idle, sender, Instant::now());
         }
     }

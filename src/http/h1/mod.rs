@@ -80,7 +80,8 @@ pub(in crate::http) fn enabled() -> bool {
 
 /// Whether a configuration leaves every request's work to what this path does.
 pub(in crate::http) fn takes(up: &Upstreams) -> bool {
-    !up.settings.needs_hyper()
+    // It speaks HTTP/1.1 to backends too: one spoken to in HTTP/2 (chapter 17) is hyper's.
+    !up.settings.needs_hyper() && !up.any_h2
 }
 
 /// What went wrong on the way to an answer; the exchange's [`Failure`] says what follows.
@@ -166,12 +167,12 @@ impl HttpServer {
                 match parse(&buf, up.settings.max_head, up.settings.max_body) {
                     Parsed::Complete(head) => {
                         started = Instant::now();
-                        self.counters.path(true);
+                        self.counters.path(true, false);
                         break head;
                     }
                     Parsed::Hyper => return Left::ToHyper(buf),
                     Parsed::TooLarge { method, target } => {
-                        self.counters.path(true);
+                        self.counters.path(true, false);
                         let line = self.line(info, &method, &target, Instant::now());
                         // Closed either way: the body was not read.
                         let _ = self
@@ -184,7 +185,7 @@ impl HttpServer {
                         target,
                         refused,
                     } => {
-                        self.counters.path(true);
+                        self.counters.path(true, false);
                         tracing::info!(client = %info.client, "request refused: {}", refused.why);
                         let line = self.line(info, &method, &target, Instant::now());
                         let _ = self.answer_locally(conn, refused.status, line, true).await;
