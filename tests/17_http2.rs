@@ -93,7 +93,8 @@ async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Frames
 
 /// A gRPC-style backend on hyper's HTTP/2 server, by prior knowledge (`h2c://`): `Unary`
 /// answers the request's bytes, `Stream` echoes each piece as it arrives; both end with
-/// `grpc-status: 0` in the trailers, and say which backend they are in `x-served-by`.
+/// `grpc-status: 0` in the trailers, and say which backend they are in `x-served-by`. `Hang`
+/// never answers.
 fn grpc_backend(name: &'static str) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,6 +110,10 @@ fn grpc_backend(name: &'static str) -> SocketAddr {
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                            if req.uri().path().ends_with("/Hang") {
+                                // Never answers: the call's deadline must end it.
+                                std::future::pending::<()>().await;
+                            }
                             let streaming = req.uri().path().ends_with("/Stream");
                             let te = req.headers().get("te").cloned();
                             let (tx, body) = frames();
@@ -375,5 +380,58 @@ fn grpc_unary_and_streaming_calls_pass_with_trailers() {
         let last = next(&mut incoming).await.unwrap();
         let trailers = last.into_trailers().expect("trailers at the end");
         assert_eq!(trailers["grpc-status"], "0");
+    });
+}
+
+/// A unary call to `path` with `fields`; the answer's status, and its `grpc-status` from the
+/// head (a Trailers-Only answer) or the trailers.
+async fn call(addr: SocketAddr, path: &str, fields: &[(&str, &str)]) -> (u16, Option<String>) {
+    let mut send = h2c(addr).await;
+    let mut request = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let response = send
+        .send_request(request.body(whole(&grpc_message(b"x"))).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let in_head = response.headers().get("grpc-status").cloned();
+    let (_, trailers) = collect(response.into_body()).await;
+    let code = in_head
+        .or_else(|| trailers.and_then(|t| t.get("grpc-status").cloned()))
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, code)
+}
+
+/// gRPC's status mapping (gRPC's `http-grpc-status-mapping.md`): a call the balancer cannot
+/// carry gets a gRPC status a gRPC client understands, in a Trailers-Only 200, never an HTTP
+/// error page: no backend up is `UNAVAILABLE` (14); a backend that does not answer within the
+/// call's own `grpc-timeout` is `DEADLINE_EXCEEDED` (4), there and then, however long
+/// `response-timeout` is.
+#[test]
+fn grpc_calls_get_grpc_statuses_for_our_failures_and_deadlines() {
+    let backend = grpc_backend("grpc1");
+    // An hour for any answer: only the call's own deadline can end `Hang` within the test.
+    let lb = h2c_lb(
+        &[format!("h2c://{backend}")],
+        &["--affinity", "none", "--response-timeout", "3600"],
+    );
+    let (refusing, _guard) = refusing_port();
+    let down = h2c_lb(&[format!("h2c://{refusing}")], &["--affinity", "none"]);
+    runtime().block_on(async {
+        let ok = call(lb.addr(), "/echo.Echo/Unary", &[]).await;
+        assert_eq!(ok, (200, Some("0".to_owned())));
+        let unavailable = call(down.addr(), "/echo.Echo/Unary", &[]).await;
+        assert_eq!(unavailable, (200, Some("14".to_owned())));
+        let started = std::time::Instant::now();
+        let late = call(lb.addr(), "/echo.Echo/Hang", &[("grpc-timeout", "300m")]).await;
+        assert_eq!(late, (200, Some("4".to_owned())));
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the deadline, not the hour, ended the call"
+        );
     });
 }

@@ -54,6 +54,7 @@ use super::early_hints::EarlyHints;
 use super::exchange::{self, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
+use super::grpc;
 use super::h2::{self, H2Settings};
 use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
@@ -745,6 +746,24 @@ impl HttpServer {
         info: &ConnInfo,
     ) -> Response<Download> {
         self.counters.path(false, req.version() == Version::HTTP_2);
+        // Chapter 17: a gRPC call learns of our failures in gRPC's terms.
+        if grpc::is_grpc(req.headers()) {
+            let deadline = grpc::deadline(req.headers()).is_some();
+            let mut response = Box::pin(self.answer(req, info)).await;
+            if response.extensions().get::<Local>().is_some() {
+                grpc::answer_in_grpc(&mut response, deadline);
+            }
+            return response;
+        }
+        self.answer(req, info).await
+    }
+
+    /// [`HttpServer::request`] past the counting.
+    async fn answer(
+        self: &Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+        info: &ConnInfo,
+    ) -> Response<Download> {
         // The exchange's rules on the head as received, before the cache keys on it or a field
         // is edited: the same rules the own path runs (`h1::parse`).
         if let Err(refused) = check_request(&req) {
@@ -907,6 +926,10 @@ impl HttpServer {
 
         // 3: what the backend is sent. `TE: trailers` (gRPC's) is hop-by-hop, but an HTTP/2
         // backend may be sent it again (RFC 9113 §8.2.2): the client can read trailers.
+        // A gRPC call's deadline bounds the wait for its answer too (chapter 17).
+        let grpc_deadline = grpc::is_grpc(&parts.headers)
+            .then(|| grpc::deadline(&parts.headers))
+            .flatten();
         let trailers = parts
             .headers
             .get_all(header::TE)
@@ -980,7 +1003,10 @@ impl HttpServer {
             // `response-timeout` counts from the request's end (a slow upload is the client's
             // time, bounded by the body's idle limit), as HAProxy's `timeout server` does.
             let uploaded = req.body_mut().when_sent();
-            let timeout = up.settings.response_timeout;
+            let timeout = match grpc_deadline {
+                Some(grpc) => grpc.min(up.settings.response_timeout),
+                None => up.settings.response_timeout,
+            };
             let deadline = async move {
                 let _ = uploaded.await;
                 tokio::time::sleep(timeout).await;
@@ -1187,6 +1213,7 @@ impl HttpServer {
         body.set_on_end(Box::new(move |_, complete| line.log(status, len, complete)));
         let mut response = Response::new(body);
         *response.status_mut() = status;
+        response.extensions_mut().insert(Local);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -1196,6 +1223,11 @@ impl HttpServer {
         response
     }
 }
+
+/// Marks an answer the balancer gave itself (`HttpServer::local`): one a gRPC call gets in
+/// gRPC's form instead (chapter 17).
+#[derive(Clone, Copy)]
+struct Local;
 
 /// The body of an answer the balancer gives itself.
 pub(super) fn local_text(status: StatusCode) -> &'static str {

@@ -426,6 +426,12 @@ impl Download {
         }
     }
 
+    /// No body after all (an answer of our own to a gRPC call, chapter 17); what runs at the
+    /// end still runs.
+    pub fn empty(&mut self) {
+        self.payload = Payload::Full(None);
+    }
+
     /// Keeps `guard` until the body ends or is dropped.
     pub fn hold(&mut self, guard: Box<dyn Send + Sync>) {
         self.held = Some(guard);

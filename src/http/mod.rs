@@ -20,6 +20,7 @@
 //! | [`balancer`] | the per-request balancer: pick, send (through hyper), retry, upgrade, answer errors |
 //! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
 //! | [`h2`] | chapter 17: HTTP/2 from clients (ALPN `h2`, or `--h2c`), each stream a request of hyper's path, with the HTTP/2 attacks bounded |
+//! | [`grpc`] | chapter 17: gRPC calls: our failures as gRPC statuses, the call's deadline as ours |
 //! | `early_hints` | a backend's `103 Early Hints` to the client on hyper's path, written under hyper's server |
 //! | [`app`] | `http-lb`'s flags, its `[http]` config section, start-up and reload |
 //! | [`assign`] | chapter 14's assignment mode: a 307 to the chosen server, or JSON |
@@ -41,6 +42,7 @@ mod early_hints;
 pub mod exchange;
 pub mod fields;
 pub mod forward;
+pub mod grpc;
 mod h1;
 pub mod h2;
 pub mod metrics;
