@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -96,6 +97,13 @@ async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Frames
 /// `grpc-status: 0` in the trailers, and say which backend they are in `x-served-by`. `Hang`
 /// never answers.
 fn grpc_backend(name: &'static str) -> SocketAddr {
+    grpc_backend_counting(name).0
+}
+
+/// [`grpc_backend`], and how many `Hang` calls it holds now.
+fn grpc_backend_counting(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hanging = Arc::new(AtomicUsize::new(0));
+    let counting = Arc::clone(&hanging);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -107,11 +115,15 @@ fn grpc_backend(name: &'static str) -> SocketAddr {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((tcp, _)) = listener.accept().await {
+                let hanging = Arc::clone(&counting);
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let hanging = Arc::clone(&hanging);
+                        async move {
                             if req.uri().path().ends_with("/Hang") {
                                 // Never answers: the call's deadline must end it.
+                                hanging.fetch_add(1, Ordering::SeqCst);
+                                let _held = Held(hanging);
                                 std::future::pending::<()>().await;
                             }
                             let streaming = req.uri().path().ends_with("/Stream");
@@ -149,7 +161,8 @@ fn grpc_backend(name: &'static str) -> SocketAddr {
                                 headers.insert("x-saw-te", te);
                             }
                             Ok::<_, Infallible>(response)
-                        });
+                        }
+                    });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), service)
                         .await;
@@ -157,7 +170,16 @@ fn grpc_backend(name: &'static str) -> SocketAddr {
             }
         });
     });
-    addr
+    (addr, hanging)
+}
+
+/// Counts a `Hang` call down when the balancer gives up on it.
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -432,6 +454,314 @@ fn grpc_calls_get_grpc_statuses_for_our_failures_and_deadlines() {
         assert!(
             started.elapsed() < PATIENCE,
             "the deadline, not the hour, ended the call"
+        );
+    });
+}
+
+// ---- The attacks, with a raw frame writer (RFC 9113 §4.1: length, type, flags, stream) ----
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A request's header block in HPACK: `:method` GET or POST and `:scheme http` and `:path /`
+/// from the static table (RFC 7541 Appendix A), `:authority t` as a literal.
+fn request_block(post: bool) -> Vec<u8> {
+    vec![if post { 0x83 } else { 0x82 }, 0x86, 0x84, 0x01, 0x01, b't']
+}
+
+/// A clear-text HTTP/2 connection that has sent the preface and an empty SETTINGS.
+fn raw_h2(addr: SocketAddr) -> std::net::TcpStream {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    s.write_all(&hello).unwrap();
+    s
+}
+
+/// Writes `bytes`; false once the balancer has closed the connection.
+fn send(s: &mut std::net::TcpStream, bytes: &[u8]) -> bool {
+    s.write_all(bytes).is_ok()
+}
+
+/// The frames the balancer sends until it closes the connection (or `PATIENCE` of quiet):
+/// (type, flags, stream, payload) each.
+fn frames_until_close(s: &mut std::net::TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        let (kind, flags) = (got[at + 3], got[at + 4]);
+        let stream = u32::from_be_bytes(got[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        let end = (at + 9 + len).min(got.len());
+        frames.push((kind, flags, stream, got[at + 9..end].to_vec()));
+        at += 9 + len;
+    }
+    frames
+}
+
+/// The error code of the GOAWAY among `frames`, if one came.
+fn goaway(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
+    frames
+        .iter()
+        .find(|f| f.0 == GOAWAY && f.3.len() >= 8)
+        .map(|f| u32::from_be_bytes(f.3[4..8].try_into().unwrap()))
+}
+
+/// The balancer still serves a well-behaved HTTP/2 client after an attack.
+fn still_serves(addr: SocketAddr) {
+    runtime().block_on(async {
+        let mut send = h2c(addr).await;
+        let request = Request::get(format!("http://{addr}/"))
+            .body(whole(b""))
+            .unwrap();
+        assert_eq!(send.send_request(request).await.unwrap().status(), 200);
+    });
+}
+
+/// Rapid reset (CVE-2023-44487): thousands of streams opened and reset at once, each costing
+/// the client two frames and, unchecked, the balancer a request to a backend. The connection is
+/// closed (h2's bound answers GOAWAY ENHANCE_YOUR_CALM, ours closes it past
+/// `--h2-reset-budget` a second), far fewer requests than were opened reached the backend,
+/// and other clients are served.
+#[test]
+fn rapid_reset_closes_the_connection_and_spares_the_backends() {
+    let (dummy, backends) = dummies(1);
+    let lb = h2c_lb(
+        &[backends[1].clone()],
+        &["--affinity", "none", "--h2-reset-budget", "20"],
+    );
+    let mut s = raw_h2(lb.addr());
+    let mut burst = Vec::new();
+    let opened = 5_000u32;
+    for n in 0..opened {
+        let stream = 2 * n + 1;
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &request_block(false),
+        ));
+        burst.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let _ = send(&mut s, &burst);
+    let frames = frames_until_close(&mut s);
+    let code = goaway(&frames);
+    assert!(
+        code.is_none() || code == Some(0xb) || code == Some(0),
+        "GOAWAY {code:?}"
+    );
+    still_serves(lb.addr());
+    let (_, metrics) = admin_get(lb.addrs[1], "/metrics");
+    let carried = metric(
+        &metrics,
+        "httplb_requests_total{path=\"hyper\",protocol=\"h2\"}",
+    );
+    // The one carried is `still_serves`'s.
+    assert!(
+        carried < 100,
+        "{carried} of {opened} reset streams were carried"
+    );
+    drop(dummy);
+}
+
+/// CONTINUATION flood (2024) and RFC 9113 §6.10: a header block that never ends, one
+/// CONTINUATION after another, is bounded by `max-head` like an HTTP/1 head: the connection is
+/// closed long before the 4 MiB the client tries to make the balancer hold.
+#[test]
+fn a_header_block_that_never_ends_is_cut_off() {
+    let (_dummy, backends) = dummies(1);
+    let lb = h2c_lb(&[backends[1].clone()], &["--max-head", "16384"]);
+    let mut s = raw_h2(lb.addr());
+    // A literal field with a new name whose value claims 4 MiB (HPACK integers, RFC 7541 §5.1).
+    let mut block = request_block(false);
+    block.extend_from_slice(&[0x00, 0x01, b'x', 0x7f]);
+    let mut rest = (4u32 << 20) - 127;
+    while rest >= 128 {
+        block.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    block.push(rest as u8);
+    let mut sent = 0usize;
+    let mut open = send(&mut s, &frame(HEADERS, 0, 1, &block));
+    let piece = vec![b'a'; 16_384];
+    while open && sent < 4 << 20 {
+        open = send(&mut s, &frame(CONTINUATION, 0, 1, &piece));
+        sent += piece.len();
+    }
+    // Refused as an error (h2 says ENHANCE_YOUR_CALM), not waited out: what we wrote meanwhile
+    // sat in the sockets' buffers.
+    let frames = frames_until_close(&mut s);
+    assert!(
+        goaway(&frames).is_some_and(|code| code != 0),
+        "the connection took {sent} bytes of one header block (still open: {open})"
+    );
+    still_serves(lb.addr());
+}
+
+/// RFC 9113 §5.1.2: the balancer advertises `--max-concurrent-streams` in its SETTINGS and
+/// refuses a stream beyond it (RST_STREAM REFUSED_STREAM, or the connection closed); the streams
+/// within it are served.
+#[test]
+fn streams_beyond_the_limit_are_refused() {
+    let (_dummy, backends) = dummies(1);
+    let lb = h2c_lb(
+        &[backends[1].clone()],
+        &["--max-concurrent-streams", "4", "--header-timeout", "0.5"],
+    );
+    let mut s = raw_h2(lb.addr());
+    // Six POSTs whose bodies never come: each stays open.
+    let mut opens = Vec::new();
+    for n in 0..6u32 {
+        opens.extend(frame(HEADERS, END_HEADERS, 2 * n + 1, &request_block(true)));
+    }
+    send(&mut s, &opens);
+    // Then cancel ours: with no stream open the connection is idle, and closes after
+    // `header-timeout`, so that what came back can be read to its end.
+    let mut cancel = Vec::new();
+    for n in 0..4u32 {
+        cancel.extend(frame(RST_STREAM, 0, 2 * n + 1, &8u32.to_be_bytes()));
+    }
+    send(&mut s, &cancel);
+    let frames = frames_until_close(&mut s);
+    let settings = frames
+        .iter()
+        .find(|f| f.0 == SETTINGS && f.1 == 0)
+        .expect("the balancer's SETTINGS");
+    let advertised = settings
+        .3
+        .chunks(6)
+        .find(|c| c.len() == 6 && c[..2] == [0, 3])
+        .map(|c| u32::from_be_bytes(c[2..].try_into().unwrap()));
+    assert_eq!(advertised, Some(4), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    let refused: Vec<u32> = frames
+        .iter()
+        .filter(|f| f.0 == RST_STREAM && f.3 == 7u32.to_be_bytes())
+        .map(|f| f.2)
+        .collect();
+    assert!(
+        refused.contains(&9) && refused.contains(&11) || goaway(&frames).is_some_and(|c| c != 0),
+        "streams 9 and 11 (the 5th and 6th) refused: {refused:?}"
+    );
+    still_serves(lb.addr());
+}
+
+/// PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515) and empty DATA frames
+/// (CVE-2019-9518), from a client that never reads what it is sent: the balancer answers in
+/// bounded queues or closes the connection, and serves everyone else meanwhile.
+#[test]
+fn ping_settings_and_empty_frame_floods_are_bounded() {
+    let (_dummy, backends) = dummies(1);
+    let lb = h2c_lb(&[backends[1].clone()], &[]);
+    for flood in ["ping", "settings", "empty-data"] {
+        let mut s = raw_h2(lb.addr());
+        let one = match flood {
+            "ping" => frame(PING, 0, 0, &[7; 8]),
+            "settings" => frame(SETTINGS, 0, 0, &[]),
+            _ => frame(DATA, 0, 1, &[]),
+        };
+        if flood == "empty-data" {
+            send(
+                &mut s,
+                &frame(HEADERS, END_HEADERS, 1, &request_block(true)),
+            );
+        }
+        let batch: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * 10_000)
+            .collect();
+        for _ in 0..20 {
+            if !send(&mut s, &batch) {
+                break;
+            }
+            // Everyone else is served while it goes on.
+            still_serves(lb.addr());
+        }
+        drop(s);
+        still_serves(lb.addr());
+    }
+    assert!(!lb.stderr().contains("panicked"));
+}
+
+/// An HTTP/2 connection with no stream open is closed after `header-timeout`, as an idle
+/// HTTP/1 keep-alive connection is: GOAWAY, then the close.
+#[test]
+fn an_idle_h2_connection_is_closed() {
+    let (_dummy, backends) = dummies(1);
+    let lb = h2c_lb(&[backends[1].clone()], &["--header-timeout", "0.3"]);
+    let mut s = raw_h2(lb.addr());
+    let frames = frames_until_close(&mut s);
+    assert_eq!(goaway(&frames), Some(0), "{frames:?}");
+}
+
+/// Rapid reset of streams already taken (CVE-2023-44487's other half): streams the balancer
+/// had started to carry, reset by the client before their answer, count against
+/// `--h2-reset-budget` per second; past it the connection is closed and the log says why.
+#[test]
+fn streams_reset_while_carried_count_against_the_budget() {
+    let (backend, hanging) = grpc_backend_counting("grpc1");
+    let lb = h2c_lb(
+        &[format!("h2c://{backend}")],
+        &["--affinity", "none", "--h2-reset-budget", "5"],
+    );
+    let mut s = raw_h2(lb.addr());
+    // `:method POST`, `:scheme http`, `:path /echo.Echo/Hang`, `:authority t`: a call the
+    // backend never answers.
+    let mut block = vec![0x83, 0x86, 0x04, 15];
+    block.extend_from_slice(b"/echo.Echo/Hang");
+    block.extend_from_slice(&[0x01, 0x01, b't']);
+    let mut opens = Vec::new();
+    for n in 0..10u32 {
+        opens.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * n + 1, &block));
+    }
+    send(&mut s, &opens);
+    // Carried: every one of them has reached the backend.
+    eventually("the calls reach the backend", PATIENCE, || {
+        hanging.load(Ordering::SeqCst) == 10
+    });
+    let mut resets = Vec::new();
+    for n in 0..10u32 {
+        resets.extend(frame(RST_STREAM, 0, 2 * n + 1, &8u32.to_be_bytes()));
+    }
+    send(&mut s, &resets);
+    lb.wait_stderr(
+        "more streams reset by the client in a second than the budget",
+        1,
+    );
+    frames_until_close(&mut s);
+    // The calls given up are given up at the backend too: their streams there are reset.
+    eventually("the backend's calls are cancelled", PATIENCE, || {
+        hanging.load(Ordering::SeqCst) == 0
+    });
+    still_serves_calls(lb.addr());
+}
+
+/// [`still_serves`] for a gRPC backend.
+fn still_serves_calls(addr: SocketAddr) {
+    runtime().block_on(async {
+        assert_eq!(
+            call(addr, "/echo.Echo/Unary", &[]).await,
+            (200, Some("0".to_owned()))
         );
     });
 }

@@ -242,9 +242,20 @@ impl HttpServer {
             }
         };
         tracing::debug!(%client, "closing an HTTP/2 connection: {closing}");
-        // GOAWAY: the streams open finish (each bounded by the body timeouts), no new one
-        // starts.
+        // GOAWAY: no new stream starts, the streams open go on to their end (each bounded by
+        // the body timeouts). h2 then waits for the client to acknowledge the GOAWAY (a PING),
+        // which a client that does not read never does: it gets `header-timeout` for that,
+        // then the connection is dropped.
         connection.as_mut().graceful_shutdown();
-        let _ = connection.as_mut().await;
+        let finished = async {
+            while resets.open.load(Ordering::Relaxed) != 0 {
+                resets.idle.notified().await;
+            }
+            tokio::time::sleep(idle_for).await;
+        };
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = finished => tracing::debug!(%client, "HTTP/2: GOAWAY not acknowledged; closed"),
+        }
     }
 }
