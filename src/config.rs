@@ -226,6 +226,12 @@ pub struct ListenerTls {
     /// A session-ticket key file shared with other TLS listeners, so that a client resumes
     /// whichever of them it reaches (chapter 13; `lb::tickets`).
     pub ticket_keys: Option<PathBuf>,
+    /// `tcp-lb` only: the protocols offered in ALPN, in order of preference (`["h2",
+    /// "http/1.1"]`), for a TLS offloader in front of `http-lb` (chapter 17). The protocol
+    /// chosen reaches the backend in the PROXY v2 header's ALPN TLV, so every backend must
+    /// take PROXY v2. `http-lb` offers `h2` and `http/1.1` on its own.
+    #[serde(default)]
+    pub alpn: Vec<String>,
 }
 
 /// One `[[backend]]`.

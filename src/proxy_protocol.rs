@@ -8,11 +8,13 @@
 //!
 //! * v1 is one line of text: `PROXY TCP4 192.0.2.7 198.51.100.1 51234 443\r\n`;
 //! * v2 is binary: a 12-byte signature, version and command, address family, a length, then
-//!   the addresses and optional TLVs (type, length, value). We send and read one of them, the
+//!   the addresses and optional TLVs (type, length, value). We send and read two of them. The
 //!   SSL TLV: "the client spoke TLS to the first proxy". A TLS offloader (chapter 13) decrypts
 //!   and forwards plain HTTP, so the HTTP balancer behind it would otherwise believe the
 //!   client came over plain HTTP: it would say `X-Forwarded-Proto: http` and leave `Secure`
-//!   off its cookie. v1 has no room for it.
+//!   off its cookie. And the ALPN TLV, `h2`: "the client and the first proxy agreed on
+//!   HTTP/2", so the balancer behind reads the bytes that follow as HTTP/2 (chapter 17). v1
+//!   has no room for either.
 //!
 //! The backend must be configured to expect it (nginx `listen … proxy_protocol`, HAProxy
 //! `accept-proxy`, PostgreSQL behind pgbouncer …): a server that does not expect it sees the
@@ -82,6 +84,9 @@ pub struct Origin {
     pub dialled: SocketAddr,
     /// Whether the client spoke TLS to the first proxy (v2's SSL TLV).
     pub tls: bool,
+    /// Whether the client and the first proxy agreed on HTTP/2 in ALPN (v2's ALPN TLV, `h2`):
+    /// the bytes that follow are HTTP/2 (chapter 17).
+    pub h2: bool,
 }
 
 /// The header announcing a connection from `client` to `local` (the address the client dialled).
@@ -93,6 +98,7 @@ pub fn header(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<
             client,
             dialled,
             tls: false,
+            h2: false,
         }),
     )
 }
@@ -101,6 +107,7 @@ pub fn header(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<
 /// proxy's own connection: `LOCAL` / `UNKNOWN`.
 pub fn encode(version: Version, origin: Option<Origin>) -> Vec<u8> {
     let tls = origin.is_some_and(|o| o.tls);
+    let h2 = origin.is_some_and(|o| o.h2);
     let addrs = origin.map(|o| same_family((o.client, o.dialled)));
     match version {
         Version::V1 => match addrs {
@@ -128,7 +135,9 @@ pub fn encode(version: Version, origin: Option<Origin>) -> Vec<u8> {
                     } else {
                         (0x21, 36)
                     };
-                    let len = len + if tls { SSL_TLV.len() as u16 } else { 0 };
+                    let len = len
+                        + if tls { SSL_TLV.len() as u16 } else { 0 }
+                        + if h2 { ALPN_H2_TLV.len() as u16 } else { 0 };
                     out.extend_from_slice(&[0x21, family]);
                     out.extend_from_slice(&len.to_be_bytes());
                     for ip in [src.ip(), dst.ip()] {
@@ -142,6 +151,9 @@ pub fn encode(version: Version, origin: Option<Origin>) -> Vec<u8> {
                     if tls {
                         out.extend_from_slice(&SSL_TLV);
                     }
+                    if h2 {
+                        out.extend_from_slice(&ALPN_H2_TLV);
+                    }
                 }
             }
             out
@@ -154,10 +166,17 @@ pub fn encode(version: Version, origin: Option<Origin>) -> Vec<u8> {
 /// that checks it must not read our header as a verified client.
 const SSL_TLV: [u8; 8] = [PP2_TYPE_SSL, 0, 5, PP2_CLIENT_SSL, 0, 0, 0, 1];
 
-/// Whether v2's TLVs (what follows the addresses) hold an SSL TLV whose `client` field says
-/// TLS. A TLV that runs past the header is an error: the header is corrupt.
-fn says_tls(mut tlvs: &[u8]) -> io::Result<bool> {
-    let mut tls = false;
+/// v2's TLV type for the protocol agreed in ALPN (`PP2_TYPE_ALPN`).
+const PP2_TYPE_ALPN: u8 = 0x01;
+
+/// The ALPN TLV we send when the client chose HTTP/2 (chapter 17).
+const ALPN_H2_TLV: [u8; 5] = [PP2_TYPE_ALPN, 0, 2, b'h', b'2'];
+
+/// What v2's TLVs (what follows the addresses) say: whether an SSL TLV's `client` field says
+/// TLS, and whether the ALPN TLV names `h2`. Others are skipped. A TLV that runs past the
+/// header is an error: the header is corrupt.
+fn read_tlvs(mut tlvs: &[u8]) -> io::Result<(bool, bool)> {
+    let (mut tls, mut h2) = (false, false);
     while !tlvs.is_empty() {
         let [kind, hi, lo, rest @ ..] = tlvs else {
             return Err(invalid("PROXY v2 TLV cut short"));
@@ -169,9 +188,12 @@ fn says_tls(mut tlvs: &[u8]) -> io::Result<bool> {
         if *kind == PP2_TYPE_SSL && value.first().is_some_and(|c| c & PP2_CLIENT_SSL != 0) {
             tls = true;
         }
+        if *kind == PP2_TYPE_ALPN && value == b"h2" {
+            h2 = true;
+        }
         tlvs = &rest[len..];
     }
-    Ok(tls)
+    Ok((tls, h2))
 }
 
 /// Both addresses in one family, as the header requires: IPv4 when both are (or map to) IPv4,
@@ -227,10 +249,12 @@ async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<Origin>> {
     };
     let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
     let origin = |client, dialled, tlvs| {
+        let (tls, h2) = read_tlvs(tlvs)?;
         Ok(Some(Origin {
             client,
             dialled,
-            tls: says_tls(tlvs)?,
+            tls,
+            h2,
         }))
     };
     match (head[12] & 0x0f, head[13] >> 4) {
@@ -311,6 +335,7 @@ fn parse_v1(line: &[u8]) -> io::Result<Option<Origin>> {
                 client: SocketAddr::new(ip(src)?, port(sport)?),
                 dialled: SocketAddr::new(ip(dst)?, port(dport)?),
                 tls: false,
+                h2: false,
             }))
         }
         _ => Err(invalid("malformed PROXY v1 header")),
@@ -419,6 +444,7 @@ mod tests {
             client: addr("192.0.2.7:51234"),
             dialled: addr("198.51.100.1:443"),
             tls: true,
+            h2: false,
         };
         let bytes = encode(Version::V2, Some(origin));
         assert_eq!(&bytes[16 + 12..], &SSL_TLV);
@@ -426,7 +452,8 @@ mod tests {
         let (result, rest) = read_back([&bytes[..], b"x"].concat()).await;
         assert_eq!(result.unwrap(), Some(origin));
         assert_eq!(rest, b"x");
-        // HAProxy's own TLVs (ALPN 0x01, authority 0x02, a CRC 0x03) before ours: skipped.
+        // HAProxy's TLVs before ours: its ALPN (0x01) says h2 (chapter 17), its authority
+        // (0x02) and a CRC (0x03) are skipped.
         let mut bytes = encode(
             Version::V2,
             Some(Origin {
@@ -440,7 +467,13 @@ mod tests {
         let len = (12 + others.len() + SSL_TLV.len()) as u16;
         bytes[14..16].copy_from_slice(&len.to_be_bytes());
         let (result, _) = read_back(bytes).await;
-        assert_eq!(result.unwrap(), Some(origin));
+        assert_eq!(result.unwrap(), Some(Origin { h2: true, ..origin }));
+        // Ours, both ways: the ALPN TLV after the SSL one.
+        let h2 = Origin { h2: true, ..origin };
+        let bytes = encode(Version::V2, Some(h2));
+        assert_eq!(&bytes[16 + 12 + 8..], &ALPN_H2_TLV);
+        let (result, _) = read_back(bytes).await;
+        assert_eq!(result.unwrap(), Some(h2));
         // v1 cannot say it: the bit is lost, not invented.
         let (result, _) = read_back(encode(Version::V1, Some(origin))).await;
         assert!(!result.unwrap().unwrap().tls);

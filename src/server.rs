@@ -440,15 +440,21 @@ impl Server {
         // TLS to us, or to a proxy in front that said so (chapter 13's offloaders): either way
         // the user's browser spoke HTTPS.
         let tls = matches!(conn, Conn::TlsServer(_)) || proxied.is_some_and(|o| o.tls);
+        // HTTP/2 agreed in ALPN with us, or with the proxy in front (chapter 17): passed on to
+        // a backend that reads PROXY v2, so that it speaks HTTP/2 on the bytes that follow.
+        let h2 = matches!(&conn, Conn::TlsServer(t) if t.get_ref().1.alpn_protocol() == Some(b"h2"))
+            || proxied.is_some_and(|o| o.h2);
 
         Ok(Admitted {
             tls,
+            h2,
             conn,
             client,
             origin: dialled.map(|dialled| Origin {
                 client,
                 dialled,
                 tls,
+                h2,
             }),
             held: (_slot, _per_client),
         })
@@ -654,6 +660,9 @@ pub(crate) struct Admitted<'g> {
     /// Whether the client spoke TLS: to us, or to the proxy in front (its PROXY v2 header's
     /// SSL TLV).
     pub(crate) tls: bool,
+    /// Whether the client chose HTTP/2 in ALPN: with us, or with the proxy in front (its PROXY
+    /// v2 header's ALPN TLV, chapter 17).
+    pub(crate) h2: bool,
     /// Its slot under `max-connections` and its count against its IP, freed when dropped.
     pub(crate) held: (Slot, ClientSlot<'g>),
 }

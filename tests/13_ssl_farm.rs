@@ -647,3 +647,84 @@ fn the_four_host_example_configs_load_and_are_wired_as_the_farm_is() {
         .collect();
     assert!(l7s.contains(&l7.listen.unwrap().to_string()));
 }
+
+/// Chapter 17 in the farm: a browser's TLS client offers `h2` and gets it from the offloader
+/// (`ssl-farm` offers it by default), which tells the L7 tier in its PROXY v2 header's ALPN
+/// TLV; http-lb then speaks HTTP/2 on that plain connection. The requests of one HTTP/2
+/// connection reach the application with the client's address and `https`, and keep to it
+/// with the cookie; tier 3 counts them as `h2`.
+#[test]
+fn http2_crosses_the_farm_with_the_offloaders_alpn() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let farm = Farm::start();
+    let mut config = (*farm.tls).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let addr = farm.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut cookie: Option<String> = None;
+        let mut served = std::collections::HashSet::new();
+        for _ in 0..6 {
+            let mut request = hyper::Request::get("https://localhost/");
+            if let Some(c) = &cookie {
+                request = request.header("cookie", c.as_str());
+            }
+            let response = send
+                .send_request(request.body(String::new()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.version(), hyper::Version::HTTP_2);
+            assert_eq!(response.status(), 200);
+            if let Some(set) = response.headers().get("set-cookie") {
+                let set = set.to_str().unwrap();
+                cookie = Some(set.split(';').next().unwrap().to_owned());
+            }
+            served.insert(
+                response.headers()["x-served-by"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while let Some(frame) = std::future::poll_fn(|cx| {
+                hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+            })
+            .await
+            {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    text.extend_from_slice(&data);
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
+            assert!(text.contains("x-forwarded-proto: https"), "{text}");
+            assert!(text.contains("x-forwarded-for: 127.0.0.1"), "{text}");
+        }
+        assert_eq!(
+            served.len(),
+            1,
+            "the cookie keeps the connection's requests together"
+        );
+    });
+    let h2: u64 = farm
+        .tier("l7")
+        .iter()
+        .map(|m| metric(m, "httplb_requests_total{path=\"hyper\",protocol=\"h2\"}"))
+        .sum();
+    assert_eq!(h2, 6);
+}

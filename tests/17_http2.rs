@@ -765,3 +765,41 @@ fn still_serves_calls(addr: SocketAddr) {
         );
     });
 }
+
+/// A TLS offloader (`tcp-lb` with `[tls] alpn`) offers a protocol only where the backend learns
+/// which one the client chose: every backend must take PROXY v2. `http-lb` offers h2 and
+/// http/1.1 itself and refuses the key. Each a one-line error at start.
+#[test]
+fn alpn_on_an_offloader_needs_proxy_v2_behind_it() {
+    let certs = make_certs("h2-offload-alpn");
+    let config = certs.join("lb.toml");
+    let write = |backend_extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nalpn = [\"h2\", \"http/1.1\"]\n\
+                 [[backend]]\naddress = \"127.0.0.1:9\"\n{backend_extra}",
+                certs.join("localhost.pem").display(),
+                certs.join("localhost-key.pem").display()
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let path = config.to_str().unwrap();
+    assert_one_line_error(
+        bin!("tcp-lb"),
+        &["--config", path],
+        &["tls.alpn", "PROXY v2"],
+    );
+    assert_one_line_error(
+        bin!("http-lb"),
+        &["--config", path],
+        &["tls.alpn", "http-lb"],
+    );
+    // With PROXY v2 behind it, tcp-lb starts.
+    write("proxy-protocol = \"v2\"\n");
+    let offloader = Proc::start(bin!("tcp-lb"), &["--config", path], 1);
+    drop(offloader);
+    let _ = std::fs::remove_dir_all(&certs);
+}

@@ -239,13 +239,27 @@ impl Setup {
         // Chapter 17: http-lb offers HTTP/2 in ALPN, then HTTP/1.1 (what a client that
         // offers neither gets too). tcp-lb offers nothing: it does not read what it carries,
         // so it cannot promise a protocol; the client and the backend would have to agree.
-        let listener_tls = match self.layer {
-            Layer::Http => listener_tls.map(|config| {
+        let alpn = config
+            .tls
+            .as_ref()
+            .map(|t| t.alpn.clone())
+            .unwrap_or_default();
+        let alpn: Vec<Vec<u8>> = match self.layer {
+            Layer::Http if !alpn.is_empty() => anyhow::bail!(
+                "tls.alpn is tcp-lb's (a TLS offloader in front of http-lb); http-lb offers h2 \
+                 and http/1.1 itself"
+            ),
+            Layer::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Layer::Tcp => alpn.into_iter().map(String::into_bytes).collect(),
+        };
+        let offers_alpn = self.layer == Layer::Tcp && !alpn.is_empty();
+        let listener_tls = match alpn.is_empty() {
+            true => listener_tls,
+            false => listener_tls.map(|config| {
                 let mut config = Arc::unwrap_or_clone(config);
-                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                config.alpn_protocols = alpn;
                 Arc::new(config)
             }),
-            Layer::Tcp => listener_tls,
         };
         let secs = |s: f64| Duration::from_secs_f64(s);
         let mut options = Options {
@@ -323,6 +337,17 @@ impl Setup {
                 "backend {b}: proxy= comes with step 10-production (the tcp-lb binary); {} \
                  does not send PROXY headers",
                 step.name
+            );
+        }
+        // tcp-lb offers a protocol only where the backend learns which one was chosen.
+        if offers_alpn
+            && let Some(b) = backends
+                .iter()
+                .find(|b| b.spec().proxy != Some(crate::proxy_protocol::Version::V2))
+        {
+            anyhow::bail!(
+                "tls.alpn: backend {b} does not take PROXY v2, whose ALPN TLV would tell it the \
+                 protocol the client chose; give it proxy-protocol = \"v2\" (or offer no ALPN)"
             );
         }
         if self.layer == Layer::Tcp

@@ -608,8 +608,9 @@ impl HttpServer {
             hints: None,
         });
         let mut conn = admitted.conn;
-        // Chapter 17: a TLS client that chose h2.
-        if h2::negotiated(&conn) {
+        // Chapter 17: a client that chose h2 in ALPN, with us or with the TLS offloader in
+        // front (its PROXY v2 header said so).
+        if admitted.h2 {
             return Box::pin(Arc::clone(&self).serve_h2(conn, Vec::new(), info)).await;
         }
         // The balancer's own HTTP/1 path first, while the requests are simple; hyper takes

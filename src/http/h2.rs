@@ -75,14 +75,6 @@ impl Default for H2Settings {
     }
 }
 
-/// Whether a TLS client chose `h2` in ALPN.
-pub(super) fn negotiated(conn: &Conn) -> bool {
-    match conn {
-        Conn::TlsServer(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
-        _ => false,
-    }
-}
-
 /// Whether a clear-text client starts with the HTTP/2 preface: reads into `read` (what was
 /// read of the connection so far) until it either holds the whole preface or departs from it,
 /// within `timeout`. What is read stays in `read`, for whichever codec serves it.

@@ -486,11 +486,14 @@ impl Farm {
                  # header, decrypts, and sends plain HTTP to the L7 tier behind a PROXY v2\n\
                  # header of its own that carries the client's address and says \"TLS\".\n\
                  # Every offloader shares tickets.key, so a client resumes whichever it reaches.\n\
+                 # It offers HTTP/2 in ALPN, and the header tells the L7 tier which protocol the\n\
+                 # client chose (chapter 17).\n\
                  {}\
                  \n[tls]\n\
                  cert = \"{}\"\n\
                  key = \"{}\"\n\
                  ticket-keys = \"{}\"\n\
+                 alpn = [\"h2\", \"http/1.1\"]\n\
                  \n[health]\ninterval = 1\nrise = 1\nfall = 2",
                 behind_tier_1(host),
                 dir.join("cert.pem").display(),
