@@ -15,6 +15,11 @@
 //! `GET /delay/MS` for one slow request; and `GET /health`, answered at once without counting
 //! as a hit, for active health checks.
 //!
+//! Chapter 17 adds HTTP/2: a client (or a balancer's `h2c://` backend) that starts with
+//! HTTP/2's preface is served in HTTP/2, and a gRPC call (`content-type: application/grpc`, any
+//! method) is echoed message by message as it arrives, ending with `grpc-status: 0` in the
+//! trailers: a gRPC server for testing a proxy, with no protobuf compiler.
+//!
 //! It is built on hyper rather than by hand: keep-alive, pipelining, chunked bodies and
 //! slow-client timeouts are exactly what a hand-written test server gets subtly wrong, and a
 //! dummy server that is itself buggy makes every proxy test lie.
@@ -158,7 +163,7 @@ impl DummyServer {
 
     async fn serve_connection(
         self: Arc<Self>,
-        io: Conn,
+        mut io: Conn,
         peer: SocketAddr,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -170,6 +175,30 @@ impl DummyServer {
                 async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer).await) },
             )
         });
+        // Chapter 17: HTTP/2 by prior knowledge, told from HTTP/1 by its first bytes.
+        let mut first = Vec::new();
+        if matches!(io, Conn::Plain(_)) && starts_h2(&mut io, &mut first).await {
+            let io = Prefixed { first, at: 0, io };
+            let conn =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let stop = async {
+                let _ = stopping.wait_for(|&stop| stop).await;
+            };
+            tokio::select! {
+                result = conn.as_mut() => if let Err(e) = result {
+                    tracing::debug!(server = %self.name, client = %peer, "HTTP/2 connection ended: {e}");
+                },
+                () = stop => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_LIMIT, conn).await;
+                }
+            }
+            return;
+        }
+        let io = Prefixed { first, at: 0, io };
         let mut conn = hyper::server::conn::http1::Builder::new()
             // A client that opens a connection and sends half a request head is dropped
             // after this long instead of holding the connection forever.
@@ -195,7 +224,10 @@ impl DummyServer {
             }
         };
         match result {
-            Ok(()) => net::lingering_close(conn.into_parts().io.into_inner(), net::LINGER).await,
+            Ok(()) => {
+                let io = conn.into_parts().io.into_inner().io;
+                net::lingering_close(io, net::LINGER).await
+            }
             Err(e) => {
                 tracing::debug!(server = %self.name, client = %peer, "connection ended: {e}")
             }
@@ -203,6 +235,9 @@ impl DummyServer {
     }
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
+        if crate::http::grpc::is_grpc(req.headers()) {
+            return self.grpc_echo(req, peer);
+        }
         let path = req.uri().path();
         let powered = path == "/powered";
         if path == "/health" {
@@ -369,6 +404,30 @@ impl DummyServer {
         response
     }
 
+    /// Chapter 17: a gRPC call, any method, echoed message by message as it arrives (each
+    /// request frame's bytes back as they come), then `grpc-status: 0` in the trailers. Over
+    /// HTTP/1 there are no trailers to end it with: the call is refused as gRPC does,
+    /// `UNIMPLEMENTED` in the head.
+    fn grpc_echo(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
+        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(server = %self.name, client = %peer, hits, "gRPC {}", req.uri().path());
+        let http2 = req.version() == hyper::Version::HTTP_2;
+        let mut response = match http2 {
+            true => self.response(StatusCode::OK, DummyBody::Grpc(Some(req.into_body()))),
+            false => self.response(StatusCode::OK, DummyBody::Text(None)),
+        };
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        if !http2 {
+            headers.insert("grpc-status", HeaderValue::from_static("12"));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("gRPC needs HTTP/2"),
+            );
+        }
+        response
+    }
+
     fn response(&self, status: StatusCode, body: DummyBody) -> Response<DummyBody> {
         let content_type = match body {
             DummyBody::Text(_) => "text/plain; charset=utf-8",
@@ -470,6 +529,8 @@ pub enum DummyBody {
         first: Option<Frame<Bytes>>,
         rest: Incoming,
     },
+    /// A gRPC call's request, echoed; `None` once the trailers are sent.
+    Grpc(Option<Incoming>),
 }
 
 impl DummyBody {
@@ -502,6 +563,27 @@ impl Body for DummyBody {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            DummyBody::Grpc(request) => {
+                let Some(incoming) = request else {
+                    return Poll::Ready(None);
+                };
+                loop {
+                    match std::task::ready!(Pin::new(&mut *incoming).poll_frame(cx)) {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                            // The request's own trailers: nothing to echo.
+                            Err(_) => continue,
+                        },
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                        None => {
+                            *request = None;
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -510,6 +592,7 @@ impl Body for DummyBody {
             DummyBody::Text(text) => text.is_none(),
             DummyBody::Pattern { sent, len } => sent == len,
             DummyBody::Echo { first, rest } => first.is_none() && rest.is_end_stream(),
+            DummyBody::Grpc(request) => request.is_none(),
         }
     }
 
@@ -533,6 +616,73 @@ impl Body for DummyBody {
                 }
                 hint
             }
+            DummyBody::Grpc(_) => SizeHint::new(),
         }
+    }
+}
+
+/// Whether a clear-text client starts with HTTP/2's preface: reads into `first` until it holds
+/// the preface or departs from it (what was read is served next, either way).
+async fn starts_h2(io: &mut Conn, first: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    while first.len() < PREFACE.len() && PREFACE.starts_with(first) {
+        let mut more = [0u8; 24];
+        let read = tokio::time::timeout(Duration::from_secs(30), io.read(&mut more)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&more[..n]),
+            _ => return false,
+        }
+    }
+    first.starts_with(PREFACE)
+}
+
+/// A connection whose first bytes were read already: they are read again first.
+struct Prefixed {
+    first: Vec<u8>,
+    at: usize,
+    io: Conn,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.first.len() {
+            let n = (self.first.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.first[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

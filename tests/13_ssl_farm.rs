@@ -25,23 +25,26 @@ struct Farm {
 
 impl Farm {
     fn start() -> Farm {
+        Farm::start_with(&[])
+    }
+
+    /// [`Farm::start`] with more flags.
+    fn start_with(extra: &[&str]) -> Farm {
         let dir = temp_dir("ssl-farm");
-        let proc = Proc::start_with_input(
-            bin!("ssl-farm"),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--offloaders",
-                "2",
-                "--l7",
-                "2",
-                "--apps",
-                "2",
-                "--state-dir",
-                dir.to_str().unwrap(),
-            ],
-            1,
-        );
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--offloaders",
+            "2",
+            "--l7",
+            "2",
+            "--apps",
+            "2",
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::start_with_input(bin!("ssl-farm"), &args, 1);
         let tls = common::tls::config_trusting(&dir.join("ca.pem"));
         Farm {
             addr: proc.addr(),
@@ -727,4 +730,79 @@ fn http2_crosses_the_farm_with_the_offloaders_alpn() {
         .map(|m| metric(m, "httplb_requests_total{path=\"hyper\",protocol=\"h2\"}"))
         .sum();
     assert_eq!(h2, 6);
+}
+
+/// gRPC across the farm (chapter 17): with `--app-protocol h2c`, HTTP/2 runs end to end (h2
+/// with the offloader, h2 on tier 3's plain connection, h2c to the application), so a unary
+/// call and a bidirectional stream reach a gRPC server (the dummy server's echo) and come back
+/// with their trailers; each streamed message comes back before the next is sent.
+#[test]
+fn grpc_calls_cross_the_farm_with_their_trailers() {
+    use hyper::body::{Body, Frame};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let farm = Farm::start_with(&["--app-protocol", "h2c"]);
+    let mut config = (*farm.tls).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let addr = farm.addr;
+    /// A request body fed frame by frame.
+    struct Feed(tokio::sync::mpsc::Receiver<Frame<bytes::Bytes>>);
+    impl Body for Feed {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|f| f.map(Ok))
+        }
+    }
+    async fn next(body: &mut hyper::body::Incoming) -> Option<Frame<bytes::Bytes>> {
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .map(|f| f.unwrap())
+    }
+    let message = |bytes: &[u8]| {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+        bytes::Bytes::from(out)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for (method, messages) in [("Unary", 1u8), ("Chat", 4)] {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let request = hyper::Request::post(format!("https://localhost/echo.Echo/{method}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Feed(rx))
+                .unwrap();
+            let response = send.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "application/grpc");
+            let mut body = response.into_body();
+            for i in 0..messages {
+                let sent = message(&[b'a' + i; 5]);
+                tx.send(Frame::data(sent.clone())).await.unwrap();
+                let echoed = next(&mut body).await.unwrap().into_data().unwrap();
+                assert_eq!(echoed, sent, "{method}: message {i}");
+            }
+            drop(tx);
+            let trailers = next(&mut body).await.unwrap().into_trailers().unwrap();
+            assert_eq!(trailers["grpc-status"], "0", "{method}");
+        }
+    });
 }

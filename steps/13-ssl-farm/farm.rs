@@ -147,6 +147,9 @@ pub struct Farm {
     exits: mpsc::UnboundedSender<Exit>,
     /// Members being stopped on purpose: their exit is not news.
     stopping: Vec<u32>,
+    /// Tier 3 speaks HTTP/2 to the applications (`--app-protocol h2c`, chapter 17): what gRPC
+    /// needs end to end.
+    pub apps_h2c: bool,
 }
 
 #[derive(Serialize)]
@@ -197,6 +200,7 @@ impl Farm {
             next: [1; 4],
             exits,
             stopping: Vec::new(),
+            apps_h2c: false,
         })
     }
 
@@ -527,6 +531,9 @@ impl Farm {
                     member.name, member.address
                 );
                 let _ = match behind {
+                    // HTTP/2 to the applications (chapter 17): checked by TCP, since the
+                    // health check's GET /health is HTTP/1.1.
+                    Tier::App if self.apps_h2c => writeln!(t, "protocol = \"h2c\""),
                     Tier::App => writeln!(t, "health-check = \"http\""),
                     // An offloader killed with a ClientHello in its socket: tier 1 gives that
                     // connection to another offloader (a ClientHello changes nothing).

@@ -78,6 +78,10 @@ struct Args {
     /// Where tcp-lb, http-lb and dummy-server are [default: beside ssl-farm].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// What tier 3 speaks to the applications: `http1`, or `h2c` (HTTP/2 in clear text, which
+    /// gRPC calls need end to end; chapter 17).
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["http1", "h2c"], default_value = "http1")]
+    app_protocol: String,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel();
     let mut farm = Farm::new(&args.state_dir, bins, args.listen, args.key_type, exits)?;
+    farm.apps_h2c = args.app_protocol == "h2c";
 
     // Back to front: each tier starts with the tier behind it already listening.
     let sizes = [
