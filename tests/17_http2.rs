@@ -803,3 +803,25 @@ fn alpn_on_an_offloader_needs_proxy_v2_behind_it() {
     drop(offloader);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// Step 17's `grpc-call` through `http-lb` to dummy servers over `h2c://`: each message comes
+/// back in order, the status is 0, and the exit code says so; a call to nothing, or a URL
+/// without a method, is a one-line error.
+#[test]
+fn grpc_call_talks_to_the_dummy_servers_through_the_balancer() {
+    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let lb = h2c_lb(&[format!("h2c://{}", dummy.addr())], &[]);
+    let url = format!("http://{}/echo.Echo/Chat", lb.addr());
+    let (code, stdout, stderr) = run(bin!("grpc-call"), &[&url, "hello", "world"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"x-served-by: server1"), "{stdout}");
+    let echoed: Vec<&&str> = lines.iter().filter(|l| l.starts_with("< ")).collect();
+    assert_eq!(echoed, [&"< hello", &"< world"]);
+    assert!(stdout.contains("grpc-status: 0"), "{stdout}");
+    let (refusing, _guard) = refusing_port();
+    let nowhere = format!("http://{refusing}/a.B/C");
+    assert_one_line_error(bin!("grpc-call"), &[&nowhere, "x"], &["cannot connect"]);
+    let no_method = format!("http://{}", lb.addr());
+    assert_one_line_error(bin!("grpc-call"), &[&no_method], &["method"]);
+}
