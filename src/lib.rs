@@ -27,7 +27,7 @@
 //! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
 //! | [`relay`] | 10-production, 11 | the metered, idle-aware relay; buffers only while bytes move; splice |
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
-//! | [`http`] | 12-http-lb | layer 7: per-request balancing, cookie affinity, forwarding rules, pools |
+//! | [`http`] | 12-http-lb, 16, 17 | layer 7: per-request balancing, cookie affinity, forwarding rules, pools; the cache and routes (16); HTTP/2 and gRPC (17) |
 //! | [`tickets`] | 13-ssl-farm | session-ticket keys from a file, shared by every offloader, rotated |
 //! | [`registry`] | 14-assign | servers that register themselves: leases, a token, a cap |
 //! | [`etcd`] | 15 | an etcd v3 client over its JSON gateway: range, watch, leases |
