@@ -174,6 +174,9 @@ pub enum HealthCheck {
     /// `GET /health` answered with a 2xx status: the process is not only listening but
     /// serving.
     Http,
+    /// gRPC's health protocol (`grpc.health.v1.Health/Check`) answered `SERVING`: for an
+    /// HTTP/2 backend (`h2c://`, `h2://`; chapter 17).
+    Grpc,
 }
 
 impl BackendSpec {
@@ -268,8 +271,9 @@ impl FromStr for BackendSpec {
                 }
                 Some(("check", "tcp")) => spec.check = HealthCheck::Tcp,
                 Some(("check", "http")) => spec.check = HealthCheck::Http,
+                Some(("check", "grpc")) => spec.check = HealthCheck::Grpc,
                 Some(("check", other)) => {
-                    return Err(format!("unknown check `{other}` (use tcp or http)"));
+                    return Err(format!("unknown check `{other}` (use tcp, http or grpc)"));
                 }
                 Some(("proxy", version)) => spec.proxy = Some(version.parse()?),
                 None if option == "retry-unanswered" => spec.retry_unanswered = true,

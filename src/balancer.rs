@@ -398,7 +398,7 @@ impl Balancer {
     }
 
     /// One active probe: connect (and TLS), and for `check=http` a `GET /health` that must be
-    /// answered 2xx.
+    /// answered 2xx, for `check=grpc` gRPC's health check (chapter 17).
     async fn probe(&self, i: usize) -> Result<(), String> {
         let backend = &self.backends[i];
         metrics::inc(&self.states[i].counters.probes);
@@ -409,8 +409,13 @@ impl Balancer {
                     true => format!("{LOCAL_EXHAUSTION}: {e}"),
                     false => e.to_string(),
                 })?;
-        if backend.spec().check == HealthCheck::Tcp {
-            return Ok(());
+        match backend.spec().check {
+            HealthCheck::Tcp => return Ok(()),
+            HealthCheck::Grpc => {
+                let spec = backend.spec();
+                return crate::health::grpc_check(conn, &spec.addr.to_string(), spec.tls).await;
+            }
+            HealthCheck::Http => {}
         }
         let request = format!(
             "GET /health HTTP/1.1\r\nHost: {}\r\nUser-Agent: tcp-lb-health-check\r\n\

@@ -410,11 +410,16 @@ impl DummyServer {
     /// `UNIMPLEMENTED` in the head.
     fn grpc_echo(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<DummyBody> {
         let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::info!(server = %self.name, client = %peer, hits, "gRPC {}", req.uri().path());
+        if req.uri().path() != "/grpc.health.v1.Health/Check" {
+            tracing::info!(server = %self.name, client = %peer, hits, "gRPC {}", req.uri().path());
+        }
         let http2 = req.version() == hyper::Version::HTTP_2;
-        let mut response = match http2 {
-            true => self.response(StatusCode::OK, DummyBody::Grpc(Some(req.into_body()))),
-            false => self.response(StatusCode::OK, DummyBody::Text(None)),
+        // gRPC's health protocol (`check=grpc`): always SERVING.
+        let health = req.uri().path() == "/grpc.health.v1.Health/Check";
+        let mut response = match (http2, health) {
+            (true, true) => self.response(StatusCode::OK, DummyBody::Serving(2)),
+            (true, false) => self.response(StatusCode::OK, DummyBody::Grpc(Some(req.into_body()))),
+            (false, _) => self.response(StatusCode::OK, DummyBody::Text(None)),
         };
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -531,6 +536,9 @@ pub enum DummyBody {
     },
     /// A gRPC call's request, echoed; `None` once the trailers are sent.
     Grpc(Option<Incoming>),
+    /// gRPC's health answer, `SERVING`: what is left to send (2: the message and the
+    /// trailers; 1: the trailers; 0: nothing).
+    Serving(u8),
 }
 
 impl DummyBody {
@@ -563,6 +571,22 @@ impl Body for DummyBody {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            DummyBody::Serving(left) => {
+                let was = *left;
+                *left = left.saturating_sub(1);
+                match was {
+                    // A HealthCheckResponse: field 1 (status) = 1 (SERVING).
+                    2 => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[
+                        0, 0, 0, 0, 2, 0x08, 0x01,
+                    ]))))),
+                    1 => {
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    _ => Poll::Ready(None),
+                }
+            }
             DummyBody::Grpc(request) => {
                 let Some(incoming) = request else {
                     return Poll::Ready(None);
@@ -593,6 +617,7 @@ impl Body for DummyBody {
             DummyBody::Pattern { sent, len } => sent == len,
             DummyBody::Echo { first, rest } => first.is_none() && rest.is_end_stream(),
             DummyBody::Grpc(request) => request.is_none(),
+            DummyBody::Serving(left) => *left == 0,
         }
     }
 
@@ -616,7 +641,7 @@ impl Body for DummyBody {
                 }
                 hint
             }
-            DummyBody::Grpc(_) => SizeHint::new(),
+            DummyBody::Grpc(_) | DummyBody::Serving(_) => SizeHint::new(),
         }
     }
 }

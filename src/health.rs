@@ -10,7 +10,9 @@
 //!   client's retry per cooldown instead of one per connection.
 //! * **Active**: a probe every interval, whether or not clients come: a TCP connect (with the
 //!   TLS handshake for a TLS backend), or `GET /health` expecting a 2xx for a backend with
-//!   `check=http`. `fall` failed probes in a row mark it down, `rise` good ones mark it up again.
+//!   `check=http`, or gRPC's own health protocol for an HTTP/2 backend with `check=grpc`
+//!   ([`grpc_check`], chapter 17). `fall` failed probes in a row mark it down, `rise` good ones
+//!   mark it up again.
 //!   Thresholds keep one lost probe from flapping a backend in and out.
 //!
 //! A backend is eligible when neither source holds it out. A backend that passes `rise` probes
@@ -229,9 +231,148 @@ impl Health {
     }
 }
 
+/// `check=grpc` (chapter 17): gRPC's health protocol on `conn`, over HTTP/2. One call to
+/// `grpc.health.v1.Health/Check` with an empty request (the whole server, not one service);
+/// the backend is up when the answer is `SERVING` with `grpc-status: 0`. `authority` and `tls`
+/// make the call's `:authority` and `:scheme`.
+pub async fn grpc_check(conn: crate::conn::Conn, authority: &str, tls: bool) -> Result<(), String> {
+    use hyper::body::Body;
+    let (mut send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(conn),
+    )
+    .await
+    .map_err(|e| format!("no HTTP/2: {e}"))?;
+    let task = tokio::spawn(connection);
+    let scheme = if tls { "https" } else { "http" };
+    let request = hyper::Request::post(format!(
+        "{scheme}://{authority}/grpc.health.v1.Health/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("user-agent", "lb-health-check")
+    // One gRPC message: not compressed, length 0 (an empty HealthCheckRequest).
+    .body(String::from("\0\0\0\0\0"))
+    .map_err(|e| e.to_string())?;
+    let result = async {
+        let response = send
+            .send_request(request)
+            .await
+            .map_err(|e| format!("the health call failed: {e}"))?;
+        if response.status() != hyper::StatusCode::OK {
+            return Err(format!("the health call answered {}", response.status()));
+        }
+        let mut status = response.headers().get("grpc-status").cloned();
+        let mut body = response.into_body();
+        let mut message = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| format!("the health answer broke off: {e}"))?;
+            match frame.into_data() {
+                // One small message is all there is to read; a larger answer is not one.
+                Ok(data) if message.len() + data.len() <= 1024 => message.extend_from_slice(&data),
+                Ok(_) => return Err("the health answer is too long".to_owned()),
+                Err(frame) => {
+                    if let Some(s) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                        status = Some(s.clone());
+                    }
+                }
+            }
+        }
+        match status.as_ref().map(|s| s.as_bytes()) {
+            Some(b"0") => {}
+            Some(other) => {
+                return Err(format!("grpc-status {}", String::from_utf8_lossy(other)));
+            }
+            None => return Err("the health answer has no grpc-status".to_owned()),
+        }
+        match serving_status(&message) {
+            Some(1) => Ok(()),
+            Some(2) => Err("NOT_SERVING".to_owned()),
+            Some(n) => Err(format!("health status {n}, not SERVING")),
+            None => Err("the health answer is not a HealthCheckResponse".to_owned()),
+        }
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// The `status` of a HealthCheckResponse in one gRPC message (its 5-byte prefix, then the
+/// protobuf: field 1, a varint; other fields skipped): `SERVING` is 1. An absent field is its
+/// default, 0 (`UNKNOWN`). `None` for anything that is not such a message.
+fn serving_status(message: &[u8]) -> Option<u64> {
+    let (&[compressed, a, b, c, d], rest) = message.split_first_chunk::<5>()?;
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if compressed != 0 || rest.len() != len {
+        return None;
+    }
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut fields = rest;
+    let mut status = 0;
+    while !fields.is_empty() {
+        let key = varint(&mut fields)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = varint(&mut fields)?,
+            (_, 0) => {
+                varint(&mut fields)?;
+            }
+            (_, 1) => fields = fields.get(8..)?,
+            (_, 2) => {
+                let len = usize::try_from(varint(&mut fields)?).ok()?;
+                fields = fields.get(len..)?;
+            }
+            (_, 5) => fields = fields.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// gRPC's HealthCheckResponse as `check=grpc` reads it: field 1 is the status (SERVING is
+    /// 1), absent means UNKNOWN, other fields are skipped; anything else is not an answer.
+    #[test]
+    fn health_answers_are_read_as_grpc_writes_them() {
+        let message = |payload: &[u8]| {
+            let mut m = vec![0, 0, 0, 0, payload.len() as u8];
+            m.extend_from_slice(payload);
+            m
+        };
+        assert_eq!(serving_status(&message(&[0x08, 0x01])), Some(1));
+        assert_eq!(serving_status(&message(&[0x08, 0x02])), Some(2));
+        assert_eq!(serving_status(&message(&[])), Some(0));
+        // A field 2 (length-delimited) and a field 3 (fixed 32-bit) before the status.
+        let others = [0x12, 0x02, b'h', b'i', 0x1d, 1, 2, 3, 4, 0x08, 0x01];
+        assert_eq!(serving_status(&message(&others)), Some(1));
+        let mut compressed = message(&[0x08, 0x01]);
+        compressed[0] = 1;
+        for bad in [
+            compressed,
+            vec![0, 0, 0, 0, 3, 0x08, 0x01],
+            vec![0, 0, 0],
+            message(&[0x08]),
+            message(&[0x12, 0x09, b'x']),
+            message(&[0x0f]),
+        ] {
+            assert_eq!(serving_status(&bad), None, "{bad:?}");
+        }
+    }
 
     fn refused() -> std::io::Error {
         std::io::Error::from(std::io::ErrorKind::ConnectionRefused)

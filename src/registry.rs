@@ -442,6 +442,13 @@ fn spec(name: &str, body: Body) -> Result<BackendSpec, String> {
         check_url(url)?;
     }
     let weight = check_weight(weight.unwrap_or(1))?;
+    if check == Some(crate::backend::HealthCheck::Grpc) {
+        return Err(
+            "check \"grpc\" is for an HTTP/2 backend, and a registration is spoken to in \
+             HTTP/1.1; use \"tcp\" or \"http\""
+                .to_owned(),
+        );
+    }
     Ok(BackendSpec {
         tls: tls.unwrap_or(false),
         weight,

@@ -825,3 +825,48 @@ fn grpc_call_talks_to_the_dummy_servers_through_the_balancer() {
     let no_method = format!("http://{}", lb.addr());
     assert_one_line_error(bin!("grpc-call"), &[&no_method], &["method"]);
 }
+
+/// `check=grpc` (chapter 17): gRPC's health protocol, `grpc.health.v1.Health/Check`, probes an
+/// HTTP/2 backend. The dummy server answers SERVING and stays up; a gRPC server that answers
+/// the call but not SERVING (this test's echo server answers an empty message: UNKNOWN) is
+/// marked down, and the calls all go to the other. `check=grpc` on an HTTP/1 backend is a
+/// one-line error.
+#[test]
+fn grpc_health_checks_mark_a_backend_that_is_not_serving_down() {
+    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let echo = grpc_backend("echo");
+    let (good, bad) = (
+        format!("h2c://{},check=grpc", dummy.addr()),
+        format!("h2c://{echo},check=grpc"),
+    );
+    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
+    args.extend(["--backend", &good, "--backend", &bad, "--affinity", "none"]);
+    args.extend(["--health-interval", "0.2", "--fall", "1"]);
+    let lb = Proc::start(LB, &args, 2);
+    eventually("the echo server marked down", PATIENCE, || {
+        let (_, metrics) = admin_get(lb.addrs[1], "/metrics");
+        let up = |addr: String| {
+            metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("httplb_backend_up{{backend=\"h2c://{addr}\"}} "))
+                })
+                .map(str::to_owned)
+        };
+        up(echo.to_string()).as_deref() == Some("0")
+            && up(dummy.addr().to_string()).as_deref() == Some("1")
+    });
+    runtime().block_on(async {
+        for _ in 0..4 {
+            let mut send = h2c(lb.addr()).await;
+            let request = Request::post(format!("http://{}/a.B/C", lb.addr()))
+                .header("content-type", "application/grpc")
+                .body(whole(&grpc_message(b"x")))
+                .unwrap();
+            let response = send.send_request(request).await.unwrap();
+            assert_eq!(response.headers()["x-served-by"], "server1");
+        }
+    });
+    let plain = format!("127.0.0.1:{},check=grpc", dummy.addr().port());
+    assert_one_line_error(LB, &["--backend", &plain], &["check=grpc", "HTTP/2"]);
+}

@@ -365,7 +365,16 @@ impl Setup {
         {
             anyhow::bail!(
                 "backend {b}: check=http asks GET /health in HTTP/1.1, which an HTTP/2-only \
-                 server refuses; check it by TCP (the default)"
+                 server refuses; check it with gRPC's health protocol (check=grpc) or by TCP"
+            );
+        }
+        if let Some(b) = backends
+            .iter()
+            .find(|b| !b.spec().protocol.is_h2() && b.spec().check == HealthCheck::Grpc)
+        {
+            anyhow::bail!(
+                "backend {b}: check=grpc speaks gRPC, which runs over HTTP/2: give it as \
+                 h2c:// or h2:// (http-lb, chapter 17)"
             );
         }
         if step.production.is_none()
@@ -518,8 +527,10 @@ fn summary(strategy: StrategyKind, options: &Options, backends: &[Backend]) -> S
             if spec.weight != 1 {
                 s += &format!(" weight {}", spec.weight);
             }
-            if spec.check == backend::HealthCheck::Http {
-                s += " check http";
+            match spec.check {
+                backend::HealthCheck::Http => s += " check http",
+                backend::HealthCheck::Grpc => s += " check grpc",
+                backend::HealthCheck::Tcp => {}
             }
             if let Some(version) = spec.proxy {
                 s += &format!(" proxy {version}");
