@@ -6,6 +6,7 @@
 #   benches/compare/run.sh                       # both modes, about 15 minutes
 #   benches/compare/run.sh --mode pinned --workloads keepalive,close --targets haproxy,tcp-lb
 #   benches/compare/run.sh --http                # http-lb (chapter 12): benches/compare/http.py
+#   benches/compare/run.sh --h2                  # http-lb's HTTP/2 and gRPC (chapter 17): h2.py
 #   benches/compare/run.sh --farm                # ssl-farm (chapter 13): benches/compare/farm.py
 #   benches/compare/run.sh --etcd                # etcd to every balancer (chapter 15): etcd.py
 #   benches/compare/run.sh --edge                # cache, static, gzip beside nginx (chapter 16)
@@ -22,6 +23,9 @@ case "${1:-}" in
 esac
 if [ "${1:-}" = "--http" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/http.py --help
+fi
+if [ "${1:-}" = "--h2" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/h2.py --help
 fi
 if [ "${1:-}" = "--farm" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/farm.py --help
@@ -53,6 +57,7 @@ command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 [ "${1:-}" != "--etcd" ] || command -v etcd >/dev/null || missing+=(etcd-server)
+[ "${1:-}" != "--h2" ] || command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -83,6 +88,11 @@ if [ "${1:-}" = "--farm" ]; then
     shift
     cargo build --release --bin ssl-farm --bin tcp-lb --bin http-lb --bin dummy-server >&2
     exec python3 benches/compare/farm.py "$@"
+fi
+if [ "${1:-}" = "--h2" ]; then
+    shift
+    cargo build --release --bin http-lb --bin dummy-server >&2
+    exec python3 benches/compare/h2.py "$@"
 fi
 if [ "${1:-}" = "--http" ]; then
     shift
