@@ -97,11 +97,12 @@ async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Frames
 /// `grpc-status: 0` in the trailers, and say which backend they are in `x-served-by`. `Hang`
 /// never answers.
 fn grpc_backend(name: &'static str) -> SocketAddr {
-    grpc_backend_counting(name).0
+    grpc_backend_counting(name, 200).0
 }
 
 /// [`grpc_backend`], and how many `Hang` calls it holds now.
-fn grpc_backend_counting(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+/// `streams`: its `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default is 200).
+fn grpc_backend_counting(name: &'static str, streams: u32) -> (SocketAddr, Arc<AtomicUsize>) {
     let hanging = Arc::new(AtomicUsize::new(0));
     let counting = Arc::clone(&hanging);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -164,6 +165,7 @@ fn grpc_backend_counting(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
                         }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(streams)
                         .serve_connection(TokioIo::new(tcp), service)
                         .await;
                 });
@@ -719,7 +721,7 @@ fn an_idle_h2_connection_is_closed() {
 /// `--h2-reset-budget` per second; past it the connection is closed and the log says why.
 #[test]
 fn streams_reset_while_carried_count_against_the_budget() {
-    let (backend, hanging) = grpc_backend_counting("grpc1");
+    let (backend, hanging) = grpc_backend_counting("grpc1", 200);
     let lb = h2c_lb(
         &[format!("h2c://{backend}")],
         &["--affinity", "none", "--h2-reset-budget", "5"],
@@ -869,4 +871,66 @@ fn grpc_health_checks_mark_a_backend_that_is_not_serving_down() {
     });
     let plain = format!("127.0.0.1:{},check=grpc", dummy.addr().port());
     assert_one_line_error(LB, &["--backend", &plain], &["check=grpc", "HTTP/2"]);
+}
+
+/// Pooled and multiplexed HTTP/2 to backends: requests share a backend's connection while it
+/// has streams free under the backend's own `SETTINGS_MAX_CONCURRENT_STREAMS`, and another
+/// connection is opened when they run out, rather than queueing behind the limit. Once one call
+/// has told the balancer the limit (the backend's SETTINGS), six calls at once to a backend
+/// that allows two streams a connection all reach it together, on three connections.
+#[test]
+fn a_backends_stream_limit_opens_more_connections_not_a_queue() {
+    let (backend, hanging) = grpc_backend_counting("grpc1", 2);
+    let lb = h2c_lb(&[format!("h2c://{backend}")], &["--affinity", "none"]);
+    let addr = lb.addr();
+    let calls = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let mut send = h2c(addr).await;
+            let first = Request::post(format!("http://{addr}/echo.Echo/Unary"))
+                .header("content-type", "application/grpc")
+                .body(whole(&grpc_message(b"x")))
+                .unwrap();
+            collect(send.send_request(first).await.unwrap().into_body()).await;
+            let mut all = Vec::new();
+            for _ in 0..6 {
+                let request = Request::post(format!("http://{addr}/echo.Echo/Hang"))
+                    .header("content-type", "application/grpc")
+                    .header("grpc-timeout", "20S")
+                    .body(whole(&grpc_message(b"x")))
+                    .unwrap();
+                all.push(send.send_request(request));
+            }
+            futures_join(all).await;
+        })
+    });
+    eventually("six calls at the backend at once", PATIENCE, || {
+        hanging.load(Ordering::SeqCst) == 6
+    });
+    let (_, metrics) = admin_get(lb.addrs[1], "/metrics");
+    let opened = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "httplb_backend_connections_total{{backend=\"h2c://{backend}\"}} "
+            ))
+        })
+        .map(|n| n.parse::<u64>().unwrap());
+    // Three, or one more when a call found the limit not yet learned on a new connection (it
+    // starts at one stream until the backend's SETTINGS are applied): never a queue.
+    assert!(matches!(opened, Some(3 | 4)), "{metrics}");
+    drop(lb);
+    let _ = calls.join();
+}
+
+/// Waits for every future in `all` (their outputs dropped).
+async fn futures_join<F: std::future::Future>(all: Vec<F>) {
+    let mut all: Vec<_> = all.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        all.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        match all.is_empty() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    })
+    .await;
 }

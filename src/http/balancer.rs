@@ -1018,6 +1018,7 @@ impl HttpServer {
             };
             let (failed, error) = match sent {
                 Some(Ok(response)) => {
+                    sender.answered();
                     answered = Some((response, sender, active, i));
                     break;
                 }
@@ -1166,8 +1167,19 @@ impl HttpServer {
     /// Dials backend `i` and starts an HTTP/1.1 connection on it, or an HTTP/2 one that the
     /// requests after this one share (chapter 17).
     async fn dial(&self, up: &Upstreams, i: usize) -> io::Result<Sender> {
+        let h2 = up.balancer.backends()[i].spec().protocol.is_h2();
+        let _one = match h2 {
+            true => {
+                let one = up.backends[i].pool.dialling_h2().await;
+                if let Some(sender) = up.backends[i].pool.take_h2() {
+                    return Ok(sender);
+                }
+                Some(one)
+            }
+            false => None,
+        };
         let conn = up.balancer.dial_reporting(i, None).await?;
-        if up.balancer.backends()[i].spec().protocol.is_h2() {
+        if h2 {
             let (sender, connection) =
                 hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -1180,13 +1192,14 @@ impl HttpServer {
             up.backends[i].pool.opened();
             crate::metrics::inc(&up.balancer.state(i).counters.connections);
             let name = Arc::clone(&up.names[i]);
+            let state = pool::H2State::new(up.backends[i].pool.known_h2_limit());
+            let running = pool::watched(connection, Arc::clone(&state));
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
+                if let Err(e) = running.await {
                     tracing::debug!(backend = %name, "backend HTTP/2 connection ended: {e}");
                 }
             });
-            up.backends[i].pool.put_h2(&sender);
-            return Ok(Sender::H2(sender));
+            return Ok(up.backends[i].pool.put_h2(sender, state));
         }
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             // As for the answers to clients (see `connection`): one buffer per request.

@@ -13,13 +13,20 @@
 //!   idle connections on their own timer (nginx after 75 s, hyper's default never, Apache after
 //!   5 s), and ours must be the shorter one.
 //!
+//! A backend spoken to in HTTP/2 (chapter 17) needs no pool of idle connections: one
+//! connection carries many requests at once, each on a stream. Its requests share its
+//! connections, the first one with a stream free under the backend's own limit
+//! (`SETTINGS_MAX_CONCURRENT_STREAMS`), and another connection is opened only when all are
+//! full, as HAProxy and Envoy do.
+//!
 //! Even so, a backend may close a pooled connection just as we pick it. hyper tells the two
 //! cases apart: a request that was never written is handed back (`try_send_request`), and the
 //! balancer sends it again on a fresh connection; one that was written may have been acted on,
 //! and only an idempotent request without a body is sent again.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{TrySendError, http1, http2};
@@ -36,21 +43,101 @@ use crate::conn::Conn;
 /// to the backend, where an abandoned response resets its own stream only.
 pub enum Sender {
     H1(http1::SendRequest<Upload>, AbortHandle),
-    H2(http2::SendRequest<Upload>),
+    H2(http2::SendRequest<Upload>, Stream),
+}
+
+/// One HTTP/2 connection to a backend, shared.
+struct Shared {
+    send: http2::SendRequest<Upload>,
+    state: Arc<H2State>,
+}
+
+/// What the balancer knows of one HTTP/2 connection to a backend.
+pub struct H2State {
+    /// Streams in use: requests whose answers are not done with.
+    streams: AtomicUsize,
+    /// The backend's `SETTINGS_MAX_CONCURRENT_STREAMS`, once known (`settled`); until then a
+    /// guess on the safe side (see [`H2State::new`]).
+    limit: AtomicUsize,
+    /// The backend's SETTINGS have been applied: it has answered on this connection, or
+    /// hyper reports a limit other than its own assumption.
+    settled: AtomicBool,
+}
+
+/// hyper's assumption of a backend's stream limit until its SETTINGS arrive (RFC 9113 §6.5.2
+/// suggests no fewer than 100).
+const HYPER_INITIAL_STREAMS: usize = 100;
+
+impl H2State {
+    /// A new connection's state: its limit is what the backend told its other connections
+    /// (`known`), or 1 until this one is told. Hyper's guess of 100 would let a burst pile onto
+    /// one connection of a backend that allows two, and queue there, instead of opening more.
+    pub fn new(known: Option<usize>) -> Arc<H2State> {
+        Arc::new(H2State {
+            streams: AtomicUsize::new(0),
+            limit: AtomicUsize::new(known.unwrap_or(1)),
+            settled: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Runs an HTTP/2 client connection, keeping `state`'s limit at the backend's own. hyper tells
+/// the limit to whoever polls the connection, not to the handles that send on it.
+pub fn watched<T, E>(
+    mut conn: http2::Connection<T, Upload, E>,
+    state: Arc<H2State>,
+) -> impl std::future::Future<Output = hyper::Result<()>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ClientConnExec<Upload, T> + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let polled = std::pin::Pin::new(&mut conn).poll(cx);
+        let now = conn.current_max_send_streams();
+        if now != HYPER_INITIAL_STREAMS {
+            state.settled.store(true, Ordering::Relaxed);
+        }
+        if state.settled.load(Ordering::Relaxed) {
+            state.limit.store(now, Ordering::Relaxed);
+        }
+        polled
+    })
+}
+
+/// A stream in use on a shared HTTP/2 connection, until the request's answer is done with.
+pub struct Stream(Arc<H2State>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// A stream on it, while it is open and the backend allows another.
+    fn stream(&self) -> Option<Sender> {
+        if self.send.is_closed() {
+            return None;
+        }
+        let limit = self.state.limit.load(Ordering::Relaxed).max(1);
+        let taken = self.state.streams.fetch_add(1, Ordering::Relaxed);
+        let stream = Stream(Arc::clone(&self.state));
+        (taken < limit).then(|| Sender::H2(self.send.clone(), stream))
+    }
 }
 
 impl Sender {
     fn is_closed(&self) -> bool {
         match self {
             Sender::H1(send, _) => send.is_closed(),
-            Sender::H2(send) => send.is_closed(),
+            Sender::H2(send, _) => send.is_closed(),
         }
     }
 
     fn is_ready(&self) -> bool {
         match self {
             Sender::H1(send, _) => send.is_ready(),
-            Sender::H2(send) => send.is_ready(),
+            Sender::H2(send, _) => send.is_ready(),
         }
     }
 
@@ -62,7 +149,15 @@ impl Sender {
     ) -> Result<Response<hyper::body::Incoming>, TrySendError<Request<Upload>>> {
         match self {
             Sender::H1(send, _) => send.try_send_request(req).await,
-            Sender::H2(send) => send.try_send_request(req).await,
+            Sender::H2(send, _) => send.try_send_request(req).await,
+        }
+    }
+
+    /// The backend answered on this connection: an HTTP/2 one has had its SETTINGS applied
+    /// by now (they come first), so its limit can be believed from the next poll on.
+    pub fn answered(&self) {
+        if let Sender::H2(_, stream) = self {
+            stream.0.settled.store(true, Ordering::Relaxed);
         }
     }
 
@@ -113,8 +208,12 @@ struct Idle<T> {
 /// The idle connections of one backend.
 pub struct Pool {
     idle: Mutex<Vec<Idle<Sender>>>,
-    /// The HTTP/2 connection requests to this backend share (chapter 17), while it is open.
-    h2: Mutex<Option<http2::SendRequest<Upload>>>,
+    /// The HTTP/2 connections requests to this backend share (chapter 17), while they are
+    /// open: one, and more while every stream the backend allows on them is in use.
+    h2: Mutex<Vec<Shared>>,
+    /// Held while an HTTP/2 connection is dialled: requests that find every connection full
+    /// at once wait for that one instead of each dialling its own.
+    h2_dial: tokio::sync::Mutex<()>,
     /// The same, for the balancer's own HTTP/1 path (`http::h1`), which speaks on the
     /// connection itself rather than through hyper: a connection goes back with nothing
     /// unread on it, so the socket is all there is to keep.
@@ -130,7 +229,8 @@ impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            h2: Mutex::new(Vec::new()),
+            h2_dial: tokio::sync::Mutex::new(()),
             raw: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
@@ -156,24 +256,40 @@ impl Pool {
         None
     }
 
-    /// The backend's shared HTTP/2 connection, while it is open (chapter 17). hyper's handle
-    /// queues a request beyond the streams the backend allows at once (its
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS`) until one ends.
+    /// A stream on one of the backend's shared HTTP/2 connections (chapter 17): the first
+    /// with a stream free under the backend's `SETTINGS_MAX_CONCURRENT_STREAMS`; `None` when
+    /// every one is full (or closed), and a new connection is dialled.
     pub fn take_h2(&self) -> Option<Sender> {
         let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        match h2.as_ref() {
-            Some(send) if !send.is_closed() => Some(Sender::H2(send.clone())),
-            Some(_) => {
-                *h2 = None;
-                None
-            }
-            None => None,
-        }
+        h2.retain(|shared| !shared.send.is_closed());
+        h2.iter().find_map(Shared::stream)
     }
 
-    /// Shares a new HTTP/2 connection for the requests that follow.
-    pub fn put_h2(&self, send: &http2::SendRequest<Upload>) {
-        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(send.clone());
+    /// The stream limit the backend told its HTTP/2 connections, if one was told: where a
+    /// new connection starts (see [`H2State::new`]).
+    pub fn known_h2_limit(&self) -> Option<usize> {
+        let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        h2.iter()
+            .rev()
+            .find(|s| s.state.settled.load(Ordering::Relaxed))
+            .map(|s| s.state.limit.load(Ordering::Relaxed))
+    }
+
+    /// One dial of an HTTP/2 connection at a time: once the guard is held, [`Pool::take_h2`]
+    /// again before dialling (the connection another request just dialled may have room).
+    pub async fn dialling_h2(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.h2_dial.lock().await
+    }
+
+    /// Shares a new HTTP/2 connection; its first stream, for the request that dialled it.
+    pub fn put_h2(&self, send: http2::SendRequest<Upload>, state: Arc<H2State>) -> Sender {
+        state.streams.fetch_add(1, Ordering::Relaxed);
+        let first = Sender::H2(send.clone(), Stream(Arc::clone(&state)));
+        self.h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Shared { send, state });
+        first
     }
 
     /// Puts back a connection whose last response was read to the end, for the next request,
