@@ -103,7 +103,11 @@ impl DummyServer {
 
     /// Serve HTTPS with `config` instead of plain HTTP.
     pub fn with_tls(mut self, config: Arc<ServerConfig>) -> DummyServer {
-        self.tls = Some(TlsAcceptor::from(config));
+        // Chapter 17: `h2` for a client that offers it (an `h2://` backend of http-lb's), else
+        // HTTP/1.1, as before, for every client that offers nothing.
+        let mut config = Arc::unwrap_or_clone(config);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        self.tls = Some(TlsAcceptor::from(Arc::new(config)));
         self
     }
 
@@ -175,9 +179,14 @@ impl DummyServer {
                 async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer).await) },
             )
         });
-        // Chapter 17: HTTP/2 by prior knowledge, told from HTTP/1 by its first bytes.
+        // Chapter 17: HTTP/2 agreed in ALPN, or by prior knowledge, told from HTTP/1 by its
+        // first bytes.
         let mut first = Vec::new();
-        if matches!(io, Conn::Plain(_)) && starts_h2(&mut io, &mut first).await {
+        let h2 = match &io {
+            Conn::TlsServer(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+            _ => starts_h2(&mut io, &mut first).await,
+        };
+        if h2 {
             let io = Prefixed { first, at: 0, io };
             let conn =
                 hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())

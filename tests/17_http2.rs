@@ -934,3 +934,70 @@ async fn futures_join<F: std::future::Future>(all: Vec<F>) {
     })
     .await;
 }
+
+/// HTTP/2 over TLS to a backend (`h2://`): `h2` agreed in ALPN (RFC 9113 §3.2), the
+/// certificate checked against the CA as for `tls://`. The dummy server offers `h2` over TLS.
+/// A backend that does not agree to `h2` (one that offers no ALPN, as tcp-lb's TLS listener
+/// does) fails the dial, and the client gets 502: HTTP/2 frames never reach an HTTP/1 server.
+#[test]
+fn h2_backends_over_tls_agree_in_alpn() {
+    let certs = make_certs("h2-backend-tls");
+    let (cert, key, ca) = (
+        certs.join("localhost.pem"),
+        certs.join("localhost-key.pem"),
+        certs.join("ca.pem"),
+    );
+    let tls_args = ["--tls", "--cert", path_str(&cert), "--key", path_str(&key)];
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend(tls_args);
+    let dummy = Proc::start(bin!("dummy-server"), &args, 1);
+    let backend = format!("h2://localhost:{}", dummy.addr().port());
+    let lb = Proc::start(
+        LB,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--health-interval",
+            "0",
+            "--ca",
+            path_str(&ca),
+            "--backend",
+            &backend,
+        ],
+        1,
+    );
+    let reply = get(lb.addr(), "/");
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("HTTP/2.0"), "{}", reply.text());
+
+    // tcp-lb terminating TLS, with no ALPN: the dial fails, 502.
+    let mut offload = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ];
+    let target = dummy.addr().to_string();
+    offload.extend(["--health-interval", "0", "--backend", &target]);
+    let no_alpn = Proc::start(bin!("tcp-lb"), &offload, 1);
+    let backend = format!("h2://localhost:{}", no_alpn.addr().port());
+    let lb = Proc::start(
+        LB,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--health-interval",
+            "0",
+            "--ca",
+            path_str(&ca),
+            "--backend",
+            &backend,
+        ],
+        1,
+    );
+    assert_eq!(get(lb.addr(), "/").status, 502);
+    lb.wait_stderr("did not agree to h2", 1);
+    let _ = std::fs::remove_dir_all(&certs);
+}
