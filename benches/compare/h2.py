@@ -88,6 +88,9 @@ http {{
   client_body_temp_path {prefix}/body;
   proxy_temp_path {prefix}/proxy;
   keepalive_timeout 120s;
+  # HTTP/2 connections otherwise end after 1,000 requests (GOAWAY), and h2load does not
+  # reconnect.
+  keepalive_requests 100000000;
   upstream b {{
 {servers}
     keepalive 64;
@@ -199,28 +202,26 @@ class Bench:
             for _ in range(count):
                 s = socket.create_connection(("127.0.0.1", port), timeout=10)
                 s.sendall(hello)
-                data = b""
-                # Until a frame on stream 1 ends it (END_STREAM on DATA or HEADERS).
-                while True:
+                data, ended, acked = b"", False, False
+                # Until a frame on stream 1 ends it (END_STREAM on DATA or HEADERS); the
+                # balancer's SETTINGS acknowledged once.
+                while not ended:
                     chunk = s.recv(65536)
                     if not chunk:
                         raise RuntimeError("a proxy closed an idle client before answering")
                     data += chunk
-                    ended = False
-                    at = 0
-                    while at + 9 <= len(data):
-                        length = int.from_bytes(data[at:at + 3], "big")
-                        kind, flags = data[at + 3], data[at + 4]
-                        stream = int.from_bytes(data[at + 5:at + 9], "big") & 0x7fffffff
-                        if at + 9 + length > len(data):
+                    while len(data) >= 9:
+                        length = int.from_bytes(data[:3], "big")
+                        if len(data) < 9 + length:
                             break
-                        if kind == 4 and not flags & 1:
+                        kind, flags = data[3], data[4]
+                        stream = int.from_bytes(data[5:9], "big") & 0x7fffffff
+                        if kind == 4 and not flags & 1 and not acked:
                             s.sendall(bytes([0, 0, 0, 4, 1, 0, 0, 0, 0]))  # SETTINGS ACK
+                            acked = True
                         if stream == 1 and kind in (0, 1) and flags & 1:
                             ended = True
-                        at += 9 + length
-                    if ended:
-                        break
+                        data = data[9 + length:]
                 socks.append(s)
 
         try:
