@@ -658,28 +658,10 @@ fn the_four_host_example_configs_load_and_are_wired_as_the_farm_is() {
 /// with the cookie; tier 3 counts them as `h2`.
 #[test]
 fn http2_crosses_the_farm_with_the_offloaders_alpn() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let farm = Farm::start();
-    let mut config = (*farm.tls).clone();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let addr = farm.addr;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+    let (addr, tls) = (farm.addr, Arc::clone(&farm.tls));
+    common::h2::runtime().block_on(async move {
+        let mut send = common::h2::h2_over_tls(addr, &tls).await;
         let mut cookie: Option<String> = None;
         let mut served = std::collections::HashSet::new();
         for _ in 0..6 {
@@ -688,7 +670,7 @@ fn http2_crosses_the_farm_with_the_offloaders_alpn() {
                 request = request.header("cookie", c.as_str());
             }
             let response = send
-                .send_request(request.body(String::new()).unwrap())
+                .send_request(request.body(common::h2::whole(b"")).unwrap())
                 .await
                 .unwrap();
             assert_eq!(response.version(), hyper::Version::HTTP_2);
@@ -703,17 +685,7 @@ fn http2_crosses_the_farm_with_the_offloaders_alpn() {
                     .unwrap()
                     .to_owned(),
             );
-            let mut body = response.into_body();
-            let mut text = Vec::new();
-            while let Some(frame) = std::future::poll_fn(|cx| {
-                hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
-            })
-            .await
-            {
-                if let Ok(data) = frame.unwrap().into_data() {
-                    text.extend_from_slice(&data);
-                }
-            }
+            let (text, _) = common::h2::collect(response.into_body()).await;
             let text = String::from_utf8_lossy(&text);
             assert!(text.contains("x-forwarded-proto: https"), "{text}");
             assert!(text.contains("x-forwarded-for: 127.0.0.1"), "{text}");
@@ -738,64 +710,25 @@ fn http2_crosses_the_farm_with_the_offloaders_alpn() {
 /// with their trailers; each streamed message comes back before the next is sent.
 #[test]
 fn grpc_calls_cross_the_farm_with_their_trailers() {
-    use hyper::body::{Body, Frame};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use common::h2::{frames, grpc_message, h2_over_tls, next, runtime};
+    use hyper::body::Frame;
     let farm = Farm::start_with(&["--app-protocol", "h2c"]);
-    let mut config = (*farm.tls).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let addr = farm.addr;
-    /// A request body fed frame by frame.
-    struct Feed(tokio::sync::mpsc::Receiver<Frame<bytes::Bytes>>);
-    impl Body for Feed {
-        type Data = bytes::Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
-            self.0.poll_recv(cx).map(|f| f.map(Ok))
-        }
-    }
-    async fn next(body: &mut hyper::body::Incoming) -> Option<Frame<bytes::Bytes>> {
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx))
-            .await
-            .map(|f| f.unwrap())
-    }
-    let message = |bytes: &[u8]| {
-        let mut out = vec![0u8];
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(bytes);
-        bytes::Bytes::from(out)
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+    let (addr, tls) = (farm.addr, Arc::clone(&farm.tls));
+    runtime().block_on(async move {
+        let mut send = h2_over_tls(addr, &tls).await;
         for (method, messages) in [("Unary", 1u8), ("Chat", 4)] {
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let (tx, body) = frames();
             let request = hyper::Request::post(format!("https://localhost/echo.Echo/{method}"))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
-                .body(Feed(rx))
+                .body(body)
                 .unwrap();
             let response = send.send_request(request).await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["content-type"], "application/grpc");
             let mut body = response.into_body();
             for i in 0..messages {
-                let sent = message(&[b'a' + i; 5]);
+                let sent = bytes::Bytes::from(grpc_message(&[b'a' + i; 5]));
                 tx.send(Frame::data(sent.clone())).await.unwrap();
                 let echoed = next(&mut body).await.unwrap().into_data().unwrap();
                 assert_eq!(echoed, sent, "{method}: message {i}");

@@ -12,85 +12,19 @@ mod common;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
+use common::h2::*;
 use common::*;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::mpsc;
 
 const LB: &str = bin!("http-lb");
-
-/// A body fed from a channel, frame by frame: how a streaming client (or server) sends.
-struct Frames(mpsc::Receiver<Frame<Bytes>>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
-}
-
-/// A body and the sender that feeds it.
-fn frames() -> (mpsc::Sender<Frame<Bytes>>, Frames) {
-    let (tx, rx) = mpsc::channel(16);
-    (tx, Frames(rx))
-}
-
-/// A body of one piece, then the end.
-fn whole(bytes: &[u8]) -> Frames {
-    let (tx, body) = frames();
-    let _ = tx.try_send(Frame::data(Bytes::copy_from_slice(bytes)));
-    body
-}
-
-/// The next frame of `body`, or `None` at its end.
-async fn next(body: &mut Incoming) -> Option<Frame<Bytes>> {
-    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
-        .await
-        .map(|f| f.expect("a body frame"))
-}
-
-/// Everything `body` carries: its data, and its trailers if any.
-async fn collect(mut body: Incoming) -> (Vec<u8>, Option<HeaderMap>) {
-    let (mut data, mut trailers) = (Vec::new(), None);
-    while let Some(frame) = next(&mut body).await {
-        match frame.into_data() {
-            Ok(bytes) => data.extend_from_slice(&bytes),
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    (data, trailers)
-}
-
-/// One gRPC message: compressed flag, length, bytes (gRPC over HTTP/2, "Length-Prefixed-Message").
-fn grpc_message(bytes: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-    out
-}
-
-/// An HTTP/2 connection from a test client: prior knowledge in clear text.
-async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Frames> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("an HTTP/2 handshake");
-    tokio::spawn(conn);
-    send
-}
 
 /// A gRPC-style backend on hyper's HTTP/2 server, by prior knowledge (`h2c://`): `Unary`
 /// answers the request's bytes, `Stream` echoes each piece as it arrives; both end with
@@ -182,13 +116,6 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn h2c_lb(backends: &[String], extra: &[&str]) -> Proc {

@@ -38,7 +38,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Procs, cpu_seconds, family, free_port, log, wait_port  # noqa: E402
+from compare import Procs, cpu_seconds, family, free_port, log, rss_kib, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
@@ -105,20 +105,6 @@ http {{
   }}
 }}
 """
-
-
-def rss_now_kib(pid):
-    """Resident KiB of `pid` and its children (nginx's workers)."""
-    total = 0
-    for p in family(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 class Bench:
@@ -226,9 +212,9 @@ class Bench:
 
         try:
             open_clients(100)  # warm: first allocations, the backend connections
-            base = rss_now_kib(pid)
+            base = rss_kib(pid)
             open_clients(self.opts.idle)
-            return (rss_now_kib(pid) - base) / self.opts.idle
+            return (rss_kib(pid) - base) / self.opts.idle
         finally:
             for s in socks:
                 s.close()

@@ -1189,16 +1189,8 @@ impl HttpServer {
                     .handshake(TokioIo::new(conn))
                     .await
                     .map_err(io::Error::other)?;
-            up.backends[i].pool.opened();
-            crate::metrics::inc(&up.balancer.state(i).counters.connections);
-            let name = Arc::clone(&up.names[i]);
             let state = pool::H2State::new(up.backends[i].pool.known_h2_limit());
-            let running = pool::watched(connection, Arc::clone(&state));
-            tokio::spawn(async move {
-                if let Err(e) = running.await {
-                    tracing::debug!(backend = %name, "backend HTTP/2 connection ended: {e}");
-                }
-            });
+            run_backend_connection(up, i, pool::watched(connection, Arc::clone(&state)));
             return Ok(up.backends[i].pool.put_h2(sender, state));
         }
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
@@ -1207,14 +1199,7 @@ impl HttpServer {
             .handshake(TokioIo::new(conn))
             .await
             .map_err(io::Error::other)?;
-        up.backends[i].pool.opened();
-        crate::metrics::inc(&up.balancer.state(i).counters.connections);
-        let name = Arc::clone(&up.names[i]);
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(backend = %name, "backend connection ended: {e}");
-            }
-        });
+        let task = run_backend_connection(up, i, connection.with_upgrades());
         Ok(Sender::H1(sender, task.abort_handle()))
     }
 
@@ -1372,6 +1357,23 @@ fn origin_form(uri: &mut Uri, headers: &mut hyper::HeaderMap) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *uri = Uri::from(path);
+}
+
+/// Runs a new connection to backend `i` (hyper's half that reads and writes it) in a task of
+/// its own, counted as opened.
+fn run_backend_connection(
+    up: &Upstreams,
+    i: usize,
+    connection: impl Future<Output = hyper::Result<()>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    up.backends[i].pool.opened();
+    crate::metrics::inc(&up.balancer.state(i).counters.connections);
+    let name = Arc::clone(&up.names[i]);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(backend = %name, "backend connection ended: {e}");
+        }
+    })
 }
 
 /// Shapes a request for what its backend speaks, for each attempt (a retry may go to another

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod tls;
 
 use std::io::{BufRead as _, BufReader, Read, Write};
