@@ -10,6 +10,12 @@
 //! that comes back as it arrives, then the status. The dummy server echoes any gRPC call, so
 //! the messages come back as they were sent.
 //!
+//! **Where the code is:** this client is all here. What it talks to is the library's:
+//! HTTP/2 from clients in [`lb::http::h2`] (its bounds and the reset budget), gRPC's rules in
+//! [`lb::http::grpc`] (our failures as statuses, the deadline), HTTP/2 to backends in
+//! `lb::http::pool` (shared connections, more when their streams run out) and the balancer's
+//! `fit`, and the dummy server's gRPC echo in [`lb::dummy`].
+//!
 //! **What the Go version got wrong:** nothing to compare: the Go tutorial's balancer moves
 //! bytes at layer 4, where HTTP/2 needs nothing (and where it cannot be balanced per request:
 //! one connection carries them all to one backend, which is what this chapter fixes at layer 7).
