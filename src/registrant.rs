@@ -224,7 +224,7 @@ async fn keep_in_etcd(
 }
 
 /// Keeps `lease` registered with `balancer` until `stop` says so, then deregisters (bounded
-/// by [`CALL_TIMEOUT`]). Failures are logged once per outage, and retried.
+/// by `CALL_TIMEOUT`). Failures are logged once per outage, and retried.
 pub async fn keep(balancer: AdminUrl, lease: Lease, mut stop: watch::Receiver<bool>) {
     let mut failing = false;
     loop {

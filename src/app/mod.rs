@@ -9,8 +9,8 @@
 //! Its rooms, by idea: `flags.rs` (what each step adds to the command line), `plan.rs` (flags
 //! and file turned into a balancer, again on every reload), `reload.rs` (SIGHUP, and the
 //! registry's changes, chapter 14), `sources.rs` (backends from etcd, chapter 15). What is here
-//! is the order they run in: [`main`], [`runtime`], [`run`], and [`serve`], the one start-up
-//! both `tcp-lb` and `http-lb` (chapter 12) go through: a [`Serving`] says what differs.
+//! is the order they run in: [`main`], [`runtime`], [`run`], and `serve`, the one start-up
+//! both `tcp-lb` and `http-lb` (chapter 12) go through: a `Serving` says what differs.
 
 mod flags;
 mod plan;

@@ -162,7 +162,7 @@ pub fn main(
 }
 
 /// Starts `http-lb` as the flags and config describe, and serves until Ctrl-C or SIGTERM,
-/// reloading on SIGHUP: chapter 10's start-up ([`app::serve`]) with an [`Http`] layer.
+/// reloading on SIGHUP: chapter 10's start-up (`app::serve`) with an `Http` layer.
 pub async fn run(
     step: Step,
     common: Common,
