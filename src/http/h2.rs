@@ -183,13 +183,15 @@ impl HttpServer {
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let (this, info) = (Arc::clone(&this), Arc::clone(&info));
             let stream = counting.stream();
-            async move {
+            // Boxed: hyper moves the service's future into a task of its own for each stream,
+            // and the request's future is large; unboxed, copying it showed in the profile.
+            Box::pin(async move {
                 let mut response = this.request(req, &info).await;
                 if let Some(busy) = stream.answered() {
                     response.body_mut().hold(Box::new(busy));
                 }
                 Ok::<_, std::convert::Infallible>(response)
-            }
+            })
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
