@@ -125,6 +125,17 @@ async fn respond<S: Status>(
             Err(refused) => refusal(peer, &method, &path, refused),
         };
     }
+    // Chapter 10's status page: public files (the data behind them is `/metrics`, with its
+    // own rule).
+    if method == Method::GET
+        && let Some(asset) = crate::status::asset(&path)
+    {
+        let mut response = answer(StatusCode::OK, asset.content_type, asset.body.to_owned());
+        for (name, value) in crate::status::security_headers() {
+            response.headers_mut().insert(name, value);
+        }
+        return response;
+    }
     let (status, content_type, body) = match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
             // One rule for what reveals the topology: `/metrics` names every backend, as
@@ -171,7 +182,7 @@ async fn respond<S: Status>(
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /health or /backends\n".to_owned(),
+            "not found: try /, /metrics, /health or /backends\n".to_owned(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,

@@ -25,6 +25,7 @@
 //! | [`memory`] | hardening | returning freed memory to the system after a burst of connections |
 //! | [`metrics`] | 10-production | counters and their Prometheus text |
 //! | [`admin`] | 10-production | the admin listener: `/metrics`, `/health` |
+//! | [`status`] | 10-production | the admin listener's status page, `GET /`: a person's view of `/metrics` |
 //! | [`relay`] | 10-production, 11 | the metered, idle-aware relay; buffers only while bytes move; splice |
 //! | `splice` (Linux) | 11, making it fast | zero-copy forwarding through a pooled pipe |
 //! | [`http`] | 12-http-lb, 16, 17 | layer 7: per-request balancing, cookie affinity, forwarding rules, pools; the cache and routes (16); HTTP/2 and gRPC (17) |
@@ -61,6 +62,7 @@ pub mod server;
 pub mod sources;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod status;
 pub mod strategy;
 pub mod tickets;
 pub mod tls;

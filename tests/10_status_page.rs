@@ -1,0 +1,186 @@
+//! Chapter 10's status page (`GET /` on the admin listener), in a real browser: Debian's
+//! chromium, headless, which loads the page, runs its script against the running balancer's
+//! `/metrics`, and hands back the page as a person would see it (`--dump-dom`, after some
+//! seconds of the page's own time) or as a picture (`--screenshot`). No mock browser.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The page at `url` after chromium has run its script for `ms` of the page's time.
+fn browse(url: &str, profile: &Path, extra: &[&str]) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            // Root in a container has no user namespaces for the sandbox.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium runs (apt-get install chromium)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `<tr>` of `backend` in the page's backends table, as chromium left it.
+fn row_of<'a>(page: &'a str, backend: &str) -> &'a str {
+    let cell = format!("<td>{backend}</td>");
+    let at = page
+        .find(&cell)
+        .unwrap_or_else(|| panic!("no row for {backend} in:\n{page}"));
+    let start = page[..at].rfind("<tr").unwrap();
+    let end = at + page[at..].find("</tr>").unwrap();
+    &page[start..end]
+}
+
+/// What a person sees: the balancer's own numbers, each backend a row, green when up and red
+/// when down; a backend that goes down turns red on the next look. The page comes with a
+/// strict Content-Security-Policy, and puts values in as text, never markup.
+#[test]
+#[cfg_attr(
+    chromium_missing,
+    ignore = "needs chromium on the PATH (apt-get install chromium; then touch build.rs)"
+)]
+fn the_status_page_shows_each_backend_live_in_a_real_browser() {
+    let mut dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let (refusing, _guard) = refusing_port();
+    let (live, dead) = (dummy.addr().to_string(), refusing.to_string());
+    let lb = Proc::start(
+        bin!("tcp-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &live,
+            "--backend",
+            &dead,
+            "--health-interval",
+            "0.2",
+            "--fall",
+            "1",
+        ],
+        2,
+    );
+    for _ in 0..3 {
+        assert_eq!(get(lb.addr(), "/").status, 200);
+    }
+    let admin = format!("http://{}/", lb.addrs[1]);
+    let page = get(lb.addrs[1], "/");
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    let profile = temp_dir("status-page-chromium");
+
+    eventually("the dead backend marked down", PATIENCE, || {
+        metric(
+            &admin_get(lb.addrs[1], "/metrics").1,
+            &format!("tcplb_backend_up{{backend=\"{dead}\"}}"),
+        ) == 0
+    });
+    let seen = browse(&admin, &profile, &["--dump-dom"]);
+    assert!(seen.contains("tcp-lb status"), "{seen}");
+    let up = row_of(&seen, &live);
+    assert!(up.starts_with("<tr class=\"up\""), "{up}");
+    assert!(up.contains("<td>3</td>"), "three connections counted: {up}");
+    assert!(row_of(&seen, &dead).starts_with("<tr class=\"down\""));
+
+    // The live backend dies: on the next look its row is red too.
+    dummy.signal("KILL");
+    dummy.wait_exit();
+    eventually("the killed backend marked down", PATIENCE, || {
+        metric(
+            &admin_get(lb.addrs[1], "/metrics").1,
+            &format!("tcplb_backend_up{{backend=\"{live}\"}}"),
+        ) == 0
+    });
+    let seen = browse(&admin, &profile, &["--dump-dom"]);
+    assert!(
+        row_of(&seen, &live).starts_with("<tr class=\"down\""),
+        "{seen}"
+    );
+
+    // And as a picture (the README's is one of these).
+    let png = profile.join("status.png");
+    let shot = format!("--screenshot={}", png.display());
+    browse(&admin, &profile, &["--window-size=1000,620", &shot]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "{} bytes",
+        bytes.len()
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// With an admin token, the page holds no data until the person gives the token in its form
+/// (which keeps it in the tab's memory; the page never puts it in an address): the browser
+/// shows the form and none of the tables.
+#[test]
+#[cfg_attr(
+    chromium_missing,
+    ignore = "needs chromium on the PATH (apt-get install chromium; then touch build.rs)"
+)]
+fn with_a_token_the_page_asks_for_it_and_shows_nothing_else() {
+    let dir = temp_dir("status-page-token");
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let mut perms = std::fs::metadata(&token).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&token, perms).unwrap();
+    let lb = Proc::start(
+        bin!("tcp-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:9",
+            "--admin-token-file",
+            path_str(&token),
+            "--health-interval",
+            "0",
+        ],
+        2,
+    );
+    let seen = browse(
+        &format!("http://{}/", lb.addrs[1]),
+        &dir.join("profile"),
+        &["--dump-dom"],
+    );
+    assert!(
+        seen.contains("<form id=\"login\">"),
+        "the form is shown: {seen}"
+    );
+    assert!(
+        seen.contains("<main id=\"main\" hidden=\"\">"),
+        "no data shown: {seen}"
+    );
+    assert!(seen.contains("a token is needed"), "{seen}");
+    assert!(
+        !seen.contains("127.0.0.1:9"),
+        "no backend named without the token: {seen}"
+    );
+    let script = get(lb.addrs[1], "/status.js").text();
+    assert!(
+        !script.contains("location") && script.contains("Authorization"),
+        "the token goes in a header"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
