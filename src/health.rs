@@ -24,7 +24,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Failover and health settings; `Options::failover = None` is the tutorial's behaviour (a
 /// failed dial costs the client its connection, nothing is remembered).
@@ -103,6 +103,33 @@ struct Counters {
     next_cooldown: Duration,
     probes_ok: u32,
     probes_failed: u32,
+    /// When the backend last changed state, and why: what the status page shows.
+    changed: Option<(SystemTime, Cause)>,
+}
+
+/// Why a backend last changed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Down: `fall` active health checks failed in a row.
+    ChecksFailed,
+    /// Down: `fail-after` clients' connects failed in a row (passive health).
+    ConnectsFailed,
+    /// Up: `rise` active health checks passed in a row.
+    ChecksPassed,
+    /// Up: a client's connect succeeded after a passive skip.
+    ConnectSucceeded,
+}
+
+impl Cause {
+    /// Its name in metrics' `cause` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::ChecksFailed => "health-checks-failed",
+            Cause::ConnectsFailed => "connects-failed",
+            Cause::ChecksPassed => "health-checks-passed",
+            Cause::ConnectSucceeded => "connect-succeeded",
+        }
+    }
 }
 
 /// Milliseconds since the balancer started: what [`Health`] stores its deadlines in, so that
@@ -145,7 +172,16 @@ impl Health {
         let mut c = self.lock();
         self.skip_until.store(0, Ordering::Relaxed);
         c.next_cooldown = Duration::ZERO;
-        std::mem::take(&mut c.skipped).then(|| "backend up: a connection succeeded".to_owned())
+        let news = std::mem::take(&mut c.skipped);
+        if news {
+            c.changed = Some((SystemTime::now(), Cause::ConnectSucceeded));
+        }
+        news.then(|| "backend up: a connection succeeded".to_owned())
+    }
+
+    /// When the backend last changed state (since the balancer started), and why.
+    pub fn last_change(&self) -> Option<(SystemTime, Cause)> {
+        self.lock().changed
     }
 
     /// A client's connect failed with `error`. Returns the log line if this failure made
@@ -177,6 +213,7 @@ impl Health {
         };
         c.next_cooldown = (cooldown * 2).min(settings.max_cooldown);
         c.skipped = true;
+        c.changed = Some((SystemTime::now(), Cause::ConnectsFailed));
         // Only probes that pass *after* this failure may cut the skip short.
         c.probes_ok = 0;
         self.skip_until.store(
@@ -206,6 +243,9 @@ impl Health {
                     self.skip_until.store(0, Ordering::Relaxed);
                     c.next_cooldown = Duration::ZERO;
                 }
+                if was_down || was_skipped {
+                    c.changed = Some((SystemTime::now(), Cause::ChecksPassed));
+                }
                 (was_down || was_skipped)
                     .then(|| format!("backend up: {} health checks passed in a row", c.probes_ok))
             }
@@ -216,6 +256,7 @@ impl Health {
                     return None;
                 }
                 self.probed_down.store(true, Ordering::Relaxed);
+                c.changed = Some((SystemTime::now(), Cause::ChecksFailed));
                 Some(format!(
                     "backend down: {} health checks failed in a row (last: {e})",
                     c.probes_failed
@@ -435,10 +476,12 @@ mod tests {
                 .contains("3 health checks failed")
         );
         assert!(!h.is_up(|| 0));
+        assert_eq!(h.last_change().map(|c| c.1), Some(Cause::ChecksFailed));
         assert!(h.probed(fail(), &checks).is_none(), "one line per change");
         assert!(h.probed(Ok(()), &checks).is_none());
         assert!(h.probed(Ok(()), &checks).unwrap().contains("up"));
         assert!(h.is_up(|| 0));
+        assert_eq!(h.last_change().map(|c| c.1), Some(Cause::ChecksPassed));
 
         let settings = Failover {
             fail_after: 1,
@@ -447,6 +490,7 @@ mod tests {
         let clock = Clock::start();
         h.connect_failed(&refused(), &settings, clock).unwrap();
         assert!(!h.is_up(|| clock.now()));
+        assert_eq!(h.last_change().map(|c| c.1), Some(Cause::ConnectsFailed));
         assert!(
             h.probed(Ok(()), &checks).is_none(),
             "rise counts from the failure on"

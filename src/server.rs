@@ -574,6 +574,33 @@ impl Server {
             "1 if the backend may receive clients, 0 if health checks took it out.",
             &|i| u64::from(balancer.is_up(i)),
         );
+        // When each backend last changed state, and why (the status page's "down since").
+        let changes: Vec<_> = (0..names.len())
+            .map(|i| balancer.state(i).health.last_change())
+            .collect();
+        per_backend(
+            &mut e,
+            "tcplb_backend_state_changed_seconds",
+            "gauge",
+            "When the backend last changed state, in seconds since 1970; 0 if it has not.",
+            &|i| {
+                changes[i].map_or(0, |(at, _)| {
+                    at.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                })
+            },
+        );
+        let name = "tcplb_backend_state_cause";
+        e.metric(
+            name,
+            "gauge",
+            "Why the backend last changed state: 1 for the cause.",
+        );
+        for (i, backend) in names.iter().enumerate() {
+            if let Some((_, cause)) = changes[i] {
+                e.sample(name, &[("backend", backend), ("cause", cause.as_str())], 1);
+            }
+        }
         per_backend(
             &mut e,
             "tcplb_backend_connections_active",

@@ -98,7 +98,13 @@ fn the_status_page_shows_each_backend_live_in_a_real_browser() {
     let up = row_of(&seen, &live);
     assert!(up.starts_with("<tr class=\"up\""), "{up}");
     assert!(up.contains("<td>3</td>"), "three connections counted: {up}");
-    assert!(row_of(&seen, &dead).starts_with("<tr class=\"down\""));
+    let down = row_of(&seen, &dead);
+    assert!(down.starts_with("<tr class=\"down\""), "{down}");
+    // Since when, and why: the health module's last change, from the metrics.
+    assert!(
+        down.contains("down since ") && down.contains("health checks failed"),
+        "{down}"
+    );
 
     // The live backend dies: on the next look its row is red too.
     dummy.signal("KILL");
@@ -110,10 +116,9 @@ fn the_status_page_shows_each_backend_live_in_a_real_browser() {
         ) == 0
     });
     let seen = browse(&admin, &profile, &["--dump-dom"]);
-    assert!(
-        row_of(&seen, &live).starts_with("<tr class=\"down\""),
-        "{seen}"
-    );
+    let killed = row_of(&seen, &live);
+    assert!(killed.starts_with("<tr class=\"down\""), "{seen}");
+    assert!(killed.contains("health checks failed"), "{killed}");
 
     // And as a picture (the README's is one of these).
     let png = profile.join("status.png");

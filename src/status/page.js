@@ -130,6 +130,13 @@ function render(samples, elapsed) {
   const totalName = http ? "httplb_backend_responses_total" : `${p}_backend_connections_total`;
   const totals = perBackend(samples, totalName);
   const failures = perBackend(samples, `${p}_backend_connect_failures_total`);
+  const changed = perBackend(samples, `${p}_backend_state_changed_seconds`);
+  const causes = new Map();
+  for (const s of samples) {
+    if (s.name === `${p}_backend_state_cause` && s.value === 1) {
+      causes.set(s.labels.backend, s.labels.cause.replace(/-/g, " "));
+    }
+  }
   const errors5xx = new Map();
   for (const s of samples) {
     if (s.name === "httplb_backend_responses_total" && s.labels.class === "5xx") {
@@ -149,10 +156,14 @@ function render(samples, elapsed) {
       ? `${seconds(quantile(samples, "httplb_backend_response_seconds_bucket", backend, 0.5))} / ${seconds(quantile(samples, "httplb_backend_response_seconds_bucket", backend, 0.99))}`
       : "–";
     const state = isUp ? "up" : "down";
+    // Since when and why, from the health module's last change of this backend.
+    const since = changed.get(backend)
+      ? ` since ${new Date(changed.get(backend) * 1000).toLocaleTimeString()}: ${causes.get(backend) || ""}`
+      : "";
     const errors = http
       ? `${failures.get(backend) || 0} connect, ${errors5xx.get(backend) || 0} 5xx`
       : `${failures.get(backend) || 0} connect`;
-    const tr = row([backend, state, active.get(backend) || 0, total, rate.toFixed(1), spark(h), errors, latency], state);
+    const tr = row([backend, state + since, active.get(backend) || 0, total, rate.toFixed(1), spark(h), errors, latency], state);
     tr.children[1].className = "state";
     rows.push(tr);
   }
