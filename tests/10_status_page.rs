@@ -189,3 +189,56 @@ fn with_a_token_the_page_asks_for_it_and_shows_nothing_else() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Live, without reloading: the page open in the browser (driven through its DevTools
+/// protocol, `common::cdp`) turns a backend's row red by itself once the backend dies, from
+/// its next poll of `/metrics` (every second).
+#[test]
+#[cfg_attr(
+    chromium_missing,
+    ignore = "needs chromium on the PATH (apt-get install chromium; then touch build.rs)"
+)]
+fn the_open_page_turns_a_dying_backends_row_red_by_itself() {
+    let mut dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let live = dummy.addr().to_string();
+    let lb = Proc::start(
+        bin!("tcp-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &live,
+            "--health-interval",
+            "0.2",
+            "--fall",
+            "1",
+        ],
+        2,
+    );
+    let admin = format!("http://{}/", lb.addrs[1]);
+    let mut page = common::cdp::Browser::open(&admin, &temp_dir("status-page-live"));
+    let class_of = format!(
+        "(() => {{ for (const tr of document.querySelectorAll('#backends tbody tr')) \
+         if (tr.cells[0].textContent === '{live}') return tr.className; return null; }})()"
+    );
+    eventually("the page shows the backend up", PATIENCE, || {
+        page.evaluate(&class_of) == "up"
+    });
+    dummy.signal("KILL");
+    dummy.wait_exit();
+    eventually("the open page turns its row red", PATIENCE, || {
+        page.evaluate(&class_of) == "down"
+    });
+    let state = page.evaluate(&format!(
+        "(() => {{ for (const tr of document.querySelectorAll('#backends tbody tr')) \
+         if (tr.cells[0].textContent === '{live}') return tr.cells[1].textContent; }})()"
+    ));
+    assert!(
+        state
+            .as_str()
+            .is_some_and(|s| s.contains("health checks failed")),
+        "{state}"
+    );
+}
