@@ -27,7 +27,9 @@ Workloads:
               after them, less before them, divided by their number.
 
 With `--http-lb-b BIN`, target *http-lb-b* is a second build run with http-lb's flags, for an
-A/B test of one change in the same interleaved rounds.
+A/B test of one change in the same interleaved rounds. With `--page-open`, *http-lb-b* also
+has an admin listener whose `/metrics` is fetched every second while it is measured, as the
+status page does when it is open (chapter 10): `--http-lb-b` may then be http-lb itself.
 
 Pinned mode: each proxy has one worker on CPU 1, everything else on CPU 0. Unpinned: two
 workers each. Rounds interleave the targets; the table shows medians. Everything listens on
@@ -171,6 +173,9 @@ class Bench:
                    "--workers", str(self.workers)]
             for b in self.http:
                 cmd += ["--backend", f"127.0.0.1:{b}"]
+            if target == "http-lb-b" and self.opts.page_open:
+                self.admin = free_port()
+                cmd += ["--admin", f"127.0.0.1:{self.admin}"]
             # Access log off, as for the others (nginx `access_log off`, HAProxy logs nothing
             # without a log target).
             p = self.procs.start(cmd, cpu=self.proxy_cpu, env={"RUST_LOG": self.opts.rust_log},
@@ -181,6 +186,18 @@ class Bench:
             while len(family(p.pid)) < 1 + self.workers and time.monotonic() < deadline:
                 time.sleep(0.02)
         return port, p
+
+    def page(self, stop):
+        """The status page's feed: `/metrics` of the admin listener, every second."""
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.admin), timeout=5) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nhost: page\r\nconnection: close\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+            except OSError:
+                pass
+            stop.wait(1.0)
 
     def wrk(self, port, close):
         threads = 1 if self.pinned else 2
@@ -297,7 +314,17 @@ class Bench:
     def measure(self, workload, target, port, pid, before, samples, r):
         """One measurement of `workload` through `target`, appended to its samples."""
         if workload in ("keepalive", "close"):
-            rps, n, p99 = self.wrk(port, workload == "close")
+            stop = threading.Event()
+            feed = None
+            if target == "http-lb-b" and self.opts.page_open:
+                feed = threading.Thread(target=self.page, args=(stop,), daemon=True)
+                feed.start()
+            try:
+                rps, n, p99 = self.wrk(port, workload == "close")
+            finally:
+                stop.set()
+                if feed:
+                    feed.join()
             cpu = (cpu_seconds(pid) - before) if pid else None
             samples[target].append((rps, n, cpu, p99))
             per = "" if cpu is None else f", {cpu / n * 1e6:.1f} µs CPU/req"
@@ -363,6 +390,9 @@ def main():
     ap.add_argument("--http-lb-b", help="a second build (or any program taking the same flags), "
                     "measured as target http-lb-b in the same interleaved rounds: an A/B test "
                     "of one change (chapter 12's examples/h1-relay.rs)")
+    ap.add_argument("--page-open", action="store_true",
+                    help="http-lb-b gets an admin listener whose /metrics is fetched every "
+                    "second while it is measured: the cost of an open status page")
     ap.add_argument("--http-lb", default=os.path.join(CARGO_TARGET, "release/http-lb"))
     ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for http-lb")
