@@ -242,3 +242,97 @@ fn the_open_page_turns_a_dying_backends_row_red_by_itself() {
         "{state}"
     );
 }
+
+/// With a token: the person types it into the page's form (through the browser), and the page
+/// then shows the balancer, and the servers that registered themselves (chapter 14) with the
+/// time left on their lease, counting down.
+#[test]
+#[cfg_attr(
+    chromium_missing,
+    ignore = "needs chromium on the PATH (apt-get install chromium; then touch build.rs)"
+)]
+fn after_the_token_the_page_shows_registrations_and_their_leases() {
+    let dir = temp_dir("status-page-registered");
+    let token = dir.join("token");
+    let secret = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&token, format!("{secret}\n")).unwrap();
+    let mut perms = std::fs::metadata(&token).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&token, perms).unwrap();
+    let lb = Proc::start(
+        bin!("tcp-lb"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            path_str(&token),
+            "--health-interval",
+            "0",
+        ],
+        2,
+    );
+    let server = Proc::start(
+        bin!("dummy-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "alpha",
+            "--register",
+            &format!("http://{}", lb.addrs[1]),
+            "--register-token-file",
+            path_str(&token),
+            "--register-ttl",
+            "30",
+        ],
+        1,
+    );
+    let mut page =
+        common::cdp::Browser::open(&format!("http://{}/", lb.addrs[1]), &dir.join("profile"));
+    eventually("the login form", PATIENCE, || {
+        page.evaluate("document.getElementById('login').hidden") == false
+    });
+    page.evaluate(&format!(
+        "document.getElementById('token').value = '{secret}'; \
+         document.getElementById('login').requestSubmit(); true"
+    ));
+    let registered = "(() => { const r = document.querySelector('#registered tbody tr'); \
+                      return r ? [...r.cells].map((c) => c.textContent) : null; })()";
+    let mut first = None;
+    eventually("the registration shown with its lease", PATIENCE, || {
+        let cells = page.evaluate(registered);
+        let ok = cells[0] == "alpha" && cells[1] == server.addr().to_string();
+        if ok {
+            first = cells[4]
+                .as_str()
+                .and_then(|s| s.trim_end_matches(" s").parse::<f64>().ok());
+        }
+        ok && first.is_some()
+    });
+    let first = first.unwrap();
+    assert!(first <= 30.0, "{first}");
+    eventually("the lease counting down on the page", PATIENCE, || {
+        let cells = page.evaluate(registered);
+        let left = cells[4]
+            .as_str()
+            .and_then(|s| s.trim_end_matches(" s").parse::<f64>().ok());
+        left.is_some_and(|left| left < first)
+    });
+    assert_eq!(
+        page.evaluate("document.getElementById('token').value"),
+        "",
+        "the token does not stay in the form"
+    );
+    assert!(
+        !page
+            .evaluate("location.href")
+            .as_str()
+            .unwrap_or("")
+            .contains(secret),
+        "never in the address"
+    );
+    drop(page);
+    let _ = std::fs::remove_dir_all(&dir);
+}

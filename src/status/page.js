@@ -187,6 +187,26 @@ function render(samples, elapsed) {
   }
 }
 
+// Servers that registered themselves (chapter 14), from `GET /backends` (404 while
+// registration is off): each with the time left on its lease.
+function renderRegistered(list) {
+  const registered = list.filter((b) => b.source === "registered");
+  $("registrations").hidden = registered.length === 0;
+  fill($("registered").tBodies[0], registered.map((b) => {
+    const left = b.expires_in === undefined ? "–" : `${b.expires_in.toFixed(1)} s`;
+    return row([b.name, b.address, b.url, b.up ? "up" : "down", left], b.up ? "up" : "down");
+  }));
+}
+
+async function registrations(headers) {
+  const response = await fetch("/backends", { headers, cache: "no-store" });
+  if (response.ok) {
+    renderRegistered(await response.json());
+  } else {
+    $("registrations").hidden = true;
+  }
+}
+
 async function poll() {
   const started = performance.now();
   try {
@@ -205,6 +225,7 @@ async function poll() {
       const elapsed = poll.last ? (now - poll.last) / 1000 : 0;
       poll.last = now;
       render(parse(text), elapsed);
+      await registrations(headers);
       $("login").hidden = true;
       $("main").hidden = false;
       $("state").textContent = `live, every second; last update ${new Date().toLocaleTimeString()}`;
