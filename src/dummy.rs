@@ -184,7 +184,10 @@ impl DummyServer {
         let mut first = Vec::new();
         let h2 = match &io {
             Conn::TlsServer(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
-            _ => starts_h2(&mut io, &mut first).await,
+            _ => {
+                crate::http::h2::starts_with_preface(&mut io, &mut first, Duration::from_secs(30))
+                    .await
+            }
         };
         if h2 {
             let io = Prefixed { first, at: 0, io };
@@ -653,22 +656,6 @@ impl Body for DummyBody {
             DummyBody::Grpc(_) | DummyBody::Serving(_) => SizeHint::new(),
         }
     }
-}
-
-/// Whether a clear-text client starts with HTTP/2's preface: reads into `first` until it holds
-/// the preface or departs from it (what was read is served next, either way).
-async fn starts_h2(io: &mut Conn, first: &mut Vec<u8>) -> bool {
-    use tokio::io::AsyncReadExt;
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    while first.len() < PREFACE.len() && PREFACE.starts_with(first) {
-        let mut more = [0u8; 24];
-        let read = tokio::time::timeout(Duration::from_secs(30), io.read(&mut more)).await;
-        match read {
-            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&more[..n]),
-            _ => return false,
-        }
-    }
-    first.starts_with(PREFACE)
 }
 
 /// A connection whose first bytes were read already: they are read again first.

@@ -34,6 +34,19 @@ fn browse(url: &str, profile: &Path, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An admin token (32 bytes, as the admin listener asks).
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// `secret` in a file of `dir` only its owner reads, as `--admin-token-file` wants it.
+fn token_file(dir: &Path, secret: &str) -> std::path::PathBuf {
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{secret}\n")).unwrap();
+    let mut perms = std::fs::metadata(&token).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&token, perms).unwrap();
+    token
+}
+
 /// The `<tr>` of `backend` in the page's backends table, as chromium left it.
 fn row_of<'a>(page: &'a str, backend: &str) -> &'a str {
     let cell = format!("<td>{backend}</td>");
@@ -143,11 +156,7 @@ fn the_status_page_shows_each_backend_live_in_a_real_browser() {
 )]
 fn with_a_token_the_page_asks_for_it_and_shows_nothing_else() {
     let dir = temp_dir("status-page-token");
-    let token = dir.join("token");
-    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
-    let mut perms = std::fs::metadata(&token).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&token, perms).unwrap();
+    let token = token_file(&dir, SECRET);
     let lb = Proc::start(
         bin!("tcp-lb"),
         &[
@@ -253,12 +262,7 @@ fn the_open_page_turns_a_dying_backends_row_red_by_itself() {
 )]
 fn after_the_token_the_page_shows_registrations_and_their_leases() {
     let dir = temp_dir("status-page-registered");
-    let token = dir.join("token");
-    let secret = "0123456789abcdef0123456789abcdef";
-    std::fs::write(&token, format!("{secret}\n")).unwrap();
-    let mut perms = std::fs::metadata(&token).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&token, perms).unwrap();
+    let (token, secret) = (token_file(&dir, SECRET), SECRET);
     let lb = Proc::start(
         bin!("tcp-lb"),
         &[

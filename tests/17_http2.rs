@@ -878,21 +878,15 @@ fn h2_backends_over_tls_agree_in_alpn() {
     let mut args = vec!["--listen", "127.0.0.1:0"];
     args.extend(tls_args);
     let dummy = Proc::start(bin!("dummy-server"), &args, 1);
-    let backend = format!("h2://localhost:{}", dummy.addr().port());
-    let lb = Proc::start(
-        LB,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--health-interval",
-            "0",
-            "--ca",
-            path_str(&ca),
-            "--backend",
-            &backend,
-        ],
-        1,
-    );
+    // http-lb in front of `port` as an `h2://` backend, trusting the test's CA.
+    let through = |port: u16| {
+        let backend = format!("h2://localhost:{port}");
+        let args = ["--listen", "127.0.0.1:0", "--health-interval", "0"];
+        let mut args = args.to_vec();
+        args.extend(["--ca", path_str(&ca), "--backend", &backend]);
+        Proc::start(LB, &args, 1)
+    };
+    let lb = through(dummy.addr().port());
     let reply = get(lb.addr(), "/");
     assert_eq!(reply.status, 200);
     assert!(reply.text().contains("HTTP/2.0"), "{}", reply.text());
@@ -909,21 +903,7 @@ fn h2_backends_over_tls_agree_in_alpn() {
     let target = dummy.addr().to_string();
     offload.extend(["--health-interval", "0", "--backend", &target]);
     let no_alpn = Proc::start(bin!("tcp-lb"), &offload, 1);
-    let backend = format!("h2://localhost:{}", no_alpn.addr().port());
-    let lb = Proc::start(
-        LB,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--health-interval",
-            "0",
-            "--ca",
-            path_str(&ca),
-            "--backend",
-            &backend,
-        ],
-        1,
-    );
+    let lb = through(no_alpn.addr().port());
     assert_eq!(get(lb.addr(), "/").status, 502);
     lb.wait_stderr("did not agree to h2", 1);
     let _ = std::fs::remove_dir_all(&certs);

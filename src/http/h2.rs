@@ -78,7 +78,7 @@ impl Default for H2Settings {
 /// Whether a clear-text client starts with the HTTP/2 preface: reads into `read` (what was
 /// read of the connection so far) until it either holds the whole preface or departs from it,
 /// within `timeout`. What is read stays in `read`, for whichever codec serves it.
-pub(super) async fn starts_with_preface(
+pub(crate) async fn starts_with_preface(
     conn: &mut Conn,
     read: &mut Vec<u8>,
     timeout: Duration,

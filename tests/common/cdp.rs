@@ -7,7 +7,6 @@ use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -30,7 +29,7 @@ impl Browser {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
+            .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -50,26 +49,13 @@ impl Browser {
             .recv_timeout(super::PATIENCE)
             .expect("chromium's DevTools never listened")
             .expect("a DevTools port");
-        let started = Instant::now();
-        // The page's own debugging socket, from the list of targets: the page is listed a
-        // moment after DevTools listens (a bounded poll, as `common::eventually`).
-        let ws = loop {
-            let list = targets(port);
-            let targets: serde_json::Value = serde_json::from_str(&list).unwrap_or_default();
-            let page = targets.as_array().and_then(|t| {
-                t.iter().find(|t| {
-                    t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(url))
-                })
-            });
-            if let Some(ws) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str()) {
-                break ws.to_owned();
-            }
-            assert!(
-                started.elapsed() < super::PATIENCE,
-                "no page for {url} in {list}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        // A new page for `url`: DevTools answers with its debugging socket at once.
+        let created = new_page(port, url);
+        let target: serde_json::Value = serde_json::from_str(&created).unwrap_or_default();
+        let ws = target["webSocketDebuggerUrl"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no page for {url}: {created}"))
+            .to_owned();
         let path = ws.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap();
         let mut socket = super::connect(([127, 0, 0, 1], port).into());
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
@@ -176,16 +162,15 @@ impl Drop for Browser {
     }
 }
 
-/// `GET /json/list` of DevTools on `port`: the targets, as JSON text. DevTools answers only a
-/// `Host` that is an IP address or `localhost` (against DNS rebinding), and keeps the
-/// connection open: the answer is read by its length.
-fn targets(port: u16) -> String {
+/// `PUT /json/new?URL` of DevTools on `port`: a new page showing `url`, described in JSON.
+/// DevTools answers only a `Host` that is an IP address or `localhost` (against DNS
+/// rebinding), and keeps the connection open: the answer is read by its length.
+fn new_page(port: u16, url: &str) -> String {
     let mut s = super::connect(([127, 0, 0, 1], port).into());
     write!(
         s,
-        "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        "PUT /json/new?{url} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    let reply = super::read_reply(&mut s);
-    reply.text()
+    super::read_reply(&mut s).text()
 }
