@@ -126,6 +126,77 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One sample read back from Prometheus' text format: what `ssl-farm`'s dashboard (chapter
+/// 13) learns from each member's `/metrics`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `name`, if it has one.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The samples of an exposition ([`Exposition`]'s output, or any in the text format).
+/// Comments are skipped, and so is a line that does not parse: a scrape of a newer process
+/// with a sample this reader does not know must still show the rest.
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(parse_line)
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some(Sample {
+            name: series.to_owned(),
+            labels: Vec::new(),
+            value,
+        });
+    };
+    let mut labels = Vec::new();
+    let mut rest = rest.strip_suffix('}')?;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut chars = after.char_indices();
+        let mut label = String::new();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => label.push('\n'),
+                    c => label.push(c),
+                },
+                (_, c) => label.push(c),
+            }
+        };
+        labels.push((key.to_owned(), label));
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +215,29 @@ mod tests {
             "# HELP lb_up Whether it is up.\n# TYPE lb_up gauge\n\
              lb_up{backend=\"a\\\"b\\\\c\"} 1\nlb_up 0\n"
         );
+    }
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let mut e = Exposition::default();
+        e.metric("lb_up", "gauge", "Whether it is up.").sample(
+            "lb_up",
+            &[("backend", "a\"b\\c,d=\"\n"), ("x", "")],
+            1,
+        );
+        e.sample("lb_total", &[], 12.5);
+        let text = e.finish() + "lb_bucket{le=\"+Inf\"} +Inf\nnot a sample\nlb_half{a=\"b} 1\n";
+        let samples = parse(&text);
+        assert_eq!(samples.len(), 3, "{samples:?}");
+        assert_eq!(samples[0].label("backend"), Some("a\"b\\c,d=\"\n"));
+        assert_eq!(samples[0].label("x"), Some(""));
+        assert_eq!(samples[0].value, 1.0);
+        assert_eq!(
+            (samples[1].name.as_str(), samples[1].value),
+            ("lb_total", 12.5)
+        );
+        assert_eq!(samples[2].label("le"), Some("+Inf"));
+        assert!(samples[2].value.is_infinite());
     }
 
     #[test]

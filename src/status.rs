@@ -38,6 +38,21 @@ pub fn asset(path: &str) -> Option<Asset> {
     Some(Asset { content_type, body })
 }
 
+/// The files of `ssl-farm`'s page (chapter 13, `--dashboard`): `/`, `/farm.js`, and the
+/// same stylesheet. Its data is the farm's own `GET /farm.json`, which it polls every second.
+pub fn farm_asset(path: &str) -> Option<Asset> {
+    let (content_type, body) = match path {
+        "/" => ("text/html; charset=utf-8", include_str!("status/farm.html")),
+        "/farm.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("status/farm.js"),
+        ),
+        "/status.css" => ("text/css; charset=utf-8", include_str!("status/page.css")),
+        _ => return None,
+    };
+    Some(Asset { content_type, body })
+}
+
 /// The headers every file of the page goes out with (see the module's header).
 pub fn security_headers() -> [(&'static str, HeaderValue); 5] {
     [

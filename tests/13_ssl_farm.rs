@@ -20,6 +20,8 @@ struct Farm {
     proc: Proc,
     dir: PathBuf,
     addr: SocketAddr,
+    /// The farm's page (`--dashboard`, port 0 by default).
+    dashboard: SocketAddr,
     tls: Arc<ClientConfig>,
 }
 
@@ -44,10 +46,11 @@ impl Farm {
             dir.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let proc = Proc::start_with_input(bin!("ssl-farm"), &args, 1);
+        let proc = Proc::start_with_input(bin!("ssl-farm"), &args, 2);
         let tls = common::tls::config_trusting(&dir.join("ca.pem"));
         Farm {
             addr: proc.addr(),
+            dashboard: proc.addrs[1],
             proc,
             dir,
             tls,
@@ -553,6 +556,23 @@ fn start_up_failures_are_one_line_and_leave_no_process() {
     let args: Vec<&str> = [&["--listen", &addr, "--state-dir", dir_arg][..], &small].concat();
     common::assert_one_line_error(bin!("ssl-farm"), &args, &["l4", "tcp-lb", &addr]);
     assert!(children_in(&dir).is_empty(), "children left behind");
+    // The page's address in use: refused before any tier starts.
+    let dir = temp_dir("ssl-farm-busy-page");
+    let dir_arg = dir.to_str().unwrap();
+    let args: Vec<&str> = [
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--dashboard",
+            &addr,
+            "--state-dir",
+            dir_arg,
+        ][..],
+        &small,
+    ]
+    .concat();
+    common::assert_one_line_error(bin!("ssl-farm"), &args, &["cannot listen on", &addr]);
+    assert!(children_in(&dir).is_empty(), "children left behind");
 
     let dir = temp_dir("ssl-farm-nobin");
     common::assert_one_line_error(
@@ -738,4 +758,112 @@ fn grpc_calls_cross_the_farm_with_their_trailers() {
             assert_eq!(trailers["grpc-status"], "0", "{method}");
         }
     });
+}
+
+/// The farm's page (`--dashboard`) in a real browser (chromium, headless, driven through its
+/// DevTools protocol): the four tiers as columns with every member up; after some traffic,
+/// what a new TLS connection costs each tier; the path of one request, named hop by hop;
+/// and an application that stops answering turns its card red with the reason tier 3 gives.
+#[test]
+#[cfg_attr(
+    chromium_missing,
+    ignore = "needs chromium on the PATH (apt-get install chromium; then touch build.rs)"
+)]
+fn the_farm_page_shows_tiers_costs_and_one_requests_path_in_a_real_browser() {
+    let farm = Farm::start();
+    let profile = temp_dir("farm-page");
+    let mut page = common::cdp::Browser::open(&format!("http://{}/", farm.dashboard), &profile);
+    let count = |page: &mut common::cdp::Browser, selector: &str| {
+        page.evaluate(&format!("document.querySelectorAll('{selector}').length"))
+            .as_u64()
+            .unwrap_or(0)
+    };
+    eventually("every member shows up, in its tier's column", || {
+        count(&mut page, ".member.up") == 7
+            && count(&mut page, ".tier[data-tier=offload] .member") == 2
+            && count(&mut page, ".tier[data-tier=app] .member") == 2
+    });
+
+    // The economics of seed 000, from the processes' own CPU counters.
+    for _ in 0..20 {
+        let (reply, _) = farm.get([127, 0, 0, 1], "/", None);
+        assert_eq!(reply.status, 200);
+    }
+    let cost = "document.querySelector('#economics tr[data-tier=offload]').cells[3].textContent";
+    eventually(
+        "the offloaders' cost per new TLS connection is shown",
+        || {
+            let text = page.evaluate(cost);
+            let text = text.as_str().unwrap_or("");
+            text.ends_with(" µs") || text.ends_with(" ms")
+        },
+    );
+    let rates = page.evaluate("document.getElementById('rates').textContent");
+    assert!(
+        rates
+            .as_str()
+            .unwrap()
+            .contains("new TLS connections per second"),
+        "{rates}"
+    );
+
+    // One request's path: a quiet farm, so every hop is one named member.
+    page.evaluate("document.getElementById('trace').click()");
+    eventually("the path of the request is shown", || {
+        count(&mut page, "#path li") == 4
+    });
+    let hops =
+        page.evaluate("[...document.querySelectorAll('#path li')].map(li => li.textContent)");
+    let hops: Vec<&str> = hops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    for (hop, member) in hops.iter().zip(["l4: ", "offload", "l7-", "app"]) {
+        assert!(
+            hop.starts_with(member) && !hop.contains("one of"),
+            "{hops:?}"
+        );
+    }
+    assert!(
+        hops[1].contains("handshake)") && hops[3].ends_with("answered 200"),
+        "{hops:?}"
+    );
+    let note = page.evaluate("document.getElementById('traced').textContent");
+    assert!(
+        note.as_str()
+            .unwrap()
+            .ends_with(" ms from connecting to the last byte."),
+        "{note}"
+    );
+    assert_eq!(count(&mut page, ".member.traced"), 4);
+
+    // An application that stops answering: tier 3's health checks fail, and its card says so.
+    let app1 = farm.pid("app", "app1");
+    kill(app1, rustix::process::Signal::STOP);
+    let app1_card = "document.querySelector('.member[data-name=app1]')";
+    eventually("app1's card turns red", || {
+        page.evaluate(&format!("{app1_card}.classList.contains('down')")) == true
+    });
+    let state = page.evaluate(&format!("{app1_card}.querySelector('.state').textContent"));
+    assert!(
+        state
+            .as_str()
+            .unwrap()
+            .starts_with("down for tier 3: layer 7: "),
+        "{state}"
+    );
+    let png = page.screenshot();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    // `LB_SCREENSHOTS=DIR cargo test …` keeps it: the README's picture is one of these.
+    if let Some(dir) = std::env::var_os("LB_SCREENSHOTS") {
+        std::fs::write(Path::new(&dir).join("farm-dashboard.png"), &png).unwrap();
+    }
+    kill(app1, rustix::process::Signal::CONT);
+    let _ = std::fs::remove_dir_all(&profile);
 }

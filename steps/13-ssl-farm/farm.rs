@@ -81,7 +81,7 @@ impl Tier {
     }
 
     /// The tier whose configs list this one's members.
-    fn front(self) -> Option<Tier> {
+    pub fn front(self) -> Option<Tier> {
         match self {
             Tier::L4 => None,
             Tier::Offload => Some(Tier::L4),
@@ -147,9 +147,20 @@ pub struct Farm {
     exits: mpsc::UnboundedSender<Exit>,
     /// Members being stopped on purpose: their exit is not news.
     stopping: Vec<u32>,
+    /// Members taken out of the farm and draining, until they exit (the dashboard shows them).
+    draining: Vec<Member>,
+    /// Who is in the farm, for the dashboard: sent anew with every change.
+    roster: watch::Sender<Roster>,
     /// Tier 3 speaks HTTP/2 to the applications (`--app-protocol h2c`, chapter 17): what gRPC
     /// needs end to end.
     pub apps_h2c: bool,
+}
+
+/// The farm's members as the dashboard sees them.
+#[derive(Clone, Debug, Default)]
+pub struct Roster {
+    pub members: Vec<Member>,
+    pub draining: Vec<Member>,
 }
 
 #[derive(Serialize)]
@@ -200,12 +211,19 @@ impl Farm {
             next: [1; 4],
             exits,
             stopping: Vec::new(),
+            draining: Vec::new(),
+            roster: watch::Sender::new(Roster::default()),
             apps_h2c: false,
         })
     }
 
     pub fn members(&self) -> &[Member] {
         &self.members
+    }
+
+    /// Who is in the farm now and after every change: what the dashboard reads.
+    pub fn roster(&self) -> watch::Receiver<Roster> {
+        self.roster.subscribe()
     }
 
     pub fn count(&self, tier: Tier) -> usize {
@@ -359,9 +377,11 @@ impl Farm {
         }
         let member = self.members.remove(i);
         self.stopping.push(member.pid);
+        self.draining.push(member.clone());
         self.write_json()?;
         if let Err(e) = self.reconfigure_front(tier).await {
             // The front may still send it traffic: keep it running, and in the farm.
+            self.draining.retain(|m| m.pid != member.pid);
             self.members.insert(i, member);
             self.write_json()?;
             return Err(e);
@@ -381,6 +401,8 @@ impl Farm {
     pub fn forget(&mut self, exit: &Exit) -> anyhow::Result<bool> {
         if let Some(i) = self.stopping.iter().position(|&p| p == exit.pid) {
             self.stopping.remove(i);
+            self.draining.retain(|m| m.pid != exit.pid);
+            self.publish();
             return Ok(false);
         }
         let Some(i) = self
@@ -453,12 +475,20 @@ impl Farm {
     /// `farm.json`, rewritten whole (through a temporary file and a rename, so a reader never
     /// sees half of it) whenever the farm changes.
     fn write_json(&self) -> anyhow::Result<()> {
+        self.publish();
         let json = serde_json::to_string_pretty(&FarmJson {
             listen: self.entry(),
             ca: self.dir.join("ca.pem"),
             processes: &self.members,
         })?;
         write(&self.dir.join("farm.json"), &(json + "\n"), false)
+    }
+
+    fn publish(&self) {
+        self.roster.send_replace(Roster {
+            members: self.members.clone(),
+            draining: self.draining.clone(),
+        });
     }
 
     /// The config file of member `number` of `tier`: the deployment, one file per host.
@@ -594,16 +624,7 @@ async fn reload(member: &Member) -> anyhow::Result<()> {
 
 /// `(ok, failed)` reloads from `/metrics` at `admin`.
 async fn reloads(admin: SocketAddr, prefix: &str) -> anyhow::Result<(u64, u64)> {
-    let fetch = async {
-        let tcp = tokio::net::TcpStream::connect(admin).await?;
-        let request = hyper::Request::get("/metrics")
-            .header(hyper::header::HOST, "farm")
-            .body(lb::http::client::body(""))
-            .map_err(std::io::Error::other)?;
-        lb::http::client::fetch(tcp, request, MAX_METRICS).await
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(5), fetch).await??;
-    let text = String::from_utf8_lossy(&answer.body);
+    let text = metrics(admin, Duration::from_secs(5)).await?;
     let value = |result: &str| {
         let key = format!("{prefix}_config_reloads_total{{result=\"{result}\"}} ");
         text.lines()
@@ -616,6 +637,25 @@ async fn reloads(admin: SocketAddr, prefix: &str) -> anyhow::Result<(u64, u64)> 
 
 /// A tier's `/metrics` is a few KiB; more than this is not one of ours.
 const MAX_METRICS: usize = 4 << 20;
+
+/// The `/metrics` of the admin listener at `admin`, within `limit`.
+pub async fn metrics(admin: SocketAddr, limit: Duration) -> anyhow::Result<String> {
+    let fetch = async {
+        let tcp = tokio::net::TcpStream::connect(admin).await?;
+        let request = hyper::Request::get("/metrics")
+            .header(hyper::header::HOST, "farm")
+            .body(lb::http::client::body(""))
+            .map_err(std::io::Error::other)?;
+        lb::http::client::fetch(tcp, request, MAX_METRICS).await
+    };
+    let answer = tokio::time::timeout(limit, fetch)
+        .await
+        .with_context(|| format!("{admin} did not answer within {limit:?}"))??;
+    if !answer.status.is_success() {
+        anyhow::bail!("{admin} answered {} to GET /metrics", answer.status);
+    }
+    Ok(String::from_utf8_lossy(&answer.body).into_owned())
+}
 
 /// SIGTERM, then up to [`STOP_LIMIT`] to drain, then SIGKILL.
 async fn stop(member: &Member) {

@@ -38,6 +38,7 @@
 //! terminal 1:  add offloader     remove app 2     rotate keys     status     stop
 //! ```
 
+mod dashboard;
 mod farm;
 
 use std::io::IsTerminal as _;
@@ -82,6 +83,11 @@ struct Args {
     /// gRPC calls need end to end; chapter 17).
     #[arg(long, value_name = "PROTOCOL", value_parser = ["http1", "h2c"], default_value = "http1")]
     app_protocol: String,
+    /// The farm's page: the tiers as columns, each member's state and load, the CPU a new TLS
+    /// connection costs each tier, the path of one request. Printed at start as the second
+    /// `listening on` line; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    dashboard: SocketAddr,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +118,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("ssl-farm's path has no folder")?
             .to_owned(),
     };
+    // Bound before any child starts: a dashboard address in use is a start-up error that
+    // leaves nothing running.
+    let dashboard = lb::net::listen(args.dashboard)?;
     let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel();
     let mut farm = Farm::new(&args.state_dir, bins, args.listen, args.key_type, exits)?;
     farm.apps_h2c = args.app_protocol == "h2c";
@@ -142,8 +151,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     println!("listening on {}", farm.entry());
+    let page = dashboard::Dashboard::new(farm.roster(), farm.entry(), &farm.dir.join("ca.pem"));
+    let page = match page {
+        Ok(page) => page,
+        Err(e) => {
+            farm.stop_all().await;
+            return Err(e.context("cannot start the dashboard"));
+        }
+    };
+    let page_addr = lb::net::announce(&dashboard)?;
+    tokio::spawn(dashboard::run(dashboard, std::sync::Arc::new(page)));
     print_table(&farm);
-    print_try(&farm);
+    print_try(&farm, page_addr);
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
@@ -276,7 +295,7 @@ fn print_table(farm: &Farm) {
     print!("{out}");
 }
 
-fn print_try(farm: &Farm) {
+fn print_try(farm: &Farm, dashboard: SocketAddr) {
     let ca = farm.dir.join("ca.pem");
     let addr = farm.entry();
     let url = match addr.ip() {
@@ -287,10 +306,12 @@ fn print_try(farm: &Farm) {
         "\nTry (state and logs in {}):\n  \
          curl --cacert {} -c jar -b jar {url}      same app every time, your address in X-Forwarded-For\n  \
          kill -9 <an offload PID>; curl again                 still answered\n  \
-         curl http://<an admin address>/metrics               each tier's numbers\n\
+         curl http://<an admin address>/metrics               each tier's numbers\n  \
+         {page:<53}the farm's page\n\
          Commands here: add offloader|l7|app, remove offloader|l7|app N, rotate keys, status, stop\n",
         farm.dir.display(),
         ca.display(),
+        page = format!("open http://{dashboard}/"),
     );
     if !std::io::stdin().is_terminal() {
         text.push_str(

@@ -27,6 +27,8 @@ impl Browser {
                 "--no-sandbox",
                 "--disable-gpu",
                 "--remote-debugging-port=0",
+                "--window-size=1280,1000",
+                "--hide-scrollbars",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
@@ -86,18 +88,33 @@ impl Browser {
 
     /// The value of the JavaScript `expression` in the page now.
     pub fn evaluate(&mut self, expression: &str) -> serde_json::Value {
+        let params = serde_json::json!({ "expression": expression, "returnByValue": true });
+        self.call("Runtime.evaluate", params)["result"]["value"].clone()
+    }
+
+    /// The page as a person sees it now, as PNG bytes.
+    pub fn screenshot(&mut self) -> Vec<u8> {
+        let shot = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png" }),
+        );
+        let data = shot["data"].as_str().expect("a screenshot");
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap()
+    }
+
+    /// One DevTools command, and its result (events that arrive meanwhile are skipped).
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         self.next_id += 1;
         let id = self.next_id;
-        let call = serde_json::json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": { "expression": expression, "returnByValue": true },
-        });
+        let call = serde_json::json!({ "id": id, "method": method, "params": params });
         self.send(call.to_string().as_bytes());
         loop {
             let message: serde_json::Value = serde_json::from_slice(&self.receive()).unwrap();
             if message["id"] == id {
-                return message["result"]["result"]["value"].clone();
+                assert!(message.get("error").is_none(), "{method}: {message}");
+                return message["result"].clone();
             }
         }
     }
