@@ -340,3 +340,59 @@ fn after_the_token_the_page_shows_registrations_and_their_leases() {
     drop(page);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// http-lb's page: each route (chapter 16) with the requests it took, and what `--compress`
+/// saved, from the metrics that count them.
+#[test]
+#[cfg_attr(
+    chromium_missing,
+    ignore = "needs chromium on the PATH (apt-get install chromium; then touch build.rs)"
+)]
+fn http_lb_s_page_shows_routes_with_their_hits_and_what_compression_saved() {
+    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let dir = temp_dir("status-page-routes");
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             [http]\ncompress = true\n\
+             [[http.route]]\nprefix = \"/api/\"\nbackends = [\"one\"]\n\
+             [[http.route]]\nprefix = \"/old/\"\nredirect = \"https://new.example\"\n\
+             [[backend]]\naddress = \"{}\"\nname = \"one\"\n",
+            dummy.addr()
+        ),
+    )
+    .unwrap();
+    let lb = Proc::start(bin!("http-lb"), &["--config", path_str(&config)], 2);
+    for _ in 0..3 {
+        assert_eq!(get(lb.addr(), "/api/x").status, 200);
+    }
+    let mut s = connect(lb.addr());
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /text/100000 HTTP/1.1\r\nhost: x\r\naccept-encoding: gzip\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    // Compressed as it streams: chunked, read to the end.
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut answer).unwrap();
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(400)]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+
+    let seen = browse(
+        &format!("http://{}/", lb.addrs[1]),
+        &dir.join("profile"),
+        &["--dump-dom"],
+    );
+    let api = row_of(&seen, "/api/");
+    assert!(api.contains("<td>pool</td><td>3</td>"), "{api}");
+    let old = row_of(&seen, "/old/");
+    assert!(old.contains("<td>redirect</td><td>0</td>"), "{old}");
+    let compression = row_of(&seen, "compression");
+    assert!(
+        compression.contains("100000 bytes in") && compression.contains("% saved"),
+        "{compression}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

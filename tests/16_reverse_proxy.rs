@@ -14,7 +14,9 @@ fn start(args: &[&str]) -> (Proc, Proc) {
     let backend = dummy.addr().to_string();
     let mut all = vec!["--listen", "127.0.0.1:0", "--backend", &backend];
     all.extend_from_slice(args);
-    let lb = Proc::start(bin!("http-lb"), &all, 1);
+    // A second `listening on` line for `--admin`.
+    let listeners = 1 + args.contains(&"--admin") as usize;
+    let lb = Proc::start(bin!("http-lb"), &all, listeners);
     (dummy, lb)
 }
 
@@ -141,6 +143,27 @@ fn text_is_compressed_in_the_coding_the_client_prefers() {
     let (_dummy2, off) = start(&[]);
     let reply = get(off.addr(), "/text/300000", &["accept-encoding: gzip"]);
     assert_eq!(reply.header("content-encoding"), None);
+
+    // What it saved, for the status page: six answers' bytes in, five of them compressed.
+    let (_dummy3, counted) = start(&["--compress", "--admin", "127.0.0.1:0"]);
+    for accept in ["gzip", "br"] {
+        let header = format!("accept-encoding: {accept}");
+        get(counted.addr(), "/text/300000", &[&header]);
+    }
+    get(counted.addr(), "/text/300000", &[]);
+    let metrics = common::get(counted.addrs[1], "/metrics").text();
+    let bytes = |d: &str| {
+        common::metric(
+            &metrics,
+            &format!("httplb_compression_bytes_total{{direction=\"{d}\"}}"),
+        )
+    };
+    assert_eq!(bytes("in"), 600_000, "only compressed answers count");
+    assert!(
+        bytes("out") > 0 && bytes("out") < 60_000,
+        "{}",
+        bytes("out")
+    );
 }
 
 /// Never compressed: a range request, a body too small to gain, a type that is compressed
@@ -596,7 +619,16 @@ fn routes_send_each_prefix_where_it_belongs() {
         ),
     )
     .unwrap();
-    let lb = Proc::start(bin!("http-lb"), &["--config", config.to_str().unwrap()], 1);
+    let lb = Proc::start(
+        bin!("http-lb"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
     for _ in 0..6 {
         assert_eq!(get(lb.addr(), "/api/users", &[]).served_by(), "api");
     }
@@ -624,6 +656,16 @@ fn routes_send_each_prefix_where_it_belongs() {
         elsewhere.text().starts_with("server: "),
         "another host goes to the backends"
     );
+    // Each route's hits, for the status page; a request no route takes counts in none.
+    let metrics = common::get(lb.addrs[1], "/metrics").text();
+    for (route, hits) in [
+        ("route=\"/api/\",kind=\"pool\"", 6),
+        ("route=\"/old/\",kind=\"redirect\"", 1),
+        ("route=\"files.example/files/\",kind=\"static\"", 1),
+    ] {
+        let sample = format!("httplb_route_requests_total{{{route}}}");
+        assert_eq!(common::metric(&metrics, &sample), hits, "{sample}");
+    }
 
     let bad = common::temp_dir("routes").join("bad.toml");
     std::fs::write(

@@ -364,7 +364,11 @@ fn settings(http: &HttpArgs, config: &Config, fallback: &[u8]) -> anyhow::Result
                 status: hyper::StatusCode::from_u16(*status)?,
             },
         };
-        routes.push(Routed { route, target });
+        routes.push(Routed {
+            route,
+            target,
+            hits: Default::default(),
+        });
     }
     let cache = match http.cache.or(section.and_then(|s| s.cache)) {
         None | Some(0) => None,

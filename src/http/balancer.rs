@@ -580,7 +580,7 @@ impl HttpServer {
             .map(|(n, b)| (&**n, &b.counters, &*b.pool))
             .collect();
         let cache = up.cache.as_ref().map(|c| c.metrics()).unwrap_or_default();
-        listener + &self.counters.render(&per_backend) + &cache
+        listener + &self.counters.render(&per_backend, &up.settings.routes) + &cache
     }
 
     /// One client connection: admission, then hyper serving its requests, then a lingering
@@ -791,9 +791,12 @@ impl HttpServer {
         let up = self.upstreams();
         // A static folder or a redirect (chapter 16's routes) answers itself: the cache has
         // nothing to do with it, and its answer says nothing of a cache.
-        let answers_itself = up
-            .route_of(req.headers(), req.uri())
-            .is_some_and(|k| !matches!(up.settings.routes[k].target, RoutedTarget::Pool));
+        let route = up.route_of(req.headers(), req.uri());
+        if let Some(k) = route {
+            crate::metrics::inc(&up.settings.routes[k].hits);
+        }
+        let answers_itself =
+            route.is_some_and(|k| !matches!(up.settings.routes[k].target, RoutedTarget::Pool));
         match up.cache.clone() {
             Some(cache) if !answers_itself => self.cached(&up, &cache, req, info).await,
             _ => self.proxied(&up, req.map(Some), info, None).await,
@@ -1135,7 +1138,7 @@ impl HttpServer {
         // Chapter 16: what the backend runs is nobody's business.
         up.hide(&mut head.headers);
         let payload = match compressing {
-            Some(wanted) => wanted.payload(&mut head, body),
+            Some(wanted) => wanted.payload(&mut head, body, &self.counters.compression),
             None => Payload::Upstream(body),
         };
         for (name, value) in up.answer_fields(outcome, i, info.tls) {

@@ -280,14 +280,21 @@ pub struct Compressing {
     encoder: Option<super::compress::Encoder>,
     /// Fed bytes not yet flushed out.
     dirty: bool,
+    /// Bytes in and out, for `httplb_compression_bytes_total`.
+    tally: Arc<super::metrics::Compression>,
 }
 
 impl Compressing {
-    pub fn new(body: Incoming, encoder: super::compress::Encoder) -> Compressing {
+    pub fn new(
+        body: Incoming,
+        encoder: super::compress::Encoder,
+        tally: Arc<super::metrics::Compression>,
+    ) -> Compressing {
         Compressing {
             body,
             encoder: Some(encoder),
             dirty: false,
+            tally,
         }
     }
 
@@ -296,7 +303,11 @@ impl Compressing {
         cx: &mut Context<'_>,
         mut tap: Option<&mut Tap>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let data = |bytes: Bytes| Poll::Ready(Some(Ok(Frame::data(bytes))));
+        let tally = Arc::clone(&self.tally);
+        let data = move |bytes: Bytes| {
+            tally.out(bytes.len());
+            Poll::Ready(Some(Ok(Frame::data(bytes))))
+        };
         let fail = |e: std::io::Error| Poll::Ready(Some(Err(Box::new(e) as BoxError)));
         loop {
             let Some(encoder) = self.encoder.as_mut() else {
@@ -309,6 +320,7 @@ impl Compressing {
                         continue;
                     };
                     self.dirty = true;
+                    self.tally.taken(chunk.len());
                     if let Some(tap) = tap.as_deref_mut() {
                         tap.feed(&chunk);
                     }

@@ -53,6 +53,7 @@ impl Wanted {
         self,
         head: &mut hyper::http::response::Parts,
         body: hyper::body::Incoming,
+        tally: &std::sync::Arc<super::metrics::Compression>,
     ) -> Payload {
         if !applies(head.status, &head.headers, self.range, self.head, self.min) {
             return Payload::Upstream(body);
@@ -61,7 +62,11 @@ impl Wanted {
         match self.coding.map(|coding| (coding, Encoder::new(coding))) {
             Some((coding, Ok(encoder))) => {
                 encode_headers(&mut head.headers, coding);
-                Payload::Compressed(Compressing::new(body, encoder))
+                Payload::Compressed(Compressing::new(
+                    body,
+                    encoder,
+                    std::sync::Arc::clone(tally),
+                ))
             }
             _ => Payload::Upstream(body),
         }

@@ -4,6 +4,7 @@
 //! As in chapter 10, a counter is one relaxed `fetch_add` where the event happens; nothing is
 //! formatted until `/metrics` is scraped.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -62,6 +63,26 @@ pub struct HttpCounters {
     /// Requests served by the balancer's own HTTP/1 path, then by hyper's.
     /// Requests by path and protocol: own HTTP/1, hyper's HTTP/1, hyper's HTTP/2.
     paths: [AtomicU64; 3],
+    /// What `--compress` took in and sent out (chapter 16); shared with every compressing
+    /// body.
+    pub compression: Arc<Compression>,
+}
+
+/// Bytes through `--compress`: the backends' bytes it took in, and what it sent out.
+#[derive(Debug, Default)]
+pub struct Compression {
+    taken: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Compression {
+    pub fn taken(&self, n: usize) {
+        self.taken.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn out(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 impl HttpCounters {
@@ -94,8 +115,35 @@ impl HttpCounters {
     }
 
     /// The Prometheus text of these counters and of each `(name, counters, pool)` backend.
-    pub fn render(&self, backends: &[(&str, &BackendHttpCounters, &Pool)]) -> String {
+    pub fn render(
+        &self,
+        backends: &[(&str, &BackendHttpCounters, &Pool)],
+        routes: &[super::route::Routed],
+    ) -> String {
         let mut e = Exposition::default();
+        let name = "httplb_route_requests_total";
+        e.metric(
+            name,
+            "counter",
+            "Requests each route took (first match wins), since the config that made it was \
+             loaded.",
+        );
+        for r in routes {
+            let label = r.route.label();
+            e.sample(
+                name,
+                &[("route", &label), ("kind", r.route.kind())],
+                get(&r.hits),
+            );
+        }
+        let name = "httplb_compression_bytes_total";
+        e.metric(
+            name,
+            "counter",
+            "Bytes through --compress: taken in from the backends, and sent out compressed.",
+        );
+        e.sample(name, &[("direction", "in")], get(&self.compression.taken));
+        e.sample(name, &[("direction", "out")], get(&self.compression.sent));
         let name = "httplb_affinity_total";
         e.metric(
             name,
@@ -241,7 +289,7 @@ mod tests {
         // Past the last bucket: only `+Inf` and the count hold it.
         c.observe(StatusCode::BAD_GATEWAY, Duration::from_secs(3600));
         let pool = Pool::new(1, Duration::from_secs(1));
-        let text = HttpCounters::default().render(&[("b", &c, &pool)]);
+        let text = HttpCounters::default().render(&[("b", &c, &pool)], &[]);
         let value = |sample: &str| -> u64 {
             let line = text.lines().find(|l| l.starts_with(sample)).unwrap();
             line.rsplit(' ').next().unwrap().parse().unwrap()

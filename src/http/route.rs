@@ -34,6 +34,9 @@ use super::static_files::StaticDir;
 pub struct Routed {
     pub route: Route,
     pub target: RoutedTarget,
+    /// Requests it took since the config that made it was loaded (the status page's "routes
+    /// with their hits"; `httplb_route_requests_total`).
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a route does, its folder opened.
@@ -159,6 +162,23 @@ impl TryFrom<RawRoute> for Route {
 }
 
 impl Route {
+    /// How metrics and the status page name it: `host/prefix`, or the prefix alone.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host}{}", self.prefix),
+            None => self.prefix.clone(),
+        }
+    }
+
+    /// `pool`, `static` or `redirect`.
+    pub fn kind(&self) -> &'static str {
+        match self.target {
+            Target::Backends(_) => "pool",
+            Target::Static(_) => "static",
+            Target::Redirect { .. } => "redirect",
+        }
+    }
+
     /// Whether this route takes a request for `path` on `host` (the `Host` field, port
     /// ignored).
     pub fn matches(&self, host: Option<&str>, path: &str) -> bool {

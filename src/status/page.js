@@ -7,6 +7,7 @@ const POLL_MS = 1000;
 const HISTORY = 60;
 let token = null;
 let previous = null;
+let previousRoutes = new Map();
 const history = new Map();
 
 function $(id) { return document.getElementById(id); }
@@ -115,6 +116,11 @@ function render(samples, elapsed) {
     .filter((s) => s.name === `${p}_client_tls_handshakes_total`)
     .map((s) => `${s.labels.kind} ${s.value}`)
     .join(", ");
+  // Where the backends come from besides the config: registrations (chapter 14), etcd (15).
+  const registrations = (r) => sum(samples, `${p}_registrations_total`, (l) => l.result === r);
+  const etcd = samples.some((s) => s.name === `${p}_etcd_stale`)
+    ? `${sum(samples, `${p}_etcd_backends`)} backends, ${sum(samples, `${p}_etcd_stale`) ? "STALE: serving the last known list" : "current"}; ${sum(samples, `${p}_etcd_skipped_total`)} keys skipped`
+    : "off";
   fill($("listener").tBodies[0], [
     row(["connections open", sum(samples, `${p}_connections_active`)]),
     row(["connections accepted", sum(samples, `${p}_connections_total`)]),
@@ -122,6 +128,8 @@ function render(samples, elapsed) {
     row(["refused", refused || "none"]),
     row(["reloads (ok / refused)", `${sum(samples, `${p}_config_reloads_total`, (l) => l.result === "ok")} / ${sum(samples, `${p}_config_reloads_total`, (l) => l.result !== "ok")}`]),
     row(["TLS handshakes", handshakes || "no TLS listener"]),
+    row(["registered servers (created / renewed / expired / deleted)", `${sum(samples, `${p}_registered_backends`)} (${registrations("created")} / ${registrations("renewed")} / ${registrations("expired")} / ${registrations("deleted")})`]),
+    row(["etcd discovery", etcd], etcd.includes("STALE") ? "down" : ""),
   ]);
 
   const up = perBackend(samples, `${p}_backend_up`);
@@ -178,12 +186,29 @@ function render(samples, elapsed) {
     const affinity = (o) => sum(samples, "httplb_affinity_total", (l) => l.outcome === o);
     const bytes = sum(samples, "httplb_cache_bytes");
     const bound = sum(samples, "httplb_cache_max_bytes");
+    const taken = sum(samples, "httplb_compression_bytes_total", (l) => l.direction === "in");
+    const sent = sum(samples, "httplb_compression_bytes_total", (l) => l.direction === "out");
+    const compression = taken
+      ? `${taken} bytes in, ${sent} out: ${Math.round(100 - (100 * sent) / taken)} % saved`
+      : "nothing compressed (off, or nothing asked for it yet)";
     fill($("httpstats").tBodies[0], [
       row(["requests (HTTP/1 / HTTP/2)", `${sum(samples, "httplb_requests_total", (l) => l.protocol === "http1")} / ${sum(samples, "httplb_requests_total", (l) => l.protocol === "h2")}`]),
       row(["affinity (hit / miss / redispatch)", `${affinity("hit")} / ${affinity("miss")} / ${affinity("redispatch")}`]),
       row(["cache hit ratio", ratio]),
       row(["cache bytes held / bound", bound ? `${bytes} / ${bound}` : "no cache"]),
+      row(["compression", compression]),
     ]);
+    const routes = samples.filter((s) => s.name === "httplb_route_requests_total");
+    $("routing").hidden = routes.length === 0;
+    const now = new Map();
+    fill($("routes").tBodies[0], routes.map((s) => {
+      const key = `${s.labels.route} ${s.labels.kind}`;
+      now.set(key, s.value);
+      const before = previousRoutes.get(key);
+      const rate = before === undefined || !elapsed ? 0 : Math.max(0, (s.value - before) / elapsed);
+      return row([s.labels.route, s.labels.kind, s.value, rate.toFixed(1)]);
+    }));
+    previousRoutes = now;
   }
 }
 
