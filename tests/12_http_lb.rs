@@ -466,6 +466,21 @@ fn timeouts_hold_for_every_request_of_a_kept_alive_connection() {
     lb.wait_stderr("status=408", 1);
 }
 
+/// A client that connects and says nothing is not held forever: the listener's
+/// `TCP_DEFER_ACCEPT` hands it over after about a second, and the header timeout closes it
+/// as before, with no answer (an idle client is owed none, RFC 9112 §9.5), while a client
+/// that speaks meanwhile is served at once.
+#[test]
+fn a_silent_client_is_still_closed_by_the_header_timeout() {
+    let (_dummies, backends) = dummies(1);
+    let mut args = strs(&backends);
+    args.extend(["--header-timeout", "0.5"]);
+    let lb = start(&args);
+    let mut silent = connect(lb.addr());
+    assert_eq!(get_with(lb.addr(), None).status, 200);
+    assert!(closed_without_data(&mut silent));
+}
+
 /// Bodies stream byte-exact both ways, far above any buffer size.
 #[test]
 fn large_bodies_stream_byte_exact_both_ways() {

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""The system-call budget of each layer-4 proxy (issue 19, chapter 11): which calls, and how
-many, `tcp-lb`, HAProxy and nginx make per keep-alive request and per new connection.
+"""The system-call budget of each proxy (issue 19, chapter 11; issue 31): which calls, and how
+many, `tcp-lb`, HAProxy and nginx make per keep-alive request and per new connection; with
+`--http`, `http-lb` beside HAProxy `mode http` and nginx `proxy_pass` (the configs of http.py:
+pooled backend connections, X-Forwarded-For, an affinity cookie for HAProxy and http-lb).
 
 Started by benches/compare/run.sh --syscalls (installs the peers, builds tcp-lb). Each proxy
 has one worker on CPU 1, in front of the same two dummy-server backends; wrk on CPU 0 sends
@@ -20,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (Procs, family, free_port, haproxy_config, log,  # noqa: E402
                      nginx_config, wait_port)
+import http as http_configs  # noqa: E402  (benches/compare/http.py, not the standard library's)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
@@ -66,7 +69,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=int, default=4)
+    p.add_argument("--http", action="store_true", help="layer 7: http-lb, HAProxy mode http, "
+                   "nginx proxy_pass")
     args = p.parse_args()
+    ours = "http-lb" if args.http else "tcp-lb"
+    targets = ["haproxy", "nginx", ours]
     procs = Procs()
     tables = {}
     with tempfile.TemporaryDirectory(prefix="syscalls-") as work:
@@ -78,23 +85,26 @@ def main():
             d = procs.start(dummy, cpu=0, env={"RUST_LOG": "warn"})
             for b in backends:
                 wait_port(b, d, "dummy-server")
-            for target in ["haproxy", "nginx", "tcp-lb"]:
+            for target in targets:
                 port = free_port()
                 if target == "haproxy":
                     cfg = os.path.join(work, "haproxy.cfg")
                     with open(cfg, "w") as f:
-                        f.write(haproxy_config(port, backends, "roundrobin", 1, None))
+                        f.write(http_configs.haproxy_config(port, backends, 1) if args.http
+                                else haproxy_config(port, backends, "roundrobin", 1, None))
                     proc = procs.start(["haproxy", "-f", cfg, "-db"], cpu=1)
                 elif target == "nginx":
                     prefix = os.path.join(work, "nginx")
                     os.makedirs(prefix)
                     cfg = os.path.join(work, "nginx.conf")
                     with open(cfg, "w") as f:
-                        f.write(nginx_config(port, backends, "roundrobin", 1, None, None, prefix))
+                        f.write(http_configs.nginx_config(port, backends, 1, prefix) if args.http
+                                else nginx_config(port, backends, "roundrobin", 1, None, None,
+                                                  prefix))
                     proc = procs.start(["nginx", "-c", cfg, "-p", prefix, "-e",
                                         os.path.join(prefix, "error.log")], cpu=1)
                 else:
-                    cmd = [os.path.join(CARGO_TARGET, "release", "tcp-lb"), "--listen",
+                    cmd = [os.path.join(CARGO_TARGET, "release", ours), "--listen",
                            f"127.0.0.1:{port}", "--workers", "1", "--health-interval", "0"]
                     for b in backends:
                         cmd += ["--backend", f"127.0.0.1:{b}"]
@@ -114,18 +124,18 @@ def main():
         print(f"\n### System calls per {'new connection' if close else 'keep-alive request'}\n")
         names = sorted({c for (t, cl), (calls, _) in tables.items() if cl == close for c in calls},
                        key=lambda c: -max(tables[(t, close)][0][c] / tables[(t, close)][1]
-                                           for t in ["haproxy", "nginx", "tcp-lb"]))
-        print("| call | HAProxy | nginx | tcp-lb |")
+                                           for t in targets))
+        print(f"| call | HAProxy | nginx | {ours} |")
         print("|---|---|---|---|")
         for name in names:
             cells = []
-            for t in ["haproxy", "nginx", "tcp-lb"]:
+            for t in targets:
                 calls, n = tables[(t, close)]
                 cells.append(f"{calls[name] / n:.2f}" if calls[name] else "–")
             if any(c != "–" and float(c) >= 0.01 for c in cells):
                 print(f"| `{name}` | " + " | ".join(cells) + " |")
         totals = [sum(tables[(t, close)][0].values()) / tables[(t, close)][1]
-                  for t in ["haproxy", "nginx", "tcp-lb"]]
+                  for t in targets]
         print("| **all** | " + " | ".join(f"**{x:.2f}**" for x in totals) + " |")
 
 

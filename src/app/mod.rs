@@ -106,6 +106,10 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
 pub(crate) trait Serving: Send + Sync + 'static {
     /// The server this layer runs; the admin listener reports on it.
     type Server: admin::Status;
+    /// Every client of this layer sends before it expects anything (an HTTP request, a TLS
+    /// ClientHello, a PROXY header), so the kernel may hold a connection back until its first
+    /// bytes are in (`net::defer_accept`). Not so at layer 4: a server may speak first.
+    const CLIENT_SPEAKS_FIRST: bool = false;
     /// One configuration, planned: the balancer, and whatever else the server takes.
     type Plan: Send + 'static;
     /// Plans from the flags and `config`: at start, on SIGHUP, and when the backends change.
@@ -173,6 +177,12 @@ pub(crate) async fn serve<L: Serving>(layer: L, setup: Setup) -> anyhow::Result<
     // Bound before the built-in backends start: a port in use fails the start on its own.
     let listen = setup.listen(&config)?;
     let listener = net::listen(listen)?;
+    if L::CLIENT_SPEAKS_FIRST
+        && let Err(e) = net::defer_accept(&listener)
+    {
+        // A kernel without it serves as well, at the cost of the wake-ups it saves.
+        tracing::warn!("cannot set TCP_DEFER_ACCEPT on {listen}: {e}");
+    }
     let admin = setup.admin(&config);
     let admin_listener = admin.map(net::listen).transpose()?;
     let etcd = start_etcd(&setup, &config).await?;
