@@ -106,10 +106,6 @@ pub async fn run(step: Step, common: Common, strategy: Option<StrategyKind>) -> 
 pub(crate) trait Serving: Send + Sync + 'static {
     /// The server this layer runs; the admin listener reports on it.
     type Server: admin::Status;
-    /// Every client of this layer sends before it expects anything (an HTTP request, a TLS
-    /// ClientHello, a PROXY header), so the kernel may hold a connection back until its first
-    /// bytes are in (`net::defer_accept`). Not so at layer 4: a server may speak first.
-    const CLIENT_SPEAKS_FIRST: bool = false;
     /// One configuration, planned: the balancer, and whatever else the server takes.
     type Plan: Send + 'static;
     /// Plans from the flags and `config`: at start, on SIGHUP, and when the backends change.
@@ -177,7 +173,7 @@ pub(crate) async fn serve<L: Serving>(layer: L, setup: Setup) -> anyhow::Result<
     // Bound before the built-in backends start: a port in use fails the start on its own.
     let listen = setup.listen(&config)?;
     let listener = net::listen(listen)?;
-    if L::CLIENT_SPEAKS_FIRST
+    if setup.client_speaks_first()
         && let Err(e) = net::defer_accept(&listener)
     {
         // A kernel without it serves as well, at the cost of the wake-ups it saves.

@@ -166,6 +166,15 @@ impl Setup {
         })
     }
 
+    /// Whether the kernel should hold a client back until its first bytes are in
+    /// (`net::defer_accept`): for `http-lb`, whose clients all speak first (a request, a TLS
+    /// ClientHello, a PROXY header) and whose first act is to read. Not for `tcp-lb`: a server
+    /// may speak first (SMTP, MySQL), and where it cannot (a TLS listener) it was measured to
+    /// save nothing, since `tcp-lb` dials the backend at once anyway (README, chapter 11).
+    pub(crate) fn client_speaks_first(&self) -> bool {
+        self.layer == Layer::Http
+    }
+
     pub(crate) fn admin(&self, config: &Config) -> Option<SocketAddr> {
         let flags = self.step.production.as_ref()?;
         flags.admin.or(config.admin)

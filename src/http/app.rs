@@ -185,7 +185,6 @@ struct Http {
 }
 
 impl app::Serving for Http {
-    const CLIENT_SPEAKS_FIRST: bool = true;
     type Server = HttpServer;
     /// Chapter 10's balancer, and the HTTP settings.
     type Plan = (Settings, app::Plan);
