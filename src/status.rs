@@ -18,13 +18,19 @@
 
 use hyper::header::HeaderValue;
 
+/// What both pages' scripts share (`$`, `el`), loaded before each page's own.
+const COMMON_JS: (&str, &str) = (
+    "text/javascript; charset=utf-8",
+    include_str!("status/common.js"),
+);
+
 /// One file of the page: its path, content type, and bytes.
 pub struct Asset {
     pub content_type: &'static str,
     pub body: &'static str,
 }
 
-/// The page's files by path: `/`, `/status.js`, `/status.css`.
+/// The page's files by path: `/`, `/common.js`, `/status.js`, `/status.css`.
 pub fn asset(path: &str) -> Option<Asset> {
     let (content_type, body) = match path {
         "/" => ("text/html; charset=utf-8", include_str!("status/page.html")),
@@ -33,13 +39,15 @@ pub fn asset(path: &str) -> Option<Asset> {
             include_str!("status/page.js"),
         ),
         "/status.css" => ("text/css; charset=utf-8", include_str!("status/page.css")),
+        "/common.js" => COMMON_JS,
         _ => return None,
     };
     Some(Asset { content_type, body })
 }
 
 /// The files of `ssl-farm`'s page (chapter 13, `--dashboard`): `/`, `/farm.js`, and the
-/// same stylesheet. Its data is the farm's own `GET /farm.json`, which it polls every second.
+/// same `/common.js` and stylesheet. Its data is the farm's own `GET /farm.json`, which it
+/// polls every second.
 pub fn farm_asset(path: &str) -> Option<Asset> {
     let (content_type, body) = match path {
         "/" => ("text/html; charset=utf-8", include_str!("status/farm.html")),
@@ -48,6 +56,7 @@ pub fn farm_asset(path: &str) -> Option<Asset> {
             include_str!("status/farm.js"),
         ),
         "/status.css" => ("text/css; charset=utf-8", include_str!("status/page.css")),
+        "/common.js" => COMMON_JS,
         _ => return None,
     };
     Some(Asset { content_type, body })

@@ -10,14 +10,7 @@ const WINDOW_S = 5;
 const views = [];
 let traced = new Set();
 
-function $(id) { return document.getElementById(id); }
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = String(text);
-  if (cls) e.className = cls;
-  return e;
-}
+// `$` and `el` are in common.js.
 
 function members(view) {
   return view.tiers.flatMap((t) => t.members.map((m) => ({ ...m, tier: t.tier })));

@@ -10,14 +10,7 @@ let previous = null;
 let previousRoutes = new Map();
 const history = new Map();
 
-function $(id) { return document.getElementById(id); }
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = String(text);
-  if (cls) e.className = cls;
-  return e;
-}
+// `$` and `el` are in common.js.
 
 // Prometheus' text format: `name{label="value",...} number`, comments skipped.
 function parse(text) {
