@@ -48,8 +48,187 @@ where
 /// boxed while a plain one is not.
 pub enum Conn {
     Plain(TcpStream),
+    /// Plain TCP from a client that `http-lb` accepted, not registered with the runtime until
+    /// it must wait (see [`Fresh`]).
+    Fresh(Fresh),
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A client's socket that is registered with the runtime's epoll only once a read or a write
+/// would block (issue 31). Registering costs an `epoll_ctl` at the start, and tokio
+/// deregisters with a second one before closing; `http-lb`'s clients arrive with their
+/// request already in the socket (`net::defer_accept`), so a client that sends one request and
+/// closes (`Connection: close`) is read, answered and closed without ever waiting: neither
+/// call is needed. A kept-alive client waits for its next request, and is registered then.
+#[derive(Debug)]
+pub struct Fresh(FreshState);
+
+#[derive(Debug)]
+enum FreshState {
+    /// Non-blocking, read and written with plain system calls.
+    Raw(std::net::TcpStream),
+    Registered(TcpStream),
+    /// Its registration failed, and the socket was closed with it.
+    Lost,
+}
+
+/// What a raw read zeroes first: tokio's buffers may be uninitialised, and a request's head
+/// fits in far less than a whole buffer (a longer one is read on the next call).
+const FRESH_READ: usize = 4096;
+
+impl Fresh {
+    /// `raw` must be in non-blocking mode.
+    pub fn new(raw: std::net::TcpStream) -> Fresh {
+        Fresh(FreshState::Raw(raw))
+    }
+
+    /// The runtime's stream, registering it now if it was not.
+    pub fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        if matches!(self.0, FreshState::Raw(_)) {
+            self.0 = match std::mem::replace(&mut self.0, FreshState::Lost) {
+                FreshState::Raw(raw) => FreshState::Registered(TcpStream::from_std(raw)?),
+                other => other,
+            };
+        }
+        match &mut self.0 {
+            FreshState::Registered(tcp) => Ok(tcp),
+            _ => Err(io::Error::other("the socket's registration failed")),
+        }
+    }
+
+    /// The runtime's stream, for what needs one (a TLS handshake, the PROXY header's peek).
+    pub fn into_registered(mut self) -> io::Result<TcpStream> {
+        self.registered()?;
+        match self.0 {
+            FreshState::Registered(tcp) => Ok(tcp),
+            _ => Err(io::Error::other("the socket's registration failed")),
+        }
+    }
+
+    /// Whether it had to wait, and so was registered with the runtime.
+    pub fn is_registered(&self) -> bool {
+        matches!(self.0, FreshState::Registered(_))
+    }
+
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match &self.0 {
+            FreshState::Raw(raw) => raw.local_addr(),
+            FreshState::Registered(tcp) => tcp.local_addr(),
+            FreshState::Lost => Err(io::Error::other("the socket's registration failed")),
+        }
+    }
+
+    /// Waits until it may be read: at once while it is raw (the read says whether there was
+    /// something), else as tokio's `readable`.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match &self.0 {
+            FreshState::Raw(_) => Ok(()),
+            _ => self.registered()?.readable().await,
+        }
+    }
+
+    /// A read that never waits: `WouldBlock` when nothing is there.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            FreshState::Raw(raw) => io::Read::read(raw, buf),
+            FreshState::Registered(tcp) => tcp.try_read(buf),
+            FreshState::Lost => Err(io::Error::other("the socket's registration failed")),
+        }
+    }
+
+    /// `f` on the raw socket while it is raw: `None` when it would block (the caller then
+    /// registers it and polls the runtime's stream), or when it is registered already.
+    fn raw<T>(
+        &mut self,
+        mut f: impl FnMut(&mut std::net::TcpStream) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        let FreshState::Raw(raw) = &mut self.0 else {
+            return None;
+        };
+        loop {
+            match f(raw) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                done => return Some(done),
+            }
+        }
+    }
+}
+
+impl AsyncRead for Fresh {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let want = buf.remaining().min(FRESH_READ);
+        let read = this.raw(|raw| io::Read::read(raw, buf.initialize_unfilled_to(want)));
+        match read {
+            Some(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Some(Err(e)) => Poll::Ready(Err(e)),
+            None => match this.registered() {
+                Ok(tcp) => Pin::new(tcp).poll_read(cx, buf),
+                Err(e) => Poll::Ready(Err(e)),
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Fresh {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(done) = this.raw(|raw| io::Write::write(raw, buf)) {
+            return Poll::Ready(done);
+        }
+        match this.registered() {
+            Ok(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(done) = this.raw(|raw| io::Write::write_vectored(raw, bufs)) {
+            return Poll::Ready(done);
+        }
+        match this.registered() {
+            Ok(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Neither a raw socket nor tokio's buffers anything.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(done) = this.raw(|raw| raw.shutdown(std::net::Shutdown::Write)) {
+            return Poll::Ready(done);
+        }
+        match this.registered() {
+            Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 /// A TLS peer that closes its TCP connection without sending `close_notify` makes rustls report
@@ -74,6 +253,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Fresh(s) => Pin::new(s).poll_read(cx, buf),
             Conn::TlsServer(s) => lenient_eof(Pin::new(s).poll_read(cx, buf)),
             Conn::TlsClient(s) => lenient_eof(Pin::new(s).poll_read(cx, buf)),
         }
@@ -88,6 +268,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Fresh(s) => Pin::new(s).poll_write(cx, buf),
             Conn::TlsServer(s) => Pin::new(s).poll_write(cx, buf),
             Conn::TlsClient(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -100,6 +281,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Fresh(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Conn::TlsServer(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Conn::TlsClient(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
@@ -108,6 +290,7 @@ impl AsyncWrite for Conn {
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Fresh(s) => s.is_write_vectored(),
             Conn::TlsServer(s) => s.is_write_vectored(),
             Conn::TlsClient(s) => s.is_write_vectored(),
         }
@@ -116,6 +299,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Fresh(s) => Pin::new(s).poll_flush(cx),
             Conn::TlsServer(s) => Pin::new(s).poll_flush(cx),
             Conn::TlsClient(s) => Pin::new(s).poll_flush(cx),
         }
@@ -126,6 +310,7 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Fresh(s) => Pin::new(s).poll_shutdown(cx),
             Conn::TlsServer(s) => Pin::new(s).poll_shutdown(cx),
             Conn::TlsClient(s) => Pin::new(s).poll_shutdown(cx),
         }

@@ -17,6 +17,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::conn::Fresh;
+
 /// Connections the kernel may queue for us before we call `accept`. The kernel caps it at
 /// `net.core.somaxconn` (4096 on current Linux): a burst of thousands of clients arriving
 /// at once (chapter 10's reliability suite has 2,000) is queued instead of dropped.
@@ -95,17 +97,11 @@ pub fn announce(listener: &TcpListener) -> io::Result<SocketAddr> {
 /// it while it sat in the backlog): skip it. Others concern the whole process, typically running
 /// out of file descriptors (`EMFILE`): retrying at once would spin a core at 100% while nothing
 /// can change, so we back off, doubling from 10 ms up to 1 s, and log each failure once per try.
-pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+pub async fn accept<L: Accept>(listener: &L) -> (L::Stream, SocketAddr) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                #[cfg(not(target_os = "linux"))]
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
-                }
-                return (stream, peer);
-            }
+        match listener.accept_one().await {
+            Ok((stream, peer)) => return (stream, peer),
             Err(e) if is_per_connection(&e) => {
                 tracing::debug!("accept: a client went away before we took it: {e}");
             }
@@ -113,6 +109,70 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
                 tracing::error!("accept failed, retrying in {backoff:?}: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// A listener [`accept`] takes clients from.
+pub trait Accept: Send + Sync {
+    type Stream: Send + 'static;
+    fn accept_one(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.accept().await?;
+        #[cfg(not(target_os = "linux"))]
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
+        Ok((stream, peer))
+    }
+}
+
+/// A listener whose clients are accepted without being registered with the runtime: each
+/// comes as a [`Fresh`] socket, registered only if it ever has to wait (`http-lb`, issue 31).
+/// The listener itself is registered, once, to wait for clients.
+pub struct Unregistered(tokio::io::unix::AsyncFd<std::net::TcpListener>);
+
+impl Unregistered {
+    pub fn new(listener: TcpListener) -> io::Result<Unregistered> {
+        let listener = listener.into_std()?;
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: a `std::net::TcpListener` owns its descriptor, keeps it open until it is
+        // dropped (with the `AsyncFd` that owns it), and always returns the same one; nothing
+        // here replaces it.
+        let registered =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(listener, interest) };
+        Ok(Unregistered(registered.map_err(io::Error::from)?))
+    }
+}
+
+impl Accept for Unregistered {
+    type Stream = Fresh;
+    async fn accept_one(&self) -> io::Result<(Fresh, SocketAddr)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            // `accept4` with `SOCK_NONBLOCK`: one call, where std's accept and a
+            // `set_nonblocking` would be two.
+            let accepted = ready.try_io(|listener| {
+                let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+                let (fd, addr) = rustix::net::acceptfrom_with(listener.get_ref(), flags)?;
+                let peer = addr
+                    .and_then(|addr| SocketAddr::try_from(addr).ok())
+                    .ok_or_else(|| io::Error::other("a client without an IP address"))?;
+                let stream = std::net::TcpStream::from(fd);
+                #[cfg(not(target_os = "linux"))]
+                stream.set_nodelay(true)?;
+                Ok((Fresh::new(stream), peer))
+            });
+            // `Err`: it would block; the readiness is cleared, wait again.
+            if let Ok(result) = accepted {
+                return result;
             }
         }
     }
@@ -238,6 +298,43 @@ mod tests {
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = accept(&listener).await;
         assert!(accepted.nodelay().unwrap());
+    }
+
+    /// A client accepted from an [`Unregistered`] listener is read and written with plain
+    /// system calls while it never has to wait, and registered with the runtime on the first
+    /// read that would block, which then waits as any tokio read does.
+    #[tokio::test]
+    async fn a_fresh_client_is_registered_only_once_it_must_wait() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = Unregistered::new(listener).unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"hello").await.unwrap();
+        let (mut fresh, peer) = accept(&listener).await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        let mut buf = [0u8; 64];
+        assert_eq!(fresh.read(&mut buf).await.unwrap(), 5);
+        fresh.write_all(b"back").await.unwrap();
+        assert!(!fresh.is_registered(), "nothing had to wait");
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+
+        // Nothing more to read: the next read registers it, and waits for the bytes.
+        let reading = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let n = fresh.read(&mut buf).await.unwrap();
+            (fresh, buf[..n].to_vec())
+        });
+        tokio::task::yield_now().await;
+        client.write_all(b"later").await.unwrap();
+        let (mut fresh, got) = reading.await.unwrap();
+        assert_eq!(got, b"later");
+        assert!(fresh.is_registered());
+        // And the end of the stream, through the runtime now.
+        drop(client);
+        assert_eq!(fresh.read(&mut buf).await.unwrap(), 0);
     }
 
     /// `defer_accept` sets the option the kernel reads back (it keeps it as SYN-ACK

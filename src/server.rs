@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::Backend;
 use crate::balancer::{AbortOnDrop, ActiveGuard, Balancer};
-use crate::conn::Conn;
+use crate::conn::{Conn, Fresh};
 use crate::limits::{ClientSlot, Entry, Gate, Refusal, Slot};
 use crate::metrics::{self, Counters, Exposition, get};
 use crate::proxy_protocol::Origin;
@@ -126,11 +126,11 @@ impl Server {
     /// client's slot at once ([`Server::enter`]) and hands the admitted ones to `serve`, which
     /// spawns their task (`tcp-lb` relays bytes, `http-lb` reads requests). Health checks and
     /// the memory trimmer run for as long as it does.
-    pub(crate) async fn accept_loop(
+    pub(crate) async fn accept_loop<L: net::Accept>(
         self: &Arc<Self>,
-        listener: TcpListener,
+        listener: L,
         shutdown: impl Future<Output = ()>,
-        mut serve: impl FnMut(TcpStream, SocketAddr, Arc<Balancer>, Entry),
+        mut serve: impl FnMut(L::Stream, SocketAddr, Arc<Balancer>, Entry),
     ) {
         let _serving = self.begin_serving();
         tokio::pin!(shutdown);
@@ -363,7 +363,7 @@ impl Server {
     /// their own work: relay bytes (here) or read requests (`http-lb`, chapter 12).
     pub(crate) async fn admit(
         &self,
-        mut stream: TcpStream,
+        mut stream: impl Admissible,
         peer: SocketAddr,
         balancer: &Balancer,
         entry: Entry,
@@ -377,7 +377,10 @@ impl Server {
         };
 
         let (client, proxied) = if balancer.accept_proxy {
-            let header = proxy_protocol::read_header(&mut stream);
+            let Ok(tcp) = stream.registered() else {
+                return Err(Outcome::early(peer, UNREGISTERED));
+            };
+            let header = proxy_protocol::read_header(tcp);
             let read = match tokio::time::timeout(balancer.handshake_timeout, header).await {
                 Ok(Ok(Some(origin))) => Ok((origin.client, Some(origin))),
                 Ok(Ok(None)) => Ok((peer, None)),
@@ -414,28 +417,33 @@ impl Server {
         };
 
         let conn = match &balancer.acceptor {
-            None => Conn::Plain(stream),
-            Some(acceptor) => match tls::accept(acceptor, stream, balancer.handshake_timeout).await
-            {
-                Ok(tls) => {
-                    self.counters.tls_handshake(&tls);
-                    Conn::TlsServer(Box::new(tls))
+            None => stream.plain(),
+            Some(acceptor) => {
+                let Ok(tcp) = stream.into_registered() else {
+                    return Err(Outcome::early(peer, UNREGISTERED));
+                };
+                match tls::accept(acceptor, tcp, balancer.handshake_timeout).await {
+                    Ok(tls) => {
+                        self.counters.tls_handshake(&tls);
+                        Conn::TlsServer(Box::new(tls))
+                    }
+                    // The proxy in front said LOCAL ("my own connection") and closed before a
+                    // TLS byte: its health probe, every second or so. Not a client, not a
+                    // failure.
+                    Err(e)
+                        if balancer.accept_proxy
+                            && proxied.is_none()
+                            && e.kind() == io::ErrorKind::UnexpectedEof =>
+                    {
+                        return Err(Outcome::early(client, PROBE));
+                    }
+                    Err(e) => {
+                        metrics::inc(&self.counters.tls_handshake_failures);
+                        tracing::warn!(%client, "TLS handshake with client failed: {e}");
+                        return Err(Outcome::early(client, "tls-handshake-failed"));
+                    }
                 }
-                // The proxy in front said LOCAL ("my own connection") and closed before a TLS
-                // byte: its health probe, every second or so. Not a client, not a failure.
-                Err(e)
-                    if balancer.accept_proxy
-                        && proxied.is_none()
-                        && e.kind() == io::ErrorKind::UnexpectedEof =>
-                {
-                    return Err(Outcome::early(client, PROBE));
-                }
-                Err(e) => {
-                    metrics::inc(&self.counters.tls_handshake_failures);
-                    tracing::warn!(%client, "TLS handshake with client failed: {e}");
-                    return Err(Outcome::early(client, "tls-handshake-failed"));
-                }
-            },
+            }
         };
         // TLS to us, or to a proxy in front that said so (chapter 13's offloaders): either way
         // the user's browser spoke HTTPS.
@@ -660,6 +668,56 @@ pub(crate) struct Serving<'a> {
     server: &'a Server,
     _trimmer: AbortOnDrop,
 }
+
+/// What a client's socket is before admission: the runtime's stream (`tcp-lb`), or a socket
+/// not yet registered with it (`http-lb`, [`Fresh`]) that the PROXY header's peek and a TLS
+/// handshake register, and plain HTTP keeps as it is.
+pub(crate) trait Admissible: Send {
+    fn registered(&mut self) -> io::Result<&mut TcpStream>;
+    fn into_registered(self) -> io::Result<TcpStream>;
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    fn plain(self) -> Conn;
+}
+
+impl Admissible for TcpStream {
+    fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        Ok(self)
+    }
+
+    fn into_registered(self) -> io::Result<TcpStream> {
+        Ok(self)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+
+    fn plain(self) -> Conn {
+        Conn::Plain(self)
+    }
+}
+
+impl Admissible for Fresh {
+    fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        Fresh::registered(self)
+    }
+
+    fn into_registered(self) -> io::Result<TcpStream> {
+        Fresh::into_registered(self)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Fresh::local_addr(self)
+    }
+
+    fn plain(self) -> Conn {
+        Conn::Fresh(self)
+    }
+}
+
+/// The outcome of a client whose socket the runtime could not take (out of memory, or of
+/// epoll's limit): closed before anything was read.
+const UNREGISTERED: &str = "cannot-register";
 
 impl Drop for Serving<'_> {
     fn drop(&mut self) {

@@ -42,7 +42,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use super::affinity::{Affinity, CookieSettings, Found};
@@ -60,7 +60,7 @@ use super::metrics::{AffinityOutcome, BackendHttpCounters, HttpCounters};
 use super::pool::{self, Pool, Sender};
 use super::route::{Routed, RoutedTarget, Taken};
 use crate::balancer::Balancer;
-use crate::conn::Conn;
+use crate::conn::{Conn, Fresh};
 use crate::limits::Entry;
 use crate::net;
 use crate::relay;
@@ -548,6 +548,15 @@ impl HttpServer {
 
     /// Serves `listener` until `shutdown` resolves; see [`HttpServer::drain`] for what follows.
     pub async fn run(self: &Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        // Clients come unregistered (`conn::Fresh`): with `net::defer_accept`, most are read,
+        // answered and closed without waiting, and need no epoll registration at all.
+        let listener = match net::Unregistered::new(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("cannot take over the listener: {e}");
+                return;
+            }
+        };
         self.server
             .accept_loop(listener, shutdown, |stream, peer, balancer, entry| {
                 tokio::spawn(Arc::clone(self).connection(stream, peer, balancer, entry));
@@ -587,7 +596,7 @@ impl HttpServer {
     /// close.
     async fn connection(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: Fresh,
         peer: SocketAddr,
         balancer: Arc<Balancer>,
         entry: Entry,
@@ -626,7 +635,7 @@ impl HttpServer {
         // Chapter 17: HTTP/2 in clear text, by prior knowledge, where `--h2c` allows.
         let settings = &self.upstreams().settings;
         if settings.h2.h2c
-            && matches!(conn, Conn::Plain(_))
+            && matches!(conn, Conn::Plain(_) | Conn::Fresh(_))
             && h2::starts_with_preface(&mut conn, &mut prefix, settings.header_timeout).await
         {
             return Box::pin(Arc::clone(&self).serve_h2(conn, prefix, info)).await;
@@ -1415,10 +1424,15 @@ fn fit(req: &mut Request<Upload>, protocol: crate::backend::Protocol, tls: bool,
 /// it only when unread bytes may be left: after an error, over TLS (the client's
 /// close_notify), when a request body was not read to its end (a 413: the rest may still be on
 /// its way), or when the socket still holds something. A clean plain-TCP end closes at once.
-async fn close_client(stream: Conn, clean: bool) {
-    if clean && let Conn::Plain(tcp) = &stream {
+async fn close_client(mut stream: Conn, clean: bool) {
+    if clean {
         let mut probe = [0u8; 512];
-        match tcp.try_read(&mut probe) {
+        let probed = match &mut stream {
+            Conn::Plain(tcp) => tcp.try_read(&mut probe),
+            Conn::Fresh(fresh) => fresh.try_read(&mut probe),
+            _ => Ok(1),
+        };
+        match probed {
             Ok(0) => return,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             _ => {}

@@ -176,6 +176,8 @@ impl Sender {
 fn quiet(conn: &Conn) -> bool {
     let tcp = match conn {
         Conn::Plain(tcp) => tcp,
+        // Never a backend's: only clients come fresh. Not quiet: not reused.
+        Conn::Fresh(_) => return false,
         Conn::TlsClient(tls) => tls.get_ref().0,
         Conn::TlsServer(tls) => tls.get_ref().0,
     };

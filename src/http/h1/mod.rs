@@ -670,8 +670,10 @@ impl HttpServer {
 /// to read on a plain connection (a TLS stream buffers inside rustls anyway).
 async fn read_some(conn: &mut Conn, buf: &mut Vec<u8>) -> io::Result<usize> {
     if buf.capacity() == 0 {
-        if let Conn::Plain(tcp) = conn {
-            tcp.readable().await?;
+        match conn {
+            Conn::Plain(tcp) => tcp.readable().await?,
+            Conn::Fresh(fresh) => fresh.readable().await?,
+            _ => {}
         }
         *buf = spare::buffer();
     }
