@@ -154,6 +154,22 @@ impl Fresh {
             }
         }
     }
+
+    /// One operation: `raw` on the raw socket while it does not block, else `registered` on
+    /// the runtime's stream (registering it first if need be).
+    fn poll_io<T>(
+        &mut self,
+        raw: impl FnMut(&mut std::net::TcpStream) -> io::Result<T>,
+        registered: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(done) = self.raw(raw) {
+            return Poll::Ready(done);
+        }
+        match self.registered() {
+            Ok(tcp) => registered(Pin::new(tcp)),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 impl AsyncRead for Fresh {
@@ -162,10 +178,10 @@ impl AsyncRead for Fresh {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Not `poll_io`: both halves need the buffer.
         let this = self.get_mut();
         let want = buf.remaining().min(FRESH_READ);
-        let read = this.raw(|raw| io::Read::read(raw, buf.initialize_unfilled_to(want)));
-        match read {
+        match this.raw(|raw| io::Read::read(raw, buf.initialize_unfilled_to(want))) {
             Some(Ok(n)) => {
                 buf.advance(n);
                 Poll::Ready(Ok(()))
@@ -185,14 +201,10 @@ impl AsyncWrite for Fresh {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(done) = this.raw(|raw| io::Write::write(raw, buf)) {
-            return Poll::Ready(done);
-        }
-        match this.registered() {
-            Ok(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.get_mut().poll_io(
+            |raw| io::Write::write(raw, buf),
+            |tcp| tcp.poll_write(cx, buf),
+        )
     }
 
     fn poll_write_vectored(
@@ -200,14 +212,10 @@ impl AsyncWrite for Fresh {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(done) = this.raw(|raw| io::Write::write_vectored(raw, bufs)) {
-            return Poll::Ready(done);
-        }
-        match this.registered() {
-            Ok(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.get_mut().poll_io(
+            |raw| io::Write::write_vectored(raw, bufs),
+            |tcp| tcp.poll_write_vectored(cx, bufs),
+        )
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -220,14 +228,10 @@ impl AsyncWrite for Fresh {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(done) = this.raw(|raw| raw.shutdown(std::net::Shutdown::Write)) {
-            return Poll::Ready(done);
-        }
-        match this.registered() {
-            Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.get_mut().poll_io(
+            |raw| raw.shutdown(std::net::Shutdown::Write),
+            |tcp| tcp.poll_shutdown(cx),
+        )
     }
 }
 

@@ -473,12 +473,16 @@ fn timeouts_hold_for_every_request_of_a_kept_alive_connection() {
 #[test]
 fn a_silent_client_is_still_closed_by_the_header_timeout() {
     let (_dummies, backends) = dummies(1);
-    let mut args = strs(&backends);
-    args.extend(["--header-timeout", "0.5"]);
-    let lb = start(&args);
-    let mut silent = connect(lb.addr());
-    assert_eq!(get_with(lb.addr(), None).status, 200);
-    assert!(closed_without_data(&mut silent));
+    let mut args = vec!["--listen", "127.0.0.1:0", "--header-timeout", "0.5"];
+    let backends = strs(&backends);
+    args.extend(backends.iter().copied());
+    // Both HTTP/1 paths: the balancer's own, and hyper's.
+    for fast in ["on", "off"] {
+        let lb = Proc::start_env(LB, &args, 1, &[("LB_HTTP_FAST", fast)]);
+        let mut silent = connect(lb.addr());
+        assert_eq!(get_with(lb.addr(), None).status, 200, "LB_HTTP_FAST={fast}");
+        assert!(closed_without_data(&mut silent), "LB_HTTP_FAST={fast}");
+    }
 }
 
 /// Bodies stream byte-exact both ways, far above any buffer size.

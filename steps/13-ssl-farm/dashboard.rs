@@ -545,25 +545,14 @@ fn path(
     {
         apps.retain(|a| a.name == name);
     }
-    let names = |members: &[&Member]| members.iter().map(|m| m.name.clone()).collect();
-    vec![
-        Hop {
-            tier: Tier::L4.key(),
-            names: names(&l4),
-        },
-        Hop {
-            tier: Tier::Offload.key(),
-            names: names(&offload),
-        },
-        Hop {
-            tier: Tier::L7.key(),
-            names: names(&l7),
-        },
-        Hop {
-            tier: Tier::App.key(),
-            names: names(&apps),
-        },
-    ]
+    [l4, offload, l7, apps]
+        .iter()
+        .zip(Tier::ALL)
+        .map(|(members, tier)| Hop {
+            tier: tier.key(),
+            names: members.iter().map(|m| m.name.clone()).collect(),
+        })
+        .collect()
 }
 
 /// User and system CPU seconds of `pid` and all its threads, from `/proc/PID/stat` (fields

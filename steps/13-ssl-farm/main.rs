@@ -21,6 +21,8 @@
 //!   closes without a word (`retry-unanswered`, [`lb::relay::until_answered`]);
 //! * `ssl-farm` itself killed (`kill -9`) leaves no orphan: each child watches a pipe only the
 //!   farm holds (`LB_STOP_ON_STDIN_EOF`, [`lb::cli::shutdown_signal`]).
+//! * a page for the whole farm (`--dashboard`, `dashboard.rs`): the tiers as columns, what a
+//!   new TLS connection costs each one in CPU, and the path one request takes through them.
 //!
 //! The config files it writes under `--state-dir` are the deployment: on four machines, the
 //! same files with real addresses (README, chapter 13).
@@ -35,6 +37,7 @@
 //! terminal 2:  for i in $(seq 5); do curl -s --cacert target/ssl-farm/ca.pem -c jar -b jar \
 //!                  https://localhost:3000/ | head -1; done
 //!              kill -9 <an offloader's PID from the table>; curl … again: still answered
+//!              open the `open http://…/` address it printed: the farm's page
 //! terminal 1:  add offloader     remove app 2     rotate keys     status     stop
 //! ```
 
