@@ -134,16 +134,22 @@ def family(pid):
     return pids
 
 
-def cpu_seconds(pid):
-    total = 0
+def cpu_split(pid):
+    """(user, kernel) CPU seconds of `pid` and its children, from /proc."""
+    user = kernel = 0
     for p in family(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            kernel += int(fields[12])  # stime
         except OSError:
             pass
-    return total / TICK
+    return user / TICK, kernel / TICK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid):

@@ -12,10 +12,15 @@ HAProxy's default `http-reuse safe`, http-lb's pool), adds X-Forwarded-For, and 
 (nginx `proxy_request_buffering off; proxy_buffering off;`: it would otherwise spool a large
 upload to disk before sending any of it). http-lb and HAProxy insert an affinity cookie
 (`cookie lb insert indirect nocache`); open-source nginx has no cookie affinity. wrk sends no
-cookie back, so every request is a new user: the cookie is set on every response.
+cookie back in `keepalive` and `close`, so there every request is a new user and the cookie is
+set on every response; `cookie` is the returning user.
 
 Workloads:
   keepalive   wrk, 50 keep-alive connections: requests/s, proxy CPU per request, p99 latency.
+  cookie      keep-alive as above, each request carrying the affinity cookie the proxy set on
+              a first answer (a returning browser): HAProxy and http-lb route by it and set
+              none, http-lb checking its HMAC; nginx and direct get HAProxy's form of it
+              (`lb=s0`), which they pass on.
   close       wrk with `Connection: close`: one new client connection per request (the
               backend connections stay pooled).
   upload      one 1 GiB POST streamed through to the backend's /sink (which reads it and
@@ -49,13 +54,16 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Procs, cpu_seconds, family, free_port, log, wait_port  # noqa: E402
+from compare import (Procs, cpu_seconds, cpu_split, family, free_port, log,  # noqa: E402
+                     wait_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Where cargo puts the binaries: CARGO_TARGET_DIR when set, as cargo itself reads it.
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TARGETS = ["direct", "haproxy", "nginx", "http-lb", "http-lb-b"]
-WORKLOADS = ["keepalive", "close", "upload", "download", "idle"]
+WORKLOADS = ["keepalive", "cookie", "close", "upload", "download", "idle"]
+# The workloads wrk measures, in interleaved rounds.
+WRK = ("keepalive", "cookie", "close")
 GIB = 1 << 30
 
 
@@ -199,12 +207,27 @@ class Bench:
                 pass
             stop.wait(1.0)
 
-    def wrk(self, port, close):
+    def cookie(self, port):
+        """The affinity cookie a first answer from `port` sets (`name=value`), or HAProxy's
+        form of one where the proxy sets none (nginx, direct), so that every target reads a
+        `Cookie` field of about the same size."""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nhost: cookie\r\nconnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head = data.partition(b"\r\n\r\n")[0]
+        found = re.search(rb"(?im)^set-cookie:\s*([^;\r\n]+)", head)
+        return found.group(1).decode() if found else "lb=s0"
+
+    def wrk(self, port, close, cookie=None):
         threads = 1 if self.pinned else 2
         cmd = ["wrk", f"-t{threads}", "-c50", f"-d{self.opts.seconds}s", "--latency",
                f"http://127.0.0.1:{port}/"]
         if close:
             cmd += ["-H", "Connection: close"]
+        if cookie:
+            cmd += ["-H", f"Cookie: {cookie}"]
         if self.load_cpu is not None:
             cmd = ["taskset", "-c", str(self.load_cpu)] + cmd
         out = subprocess.run(cmd, capture_output=True, text=True,
@@ -295,12 +318,15 @@ class Bench:
         for workload in [w for w in WORKLOADS if w in self.opts.workloads]:
             samples = {t: [] for t in targets}
             started = {t: self.start_proxy(t) for t in targets}
-            for r in range(self.opts.rounds if workload in ("keepalive", "close") else 1):
+            cookies = {t: self.cookie(port) for t, (port, _) in started.items()} \
+                if workload == "cookie" else {}
+            for r in range(self.opts.rounds if workload in WRK else 1):
                 for target, (port, proc) in started.items():
                     pid = proc.pid if proc else None
                     before = cpu_seconds(pid) if pid else 0.0
                     try:
-                        self.measure(workload, target, port, pid, before, samples, r)
+                        self.measure(workload, target, port, pid, before, samples, r,
+                                     cookies.get(target))
                     except (RuntimeError, subprocess.TimeoutExpired) as e:
                         log(f"  {self.opts.mode} {workload:9} {target:8} FAILED: {e}")
                         samples[target].append(None)
@@ -311,23 +337,27 @@ class Bench:
         self.procs.stop_all()
         return rows
 
-    def measure(self, workload, target, port, pid, before, samples, r):
+    def measure(self, workload, target, port, pid, before, samples, r, cookie=None):
         """One measurement of `workload` through `target`, appended to its samples."""
-        if workload in ("keepalive", "close"):
+        if workload in WRK:
             stop = threading.Event()
             feed = None
             if target == "http-lb-b" and self.opts.page_open:
                 feed = threading.Thread(target=self.page, args=(stop,), daemon=True)
                 feed.start()
+            user = cpu_split(pid)[0] if pid else 0.0
             try:
-                rps, n, p99 = self.wrk(port, workload == "close")
+                rps, n, p99 = self.wrk(port, workload == "close", cookie)
             finally:
                 stop.set()
                 if feed:
                     feed.join()
             cpu = (cpu_seconds(pid) - before) if pid else None
-            samples[target].append((rps, n, cpu, p99))
-            per = "" if cpu is None else f", {cpu / n * 1e6:.1f} µs CPU/req"
+            # User space apart: the kernel's share is the TCP work every proxy does alike.
+            user = (cpu_split(pid)[0] - user) if pid else None
+            samples[target].append((rps, n, cpu, p99, user))
+            per = "" if cpu is None else \
+                f", {cpu / n * 1e6:.1f} µs CPU/req ({user / n * 1e6:.1f} in user space)"
             log(f"  {self.opts.mode} {workload:9} round {r + 1} {target:8} "
                 f"{rps:10.0f} req/s, p99 {p99:.2f} ms{per}")
         elif workload == "idle":
@@ -356,13 +386,14 @@ def table(mode, rows, targets):
                 continue
             if workload == "idle":
                 cell = f"{statistics.median(x[0] for x in s):.2f} KiB per connection"
-            elif workload in ("keepalive", "close"):
+            elif workload in WRK:
                 rps = statistics.median(x[0] for x in s)
                 p99 = statistics.median(x[3] for x in s)
                 cell = f"{rps:,.0f} req/s, p99 {p99:.2f} ms"
-                cpus = [c / n for _, n, c, _ in s if c is not None and n]
+                cpus = [(c / n, u / n) for _, n, c, _, u in s if c is not None and n]
                 if cpus:
-                    cell += f", {statistics.median(cpus) * 1e6:.1f} µs CPU/req"
+                    cell += (f", {statistics.median(c for c, _ in cpus) * 1e6:.1f} µs CPU/req "
+                             f"({statistics.median(u for _, u in cpus) * 1e6:.1f} user)")
             else:
                 mibs = statistics.median(x[0] for x in s)
                 cell = f"{mibs:,.0f} MiB/s"
@@ -429,7 +460,8 @@ def main():
         label = "1 worker, proxy on CPU 1" if mode == "pinned" else "2 workers"
         tables.append(table(f"{mode} ({label})", rows, [t for t in TARGETS if t in opts.targets]))
     header = (f"{time.strftime('%Y-%m-%d')}, {opts.rounds} rounds of {opts.seconds} s (wrk), "
-              f"one {opts.gib} GiB transfer each, medians; CPU is the proxy's own.")
+              f"one {opts.gib} GiB transfer each, medians; CPU is the proxy's own, "
+              "user space in brackets.")
     text = header + "\n\n" + "\n\n".join(tables) + "\n"
     print(text)
     if opts.out:

@@ -11,7 +11,7 @@
 #   benches/compare/run.sh --etcd                # etcd to every balancer (chapter 15): etcd.py
 #   benches/compare/run.sh --edge                # cache, static, gzip beside nginx (chapter 16)
 #   benches/compare/run.sh --cache-rss           # the cache's real memory against its bound (chapter 16)
-#   benches/compare/run.sh --syscalls [--http]   # system calls per request and connection (issues 19, 31)
+#   benches/compare/run.sh --syscalls [--http|--tls]  # system calls per request and connection (issues 19, 31)
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -71,7 +71,7 @@ fi
 if [ "${1:-}" = "--syscalls" ]; then
     shift
     command -v perf >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"; $sudo apt-get install -y -q linux-perf >&2; }
-    cargo build --release --bin tcp-lb --bin http-lb --bin dummy-server >&2
+    cargo build --release --bin tcp-lb --bin http-lb --bin dummy-server --bin certs >&2
     exec python3 benches/compare/syscalls.py "$@"
 fi
 if [ "${1:-}" = "--edge" ]; then

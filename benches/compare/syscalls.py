@@ -2,7 +2,9 @@
 """The system-call budget of each proxy (issue 19, chapter 11; issue 31): which calls, and how
 many, `tcp-lb`, HAProxy and nginx make per keep-alive request and per new connection; with
 `--http`, `http-lb` beside HAProxy `mode http` and nginx `proxy_pass` (the configs of http.py:
-pooled backend connections, X-Forwarded-For, an affinity cookie for HAProxy and http-lb).
+pooled backend connections, X-Forwarded-For, an affinity cookie for HAProxy and http-lb);
+with `--tls`, the three layer-4 proxies terminating TLS 1.3 as compare.py's `tls-*` workloads
+do (ECDSA P-256, wrk resuming its session): per TLS keep-alive request and per handshake.
 
 Started by benches/compare/run.sh --syscalls (installs the peers, builds tcp-lb). Each proxy
 has one worker on CPU 1, in front of the same two dummy-server backends; wrk on CPU 0 sends
@@ -56,9 +58,9 @@ def count(pids, seconds, load):
     return calls, requests
 
 
-def wrk(port, seconds, close):
+def wrk(port, seconds, close, scheme):
     cmd = ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{seconds}s",
-           f"http://127.0.0.1:{port}/"]
+           f"{scheme}://127.0.0.1:{port}/"]
     if close:
         cmd += ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -71,12 +73,27 @@ def main():
     p.add_argument("--seconds", type=int, default=4)
     p.add_argument("--http", action="store_true", help="layer 7: http-lb, HAProxy mode http, "
                    "nginx proxy_pass")
+    p.add_argument("--tls", action="store_true", help="layer 4 with TLS terminated by each "
+                   "proxy: per TLS keep-alive request and per handshake")
     args = p.parse_args()
+    if args.http and args.tls:
+        p.error("--tls measures layer 4; it does not combine with --http")
     ours = "http-lb" if args.http else "tcp-lb"
+    scheme = "https" if args.tls else "http"
     targets = ["haproxy", "nginx", ours]
     procs = Procs()
     tables = {}
     with tempfile.TemporaryDirectory(prefix="syscalls-") as work:
+        cert, key, combined = (os.path.join(work, n) for n in
+                               ("localhost.pem", "localhost-key.pem", "combined.pem"))
+        if args.tls:
+            subprocess.run([os.path.join(CARGO_TARGET, "release", "certs"), "--out", work,
+                            "--force"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            with open(combined, "w") as f:
+                for part in (cert, key):
+                    with open(part) as src:
+                        f.write(src.read())
         try:
             backends = [free_port(), free_port()]
             dummy = [os.path.join(CARGO_TARGET, "release", "dummy-server")]
@@ -91,7 +108,8 @@ def main():
                     cfg = os.path.join(work, "haproxy.cfg")
                     with open(cfg, "w") as f:
                         f.write(http_configs.haproxy_config(port, backends, 1) if args.http
-                                else haproxy_config(port, backends, "roundrobin", 1, None))
+                                else haproxy_config(port, backends, "roundrobin", 1,
+                                                 combined if args.tls else None))
                     proc = procs.start(["haproxy", "-f", cfg, "-db"], cpu=1)
                 elif target == "nginx":
                     prefix = os.path.join(work, "nginx")
@@ -99,8 +117,8 @@ def main():
                     cfg = os.path.join(work, "nginx.conf")
                     with open(cfg, "w") as f:
                         f.write(http_configs.nginx_config(port, backends, 1, prefix) if args.http
-                                else nginx_config(port, backends, "roundrobin", 1, None, None,
-                                                  prefix))
+                                else nginx_config(port, backends, "roundrobin", 1,
+                                                  cert if args.tls else None, key, prefix))
                     proc = procs.start(["nginx", "-c", cfg, "-p", prefix, "-e",
                                         os.path.join(prefix, "error.log")], cpu=1)
                 else:
@@ -108,12 +126,14 @@ def main():
                            f"127.0.0.1:{port}", "--workers", "1", "--health-interval", "0"]
                     for b in backends:
                         cmd += ["--backend", f"127.0.0.1:{b}"]
+                    if args.tls:
+                        cmd += ["--cert", cert, "--key", key]
                     proc = procs.start(cmd, cpu=1, env={"RUST_LOG": "warn"})
                 wait_port(port, proc, target)
                 time.sleep(0.5)
                 pids = family(proc.pid)
                 for close in (False, True):
-                    calls, n = count(pids, args.seconds, lambda: wrk(port, args.seconds, close))
+                    calls, n = count(pids, args.seconds, lambda: wrk(port, args.seconds, close, scheme))
                     tables[(target, close)] = (calls, n)
                     log(f"{target} {'close' if close else 'keep-alive'}: {n} requests, "
                         f"{sum(calls.values()) / n:.2f} calls each")
@@ -121,7 +141,9 @@ def main():
         finally:
             procs.stop_all()
     for close in (False, True):
-        print(f"\n### System calls per {'new connection' if close else 'keep-alive request'}\n")
+        what = ("TLS handshake" if args.tls else "new connection") if close else \
+            ("TLS keep-alive request" if args.tls else "keep-alive request")
+        print(f"\n### System calls per {what}\n")
         names = sorted({c for (t, cl), (calls, _) in tables.items() if cl == close for c in calls},
                        key=lambda c: -max(tables[(t, close)][0][c] / tables[(t, close)][1]
                                            for t in targets))
