@@ -345,7 +345,7 @@ class Bench:
             if target == "http-lb-b" and self.opts.page_open:
                 feed = threading.Thread(target=self.page, args=(stop,), daemon=True)
                 feed.start()
-            user = cpu_split(pid)[0] if pid else 0.0
+            user_before = cpu_split(pid)[0] if pid else 0.0
             try:
                 rps, n, p99 = self.wrk(port, workload == "close", cookie)
             finally:
@@ -354,7 +354,7 @@ class Bench:
                     feed.join()
             cpu = (cpu_seconds(pid) - before) if pid else None
             # User space apart: the kernel's share is the TCP work every proxy does alike.
-            user = (cpu_split(pid)[0] - user) if pid else None
+            user = (cpu_split(pid)[0] - user_before) if pid else None
             samples[target].append((rps, n, cpu, p99, user))
             per = "" if cpu is None else \
                 f", {cpu / n * 1e6:.1f} µs CPU/req ({user / n * 1e6:.1f} in user space)"
