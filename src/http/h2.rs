@@ -29,6 +29,10 @@
 //!   - *idle connections*: one with no stream open closes after `header-timeout`, as an idle
 //!     HTTP/1 keep-alive connection does.
 
+pub mod frame;
+pub mod hpack;
+pub mod message;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

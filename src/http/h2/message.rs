@@ -1,0 +1,479 @@
+//! An HTTP/2 request's head, from the fields its header block decoded to, into the request the
+//! exchange's rules then judge (RFC 9113 §8); and an answer's head into a header block.
+//!
+//! HTTP/2 carries HTTP's semantics in other clothes: the request line becomes pseudo-header
+//! fields (`:method`, `:scheme`, `:authority`, `:path`), framing is the frames' own, and
+//! HTTP/1's connection-specific fields have no meaning. Each rule below is one a proxy
+//! must hold for the request it forwards to mean one thing on both sides: a field HTTP/1.1
+//! would read differently (`Transfer-Encoding`, `Connection`, a value with a line break in
+//! it) is how requests were smuggled through HTTP/2 front ends in 2021. A request that breaks
+//! one is *malformed* (§8.1.1): never forwarded, and answered `400`, then its stream reset.
+//!
+//! The request this builds is the one hyper's HTTP/2 server hands on: an absolute target
+//! (`http://authority/path`) when `:authority` is there, version HTTP/2, its fields in a map.
+//! So [`HttpServer::request`](crate::http::balancer::HttpServer)'s checks (RFC 9110's target
+//! and `Host` rules, the framing fields) run on it as on any other.
+
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+
+use super::hpack;
+
+/// A head refused: its status, and why (for the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed {
+    pub status: StatusCode,
+    pub why: &'static str,
+}
+
+fn malformed(why: &'static str) -> Malformed {
+    Malformed {
+        status: StatusCode::BAD_REQUEST,
+        why,
+    }
+}
+
+/// RFC 9113 §8.2.2: fields that only mean something to one HTTP/1 connection. A request with
+/// one is malformed; an answer from an HTTP/1 backend loses them on the way to the client.
+pub const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// One request head's fields, taken in order as the block decodes: [`Head::field`] for each,
+/// then [`Head::request`]. The first rule broken is kept and the rest ignored, but every field
+/// must still be passed, as the HPACK table depends on decoding the whole block.
+pub struct Head {
+    method: Option<Method>,
+    scheme: Option<Scheme>,
+    authority: Option<Authority>,
+    path: Option<PathAndQuery>,
+    headers: HeaderMap,
+    /// Values of `cookie` fields, joined when the head ends (§8.2.3).
+    cookies: Vec<u8>,
+    /// A regular field came: a pseudo-header after it is malformed (§8.3).
+    regular: bool,
+    /// RFC 9113 §6.5.2's size of the list so far, and its bound.
+    size: usize,
+    max: usize,
+    wrong: Option<Malformed>,
+    /// The head is a trailer section: no pseudo-header may appear (§8.1).
+    trailers: bool,
+}
+
+impl Head {
+    /// A request head whose fields may add up to `max` bytes (§6.5.2's size: each name and
+    /// value, and 32 bytes more), the bound a head of HTTP/1 gets (`max-head`); past it, 431.
+    pub fn request(max: usize) -> Head {
+        Head {
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            headers: HeaderMap::new(),
+            cookies: Vec::new(),
+            regular: false,
+            size: 0,
+            max,
+            wrong: None,
+            trailers: false,
+        }
+    }
+
+    /// A trailer section (HEADERS after a request's DATA): regular fields only.
+    pub fn trailers(max: usize) -> Head {
+        Head {
+            trailers: true,
+            ..Head::request(max)
+        }
+    }
+
+    /// The next decoded field.
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        if self.wrong.is_some() {
+            return;
+        }
+        self.size = self.size.saturating_add(name.len() + value.len() + 32);
+        if self.size > self.max {
+            self.wrong = Some(Malformed {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                why: "header list larger than max-head",
+            });
+            // What is held goes now: the rest of the block is decoded only to keep HPACK's
+            // table in step.
+            self.headers = HeaderMap::new();
+            self.cookies = Vec::new();
+            return;
+        }
+        if let Err(why) = self.take(name, value) {
+            self.wrong = Some(malformed(why));
+        }
+    }
+
+    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        // §8.2.1: no NUL, CR or LF anywhere in a value, and no whitespace at either end: once
+        // written as HTTP/1, any of them would end the field, or the head, elsewhere.
+        if value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n'))
+            || value.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
+            || value.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
+        {
+            return Err("a field value with NUL, CR, LF or whitespace at an end");
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.trailers {
+                return Err("a pseudo-header field in trailers");
+            }
+            if self.regular {
+                return Err("a pseudo-header field after a regular one");
+            }
+            return self.pseudo(pseudo, value);
+        }
+        self.regular = true;
+        // §8.2.1: names are lowercase tokens; HeaderName would lowercase an uppercase one
+        // silently, which is not what the client sent.
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return Err("an uppercase field name");
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| "an invalid field name")?;
+        if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+            return Err("a connection-specific field");
+        }
+        // §8.2.2: TE may only say "trailers".
+        if name == hyper::header::TE && value != b"trailers" {
+            return Err("TE other than trailers");
+        }
+        if name == hyper::header::COOKIE {
+            // §8.2.3: cookie crumbs are joined with "; " for an HTTP/1 hop.
+            if !self.cookies.is_empty() {
+                self.cookies.extend_from_slice(b"; ");
+            }
+            self.cookies.extend_from_slice(value);
+            return Ok(());
+        }
+        let value = HeaderValue::from_bytes(value).map_err(|_| "an invalid field value")?;
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// §8.3.1: each request pseudo-header once; any other pseudo-header is malformed.
+    fn pseudo(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), &'static str> {
+            match slot {
+                Some(_) => Err("a pseudo-header field twice"),
+                None => {
+                    *slot = Some(value);
+                    Ok(())
+                }
+            }
+        }
+        match name {
+            b"method" => {
+                let method = Method::from_bytes(value).map_err(|_| "an invalid :method")?;
+                once(&mut self.method, method)
+            }
+            b"scheme" => {
+                let scheme = Scheme::try_from(value).map_err(|_| "an invalid :scheme")?;
+                once(&mut self.scheme, scheme)
+            }
+            b"authority" => {
+                // §8.3.1: no userinfo; the exchange checks the rest as it checks a Host.
+                if value.contains(&b'@') {
+                    return Err("userinfo in :authority");
+                }
+                let authority = Authority::try_from(value).map_err(|_| "an invalid :authority")?;
+                once(&mut self.authority, authority)
+            }
+            b"path" => {
+                if value.is_empty() {
+                    return Err("an empty :path");
+                }
+                let path = PathAndQuery::try_from(value).map_err(|_| "an invalid :path")?;
+                once(&mut self.path, path)
+            }
+            // `:protocol` (RFC 8441) is only for a server that announced extended CONNECT,
+            // which this one does not; `:status` is an answer's.
+            _ => Err("an unknown pseudo-header field"),
+        }
+    }
+
+    /// The request, once the whole block has been passed.
+    pub fn into_request(mut self) -> Result<Request<()>, Malformed> {
+        if let Some(wrong) = self.wrong {
+            return Err(wrong);
+        }
+        self.join_cookies()?;
+        let method = self.method.ok_or(malformed("no :method"))?;
+        let mut parts = hyper::http::uri::Parts::default();
+        if method == Method::CONNECT {
+            // §8.5: CONNECT has only `:method` and `:authority`. It is well formed, and the
+            // exchange answers it 501 (a balancer offers no tunnels).
+            if self.scheme.is_some() || self.path.is_some() {
+                return Err(malformed(":scheme or :path in a CONNECT"));
+            }
+            parts.authority = Some(self.authority.ok_or(malformed("no :authority"))?);
+        } else {
+            let scheme = self.scheme.ok_or(malformed("no :scheme"))?;
+            let path = self.path.ok_or(malformed("no :path"))?;
+            // §8.3.1: an http or https target is a path from the root, or `*` for OPTIONS.
+            let is_http = scheme == Scheme::HTTP || scheme == Scheme::HTTPS;
+            let asterisk = path.as_str() == "*" && method == Method::OPTIONS;
+            if is_http && !path.as_str().starts_with('/') && !asterisk {
+                return Err(malformed("a :path that is not absolute"));
+            }
+            if let Some(authority) = self.authority {
+                parts.scheme = Some(scheme);
+                parts.authority = Some(authority);
+            }
+            parts.path_and_query = Some(path);
+        }
+        let uri = Uri::from_parts(parts).map_err(|_| malformed("an invalid target"))?;
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = self.headers;
+        Ok(request)
+    }
+
+    /// A trailer section's fields, once the whole block has been passed.
+    pub fn into_trailers(mut self) -> Result<HeaderMap, Malformed> {
+        if let Some(wrong) = self.wrong {
+            return Err(wrong);
+        }
+        self.join_cookies()?;
+        Ok(self.headers)
+    }
+
+    fn join_cookies(&mut self) -> Result<(), Malformed> {
+        if self.cookies.is_empty() {
+            return Ok(());
+        }
+        let value =
+            HeaderValue::from_bytes(&self.cookies).map_err(|_| malformed("an invalid cookie"))?;
+        self.headers.insert(hyper::header::COOKIE, value);
+        Ok(())
+    }
+}
+
+/// An answer's head as an HTTP/2 header block: `:status`, then its fields, less those that
+/// belong to an HTTP/1 connection (§8.2.2: `Connection`, the fields it names, and the fixed
+/// list). The `HeaderMap`'s names are lowercase already, as HTTP/2 requires (§8.2.1).
+pub fn answer_block(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    hpack::encode_status(out, status.as_u16());
+    let named: Vec<&[u8]> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    for (name, value) in headers {
+        let name = name.as_str();
+        let listed = named.iter().any(|v| {
+            v.split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        });
+        if CONNECTION_SPECIFIC.contains(&name) || listed {
+            continue;
+        }
+        hpack::encode_field(out, name.as_bytes(), value.as_bytes());
+    }
+}
+
+/// A trailer section as a header block: regular fields only.
+pub fn trailers_block(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    for (name, value) in trailers {
+        if !CONNECTION_SPECIFIC.contains(&name.as_str()) {
+            hpack::encode_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64 * 1024;
+
+    fn head(fields: &[(&str, &str)]) -> Result<Request<()>, Malformed> {
+        let mut head = Head::request(MAX);
+        for (n, v) in fields {
+            head.field(n.as_bytes(), v.as_bytes());
+        }
+        head.into_request()
+    }
+
+    const GET: [(&str, &str); 4] = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "example.com"),
+        (":path", "/a?b=c"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        GET.iter().chain(extra).copied().collect()
+    }
+
+    fn why(fields: &[(&str, &str)]) -> &'static str {
+        head(fields).unwrap_err().why
+    }
+
+    #[test]
+    fn a_request_becomes_what_hyper_would_hand_on() {
+        let req = head(&with(&[
+            ("accept", "*/*"),
+            ("cookie", "a=1"),
+            ("x-two", "1"),
+            ("cookie", "b=2"),
+            ("x-two", "2"),
+            ("te", "trailers"),
+        ]))
+        .unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "https://example.com/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_2);
+        // §8.2.3: the cookie crumbs joined for the HTTP/1 hop.
+        assert_eq!(req.headers()["cookie"], "a=1; b=2");
+        let twos: Vec<_> = req.headers().get_all("x-two").iter().collect();
+        assert_eq!(twos, ["1", "2"]);
+        // Without :authority, the target is the path alone (Host, if any, names the server).
+        let req = head(&[(":method", "GET"), (":scheme", "http"), (":path", "/")]).unwrap();
+        assert_eq!(req.uri(), "/");
+        // OPTIONS * and CONNECT have their own forms (§8.3.1, §8.5).
+        let options = [(":method", "OPTIONS"), (":scheme", "http"), (":path", "*")];
+        assert_eq!(head(&options).unwrap().uri(), "*");
+        let connect = [(":method", "CONNECT"), (":authority", "example.com:443")];
+        assert_eq!(head(&connect).unwrap().uri(), "example.com:443");
+    }
+
+    /// RFC 9113 §8.2.1 and §8.2.2: what HTTP/1.1 would read as framing or as the end of a
+    /// field never reaches it.
+    #[test]
+    fn fields_http1_would_read_otherwise_are_malformed() {
+        for name in CONNECTION_SPECIFIC {
+            assert_eq!(why(&with(&[(name, "x")])), "a connection-specific field");
+        }
+        assert_eq!(why(&with(&[("te", "gzip")])), "TE other than trailers");
+        assert_eq!(why(&with(&[("Accept", "x")])), "an uppercase field name");
+        assert_eq!(why(&with(&[("bad name", "x")])), "an invalid field name");
+        for value in ["a\r\nx-injected: 1", "a\nb", "a\0b", " a", "a\t"] {
+            let fields = with(&[("x-v", value)]);
+            assert_eq!(
+                why(&fields),
+                "a field value with NUL, CR, LF or whitespace at an end"
+            );
+        }
+        // The same rule holds for pseudo-header values.
+        let mut fields = GET.to_vec();
+        fields[3] = (":path", "/a\r\nHost: evil");
+        assert_eq!(
+            why(&fields),
+            "a field value with NUL, CR, LF or whitespace at an end"
+        );
+    }
+
+    /// RFC 9113 §8.3: pseudo-header fields first, each once, the request ones only.
+    #[test]
+    fn pseudo_header_fields_out_of_place_are_malformed() {
+        let after = [("accept", "x"), (":path", "/")];
+        assert_eq!(
+            why(&[GET[0], GET[1], after[0], after[1]]),
+            "a pseudo-header field after a regular one"
+        );
+        assert_eq!(
+            why(&with(&[(":path", "/b")])),
+            "a pseudo-header field twice"
+        );
+        let mut status = GET.to_vec();
+        status.insert(0, (":status", "200"));
+        assert_eq!(why(&status), "an unknown pseudo-header field");
+        let mut protocol = GET.to_vec();
+        protocol.insert(0, (":protocol", "websocket"));
+        assert_eq!(why(&protocol), "an unknown pseudo-header field");
+        assert_eq!(why(&GET[1..]), "no :method");
+        assert_eq!(why(&[GET[0], GET[2], GET[3]]), "no :scheme");
+        assert_eq!(why(&GET[..3]), "no :path");
+        assert_eq!(why(&[GET[0], GET[1], (":path", "")]), "an empty :path");
+        // A relative path is refused, by the URI parser or by §8.3.1's rule.
+        let relative = head(&[GET[0], GET[1], (":path", "a")]).unwrap_err();
+        assert_eq!(relative.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            why(&[GET[0], GET[1], (":path", "*")]),
+            "a :path that is not absolute"
+        );
+        let userinfo = [GET[0], GET[1], (":authority", "me@example.com"), GET[3]];
+        assert_eq!(why(&userinfo), "userinfo in :authority");
+        let connect = [
+            (":method", "CONNECT"),
+            (":authority", "a:1"),
+            (":path", "/"),
+        ];
+        assert_eq!(why(&connect), ":scheme or :path in a CONNECT");
+        // Trailers carry no pseudo-header field (§8.1).
+        let mut trailers = Head::trailers(MAX);
+        trailers.field(b"grpc-status", b"0");
+        trailers.field(b":status", b"200");
+        assert_eq!(
+            trailers.into_trailers().unwrap_err().why,
+            "a pseudo-header field in trailers"
+        );
+        let mut trailers = Head::trailers(MAX);
+        trailers.field(b"grpc-status", b"0");
+        assert_eq!(trailers.into_trailers().unwrap()["grpc-status"], "0");
+    }
+
+    /// §6.5.2's size of a list over `max-head`: 431, as an HTTP/1 head that large gets, and
+    /// nothing more is kept of it while the block decodes to its end.
+    #[test]
+    fn a_list_over_the_bound_is_431() {
+        let mut head = Head::request(200);
+        for (n, v) in GET {
+            head.field(n.as_bytes(), v.as_bytes());
+        }
+        for _ in 0..100 {
+            head.field(b"x-big", &[b'v'; 50]);
+        }
+        assert!(head.headers.is_empty());
+        let refused = head.into_request().unwrap_err();
+        assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn an_answer_loses_what_belonged_to_its_http1_connection() {
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "text/plain"),
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("x-hop", "1"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "close"),
+            ("x-served-by", "b1"),
+        ] {
+            headers.append(n, HeaderValue::from_static(v));
+        }
+        let mut block = Vec::new();
+        answer_block(&mut block, StatusCode::OK, &headers);
+        let mut decoded = Vec::new();
+        hpack::Decoder::new(hpack::DEFAULT_TABLE_SIZE)
+            .decode(&block, |n, v| {
+                decoded.push(format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                ))
+            })
+            .unwrap();
+        assert_eq!(
+            decoded,
+            [
+                ":status: 200",
+                "content-type: text/plain",
+                "x-served-by: b1"
+            ]
+        );
+    }
+}
