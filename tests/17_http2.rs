@@ -908,3 +908,185 @@ fn h2_backends_over_tls_agree_in_alpn() {
     lb.wait_stderr("did not agree to h2", 1);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// How the balancer ended a raw client's stream 1: reset (with its code), answered (with its
+/// status), or the connection closed (with GOAWAY's code, if one came).
+#[derive(Debug, PartialEq)]
+enum Ended {
+    Reset(u32),
+    Answered(u16),
+    Closed(Option<u32>),
+}
+
+/// Reads frames until stream 1 ends one way or another.
+fn stream_1_ends(s: &mut std::net::TcpStream) -> Ended {
+    let mut decoder = lb::http::h2::hpack::Decoder::new(4096);
+    let mut status = None;
+    loop {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            return Ended::Closed(None);
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            return Ended::Closed(None);
+        }
+        match (kind, stream) {
+            (GOAWAY, _) => {
+                return Ended::Closed(Some(u32::from_be_bytes(payload[4..8].try_into().unwrap())));
+            }
+            (RST_STREAM, 1) => {
+                return Ended::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            }
+            (HEADERS, 1) => {
+                decoder
+                    .decode(&payload, |n, v| {
+                        if n == b":status" {
+                            status = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+                        }
+                    })
+                    .unwrap();
+                if flags & END_STREAM != 0 || status.is_some() {
+                    return Ended::Answered(status.unwrap_or(0));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// RFC 9113 §8.1.1, §8.2 and §8.3: a malformed request is never forwarded. Each hostile head
+/// below (the fields HTTP/1.1 reads as framing or as the end of a field, pseudo-header fields
+/// out of place) goes to the running balancer on a connection of its own, and to the own
+/// codec's head rules (`lb::http::h2::message`): both refuse it, with a reset stream or a 4xx,
+/// and the backend sees none of them; the well-formed request after them is carried.
+#[test]
+fn malformed_requests_never_reach_a_backend() {
+    use lb::http::h2::{hpack, message};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let backend = spawn_per_connection(move |mut conn| {
+        while let Some((head, _)) = read_request(&mut conn) {
+            log.lock().unwrap().push(head);
+            if conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    let get = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "t"),
+        (":path", "/"),
+    ];
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("transfer-encoding", "chunked")],
+        vec![("connection", "keep-alive")],
+        vec![("keep-alive", "timeout=5")],
+        vec![("proxy-connection", "keep-alive")],
+        vec![("upgrade", "websocket")],
+        vec![("te", "gzip")],
+        vec![("X-Upper", "1")],
+        vec![("x-v", "a\r\nx-injected: 1")],
+        vec![("x-v", "a\nb")],
+        vec![("x-v", "a\0b")],
+        vec![("x-v", " a")],
+        vec![("x-v", "a ")],
+        vec![(":path", "/again")],
+        vec![(":status", "200")],
+    ];
+    let mut heads: Vec<Vec<(&str, &str)>> = cases
+        .into_iter()
+        .map(|extra| get.iter().copied().chain(extra).collect())
+        .collect();
+    heads.push(vec![get[0], get[1], get[2]]);
+    heads.push(vec![get[0], get[1], get[2], (":path", "")]);
+    heads.push(vec![get[0], get[1], (":authority", "me@t"), get[3]]);
+    heads.push(vec![get[0], get[1], ("accept", "*/*"), get[2], get[3]]);
+    let mut carried = Vec::new();
+    for fields in &heads {
+        let mut own = message::Head::request(64 * 1024);
+        let mut block = Vec::new();
+        for (n, v) in fields {
+            own.field(n.as_bytes(), v.as_bytes());
+            hpack::encode_field(&mut block, n.as_bytes(), v.as_bytes());
+        }
+        assert!(own.into_request().is_err(), "the own codec took {fields:?}");
+        let mut s = raw_h2(lb.addr());
+        assert!(send(
+            &mut s,
+            &frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)
+        ));
+        let ended = stream_1_ends(&mut s);
+        let refused = match ended {
+            Ended::Reset(code) => code != 0,
+            Ended::Answered(status) => (400..500).contains(&status),
+            Ended::Closed(_) => true,
+        };
+        if !refused {
+            carried.push(format!("{fields:?}: {ended:?}"));
+        }
+    }
+    assert!(
+        carried.is_empty(),
+        "the balancer carried:\n{}",
+        carried.join("\n")
+    );
+    assert_eq!(*seen.lock().unwrap(), Vec::<String>::new());
+    let mut block = Vec::new();
+    for (n, v) in get {
+        hpack::encode_field(&mut block, n.as_bytes(), v.as_bytes());
+    }
+    let mut s = raw_h2(lb.addr());
+    assert!(send(
+        &mut s,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)
+    ));
+    assert_eq!(stream_1_ends(&mut s), Ended::Answered(200));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// RFC 9113 §8.2.3: a client may split its `Cookie` into one field per cookie, for HPACK's
+/// sake; before the request goes on to an HTTP/1.1 backend, the crumbs are joined into one
+/// field with "; ", since HTTP/1.1 allows a single `Cookie` line.
+#[test]
+fn cookie_crumbs_are_joined_for_an_http1_backend() {
+    use lb::http::h2::hpack;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let backend = spawn_per_connection(move |mut conn| {
+        while let Some((head, _)) = read_request(&mut conn) {
+            log.lock().unwrap().push(head);
+            if conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    let mut block = request_block(false);
+    for crumb in ["a=1", "b=2", "c=3"] {
+        hpack::encode_field(&mut block, b"cookie", crumb.as_bytes());
+    }
+    let mut s = raw_h2(lb.addr());
+    assert!(send(
+        &mut s,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)
+    ));
+    assert_eq!(stream_1_ends(&mut s), Ended::Answered(200));
+    let seen = seen.lock().unwrap();
+    let cookies: Vec<&str> = seen[0]
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{}", seen[0]);
+}

@@ -1345,6 +1345,22 @@ fn check_request<B>(req: &Request<B>) -> Result<(), exchange::Refused> {
             why: "Host differs from :authority",
         });
     }
+    // RFC 9113 §8.2.1: an HTTP/2 field value that starts or ends with whitespace makes the
+    // request malformed. The `h2` crate lets it through; an HTTP/1 backend would read the value
+    // trimmed, so what we judged (a route, a cache key) and what it acts on would differ. The
+    // own codec refuses the same (`h2::message`).
+    if req.version() == Version::HTTP_2
+        && req.headers().values().any(|v| {
+            let v = v.as_bytes();
+            v.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
+                || v.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
+        })
+    {
+        return Err(exchange::Refused {
+            status: StatusCode::BAD_REQUEST,
+            why: "a field value with whitespace at an end",
+        });
+    }
     exchange::request_framing(
         req.headers()
             .iter()
@@ -1413,10 +1429,32 @@ fn fit(req: &mut Request<Upload>, protocol: crate::backend::Protocol, tls: bool,
         *req.version_mut() = Version::HTTP_2;
     } else {
         headers.remove(header::TE);
+        join_cookies(headers);
         let mut uri = parts;
         origin_form(&mut uri, headers);
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may send its cookies as many `Cookie` fields, one per
+/// cookie, which compress better. HTTP/1.1 allows one `Cookie` line (RFC 6265 §5.4), and a
+/// backend that reads only the first would lose the session kept in another: before an
+/// HTTP/1.1 hop they are joined with "; ". Forwarded, the affinity cookie was taken out already.
+fn join_cookies(headers: &mut hyper::HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
