@@ -1440,7 +1440,7 @@ fn fit(req: &mut Request<Upload>, protocol: crate::backend::Protocol, tls: bool,
 /// RFC 9113 §8.2.3: an HTTP/2 client may send its cookies as many `Cookie` fields, one per
 /// cookie, which compress better. HTTP/1.1 allows one `Cookie` line (RFC 6265 §5.4), and a
 /// backend that reads only the first would lose the session kept in another: before an
-/// HTTP/1.1 hop they are joined with "; ". Forwarded, the affinity cookie was taken out already.
+/// HTTP/1.1 hop they are joined with "; " (the affinity cookie has been taken out by then).
 fn join_cookies(headers: &mut hyper::HeaderMap) {
     let mut crumbs = headers.get_all(header::COOKIE).iter();
     if crumbs.nth(1).is_none() {

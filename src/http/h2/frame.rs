@@ -237,7 +237,10 @@ pub fn headers_fragment<'a>(head: &Head, payload: &'a [u8]) -> Result<&'a [u8], 
 
 /// A PRIORITY frame (§6.3) is read for one rule only: a stream may not depend on itself.
 pub fn check_priority(head: &Head, payload: &[u8]) -> Result<(), Fault> {
-    let depends = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let Some(&[a, b, c, d, _]) = payload.get(..5).and_then(|p| <&[u8; 5]>::try_from(p).ok()) else {
+        return Err(Fault::Stream(head.stream, ErrorCode::FrameSize));
+    };
+    let depends = u32::from_be_bytes([a, b, c, d]);
     if depends & MAX_WINDOW == head.stream {
         return Err(Fault::Stream(head.stream, ErrorCode::Protocol));
     }
@@ -272,8 +275,9 @@ pub fn settings(payload: &[u8]) -> Result<Vec<(u16, u32)>, Fault> {
 /// A WINDOW_UPDATE's increment (§6.9): zero is an error, of the stream it names or of the
 /// connection.
 pub fn window_increment(head: &Head, payload: &[u8]) -> Result<u32, Fault> {
-    let increment = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-    let increment = increment & MAX_WINDOW;
+    let bytes =
+        <[u8; 4]>::try_from(payload).map_err(|_| Fault::Connection(ErrorCode::FrameSize))?;
+    let increment = u32::from_be_bytes(bytes) & MAX_WINDOW;
     match (increment, head.stream) {
         (0, 0) => Err(Fault::Connection(ErrorCode::Protocol)),
         (0, stream) => Err(Fault::Stream(stream, ErrorCode::Protocol)),
@@ -281,10 +285,13 @@ pub fn window_increment(head: &Head, payload: &[u8]) -> Result<u32, Fault> {
     }
 }
 
-/// The error code of a RST_STREAM or GOAWAY (its last four bytes for RST_STREAM, bytes 4..8
-/// for GOAWAY).
+/// The error code a RST_STREAM or GOAWAY carries in `bytes` (a RST_STREAM's payload, a
+/// GOAWAY's from its fifth byte); fewer than four bytes read as `INTERNAL_ERROR`.
 pub fn error_code(bytes: &[u8]) -> ErrorCode {
-    ErrorCode::from_u32(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    match bytes.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+        Some(code) => ErrorCode::from_u32(u32::from_be_bytes(code)),
+        None => ErrorCode::Internal,
+    }
 }
 
 /// A flow-control window (§6.9): what one side may still send. It may go below zero when the
@@ -343,9 +350,9 @@ pub fn write_settings_ack(out: &mut Vec<u8>) {
 }
 
 /// A PING's answer: the same eight bytes, with ACK (§6.7).
-pub fn write_ping_ack(out: &mut Vec<u8>, payload: &[u8]) {
+pub fn write_ping_ack(out: &mut Vec<u8>, payload: &[u8; 8]) {
     write_head(out, 8, kind::PING, flag::ACK, 0);
-    out.extend_from_slice(&payload[..8]);
+    out.extend_from_slice(payload);
 }
 
 /// GOAWAY (§6.8): the last stream this side will have processed, and why.
@@ -574,6 +581,19 @@ mod tests {
         assert_eq!(increment(0, 0), Err(Fault::Connection(Protocol)));
         assert_eq!(increment(3, 0), Err(Fault::Stream(3, Protocol)));
         assert_eq!(increment(3, 0x8000_0001), Ok(1));
+        // Short payloads are errors, never a panic, whoever calls.
+        let update = head(3, kind::WINDOW_UPDATE, 0, 1);
+        assert_eq!(
+            window_increment(&update, &[0, 1]),
+            Err(Fault::Connection(FrameSize))
+        );
+        let priority = head(4, kind::PRIORITY, 0, 1);
+        assert_eq!(
+            check_priority(&priority, &[0; 4]),
+            Err(Fault::Stream(1, FrameSize))
+        );
+        assert_eq!(error_code(&[0, 0]), Internal);
+        assert_eq!(error_code(&[0, 0, 0, 0xb]), EnhanceYourCalm);
     }
 
     #[test]
