@@ -719,7 +719,10 @@ fn http2_crosses_the_farm_with_the_offloaders_alpn() {
     let h2: u64 = farm
         .tier("l7")
         .iter()
-        .map(|m| metric(m, "httplb_requests_total{path=\"hyper\",protocol=\"h2\"}"))
+        .map(|m| {
+            let admin: SocketAddr = m["admin"].as_str().unwrap().parse().unwrap();
+            common::h2_requests(&common::get(admin, "/metrics").text())
+        })
         .sum();
     assert_eq!(h2, 6);
 }

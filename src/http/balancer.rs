@@ -47,7 +47,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::affinity::{Affinity, CookieSettings, Found};
 use super::assign::{self, Mode};
-use super::body::{self, Download, Payload, Upload};
+use super::body::{self, Download, Inbound, Payload, Upload};
 use super::cache::Cache;
 use super::compress;
 use super::early_hints::EarlyHints;
@@ -672,7 +672,7 @@ impl HttpServer {
         let service = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let info = Arc::clone(&service_info);
-            async move { Ok::<_, Infallible>(this.request(req, &info).await) }
+            async move { Ok::<_, Infallible>(this.request(req.map(Inbound::from), &info).await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -752,10 +752,11 @@ impl HttpServer {
     /// One request, from its head to the head of its response (the body streams on after).
     pub(super) async fn request(
         self: &Arc<Self>,
-        req: Request<hyper::body::Incoming>,
+        req: Request<Inbound>,
         info: &ConnInfo,
     ) -> Response<Download> {
-        self.counters.path(false, req.version() == Version::HTTP_2);
+        let own = matches!(req.body(), Inbound::Own(_));
+        self.counters.path(own, req.version() == Version::HTTP_2);
         // Chapter 17: a gRPC call learns of our failures in gRPC's terms.
         if grpc::is_grpc(req.headers()) {
             let deadline = grpc::deadline(req.headers()).is_some();
@@ -771,7 +772,7 @@ impl HttpServer {
     /// [`HttpServer::request`] past the counting.
     async fn answer(
         self: &Arc<Self>,
-        req: Request<hyper::body::Incoming>,
+        req: Request<Inbound>,
         info: &ConnInfo,
     ) -> Response<Download> {
         // The exchange's rules on the head as received, before the cache keys on it or a field
@@ -819,7 +820,7 @@ impl HttpServer {
     pub(in crate::http) async fn proxied(
         &self,
         up: &Arc<Upstreams>,
-        mut req: Request<Option<hyper::body::Incoming>>,
+        mut req: Request<Option<Inbound>>,
         info: &ConnInfo,
         origin: Option<&mut Option<hyper::http::response::Parts>>,
     ) -> Response<Download> {
@@ -1462,7 +1463,7 @@ fn join_cookies(headers: &mut hyper::HeaderMap) {
 /// it only when unread bytes may be left: after an error, over TLS (the client's
 /// close_notify), when a request body was not read to its end (a 413: the rest may still be on
 /// its way), or when the socket still holds something. A clean plain-TCP end closes at once.
-async fn close_client(mut stream: Conn, clean: bool) {
+pub(super) async fn close_client(mut stream: Conn, clean: bool) {
     if clean {
         let mut probe = [0u8; 512];
         let probed = match &mut stream {

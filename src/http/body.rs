@@ -109,9 +109,52 @@ fn boxed(
     polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
 }
 
+/// A client's request body as its codec received it: hyper's (HTTP/1, and HTTP/2 through
+/// hyper's server), or the own HTTP/2 codec's ([`crate::http::h2::conn::RecvBody`]). The
+/// decisions after the codec are the same for both.
+pub enum Inbound {
+    Hyper(Incoming),
+    Own(crate::http::h2::conn::RecvBody),
+}
+
+impl From<Incoming> for Inbound {
+    fn from(body: Incoming) -> Inbound {
+        Inbound::Hyper(body)
+    }
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Hyper(body) => boxed(Pin::new(body).poll_frame(cx)),
+            Inbound::Own(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(body) => body.is_end_stream(),
+            Inbound::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(body) => body.size_hint(),
+            Inbound::Own(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A client's request body on its way to a backend, stopped at `limit` bytes.
 pub struct Upload {
-    inner: Option<Incoming>,
+    inner: Option<Inbound>,
     limit: u64,
     seen: u64,
     /// Set if the body is dropped before its end: the client's connection then still holds
@@ -138,7 +181,7 @@ impl Upload {
     /// `left_unread` is set if the body is dropped before its end.
     /// `stall`: the longest the client may pause in the middle of it.
     pub fn new(
-        body: Incoming,
+        body: Inbound,
         limit: Option<u64>,
         left_unread: Arc<AtomicBool>,
         stall: Duration,
@@ -189,7 +232,7 @@ impl Body for Upload {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let mut polled = boxed(Pin::new(inner).poll_frame(cx));
+        let mut polled = Pin::new(inner).poll_frame(cx);
         if let Some(stall) = this.stall.as_mut() {
             polled = stall.check(polled, cx);
         }

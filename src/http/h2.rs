@@ -36,6 +36,7 @@
 //! head into a request, §8). Its connection layer, which will serve a connection's streams in
 //! one task and hold no buffer while it is idle, comes next.
 
+pub mod conn;
 pub mod frame;
 pub mod hpack;
 pub mod message;
@@ -105,6 +106,13 @@ pub(crate) async fn starts_with_preface(
         read.extend_from_slice(&more[..n]);
     }
     read.starts_with(PREFACE)
+}
+
+/// Whether the own codec serves HTTP/2 ([`conn`]): `LB_H2_OWN=off` leaves it to hyper's server,
+/// to compare the two (CI runs chapter 17's tests both ways).
+fn own() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LB_H2_OWN").map_or(true, |v| v != "off"))
 }
 
 /// One connection's count of streams reset by the client before their answer, per second.
@@ -179,6 +187,18 @@ impl HttpServer {
         prefix: Vec<u8>,
         info: Arc<ConnInfo>,
     ) {
+        if own() {
+            let client = info.client;
+            let (conn, ended) = conn::Connection::new(self, conn, prefix, info).run().await;
+            let clean = match ended {
+                conn::Ended::Clean => true,
+                conn::Ended::Broken(why) => {
+                    tracing::debug!(%client, "HTTP/2 connection ended: {why}");
+                    false
+                }
+            };
+            return super::balancer::close_client(conn, clean).await;
+        }
         let settings = self.upstreams().settings.clone();
         let h2 = settings.h2.clone();
         let io = TokioIo::new(Returning::new(conn, prefix, None));
@@ -197,7 +217,9 @@ impl HttpServer {
             // Boxed: hyper moves the service's future into a task of its own for each stream,
             // and the request's future is large; unboxed, copying it showed in the profile.
             Box::pin(async move {
-                let mut response = this.request(req, &info).await;
+                let mut response = this
+                    .request(req.map(super::body::Inbound::from), &info)
+                    .await;
                 if let Some(busy) = stream.answered() {
                     response.body_mut().hold(Box::new(busy));
                 }

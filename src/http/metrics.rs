@@ -60,9 +60,8 @@ pub struct HttpCounters {
     affinity: [AtomicU64; 3],
     /// By [`LOCAL`] index.
     local: [AtomicU64; LOCAL.len()],
-    /// Requests served by the balancer's own HTTP/1 path, then by hyper's.
-    /// Requests by path and protocol: own HTTP/1, hyper's HTTP/1, hyper's HTTP/2.
-    paths: [AtomicU64; 3],
+    /// Requests by path and protocol: own HTTP/1, hyper's HTTP/1, hyper's HTTP/2, own HTTP/2.
+    paths: [AtomicU64; 4],
     /// What `--compress` took in and sent out (chapter 16); shared with every compressing
     /// body.
     pub compression: Arc<Compression>,
@@ -97,13 +96,14 @@ impl HttpCounters {
     }
 
     /// One request read by the balancer's own HTTP/1 path (`own`) or by hyper.
-    /// A request read by the own path (`own`, HTTP/1 only) or hyper's, over HTTP/2 (`h2`,
-    /// chapter 17) or HTTP/1.
+    /// A request read by an own codec (`own`) or hyper's, over HTTP/2 (`h2`, chapter 17) or
+    /// HTTP/1.
     pub fn path(&self, own: bool, h2: bool) {
         let i = match (own, h2) {
-            (true, _) => 0,
+            (true, false) => 0,
             (false, false) => 1,
             (false, true) => 2,
+            (true, true) => 3,
         };
         inc(&self.paths[i]);
     }
@@ -160,7 +160,12 @@ impl HttpCounters {
             "Requests by the code that read them (the balancer's own HTTP/1 path, or hyper) \
              and their protocol (http1 or h2).",
         );
-        let labels = [("own", "http1"), ("hyper", "http1"), ("hyper", "h2")];
+        let labels = [
+            ("own", "http1"),
+            ("hyper", "http1"),
+            ("hyper", "h2"),
+            ("own", "h2"),
+        ];
         for ((path, protocol), n) in labels.iter().zip(&self.paths) {
             e.sample(name, &[("path", path), ("protocol", protocol)], get(n));
         }

@@ -805,3 +805,17 @@ pub fn metric(metrics: &str, sample: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// HTTP/2 requests `http-lb` counted, whichever codec read them (the own one, or hyper's with
+/// `LB_H2_OWN=off`).
+pub fn h2_requests(metrics: &str) -> u64 {
+    ["own", "hyper"]
+        .iter()
+        .map(|path| {
+            metric(
+                metrics,
+                &format!("httplb_requests_total{{path=\"{path}\",protocol=\"h2\"}}"),
+            )
+        })
+        .sum()
+}

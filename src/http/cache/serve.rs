@@ -29,7 +29,7 @@ impl HttpServer {
         self: &Arc<Self>,
         up: &Arc<Upstreams>,
         cache: &Arc<Cache>,
-        req: Request<hyper::body::Incoming>,
+        req: Request<crate::http::body::Inbound>,
         info: &ConnInfo,
     ) -> Response<Download> {
         if !Cache::serves(req.method()) || forward::wants_upgrade(req.headers()) {

@@ -53,7 +53,7 @@ use crate::http::metrics::AffinityOutcome;
 use parse::{Framing, Head, Parsed, ParsedAnswer, parse, parse_answer};
 
 mod parse;
-mod spare;
+pub(in crate::http) mod spare;
 
 /// Beyond any timeout: where the connection's timers start.
 const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);

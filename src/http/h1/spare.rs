@@ -37,13 +37,13 @@ pub fn give_buffer(mut buf: Vec<u8>) {
 }
 
 /// A list for a request head's fields.
-pub fn fields() -> Vec<(Span, Span)> {
+pub(super) fn fields() -> Vec<(Span, Span)> {
     FIELDS
         .with(|f| f.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(32))
 }
 
-pub fn give_fields(mut fields: Vec<(Span, Span)>) {
+pub(super) fn give_fields(mut fields: Vec<(Span, Span)>) {
     fields.clear();
     FIELDS.with(|f| {
         let mut free = f.borrow_mut();
@@ -53,7 +53,7 @@ pub fn give_fields(mut fields: Vec<(Span, Span)>) {
     });
 }
 
-pub fn scratch() -> Scratch {
+pub(super) fn scratch() -> Scratch {
     SCRATCH
         .with(|s| s.borrow_mut().pop())
         .unwrap_or_else(|| Scratch {
@@ -64,7 +64,7 @@ pub fn scratch() -> Scratch {
         })
 }
 
-pub fn give_scratch(scratch: Scratch) {
+pub(super) fn give_scratch(scratch: Scratch) {
     if scratch.out.capacity() > 2 * READ || scratch.upstream.capacity() > 2 * READ {
         return;
     }
