@@ -389,6 +389,7 @@ const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PING: u8 = 6;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -833,9 +834,12 @@ fn a_backends_stream_limit_opens_more_connections_not_a_queue() {
             ))
         })
         .map(|n| n.parse::<u64>().unwrap());
-    // Three, or one more when a call found the limit not yet learned on a new connection (it
-    // starts at one stream until the backend's SETTINGS are applied): never a queue.
-    assert!(matches!(opened, Some(3 | 4)), "{metrics}");
+    // Three, or more when calls found the limit not yet learned on a new connection (it
+    // starts at one stream until the backend's SETTINGS are applied): with the own HTTP/2
+    // codec the six calls arrive in one read and start in one poll, so under load up to four
+    // of them may each dial before any new connection has learned it. Never a queue (all six
+    // are at the backend at once), and never a connection per call.
+    assert!(matches!(opened, Some(3..=5)), "{metrics}");
     drop(lb);
     let _ = calls.join();
 }
@@ -1080,4 +1084,146 @@ fn cookie_crumbs_are_joined_for_an_http1_backend() {
         .filter(|l| l.to_ascii_lowercase().starts_with("cookie:"))
         .collect();
     assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{}", seen[0]);
+}
+
+/// An HTTP/1.1 backend that answers each request with its body (framed by `Content-Length`).
+fn echo_backend() -> SocketAddr {
+    spawn_per_connection(|mut conn| {
+        while let Some((_, body)) = read_request(&mut conn) {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let mut answer = head.into_bytes();
+            answer.extend_from_slice(&body);
+            if conn.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// RFC 9113 §5.2 and §6.9: flow control both ways. Four uploads of 1.5 MiB at once on one
+/// connection are more than a stream's window (256 KiB) and the connection's (1 MiB) allow
+/// ahead of the backend, and their echoes are more than the client's windows (hyper's, 64 KiB
+/// a stream at first): every byte arrives, in order, each on its own stream, as the windows
+/// are granted again.
+#[test]
+fn bodies_larger_than_the_windows_cross_byte_exact() {
+    let backend = echo_backend();
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    runtime().block_on(async {
+        let send = h2c(lb.addr()).await;
+        let calls = (0..4u64).map(|i| {
+            let mut send = send.clone();
+            let addr = lb.addr();
+            async move {
+                let body = payload(3 << 19, i);
+                let request = Request::post(format!("http://{addr}/up/{i}"))
+                    .header("content-length", body.len())
+                    .body(whole(&body))
+                    .unwrap();
+                let response = send.send_request(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                let (echoed, _) = collect(response.into_body()).await;
+                assert!(echoed == body, "stream {i}: {} bytes back", echoed.len());
+            }
+        });
+        futures_join(calls.collect()).await;
+    });
+}
+
+/// RFC 9113 §5.4.1 and §6: what ends a connection, each with its error code in GOAWAY, and
+/// the balancer serving others after each: an even stream (§5.1.1), DATA on a stream never
+/// opened (§5.1), another frame in the middle of a header block (§6.10), a CONTINUATION with
+/// no HEADERS before it, an HPACK block that does not decode (§4.3), a window pushed past
+/// 2^31-1 (§6.9.1), an initial window that large (§6.5.2), a frame over the size we allow
+/// (§4.2).
+#[test]
+fn protocol_errors_end_the_connection_with_their_code() {
+    let backend = echo_backend();
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    let get = request_block(false);
+    let window = |stream: u32, by: u32| frame(WINDOW_UPDATE, 0, stream, &by.to_be_bytes());
+    let setting = |id: u16, value: u32| {
+        let mut payload = id.to_be_bytes().to_vec();
+        payload.extend_from_slice(&value.to_be_bytes());
+        frame(SETTINGS, 0, 0, &payload)
+    };
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "an even stream",
+            frame(HEADERS, END_HEADERS | END_STREAM, 2, &get),
+            1,
+        ),
+        ("DATA on an idle stream", frame(DATA, 0, 5, b"x"), 1),
+        (
+            "a PING inside a header block",
+            [frame(HEADERS, 0, 1, &get), frame(PING, 0, 0, &[0; 8])].concat(),
+            1,
+        ),
+        (
+            "a CONTINUATION alone",
+            frame(CONTINUATION, END_HEADERS, 1, &get),
+            1,
+        ),
+        (
+            "an index that does not exist",
+            frame(HEADERS, END_HEADERS, 1, &[0x80]),
+            9,
+        ),
+        ("a window past 2^31-1", window(0, 0x7fff_ffff), 3),
+        ("an initial window of 2^31", setting(4, 1 << 31), 3),
+        (
+            "a frame over 16 KiB",
+            frame(0xfa, 0, 0, &vec![0; 16_385]),
+            6,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut s = raw_h2(lb.addr());
+        let _ = send(&mut s, &bytes);
+        let frames = frames_until_close(&mut s);
+        assert_eq!(goaway(&frames), Some(code), "{what}");
+    }
+    still_serves(lb.addr());
+}
+
+/// RFC 9113 §8.1.1: a request whose DATA does not add up to its `Content-Length` is malformed,
+/// whether it sends more or none at all; the stream is refused (reset, or a 4xx) and never
+/// answered with what the backend made of it.
+#[test]
+fn a_length_the_data_does_not_match_is_refused() {
+    use lb::http::h2::hpack;
+    let backend = echo_backend();
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    let mut block = request_block(true);
+    hpack::encode_field(&mut block, b"content-length", b"5");
+    for (what, frames) in [
+        (
+            "more DATA than said",
+            [
+                frame(HEADERS, END_HEADERS, 1, &block),
+                frame(DATA, END_STREAM, 1, b"0123456789"),
+            ]
+            .concat(),
+        ),
+        (
+            "fewer",
+            [
+                frame(HEADERS, END_HEADERS, 1, &block),
+                frame(DATA, END_STREAM, 1, b"012"),
+            ]
+            .concat(),
+        ),
+        ("none", frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)),
+    ] {
+        let mut s = raw_h2(lb.addr());
+        assert!(send(&mut s, &frames));
+        let ended = stream_1_ends(&mut s);
+        let refused = match ended {
+            Ended::Reset(code) => code == 1,
+            Ended::Answered(status) => (400..500).contains(&status),
+            Ended::Closed(code) => code.is_some_and(|c| c != 0),
+        };
+        assert!(refused, "{what}: {ended:?}");
+    }
+    still_serves(lb.addr());
 }

@@ -8,7 +8,8 @@ Started by benches/compare/run.sh --h2, which installs the tools and builds http
 
 Each target accepts HTTP/2 in clear text by prior knowledge (http-lb `--h2c`, nginx 1.22's
 `listen ... http2`, HAProxy's `bind ... proto h2`) and balances round robin over the same two
-dummy servers, without an affinity cookie (nginx has none).
+dummy servers, without an affinity cookie (nginx has none). `http-lb-hyper` is the same
+binary with `LB_H2_OWN=off`: hyper's HTTP/2 server in place of the own codec (chapter 17).
 
 Workloads:
   h2load   h2load -c 50 -m 10: 50 connections, 10 streams each at once, GET / to HTTP/1.1
@@ -42,7 +43,7 @@ from compare import Procs, cpu_seconds, family, free_port, log, rss_kib, wait_po
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-TARGETS = ["haproxy", "nginx", "http-lb"]
+TARGETS = ["haproxy", "nginx", "http-lb", "http-lb-hyper"]
 WORKLOADS = ["h2load", "grpc", "idle"]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -148,7 +149,11 @@ class Bench:
             scheme = "h2c://" if grpc else ""
             for b in self.backends:
                 cmd += ["--backend", f"{scheme}127.0.0.1:{b}"]
-            p = self.procs.start(cmd, cpu=1, env={"RUST_LOG": "warn"}, stderr=logfile)
+            env = {"RUST_LOG": "warn"}
+            if target == "http-lb-hyper":
+                # The same binary with hyper's HTTP/2 server in place of the own codec.
+                env["LB_H2_OWN"] = "off"
+            p = self.procs.start(cmd, cpu=1, env=env, stderr=logfile)
         wait_port(port, p, target)
         if target == "nginx":
             deadline = time.monotonic() + 10

@@ -187,18 +187,25 @@ impl HttpServer {
         prefix: Vec<u8>,
         info: Arc<ConnInfo>,
     ) {
-        if own() {
-            let client = info.client;
-            let (conn, ended) = conn::Connection::new(self, conn, prefix, info).run().await;
-            let clean = match ended {
-                conn::Ended::Clean => true,
-                conn::Ended::Broken(why) => {
-                    tracing::debug!(%client, "HTTP/2 connection ended: {why}");
-                    false
-                }
-            };
-            return super::balancer::close_client(conn, clean).await;
+        if !own() {
+            // Boxed: hyper's connection state is large, and would otherwise size the own
+            // codec's idle connections too.
+            return Box::pin(self.serve_hyper_h2(conn, prefix, info)).await;
         }
+        let client = info.client;
+        let (conn, ended) = conn::Connection::new(self, conn, prefix, info).run().await;
+        let clean = match ended {
+            conn::Ended::Clean => true,
+            conn::Ended::Broken(why) => {
+                tracing::debug!(%client, "HTTP/2 connection ended: {why}");
+                false
+            }
+        };
+        super::balancer::close_client(conn, clean).await;
+    }
+
+    /// [`HttpServer::serve_h2`] on hyper's server (`LB_H2_OWN=off`).
+    async fn serve_hyper_h2(self: Arc<Self>, conn: Conn, prefix: Vec<u8>, info: Arc<ConnInfo>) {
         let settings = self.upstreams().settings.clone();
         let h2 = settings.h2.clone();
         let io = TokioIo::new(Returning::new(conn, prefix, None));

@@ -201,6 +201,8 @@ pub(in crate::http) struct Connection {
     answers: FuturesUnordered<Answering>,
     /// Streams looked at by one pass over the answers' bodies, kept to spare an allocation.
     ids: Vec<u32>,
+    /// A body stopped taking because of [`HIGH_WATER`].
+    full: bool,
     continuing: Option<Continuing>,
     last_stream: u32,
     got_settings: bool,
@@ -275,6 +277,7 @@ impl Connection {
             streams: HashMap::new(),
             answers: FuturesUnordered::new(),
             ids: Vec::new(),
+            full: false,
             continuing: None,
             last_stream: 0,
             got_settings: false,
@@ -344,6 +347,10 @@ impl Connection {
                 return Poll::Ready(Ended::Broken(why.clone()));
             }
             let flushed = self.written == self.out.len();
+            if flushed && std::mem::take(&mut self.full) {
+                // A body stopped at HIGH_WATER, and it is all written now.
+                continue;
+            }
             if (self.going_away || self.peer_going_away || self.read_closed)
                 && self.streams.is_empty()
                 && flushed
@@ -891,6 +898,9 @@ impl Connection {
         }
         if self.streams.is_empty() {
             self.idle_since = tokio::time::Instant::now();
+            // An idle connection keeps no table of streams (each entry is large).
+            self.streams = HashMap::new();
+            self.ids = Vec::new();
         }
     }
 
@@ -984,6 +994,8 @@ impl Connection {
         let max_frame = self.peer_max_frame;
         loop {
             if self.out.len() - self.written > HIGH_WATER {
+                // Taken up again once this is written: nothing else would wake the task.
+                self.full = true;
                 return;
             }
             let Some(stream) = self.streams.get_mut(&id) else {
