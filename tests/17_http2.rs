@@ -1227,3 +1227,21 @@ fn a_length_the_data_does_not_match_is_refused() {
     }
     still_serves(lb.addr());
 }
+
+/// RFC 9110 §9.3.2: an answer to HEAD has no content, over HTTP/2 as over HTTP/1, even when
+/// the answer is one of our own error pages: the stream ends with the head.
+#[test]
+fn a_head_request_gets_no_content() {
+    let (refusing, _held) = refusing_port();
+    let lb = h2c_lb(&[refusing.to_string()], &["--affinity", "none"]);
+    runtime().block_on(async {
+        let mut send = h2c(lb.addr()).await;
+        let request = Request::head(format!("http://{}/", lb.addr()))
+            .body(whole(b""))
+            .unwrap();
+        let response = send.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 502);
+        let (content, _) = collect(response.into_body()).await;
+        assert!(content.is_empty(), "{content:?}");
+    });
+}

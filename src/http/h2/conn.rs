@@ -168,6 +168,9 @@ struct Stream {
     pending: Option<Bytes>,
     /// The answer's head was sent: a reset no longer counts against the budget.
     answered: bool,
+    /// The request was `HEAD`: its answer has no content (RFC 9110 §9.3.2), whatever body
+    /// came with it.
+    head: bool,
     local_done: bool,
 }
 
@@ -726,6 +729,7 @@ impl Connection {
                 ..Recv::default()
             }))),
         };
+        let head_only = request.method() == hyper::Method::HEAD;
         let request = request.map(|()| Inbound::Own(body));
         let (server, info) = (Arc::clone(&self.server), Arc::clone(&self.info));
         let (abort, registration) = AbortHandle::new_pair();
@@ -745,6 +749,7 @@ impl Connection {
                 body: None,
                 pending: None,
                 answered: false,
+                head: head_only,
                 local_done: false,
             },
         );
@@ -780,10 +785,7 @@ impl Connection {
             self.idle_stream(head.stream)?;
             // A stream already closed: its bytes are dropped and the window given back.
             self.ungranted += data.len();
-            return match self.last_stream >= head.stream {
-                true => Ok(()),
-                false => Err(Fault::Connection(ErrorCode::Protocol)),
-            };
+            return Ok(());
         };
         if stream.remote_done {
             self.ungranted += data.len();
@@ -933,7 +935,7 @@ impl Connection {
             let (parts, body) = response.into_parts();
             let mut block = Vec::new();
             message::answer_block(&mut block, parts.status, &parts.headers);
-            let end = body.is_end_stream();
+            let end = stream.head || body.is_end_stream();
             frame::write_headers(&mut self.out, id, &block, end, self.peer_max_frame as u32);
             if end {
                 stream.local_done = true;
