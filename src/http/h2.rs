@@ -224,9 +224,16 @@ impl HttpServer {
             // Boxed: hyper moves the service's future into a task of its own for each stream,
             // and the request's future is large; unboxed, copying it showed in the profile.
             Box::pin(async move {
+                let head = req.method() == hyper::Method::HEAD;
                 let mut response = this
                     .request(req.map(super::body::Inbound::from), &info)
                     .await;
+                // RFC 9110 §9.3.2: no content in an answer to HEAD. hyper's HTTP/2 server sends
+                // whatever body it is given (our error pages have one), which the client reads
+                // as a protocol error.
+                if head {
+                    response.body_mut().empty();
+                }
                 if let Some(busy) = stream.answered() {
                     response.body_mut().hold(Box::new(busy));
                 }
