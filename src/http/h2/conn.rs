@@ -403,8 +403,14 @@ impl Connection {
         } else if self.streams.is_empty() && !self.going_away {
             self.idle_since + self.timeout
         } else {
-            // Nothing to time: streams are bounded by the request's own timeouts.
-            tokio::time::Instant::now() + FAR
+            // Nothing to time: streams are bounded by the request's own timeouts. The timer
+            // is moved only when it has come within half of FAR, not at every poll (a reset
+            // is a removal and an insertion in the runtime's timer wheel).
+            let now = tokio::time::Instant::now();
+            match self.timer_at > now + FAR / 2 {
+                true => self.timer_at,
+                false => now + FAR,
+            }
         };
         if at != self.timer_at {
             self.timer.as_mut().reset(at);
