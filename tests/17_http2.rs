@@ -834,12 +834,13 @@ fn a_backends_stream_limit_opens_more_connections_not_a_queue() {
             ))
         })
         .map(|n| n.parse::<u64>().unwrap());
-    // Three, or more when calls found the limit not yet learned on a new connection (it
-    // starts at one stream until the backend's SETTINGS are applied): with the own HTTP/2
-    // codec the six calls arrive in one read and start in one poll, so under load up to four
-    // of them may each dial before any new connection has learned it. Never a queue (all six
-    // are at the backend at once), and never a connection per call.
-    assert!(matches!(opened, Some(3..=5)), "{metrics}");
+    // Three when every new connection starts at the limit the first one learned; more when
+    // calls find no connection whose limit is known yet (a new one starts at one stream until
+    // the backend's SETTINGS are applied). The six calls arrive together, and under load (CI
+    // runs test programs side by side) each may dial before any new connection has learned
+    // it: up to one connection per call. What never happens is a queue: all six are at the
+    // backend at once (above).
+    assert!(matches!(opened, Some(3..=6)), "{metrics}");
     drop(lb);
     let _ = calls.join();
 }
@@ -1258,4 +1259,47 @@ fn a_head_request_gets_no_content() {
         let (content, _) = collect(response.into_body()).await;
         assert!(content.is_empty(), "{content:?}");
     });
+}
+
+/// Streams refused for the client's own errors are bounded per connection (the `h2` crate's
+/// `max_local_error_reset_streams`, after the 2024 reports): 1,100 malformed requests in one
+/// burst, each otherwise a decoded head, a log line and an answer for one frame of the
+/// client's, end with `GOAWAY ENHANCE_YOUR_CALM`, none reaches the backend, and others are
+/// served.
+#[test]
+fn a_flood_of_malformed_requests_closes_the_connection() {
+    use lb::http::h2::hpack;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    let backend = spawn_per_connection(move |mut conn| {
+        while read_request(&mut conn).is_some() {
+            count.fetch_add(1, Ordering::SeqCst);
+            if conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    let mut block = request_block(false);
+    hpack::encode_field(&mut block, b"X-Upper", b"1");
+    let mut burst = Vec::new();
+    for n in 0..1_100u32 {
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * n + 1, &block));
+    }
+    let mut s = raw_h2(lb.addr());
+    let _ = send(&mut s, &burst);
+    let frames = frames_until_close(&mut s);
+    // hyper's server (the `h2` crate) ends the connection at the first uppercase name, with
+    // PROTOCOL_ERROR: stricter still.
+    let h2_crate = std::env::var("LB_H2_OWN").is_ok_and(|v| v == "off");
+    let code = goaway(&frames);
+    assert!(
+        code == Some(0xb) || h2_crate && code == Some(1),
+        "GOAWAY {code:?}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    still_serves(lb.addr());
 }

@@ -17,6 +17,9 @@
 //!   (`RST_STREAM REFUSED_STREAM`, §5.1.2);
 //! * `--h2-reset-budget`: streams the client resets before their answer, per second; past it,
 //!   `GOAWAY ENHANCE_YOUR_CALM` and the connection closes (rapid reset, CVE-2023-44487);
+//! * streams refused for the client's own errors: at most [`MAX_REFUSED_STREAMS`] in a
+//!   connection's life, then `GOAWAY ENHANCE_YOUR_CALM` (floods of malformed requests, each
+//!   otherwise a decoded head, a log line and a frame for one frame of the client's);
 //! * a header block, CONTINUATIONs included, within `--max-head`; past it, `GOAWAY
 //!   ENHANCE_YOUR_CALM` (CONTINUATION floods); the list it decodes to, within the same bound
 //!   (431);
@@ -62,6 +65,12 @@ pub const HIGH_WATER: usize = 64 * 1024;
 /// few bytes a backend takes.
 const STREAM_GRANT: usize = STREAM_WINDOW as usize / 4;
 const CONNECTION_GRANT: usize = CONNECTION_WINDOW as usize / 4;
+
+/// Streams one connection may have refused for the client's own errors (malformed heads,
+/// stream errors, streams past the limit) before it is closed: each costs us a decoded head, a
+/// log line and a frame, and costs the client one frame. The `h2` crate's bound for the same
+/// (`max_local_error_reset_streams`), after the 2024 reports of floods of such streams.
+pub const MAX_REFUSED_STREAMS: usize = 1024;
 
 /// Beyond any timeout: where the timer waits when there is nothing to time.
 const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
@@ -219,6 +228,8 @@ pub(in crate::http) struct Connection {
     max_head: usize,
     budget: usize,
     resets: (Instant, usize),
+    /// Streams refused for the client's errors, in the connection's life.
+    refused: usize,
     /// GOAWAY sent: no stream after `last_stream` is taken.
     going_away: bool,
     peer_going_away: bool,
@@ -293,6 +304,7 @@ impl Connection {
             max_head,
             budget: h2.reset_budget as usize,
             resets: (Instant::now(), 0),
+            refused: 0,
             going_away: false,
             peer_going_away: false,
             failing: None,
@@ -512,6 +524,7 @@ impl Connection {
             Fault::Stream(id, code) => {
                 frame::write_rst_stream(&mut self.out, id, code);
                 self.close_stream(id);
+                self.count_refused();
             }
             Fault::Connection(code) => {
                 if self.failing.is_none() {
@@ -520,6 +533,16 @@ impl Connection {
                     tracing::info!(client = %self.info.client, "HTTP/2: connection error {code}; closing");
                 }
             }
+        }
+    }
+
+    /// One more stream refused for the client's error; past [`MAX_REFUSED_STREAMS`], the
+    /// connection goes.
+    fn count_refused(&mut self) {
+        self.refused += 1;
+        if self.refused > MAX_REFUSED_STREAMS && self.failing.is_none() {
+            tracing::warn!(client = %self.info.client, "HTTP/2: more streams refused for the client's errors than {MAX_REFUSED_STREAMS}; closing");
+            self.fault(Fault::Connection(ErrorCode::EnhanceYourCalm));
         }
     }
 
@@ -767,6 +790,10 @@ impl Connection {
     /// A malformed request (§8.1.1): never forwarded; answered with its status, and the
     /// stream reset if the client had not ended it (§8.1).
     fn refuse(&mut self, id: u32, malformed: Malformed, end_stream: bool, started: Instant) {
+        self.count_refused();
+        if self.failing.is_some() {
+            return;
+        }
         self.server
             .refused_head(self.info.client, malformed.status, started, &malformed.why);
         let mut block = Vec::new();
