@@ -954,14 +954,9 @@ fn stream_1_ends(s: &mut std::net::TcpStream) -> Ended {
     }
 }
 
-/// RFC 9113 §8.1.1, §8.2 and §8.3: a malformed request is never forwarded. Each hostile head
-/// below (the fields HTTP/1.1 reads as framing or as the end of a field, pseudo-header fields
-/// out of place) goes to the running balancer on a connection of its own, and to the own
-/// codec's head rules (`lb::http::h2::message`): both refuse it, with a reset stream or a 4xx,
-/// and the backend sees none of them; the well-formed request after them is carried.
-#[test]
-fn malformed_requests_never_reach_a_backend() {
-    use lb::http::h2::{hpack, message};
+/// An HTTP/1.1 backend that answers every request `200 ok` and keeps each request head it
+/// read, for a test to look at.
+fn recording_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     let backend = spawn_per_connection(move |mut conn| {
@@ -975,6 +970,18 @@ fn malformed_requests_never_reach_a_backend() {
             }
         }
     });
+    (backend, seen)
+}
+
+/// RFC 9113 §8.1.1, §8.2 and §8.3: a malformed request is never forwarded. Each hostile head
+/// below (the fields HTTP/1.1 reads as framing or as the end of a field, pseudo-header fields
+/// out of place) goes to the running balancer on a connection of its own, and to the own
+/// codec's head rules (`lb::http::h2::message`): both refuse it, with a reset stream or a 4xx,
+/// and the backend sees none of them; the well-formed request after them is carried.
+#[test]
+fn malformed_requests_never_reach_a_backend() {
+    use lb::http::h2::{hpack, message};
+    let (backend, seen) = recording_backend();
     let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
     let get = [
         (":method", "GET"),
@@ -1055,19 +1062,7 @@ fn malformed_requests_never_reach_a_backend() {
 #[test]
 fn cookie_crumbs_are_joined_for_an_http1_backend() {
     use lb::http::h2::hpack;
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    let backend = spawn_per_connection(move |mut conn| {
-        while let Some((head, _)) = read_request(&mut conn) {
-            log.lock().unwrap().push(head);
-            if conn
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    let (backend, seen) = recording_backend();
     let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
     let mut block = request_block(false);
     for crumb in ["a=1", "b=2", "c=3"] {

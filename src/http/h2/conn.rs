@@ -937,7 +937,6 @@ impl Connection {
             self.idle_since = tokio::time::Instant::now();
             // An idle connection keeps no table of streams (each entry is large).
             self.streams = HashMap::new();
-            self.ids = Vec::new();
         }
     }
 
