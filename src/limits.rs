@@ -241,17 +241,19 @@ pub enum Entry {
 }
 
 /// A connection counted against its client IP (when that is limited); uncounted when dropped.
+/// It owns its share of the gate, as [`Slot`] does, so that a connection can move to a task of
+/// its own (`http-lb` gives each HTTP/2 connection one, sized for it alone).
 #[derive(Debug)]
-pub struct ClientSlot<'a>(Option<(&'a Gate, IpAddr)>);
+pub struct ClientSlot(Option<(Arc<Gate>, IpAddr)>);
 
-impl Drop for ClientSlot<'_> {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let Some((gate, ip)) = self.0 else { return };
+        let Some((gate, ip)) = &self.0 else { return };
         let mut map = gate.per_client.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
+        if let Some(n) = map.get_mut(ip) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&ip);
+                map.remove(ip);
             }
         }
     }
@@ -306,7 +308,11 @@ impl Gate {
     }
 
     /// Counts a connection against `ip`, unless it already has `max` of them.
-    pub fn admit_client(&self, ip: IpAddr, max: Option<usize>) -> Result<ClientSlot<'_>, Refusal> {
+    pub fn admit_client(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: Option<usize>,
+    ) -> Result<ClientSlot, Refusal> {
         let Some(max) = max else {
             // Not counted when not limited: no lock on the path of every connection.
             return Ok(ClientSlot(None));
@@ -318,7 +324,7 @@ impl Gate {
             return Err(Refusal::PerClient);
         }
         *n += 1;
-        Ok(ClientSlot(Some((self, ip))))
+        Ok(ClientSlot(Some((Arc::clone(self), ip))))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -421,7 +427,7 @@ mod tests {
 
     #[test]
     fn per_client_counts_come_back_down() {
-        let gate = Gate::default();
+        let gate = Arc::new(Gate::default());
         let a = gate.admit_client(ip("10.0.0.1"), Some(2)).unwrap();
         let b = gate.admit_client(ip("::ffff:10.0.0.1"), Some(2)).unwrap();
         assert_eq!(

@@ -367,7 +367,7 @@ impl Server {
         peer: SocketAddr,
         balancer: &Balancer,
         entry: Entry,
-    ) -> Result<Admitted<'_>, Outcome<'static>> {
+    ) -> Result<Admitted, Outcome<'static>> {
         let _slot = match entry {
             Entry::Admitted(slot) => slot,
             Entry::Queued(queued) => match queued.wait(&balancer.limits).await {
@@ -734,8 +734,13 @@ impl Drop for Serving<'_> {
 /// How a connection that was the health probe of the proxy in front ends.
 const PROBE: &str = "health-probe";
 
+/// What a connection holds while it is served: its slot under `max-connections` and its count
+/// against its IP. Dropped after the socket is closed, so that the descriptor budget behind
+/// `max-connections` stays exact.
+pub(crate) type Held = (Slot, ClientSlot);
+
 /// A client past every check of the listener, with what it holds while it is served.
-pub(crate) struct Admitted<'g> {
+pub(crate) struct Admitted {
     pub(crate) conn: Conn,
     /// The real client: the peer, or what its PROXY header said.
     pub(crate) client: SocketAddr,
@@ -749,7 +754,7 @@ pub(crate) struct Admitted<'g> {
     /// v2 header's ALPN TLV, chapter 17).
     pub(crate) h2: bool,
     /// Its slot under `max-connections` and its count against its IP, freed when dropped.
-    pub(crate) held: (Slot, ClientSlot<'g>),
+    pub(crate) held: Held,
 }
 
 /// How one client's connection went: the access log's line.

@@ -603,31 +603,39 @@ impl HttpServer {
     ) {
         let started = Instant::now();
         // Boxed, as in `Server::run` (chapter 11, step 9): admission is over before the first
-        // request, but inline it would size the task for the connection's whole life.
-        let admitted = match Box::pin(self.server.admit(stream, peer, &balancer, entry)).await {
-            Ok(admitted) => admitted,
-            Err(refused) => return refused.log(started),
+        // request, but inline it would size the task for the connection's whole life. Taken
+        // apart inside the block, so that the whole of it (the PROXY header's origin too)
+        // takes no room in the task once the connection is served.
+        // `held` first, so dropped last: the slots are freed only once the socket is closed.
+        let (held, mut conn, info, chose_h2) = {
+            let admitted = match Box::pin(self.server.admit(stream, peer, &balancer, entry)).await {
+                Ok(admitted) => admitted,
+                Err(refused) => return refused.log(started),
+            };
+            let client = admitted.client;
+            let info = Arc::new(ConnInfo {
+                client,
+                forwarded_for: ClientAddr::new(client.ip()),
+                tls: admitted.tls,
+                body_left: Arc::new(AtomicBool::new(false)),
+                hints: None,
+            });
+            (admitted.held, admitted.conn, info, admitted.h2)
         };
-        let _held = admitted.held;
-        let info = Arc::new(ConnInfo {
-            client: admitted.client,
-            forwarded_for: ClientAddr::new(admitted.client.ip()),
-            tls: admitted.tls,
-            body_left: Arc::new(AtomicBool::new(false)),
-            hints: None,
-        });
-        let mut conn = admitted.conn;
         // Chapter 17: a client that chose h2 in ALPN, with us or with the TLS offloader in
-        // front (its PROXY v2 header said so).
-        if admitted.h2 {
-            return Box::pin(Arc::clone(&self).serve_h2(conn, Vec::new(), info)).await;
+        // front (its PROXY v2 header said so). It moves to a task of its own: sized for the
+        // HTTP/2 connection alone, where this one is sized for every codec's start.
+        if chose_h2 {
+            return Arc::clone(&self).serve_h2(conn, Vec::new(), info, held);
         }
         // The balancer's own HTTP/1 path first, while the requests are simple; hyper takes
         // the connection (with what was read of it) as soon as one is not. HTTP/2's preface
         // is not HTTP/1 (its version is 2.0), so it comes back at once.
         let mut prefix = Vec::new();
         if h1::enabled() && h1::takes(&self.upstreams()) {
-            match self.serve_h1(&mut conn, &info).await {
+            // Boxed, as the other codecs are: the task's own future is then the size of the
+            // little this function keeps, whichever codec serves the connection.
+            match Box::pin(self.serve_h1(&mut conn, &info)).await {
                 h1::Left::Closed { clean } => return close_client(conn, clean).await,
                 h1::Left::ToHyper(read) => prefix = read,
             }
@@ -636,9 +644,14 @@ impl HttpServer {
         let settings = &self.upstreams().settings;
         if settings.h2.h2c
             && matches!(conn, Conn::Plain(_) | Conn::Fresh(_))
-            && h2::starts_with_preface(&mut conn, &mut prefix, settings.header_timeout).await
+            && Box::pin(h2::starts_with_preface(
+                &mut conn,
+                &mut prefix,
+                settings.header_timeout,
+            ))
+            .await
         {
-            return Box::pin(Arc::clone(&self).serve_h2(conn, prefix, info)).await;
+            return Arc::clone(&self).serve_h2(conn, prefix, info, held);
         }
         // Boxed: the hyper half is big (its connection state, the service) and most
         // connections never need it; left inline it would size every connection's task.
@@ -1477,7 +1490,9 @@ pub(super) async fn close_client(mut stream: Conn, clean: bool) {
             _ => {}
         }
     }
-    net::lingering_close(stream, net::LINGER).await;
+    // Boxed: its drain buffer would otherwise be part of every connection's task for the
+    // connection's whole life, idle or not.
+    Box::pin(net::lingering_close(stream, net::LINGER)).await;
 }
 
 /// The client's connection as hyper holds it, handed back when hyper is done with it (so that

@@ -210,12 +210,15 @@ pub(in crate::http) struct Connection {
     written: usize,
     decoder: hpack::Decoder,
     streams: HashMap<u32, Stream>,
-    answers: FuturesUnordered<Answering>,
+    /// None while no stream is open: an idle connection holds neither this queue nor the
+    /// streams' table ([`Connection::shrink_when_idle`]).
+    answers: Option<FuturesUnordered<Answering>>,
     /// Streams looked at by one pass over the answers' bodies, kept to spare an allocation.
     ids: Vec<u32>,
     /// A body stopped taking because of [`HIGH_WATER`].
     full: bool,
-    continuing: Option<Continuing>,
+    /// Boxed: CONTINUATION is rare, and the room would be paid by every connection.
+    continuing: Option<Box<Continuing>>,
     last_stream: u32,
     got_settings: bool,
     /// What the client may still send on the connection, and what it took to be granted.
@@ -236,12 +239,10 @@ pub(in crate::http) struct Connection {
     /// A connection error was sent: write what can be written, then close.
     failing: Option<String>,
     read_closed: bool,
-    timer: Pin<Box<Sleep>>,
-    timer_at: tokio::time::Instant,
     idle_since: tokio::time::Instant,
     progress_at: tokio::time::Instant,
     timeout: std::time::Duration,
-    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The server began to drain, and this connection was told (GOAWAY).
     stopped: bool,
 }
 
@@ -259,10 +260,6 @@ impl Connection {
             settings.max_head,
             settings.header_timeout,
         );
-        let mut stop = server.stop.subscribe();
-        let stop = Box::pin(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        });
         let now = tokio::time::Instant::now();
         let mut out = Vec::with_capacity(64);
         // §3.4: our SETTINGS first; the connection's window raised to ours (§6.9.2: SETTINGS
@@ -289,7 +286,7 @@ impl Connection {
             written: 0,
             decoder: hpack::Decoder::new(hpack::DEFAULT_TABLE_SIZE),
             streams: HashMap::new(),
-            answers: FuturesUnordered::new(),
+            answers: None,
             ids: Vec::new(),
             full: false,
             continuing: None,
@@ -309,20 +306,41 @@ impl Connection {
             peer_going_away: false,
             failing: None,
             read_closed: false,
-            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
-            timer_at: now + timeout,
             idle_since: now,
             progress_at: now,
             timeout,
-            stop,
             stopped: false,
         }
     }
 
-    /// Serves the connection to its end; the socket is handed back for the caller's close.
-    pub(in crate::http) async fn run(mut self) -> (Conn, Ended) {
-        let ended = std::future::poll_fn(|cx| self.poll_run(cx)).await;
-        // Whatever is still being answered is dropped with the connection.
+    /// Who the client is, for the log.
+    pub(in crate::http) fn client(&self) -> std::net::SocketAddr {
+        self.info.client
+    }
+
+    /// Serves the connection to its end; [`Connection::finish`] then hands the socket back
+    /// for the caller's close. By reference: an `async fn` taking the connection by value
+    /// would hold it twice in its state (the argument and the local it is moved to), and
+    /// that state lives as long as the connection. `timer` is the connection's one timer,
+    /// `stop` resolves when the server drains.
+    pub(in crate::http) fn run<'a>(
+        &'a mut self,
+        mut timer: Pin<&'a mut Sleep>,
+        mut stop: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    ) -> impl Future<Output = Ended> + 'a {
+        // A `poll_fn`, not an `async fn`: the references are held once, not once as the
+        // arguments and again as the closure's.
+        std::future::poll_fn(move |cx| self.poll_run(cx, timer.as_mut(), stop.as_mut()))
+    }
+
+    /// Where the timer given to [`Connection::run`] starts: the idle timeout.
+    pub(in crate::http) fn first_deadline(&self) -> tokio::time::Instant {
+        self.idle_since + self.timeout
+    }
+
+    /// The socket, once [`Connection::run`] is over; whatever is still being answered is
+    /// dropped with the connection.
+    pub(in crate::http) fn finish(mut self) -> Conn {
         for (_, stream) in self.streams.drain() {
             if let Some(abort) = stream.abort {
                 abort.abort();
@@ -331,10 +349,15 @@ impl Connection {
         if self.read.capacity() > 0 {
             spare::give_buffer(std::mem::take(&mut self.read));
         }
-        (self.io, ended)
+        self.io
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut timer: Pin<&mut Sleep>,
+        mut stop: Pin<&mut (dyn Future<Output = ()> + Send)>,
+    ) -> Poll<Ended> {
         // What was read before this codec took the connection (the h2c preface check may
         // have read frames past the preface).
         if !self.read.is_empty()
@@ -344,7 +367,7 @@ impl Connection {
             self.fault(fault);
         }
         loop {
-            if !self.stopped && self.stop.as_mut().poll(cx).is_ready() {
+            if !self.stopped && stop.as_mut().poll(cx).is_ready() {
                 self.stopped = true;
                 tracing::debug!(client = %self.info.client, "closing an HTTP/2 connection: draining");
                 self.go_away(ErrorCode::NoError);
@@ -375,7 +398,7 @@ impl Connection {
                     false => Ended::Clean,
                 });
             }
-            if self.poll_timer(cx) {
+            if self.poll_timer(cx, timer.as_mut()) {
                 continue;
             }
             if self.failing.is_some() {
@@ -383,6 +406,7 @@ impl Connection {
             }
             // Read only while what we owe the client is within bounds.
             if self.read_closed || self.out.len() - self.written > HIGH_WATER {
+                self.shrink_when_idle();
                 return Poll::Pending;
             }
             match self.poll_read(cx) {
@@ -401,14 +425,28 @@ impl Connection {
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Ended::Broken(e.to_string())),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.shrink_when_idle();
+                    return Poll::Pending;
+                }
             }
+        }
+    }
+
+    /// A connection with no stream open keeps no answers' queue and no scratch list: idle
+    /// connections are most of a server's connections, and each byte here is paid by each.
+    /// (Aborted answers leave the queue when it is next polled, as the loop does before
+    /// every wait, so an empty table means an empty queue.)
+    fn shrink_when_idle(&mut self) {
+        if self.streams.is_empty() && self.answers.as_ref().is_some_and(|a| a.is_empty()) {
+            self.answers = None;
+            self.ids = Vec::new();
         }
     }
 
     /// The one timer: a write that makes no progress, or no stream open, for `timeout`.
     /// True when it fired and changed something.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+    fn poll_timer(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> bool {
         let stalled = self.written < self.out.len();
         let at = if stalled {
             self.progress_at + self.timeout
@@ -419,16 +457,15 @@ impl Connection {
             // is moved only when it has come within half of FAR, not at every poll (a reset
             // is a removal and an insertion in the runtime's timer wheel).
             let now = tokio::time::Instant::now();
-            match self.timer_at > now + FAR / 2 {
-                true => self.timer_at,
+            match timer.deadline() > now + FAR / 2 {
+                true => timer.deadline(),
                 false => now + FAR,
             }
         };
-        if at != self.timer_at {
-            self.timer.as_mut().reset(at);
-            self.timer_at = at;
+        if at != timer.deadline() {
+            timer.as_mut().reset(at);
         }
-        if self.timer.as_mut().poll(cx).is_pending() {
+        if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
         if stalled {
@@ -583,11 +620,11 @@ impl Connection {
                     return self.on_block(head.stream, fragment, end_stream);
                 }
                 self.bounded_block(fragment.len())?;
-                self.continuing = Some(Continuing {
+                self.continuing = Some(Box::new(Continuing {
                     stream: head.stream,
                     block: fragment.to_vec(),
                     end_stream,
-                });
+                }));
                 Ok(())
             }
             kind::CONTINUATION => {
@@ -766,6 +803,7 @@ impl Connection {
         // here and copied into the answers' box, which showed as `memmove` in the profile.
         let answer = async move { (id, Box::pin(server.request(request, &info)).await) };
         self.answers
+            .get_or_insert_with(FuturesUnordered::new)
             .push(Box::pin(Abortable::new(answer, registration)));
         self.streams.insert(
             id,
@@ -957,7 +995,11 @@ impl Connection {
 
     /// Answers made since the last look: their heads go out.
     fn poll_answers(&mut self, cx: &mut Context<'_>) {
-        while let Poll::Ready(Some(made)) = Pin::new(&mut self.answers).poll_next(cx) {
+        // Taken out while polled: closing a stream below needs the whole connection.
+        let Some(mut answers) = self.answers.take() else {
+            return;
+        };
+        while let Poll::Ready(Some(made)) = Pin::new(&mut answers).poll_next(cx) {
             let Ok((id, response)) = made else {
                 continue;
             };
@@ -978,6 +1020,7 @@ impl Connection {
                 stream.body = Some(body);
             }
         }
+        self.answers = Some(answers);
     }
 
     /// What request bodies' readers took since the last look is granted to the client again,

@@ -161,8 +161,13 @@ pub struct Decoder {
     max: usize,
     /// The size we announced in `SETTINGS_HEADER_TABLE_SIZE`.
     allowed: usize,
-    /// Where Huffman strings are decoded; emptied after each field.
-    scratch: Vec<u8>,
+}
+
+thread_local! {
+    /// Where Huffman strings are decoded, emptied after each field: one per thread, not one
+    /// per connection, since no decoding waits for anything (an idle connection, the most
+    /// common kind, then holds none).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Decoder {
@@ -174,7 +179,6 @@ impl Decoder {
             size: 0,
             max: allowed,
             allowed,
-            scratch: Vec::new(),
         }
     }
 
@@ -186,10 +190,23 @@ impl Decoder {
     /// Decodes one complete header block (HEADERS and its CONTINUATIONs, joined), handing
     /// each field to `field` in order. On an error the connection must end: fields may have
     /// been handed on before it, and the table is no longer in step with the client's.
-    pub fn decode(
+    pub fn decode(&mut self, block: &[u8], field: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
+        // Taken, not borrowed: nothing can then see it half used.
+        let mut scratch = SCRATCH.take();
+        let decoded = self.decode_with(block, field, &mut scratch);
+        // Huffman output does not outlive its block: a long one would otherwise stay held.
+        if scratch.capacity() <= 4096 {
+            scratch.clear();
+            SCRATCH.set(scratch);
+        }
+        decoded
+    }
+
+    fn decode_with(
         &mut self,
         block: &[u8],
         mut field: impl FnMut(&[u8], &[u8]),
+        scratch: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let mut at = 0;
         let mut fields_seen = false;
@@ -218,20 +235,20 @@ impl Decoder {
                     (false, 4)
                 };
                 let index = integer(block, &mut at, prefix)?;
-                self.scratch.clear();
+                scratch.clear();
                 let name = if index == 0 {
-                    Str::read(block, &mut at, &mut self.scratch)?
+                    Str::read(block, &mut at, scratch)?
                 } else {
                     // Checked now, borrowed below (the table does not change before).
                     self.entry(index)?;
                     Str::Indexed(index)
                 };
-                let value = Str::read(block, &mut at, &mut self.scratch)?;
+                let value = Str::read(block, &mut at, scratch)?;
                 let name_bytes = match name {
                     Str::Indexed(i) => self.entry(i)?.0,
-                    other => other.bytes(block, &self.scratch),
+                    other => other.bytes(block, scratch),
                 };
-                let value_bytes = value.bytes(block, &self.scratch);
+                let value_bytes = value.bytes(block, scratch);
                 field(name_bytes, value_bytes);
                 if indexing {
                     // Copied before any eviction: the name may be an entry about to go (§4.4).
@@ -246,10 +263,6 @@ impl Decoder {
                 }
                 fields_seen = true;
             }
-        }
-        // Huffman output does not outlive its block: a long one would otherwise stay held.
-        if self.scratch.capacity() > 4096 {
-            self.scratch = Vec::new();
         }
         Ok(())
     }
