@@ -635,6 +635,54 @@ fn an_idle_h2_connection_is_closed() {
     assert_eq!(goaway(&frames), Some(0), "{frames:?}");
 }
 
+/// SIGTERM drains an HTTP/2 connection as it does an HTTP/1 one: a stream in flight gets its
+/// whole answer, the client is told GOAWAY with NO_ERROR (RFC 9113 §6.8: a graceful
+/// shutdown), the connection is closed, and the process exits 0. Another connection, idle
+/// since its one answer, is told at once too. (hyper's server, `LB_H2_OWN=off`, then waits for
+/// the client to acknowledge a PING, which this raw client never does, so its idle connection
+/// closes at its idle timeout: 5 s here, to keep that run short.)
+#[test]
+fn sigterm_drains_an_h2_connection_after_its_stream_in_flight() {
+    let (dummy, backends) = dummies(1);
+    let mut lb = h2c_lb(&[backends[1].clone()], &["--header-timeout", "5"]);
+    let mut idle = raw_h2(lb.addr());
+    send(
+        &mut idle,
+        &frame(HEADERS, END_STREAM | END_HEADERS, 1, &request_block(false)),
+    );
+    assert_eq!(stream_1_ends(&mut idle), Ended::Answered(200));
+    let mut busy = raw_h2(lb.addr());
+    // `:path /delay/700` as a literal (index 4, without indexing), the rest as above.
+    let mut block = vec![0x82, 0x86, 0x04, 10];
+    block.extend_from_slice(b"/delay/700");
+    block.extend_from_slice(&[0x01, 0x01, b't']);
+    send(
+        &mut busy,
+        &frame(HEADERS, END_STREAM | END_HEADERS, 1, &block),
+    );
+    dummy.wait_stderr("GET /delay/700", 1);
+    lb.signal("TERM");
+    lb.wait_stderr("draining", 1);
+    let frames = frames_until_close(&mut idle);
+    assert_eq!(goaway(&frames), Some(0), "{frames:?}");
+    let frames = frames_until_close(&mut busy);
+    assert_eq!(goaway(&frames), Some(0), "{frames:?}");
+    // 0x88: `:status 200` from the static table.
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.0 == HEADERS && f.2 == 1 && f.3.first() == Some(&0x88)),
+        "{frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.2 == 1 && f.1 & END_STREAM != 0 && (f.0 == DATA || f.0 == HEADERS)),
+        "the answer in flight was cut short: {frames:?}"
+    );
+    assert_eq!(lb.wait_exit(), 0);
+}
+
 /// Rapid reset of streams already taken (CVE-2023-44487's other half): streams the balancer
 /// had started to carry, reset by the client before their answer, count against
 /// `--h2-reset-budget` per second; past it the connection is closed and the log says why.

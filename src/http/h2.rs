@@ -190,15 +190,13 @@ impl Drop for Stream {
 #[allow(clippy::manual_async_fn)]
 fn serve_own(
     mut connection: conn::Connection,
-    mut stop: tokio::sync::watch::Receiver<bool>,
     held: crate::server::Held,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // In a block of their own, so that the close below does not keep room for them too.
         let clean = {
-            let stop = std::pin::pin!(async {
-                let _ = stop.wait_for(|stop| *stop).await;
-            });
+            let server = connection.server();
+            let stop = std::pin::pin!(server.stopping());
             let timer = std::pin::pin!(tokio::time::sleep_until(connection.first_deadline()));
             match connection.run(timer, stop).await {
                 conn::Ended::Clean => true,
@@ -234,11 +232,10 @@ impl HttpServer {
             });
             return;
         }
-        let stop = self.stop.subscribe();
         // Built here, not in the task: what the task's future holds from its start is then
         // the codec's state, once, rather than the parts it is built from as well.
         let connection = conn::Connection::new(self, conn, prefix, info);
-        tokio::spawn(serve_own(connection, stop, held));
+        tokio::spawn(serve_own(connection, held));
     }
 
     /// [`HttpServer::serve_h2`] on hyper's server (`LB_H2_OWN=off`).

@@ -190,6 +190,31 @@ struct Continuing {
     end_stream: bool,
 }
 
+thread_local! {
+    /// Streams looked at by one pass over the answers' bodies: one list per thread rather
+    /// than per connection, since a pass never waits.
+    static IDS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Why the connection is ending at our side: a few bytes, not a message, since every
+/// connection has room for one.
+#[derive(Clone, Copy)]
+enum Failing {
+    /// A write made no progress for the timeout.
+    Stalled,
+    /// We sent GOAWAY with this code.
+    Error(ErrorCode),
+}
+
+impl std::fmt::Display for Failing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failing::Stalled => f.write_str("a client that does not read"),
+            Failing::Error(code) => write!(f, "HTTP/2 connection error {code}"),
+        }
+    }
+}
+
 /// How a connection ended, for the caller's close.
 pub(in crate::http) enum Ended {
     /// GOAWAY sent (or received) and every stream done: nothing left unread that matters.
@@ -204,7 +229,8 @@ pub(in crate::http) struct Connection {
     io: Conn,
     /// Bytes read and not yet taken as frames; no capacity while there are none.
     read: Vec<u8>,
-    preface_left: usize,
+    /// The client's preface is not all read yet (§3.4).
+    awaiting_preface: bool,
     /// Frames to write, from `written` on; no capacity while empty.
     out: Vec<u8>,
     written: usize,
@@ -213,8 +239,6 @@ pub(in crate::http) struct Connection {
     /// None while no stream is open: an idle connection holds neither this queue nor the
     /// streams' table ([`Connection::shrink_when_idle`]).
     answers: Option<FuturesUnordered<Answering>>,
-    /// Streams looked at by one pass over the answers' bodies, kept to spare an allocation.
-    ids: Vec<u32>,
     /// A body stopped taking because of [`HIGH_WATER`].
     full: bool,
     /// Boxed: CONTINUATION is rare, and the room would be paid by every connection.
@@ -227,17 +251,19 @@ pub(in crate::http) struct Connection {
     send: Window,
     peer_initial_window: u32,
     peer_max_frame: usize,
-    max_streams: usize,
+    max_streams: u32,
     max_head: usize,
-    budget: usize,
-    resets: (Instant, usize),
+    budget: u32,
+    /// Streams the client reset before their answer since `resets_since` (within a second).
+    resets: u32,
+    resets_since: Instant,
     /// Streams refused for the client's errors, in the connection's life.
-    refused: usize,
+    refused: u32,
     /// GOAWAY sent: no stream after `last_stream` is taken.
     going_away: bool,
     peer_going_away: bool,
     /// A connection error was sent: write what can be written, then close.
-    failing: Option<String>,
+    failing: Option<Failing>,
     read_closed: bool,
     idle_since: tokio::time::Instant,
     progress_at: tokio::time::Instant,
@@ -281,13 +307,12 @@ impl Connection {
             info,
             io,
             read: prefix,
-            preface_left: PREFACE.len(),
+            awaiting_preface: true,
             out,
             written: 0,
             decoder: hpack::Decoder::new(hpack::DEFAULT_TABLE_SIZE),
             streams: HashMap::new(),
             answers: None,
-            ids: Vec::new(),
             full: false,
             continuing: None,
             last_stream: 0,
@@ -297,10 +322,11 @@ impl Connection {
             send: Window::new(frame::DEFAULT_WINDOW),
             peer_initial_window: frame::DEFAULT_WINDOW,
             peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE as usize,
-            max_streams: h2.max_concurrent_streams as usize,
+            max_streams: h2.max_concurrent_streams,
             max_head,
-            budget: h2.reset_budget as usize,
-            resets: (Instant::now(), 0),
+            budget: h2.reset_budget,
+            resets: 0,
+            resets_since: Instant::now(),
             refused: 0,
             going_away: false,
             peer_going_away: false,
@@ -311,6 +337,11 @@ impl Connection {
             timeout,
             stopped: false,
         }
+    }
+
+    /// The server this connection is served by.
+    pub(in crate::http) fn server(&self) -> Arc<HttpServer> {
+        Arc::clone(&self.server)
     }
 
     /// Who the client is, for the log.
@@ -361,7 +392,7 @@ impl Connection {
         // What was read before this codec took the connection (the h2c preface check may
         // have read frames past the preface).
         if !self.read.is_empty()
-            && self.preface_left > 0
+            && self.awaiting_preface
             && let Err(fault) = self.take_frames()
         {
             self.fault(fault);
@@ -382,7 +413,7 @@ impl Connection {
             if let Some(why) = &self.failing {
                 // A connection error: what could be written of the GOAWAY is; a client that
                 // does not read gets no more of our time.
-                return Poll::Ready(Ended::Broken(why.clone()));
+                return Poll::Ready(Ended::Broken(why.to_string()));
             }
             let flushed = self.written == self.out.len();
             if flushed && std::mem::take(&mut self.full) {
@@ -433,14 +464,13 @@ impl Connection {
         }
     }
 
-    /// A connection with no stream open keeps no answers' queue and no scratch list: idle
+    /// A connection with no stream open keeps no answers' queue: idle
     /// connections are most of a server's connections, and each byte here is paid by each.
     /// (Aborted answers leave the queue when it is next polled, as the loop does before
     /// every wait, so an empty table means an empty queue.)
     fn shrink_when_idle(&mut self) {
         if self.streams.is_empty() && self.answers.as_ref().is_some_and(|a| a.is_empty()) {
             self.answers = None;
-            self.ids = Vec::new();
         }
     }
 
@@ -469,7 +499,7 @@ impl Connection {
             return false;
         }
         if stalled {
-            self.failing = Some("a client that does not read".into());
+            self.failing = Some(Failing::Stalled);
         } else {
             tracing::debug!(client = %self.info.client, "closing an HTTP/2 connection: idle");
             self.go_away(ErrorCode::NoError);
@@ -512,7 +542,7 @@ impl Connection {
     /// Takes every whole frame read so far.
     fn take_frames(&mut self) -> Result<(), Fault> {
         let mut at = 0;
-        if self.preface_left > 0 {
+        if self.awaiting_preface {
             let have = self.read.len().min(PREFACE.len());
             if self.read[..have] != PREFACE[..have] {
                 return Err(Fault::Connection(ErrorCode::Protocol));
@@ -520,7 +550,7 @@ impl Connection {
             if have < PREFACE.len() {
                 return Ok(());
             }
-            self.preface_left = 0;
+            self.awaiting_preface = false;
             at = PREFACE.len();
         }
         while self.read.len() - at >= frame::HEADER_LEN && self.failing.is_none() {
@@ -566,7 +596,7 @@ impl Connection {
             Fault::Connection(code) => {
                 if self.failing.is_none() {
                     frame::write_goaway(&mut self.out, self.last_stream, code);
-                    self.failing = Some(format!("HTTP/2 connection error {code}"));
+                    self.failing = Some(Failing::Error(code));
                     tracing::info!(client = %self.info.client, "HTTP/2: connection error {code}; closing");
                 }
             }
@@ -577,7 +607,7 @@ impl Connection {
     /// connection goes.
     fn count_refused(&mut self) {
         self.refused += 1;
-        if self.refused > MAX_REFUSED_STREAMS && self.failing.is_none() {
+        if self.refused as usize > MAX_REFUSED_STREAMS && self.failing.is_none() {
             tracing::warn!(client = %self.info.client, "HTTP/2: more streams refused for the client's errors than {MAX_REFUSED_STREAMS}; closing");
             self.fault(Fault::Connection(ErrorCode::EnhanceYourCalm));
         }
@@ -758,7 +788,7 @@ impl Connection {
             // §6.8: after GOAWAY, a stream above the last one we named is ignored.
             return Ok(());
         }
-        if self.streams.len() >= self.max_streams {
+        if self.streams.len() >= self.max_streams as usize {
             return Err(Fault::Stream(id, ErrorCode::RefusedStream));
         }
         let started = Instant::now();
@@ -937,11 +967,11 @@ impl Connection {
         self.close_stream(id);
         if early {
             let now = Instant::now();
-            if now.duration_since(self.resets.0) >= std::time::Duration::from_secs(1) {
-                self.resets = (now, 0);
+            if now.duration_since(self.resets_since) >= std::time::Duration::from_secs(1) {
+                (self.resets, self.resets_since) = (0, now);
             }
-            self.resets.1 += 1;
-            if self.resets.1 > self.budget {
+            self.resets += 1;
+            if self.resets > self.budget {
                 tracing::warn!(client = %self.info.client, budget = self.budget,
                     "HTTP/2: more streams reset by the client in a second than the budget; closing");
                 self.fault(Fault::Connection(ErrorCode::EnhanceYourCalm));
@@ -1055,7 +1085,7 @@ impl Connection {
 
     /// Takes answers' bodies as far as the client's windows and [`HIGH_WATER`] allow.
     fn pump_bodies(&mut self, cx: &mut Context<'_>) {
-        let mut ids = std::mem::take(&mut self.ids);
+        let mut ids = IDS.take();
         ids.clear();
         ids.extend(
             self.streams
@@ -1066,7 +1096,7 @@ impl Connection {
         for &id in &ids {
             self.pump(id, cx);
         }
-        self.ids = ids;
+        IDS.set(ids);
     }
 
     fn pump(&mut self, id: u32, cx: &mut Context<'_>) {
