@@ -75,7 +75,7 @@ enum FreshState {
 
 /// What a raw read zeroes first: tokio's buffers may be uninitialised, and a request's head
 /// fits in far less than a whole buffer (a longer one is read on the next call).
-const FRESH_READ: usize = 4096;
+pub const FRESH_READ: usize = 4096;
 
 impl Fresh {
     /// `raw` must be in non-blocking mode.

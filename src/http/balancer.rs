@@ -650,7 +650,8 @@ impl HttpServer {
         let mut prefix = Vec::new();
         if h1::enabled() && h1::takes(&self.upstreams()) {
             // Boxed, as the other codecs are: the task's own future is then the size of the
-            // little this function keeps, whichever codec serves the connection.
+            // little this function keeps, whichever codec serves the connection (an HTTP/2
+            // connection found after this moves to a task of its own, and this one ends).
             match Box::pin(self.serve_h1(&mut conn, &info)).await {
                 h1::Left::Closed { clean } => return close_client(conn, clean).await,
                 h1::Left::ToHyper(read) => prefix = read,

@@ -672,7 +672,29 @@ async fn read_some(conn: &mut Conn, buf: &mut Vec<u8>) -> io::Result<usize> {
     if buf.capacity() == 0 {
         match conn {
             Conn::Plain(tcp) => tcp.readable().await?,
-            Conn::Fresh(fresh) => fresh.readable().await?,
+            Conn::Fresh(fresh) if fresh.is_registered() => fresh.readable().await?,
+            Conn::Fresh(fresh) => {
+                // Unregistered, it cannot wait: one read says whether a request is there (it
+                // usually is, `net::defer_accept`). When none is, the buffer goes back before
+                // the wait, as for a registered socket: held through it, every kept-alive
+                // client would keep 16 KiB from its first answer on.
+                *buf = spare::buffer();
+                buf.resize(buf.capacity().min(crate::conn::FRESH_READ), 0);
+                match fresh.try_read(buf) {
+                    Ok(n) => {
+                        buf.truncate(n);
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        spare::give_buffer(std::mem::take(buf));
+                        fresh.registered()?.readable().await?;
+                    }
+                    Err(e) => {
+                        spare::give_buffer(std::mem::take(buf));
+                        return Err(e);
+                    }
+                }
+            }
             _ => {}
         }
         *buf = spare::buffer();
@@ -820,5 +842,36 @@ async fn exchange(
         biased;
         answer = read => answer,
         () = timer => Err(AnswerFailed::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::Fresh;
+    use std::io::Write as _;
+
+    /// A kept-alive client waiting for its next request holds no read buffer, even while its
+    /// socket is still unregistered (`conn::Fresh`, whose first wait registers it): the wait
+    /// for the second request is where every idle keep-alive client sits.
+    #[tokio::test]
+    async fn an_unregistered_client_waits_without_a_buffer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let mut conn = Conn::Fresh(Fresh::new(accepted));
+        let mut buf = Vec::new();
+        {
+            let mut read = std::pin::pin!(read_some(&mut conn, &mut buf));
+            // Nothing sent yet: the read waits.
+            let waits =
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx).is_pending())).await;
+            assert!(waits);
+        }
+        assert_eq!(buf.capacity(), 0, "a buffer was held through the wait");
+        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let n = read_some(&mut conn, &mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
     }
 }
