@@ -116,8 +116,11 @@ fn metrics_count_connect_failures_and_health_follows_the_backends() {
         4
     );
     assert_eq!(admin_get(lb.addrs[1], "/health").0, 200);
-    // With every backend down, /health says so.
+    // With every backend down, /health says so. The dummy's port is held dead: an ephemeral
+    // port, another test's listener could otherwise take it and pass the health check.
+    let live_addr = dummy.addrs[0];
     drop(dummy);
+    let _still_dead = hold_dead_port(live_addr);
     lb.wait_stderr("health checks failed in a row", 2);
     assert_eq!(
         admin_get(lb.addrs[1], "/health"),

@@ -371,6 +371,22 @@ pub fn refusing_port() -> (SocketAddr, tokio::net::TcpSocket) {
     (addr, socket)
 }
 
+/// Keeps `addr` refusing connections once the server that listened on it is gone (bound, never
+/// listening), so that no other test's listener takes the port in between and answers a health
+/// check meant to fail. Best effort: `None` when someone took it already.
+pub fn hold_dead_port(addr: SocketAddr) -> Option<tokio::net::TcpSocket> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    // The closed server's connections may be in TIME_WAIT on it.
+    socket.set_reuseaddr(true).ok()?;
+    socket.bind(addr).ok()?;
+    Some(socket)
+}
+
 /// A loopback port that was free a moment ago (nothing listens on it now), for a test that
 /// starts a server on it later; a port that must stay dead is [`refusing_port`].
 pub fn free_port() -> SocketAddr {
