@@ -239,8 +239,8 @@ pub(in crate::http) struct Connection {
     written: usize,
     decoder: hpack::Decoder,
     streams: HashMap<u32, Stream>,
-    /// None while no stream is open: an idle connection holds neither this queue nor the
-    /// streams' table ([`Connection::shrink_when_idle`]).
+    /// None while no stream is open ([`Connection::shrink_when_idle`]; the streams' table is
+    /// let go in `close_stream`): an idle connection holds neither.
     answers: Option<FuturesUnordered<Answering>>,
     /// A body stopped taking because of [`HIGH_WATER`].
     full: bool,
@@ -467,10 +467,10 @@ impl Connection {
         }
     }
 
-    /// A connection with no stream open keeps no answers' queue: idle
-    /// connections are most of a server's connections, and each byte here is paid by each.
-    /// (Aborted answers leave the queue when it is next polled, as the loop does before
-    /// every wait, so an empty table means an empty queue.)
+    /// A connection with no stream open keeps no answers' queue: idle connections are most of
+    /// a server's connections, and each byte here is paid by each. (Aborted answers leave the
+    /// queue when it is next polled, as the loop does before every wait, so an empty table
+    /// means an empty queue.)
     fn shrink_when_idle(&mut self) {
         if self.streams.is_empty() && self.answers.as_ref().is_some_and(|a| a.is_empty()) {
             self.answers = None;
