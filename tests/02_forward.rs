@@ -88,7 +88,7 @@ fn keep_alive_works_through_the_proxy() {
 /// nothing else: once the backend is up, the same proxy process serves again.
 #[test]
 fn backend_down_then_up() {
-    let backend = free_port();
+    let (backend, _reserved) = refusing_port();
     let mut proxy = forward_to(backend);
     let mut s = connect(proxy.addr());
     assert!(closed_without_data(&mut s));

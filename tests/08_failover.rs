@@ -127,7 +127,7 @@ fn a_killed_backend_is_skipped_and_comes_back_by_itself() {
 /// first backend to come back is used.
 #[test]
 fn with_every_backend_down_clients_are_closed_and_service_resumes() {
-    let ((a, _held), b) = (refusing_port(), free_port());
+    let ((a, _held), (b, _reserved)) = (refusing_port(), refusing_port());
     let lb = failover(
         &[a.to_string(), b.to_string()],
         &["--health-interval", "0.2", "--fall", "1", "--rise", "1"],

@@ -190,7 +190,7 @@ fn servers_register_with_every_balancer_and_leave_by_lease_or_goodbye() {
 #[test]
 fn new_servers_are_assigned_at_once_and_a_restarted_balancer_gets_them_back() {
     let (token, value) = token();
-    let admin = common::free_port();
+    let (admin, _reserved) = common::refusing_port();
     let admin_arg = admin.to_string();
     let first = balancer_at(&token, &admin_arg, &[]);
     let _old = servers(&["s1"], &[admin], &token, "3");
@@ -324,7 +324,8 @@ fn a_balancer_waiting_for_registrations_answers_503_not_a_demo_server() {
 fn a_redirect_carries_the_public_url_the_path_and_the_query() {
     let (token, _) = token();
     let lb = balancer(&token, &[]);
-    let port = common::free_port().port();
+    let (reserved, _guard) = common::refusing_port();
+    let port = reserved.port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://s1.apps.localhost:{port}");
     let _server = Proc::start(
@@ -481,7 +482,8 @@ fn servers_present_one_wildcard_certificate_on_their_own_names() {
     // The balancer dials the server at 127.0.0.1 but verifies it under its public name, the
     // one in its certificate: the health checker's TLS probes must pass.
     let lb = balancer(&token, &["--ca", path_str(&certs.join("ca.pem"))]);
-    let port = common::free_port().port();
+    let (reserved, _guard) = common::refusing_port();
+    let port = reserved.port();
     let url = format!("https://s7.apps.localhost:{port}");
     let _server = Proc::start(
         bin!("dummy-server"),

@@ -25,6 +25,9 @@ struct Etcd {
     client: SocketAddr,
     peer: SocketAddr,
     dir: PathBuf,
+    /// Its two ports, kept from every other socket for its whole life, stopped or running
+    /// (see `common::refusing_port`).
+    _reserved: [tokio::net::TcpSocket; 2],
 }
 
 /// Whether the tests can run: an `etcd` on the PATH, or a failure if CI requires one.
@@ -50,11 +53,14 @@ fn have_etcd() -> bool {
 impl Etcd {
     fn start() -> Etcd {
         let dir = temp_dir("etcd");
+        let ((client, client_guard), (peer, peer_guard)) =
+            (common::refusing_port(), common::refusing_port());
         let mut etcd = Etcd {
             child: None,
-            client: common::free_port(),
-            peer: common::free_port(),
+            client,
+            peer,
             dir,
+            _reserved: [client_guard, peer_guard],
         };
         etcd.run();
         etcd

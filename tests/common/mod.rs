@@ -358,17 +358,18 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 /// A loopback port where nothing listens, for as long as the returned guard lives: the port
 /// is bound but not listening, so a connect is refused and no other socket (not even the
 /// balancer's own `127.0.0.1:0` listener, which once drew it and dialled itself in a loop)
-/// can take it meanwhile.
+/// can take it meanwhile: the kernel's choice of a port for `bind(0)` or for a `connect`
+/// skips a bound port even when both sides set `SO_REUSEADDR`.
+///
+/// It is also how a test reserves a port for a server it starts later on that number (a
+/// backend that comes back, an etcd restarted on its address). The guard sets `SO_REUSEADDR`
+/// and never listens, so a server that binds the port by number with `SO_REUSEADDR` (ours,
+/// through `net::bind`; etcd and any Go or tokio listener) still can, while the guard lives
+/// and after that server stops. A port that was only free a moment ago could meanwhile be
+/// taken by another test's connection: etcd failed to restart in CI that way.
 pub fn refusing_port() -> (SocketAddr, tokio::net::TcpSocket) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let _entered = rt.enter();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = socket.local_addr().unwrap();
-    (addr, socket)
+    let socket = hold_dead_port(SocketAddr::from(([127, 0, 0, 1], 0))).expect("a loopback port");
+    (socket.local_addr().unwrap(), socket)
 }
 
 /// Keeps `addr` refusing connections once the server that listened on it is gone (bound, never
@@ -385,13 +386,6 @@ pub fn hold_dead_port(addr: SocketAddr) -> Option<tokio::net::TcpSocket> {
     socket.set_reuseaddr(true).ok()?;
     socket.bind(addr).ok()?;
     Some(socket)
-}
-
-/// A loopback port that was free a moment ago (nothing listens on it now), for a test that
-/// starts a server on it later; a port that must stay dead is [`refusing_port`].
-pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// A fresh, empty folder under the system temp dir, named `tcp-lb-LABEL-PID-N`.
