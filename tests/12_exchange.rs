@@ -12,6 +12,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -543,7 +544,9 @@ fn a_client_cannot_name_itself_in_x_real_ip() {
 }
 
 /// Issue 27, item 9: `--hide-header` removes what a backend says of itself from its trailers
-/// too (a chunked answer's fields after its body), on both paths, and keeps the others.
+/// too (a chunked answer's fields after its body), on both paths, and keeps the others. A
+/// `Content-Length` there, which a client could take for the framing of what follows, goes too
+/// (RFC 9110 §6.5.1).
 #[test]
 fn hidden_fields_are_hidden_in_trailers_too() {
     for fast in PATHS {
@@ -551,7 +554,8 @@ fn hidden_fields_are_hidden_in_trailers_too() {
             "/trailers" => {
                 let _ = conn.write_all(
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
-                      5\r\nhello\r\n0\r\nServer: Apache/2.4.1\r\nX-Powered-By: PHP/5.3\r\nx-sum: 5\r\n\r\n",
+                      5\r\nhello\r\n0\r\nServer: Apache/2.4.1\r\nX-Powered-By: PHP/5.3\r\nx-sum: 5\r\n\
+                      Content-Length: 99\r\n\r\n",
                 );
                 true
             }
@@ -574,6 +578,262 @@ fn hidden_fields_are_hidden_in_trailers_too() {
             got.to_ascii_lowercase().contains("x-sum: 5"),
             "{fast}: {got}"
         );
+        assert!(
+            !got.to_ascii_lowercase().contains("content-length"),
+            "{fast}: {got}"
+        );
         assert!(got.ends_with("\r\n\r\n"), "{fast}: {got:?}");
+    }
+}
+
+// Chapter 17: the same answers to an HTTP/2 client. A stream without a body goes to an
+// HTTP/1.1 backend through the own hop (`src/http/h1/hop.rs`) with `LB_HTTP_FAST` on, and
+// through hyper's client with it off; the rules, and so what the client gets, are the same.
+
+/// What an HTTP/2 client got for one stream: status, fields, content, trailers.
+struct H2Reply {
+    status: u16,
+    fields: hyper::HeaderMap,
+    content: Vec<u8>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+/// `METHOD path` on a new h2c connection, with `END_STREAM` on its HEADERS (no body, as a
+/// browser's `GET`); `None` when the stream or the connection broke before its end.
+fn h2_request(lb: &Proc, method: &str, path: &str) -> Option<H2Reply> {
+    let addr = lb.addr();
+    h2::runtime().block_on(async {
+        let run = async {
+            let mut send = h2::h2c(addr).await;
+            let request = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://x{path}"))
+                .body(h2::empty())
+                .unwrap();
+            let response = send.send_request(request).await.ok()?;
+            let (head, mut body) = response.into_parts();
+            let (mut content, mut trailers) = (Vec::new(), None);
+            while let Some(frame) =
+                std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx))
+                    .await
+            {
+                match frame.ok()?.into_data() {
+                    Ok(data) => content.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                }
+            }
+            Some(H2Reply {
+                status: head.status.as_u16(),
+                fields: head.headers,
+                content,
+                trailers,
+            })
+        };
+        tokio::time::timeout(BOUND, run)
+            .await
+            .expect("the stream neither ended nor broke")
+    })
+}
+
+fn h2_lb(fast: &str, backend: &Backend, extra: &[&str]) -> Proc {
+    let mut args = vec!["--h2c"];
+    args.extend_from_slice(extra);
+    start(fast, backend.addr, &args)
+}
+
+/// RFC 9112 §7.1 and RFC 9113 §8.1: HTTP/2 has no chunked framing, so a chunked answer reaches
+/// an HTTP/2 client as its content alone (extensions and sizes gone), and its trailer section
+/// as the stream's trailers, less what frames or routes a message (RFC 9110 §6.5.1) and what
+/// `--hide-header` hides. The backend's connection then carries the next request.
+#[test]
+fn a_chunked_answer_reaches_an_h2_stream_decoded_with_its_trailers() {
+    for fast in PATHS {
+        let b = backend(|path, conn, events| match path {
+            "/chunked" => conn
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-backend: b1\r\n\r\n\
+                      5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\nx-backend: b1\r\n\
+                      content-length: 99\r\n\r\n",
+                )
+                .is_ok(),
+            _ => plain(path, conn, events),
+        });
+        let lb = h2_lb(fast, &b, &["--hide-header", "x-backend"]);
+        let r = h2_request(&lb, "GET", "/chunked").expect("an answer");
+        assert_eq!(r.status, 200, "{fast}");
+        assert_eq!(r.content, b"hello world", "{fast}");
+        assert!(
+            r.fields.get("x-backend").is_none(),
+            "{fast}: {:?}",
+            r.fields
+        );
+        assert!(r.fields.get("transfer-encoding").is_none(), "{fast}");
+        let trailers = r.trailers.expect("trailers");
+        assert_eq!(trailers.get("x-sum").unwrap(), "42", "{fast}");
+        assert!(trailers.get("x-backend").is_none(), "{fast}: {trailers:?}");
+        assert!(
+            trailers.get("content-length").is_none(),
+            "{fast}: {trailers:?}"
+        );
+        let r = h2_request(&lb, "GET", "/next").expect("an answer");
+        assert_eq!(
+            (r.status, r.content.as_slice()),
+            (200, &b"next"[..]),
+            "{fast}"
+        );
+        assert_eq!(b.requests().len(), 2, "{fast}");
+    }
+}
+
+/// RFC 9112 §6.3 and §6.1: an answer whose framing two readers could read two ways is the
+/// backend's error, 502, for an HTTP/2 client as for an HTTP/1.1 one. So is a transfer coding
+/// other than chunked: HTTP/2 cannot say it (RFC 9113 §8.2.2), and its bytes would reach the
+/// client as if they were the content (`exchange::other_coding`).
+#[test]
+fn an_answer_framed_ambiguously_never_reaches_an_h2_stream() {
+    for fast in PATHS {
+        let b = backend(|path, conn, _| {
+            let framing = match path {
+                "/both" => "content-length: 5\r\ntransfer-encoding: chunked",
+                "/two" => "content-length: 5\r\ncontent-length: 6",
+                "/list" => "content-length: 5, 6",
+                "/gzip" => "transfer-encoding: gzip, chunked",
+                _ => "content-length: 5",
+            };
+            let answer = format!("HTTP/1.1 200 OK\r\n{framing}\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+            conn.write_all(answer.as_bytes()).is_ok()
+        });
+        let lb = h2_lb(fast, &b, &[]);
+        for path in ["/both", "/two", "/list", "/gzip"] {
+            let r = h2_request(&lb, "GET", path).expect("an answer");
+            assert_eq!(r.status, 502, "LB_HTTP_FAST={fast} {path}");
+            assert!(!r.content.starts_with(b"5\r\n"), "{fast} {path}");
+        }
+    }
+}
+
+/// RFC 9112 §9.3: bytes a backend sends after its answer's end (more than its length, a body
+/// after a `HEAD`) are never read as the next stream's answer: the connection closes.
+#[test]
+fn bytes_a_backend_sends_out_of_turn_never_reach_the_next_h2_stream() {
+    const POISON: &str = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON";
+    for fast in PATHS {
+        let b = backend(|path, conn, events| {
+            let answer = match path {
+                "/long" => format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nA{POISON}"),
+                "/head" => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{POISON}",
+                    POISON.len()
+                ),
+                "/chunks" => format!(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nA\r\n0\r\n\r\n{POISON}"
+                ),
+                _ => return plain(path, conn, events),
+            };
+            conn.write_all(answer.as_bytes()).is_ok()
+        });
+        let lb = h2_lb(fast, &b, &[]);
+        for (method, path) in [("GET", "/long"), ("HEAD", "/head"), ("GET", "/chunks")] {
+            let r = h2_request(&lb, method, path).expect("an answer");
+            assert_eq!(r.status, 200, "{fast} {method} {path}");
+            let expected: &[u8] = if method == "HEAD" { b"" } else { b"A" };
+            assert_eq!(r.content, expected, "{fast} {method} {path}");
+            let r = h2_request(&lb, "GET", "/b").expect("an answer");
+            assert_eq!(
+                (r.status, r.content.as_slice()),
+                (200, &b"b"[..]),
+                "LB_HTTP_FAST={fast}: after {method} {path}"
+            );
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2 and RFC 9112 §9.3.1: a `POST` without a body is still not idempotent. A
+/// backend that reads it on a kept-alive connection and closes without answering gets it once,
+/// and the client 502; a `GET` in the same case goes again, on a new connection, and is
+/// answered.
+#[test]
+fn a_bodyless_post_over_h2_is_never_sent_twice() {
+    for fast in PATHS {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = backend(move |path, conn, events| match path {
+            "/pay" => false,
+            "/drop" if !dropped.swap(true, std::sync::atomic::Ordering::SeqCst) => false,
+            _ => plain(path, conn, events),
+        });
+        let lb = h2_lb(fast, &b, &[]);
+        assert_eq!(h2_request(&lb, "GET", "/warm").unwrap().status, 200);
+        assert_eq!(
+            h2_request(&lb, "POST", "/pay").unwrap().status,
+            502,
+            "{fast}"
+        );
+        let pays = b
+            .requests()
+            .iter()
+            .filter(|l| l.starts_with("POST /pay"))
+            .count();
+        assert_eq!(pays, 1, "LB_HTTP_FAST={fast}: {:?}", b.requests());
+        assert_eq!(h2_request(&lb, "GET", "/warm").unwrap().status, 200);
+        let r = h2_request(&lb, "GET", "/drop").unwrap();
+        assert_eq!(
+            (r.status, r.content.as_slice()),
+            (200, &b"drop"[..]),
+            "{fast}"
+        );
+        let drops = b
+            .requests()
+            .iter()
+            .filter(|l| l.starts_with("GET /drop"))
+            .count();
+        assert_eq!(drops, 2, "LB_HTTP_FAST={fast}: {:?}", b.requests());
+    }
+}
+
+/// Answers of every framing, larger than any buffer and window on the way, reach an HTTP/2
+/// client byte for byte: by length, in chunks of odd sizes, and until the backend closes.
+#[test]
+fn large_answers_of_every_framing_cross_an_h2_stream_byte_exact() {
+    const SIZE: usize = 1 << 20;
+    let content: Arc<Vec<u8>> = Arc::new((0..SIZE).map(|i| (i * 31 % 251) as u8).collect());
+    for fast in PATHS {
+        let body = Arc::clone(&content);
+        let b = backend(move |path, conn, _| match path {
+            "/length" => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n");
+                conn.write_all(head.as_bytes()).is_ok() && conn.write_all(&body).is_ok()
+            }
+            "/chunked" => {
+                let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                let mut at = 0;
+                for size in [1, 7000, 16384, 3, 65536].iter().cycle() {
+                    let end = (at + size).min(SIZE);
+                    out.extend_from_slice(format!("{:x}\r\n", end - at).as_bytes());
+                    out.extend_from_slice(&body[at..end]);
+                    out.extend_from_slice(b"\r\n");
+                    at = end;
+                    if at == SIZE {
+                        break;
+                    }
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                conn.write_all(&out).is_ok()
+            }
+            _ => {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                let _ = conn.write_all(&body);
+                false
+            }
+        });
+        let lb = h2_lb(fast, &b, &[]);
+        for path in ["/length", "/chunked", "/close"] {
+            let r = h2_request(&lb, "GET", path).expect("an answer");
+            assert_eq!(r.status, 200, "{fast} {path}");
+            assert_eq!(r.content.len(), SIZE, "{fast} {path}");
+            assert!(
+                r.content == *content,
+                "LB_HTTP_FAST={fast} {path}: bytes differ"
+            );
+        }
     }
 }

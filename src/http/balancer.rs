@@ -51,7 +51,7 @@ use super::body::{self, Download, Inbound, Payload, Upload};
 use super::cache::Cache;
 use super::compress;
 use super::early_hints::EarlyHints;
-use super::exchange::{self, Failure, Next};
+use super::exchange::{self, BodyLength, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
 use super::grpc;
@@ -984,6 +984,33 @@ impl HttpServer {
             .forwarding
             .apply(&mut parts.headers, &info.forwarded_for, info.tls);
         origin_form(&mut parts.uri, &mut parts.headers);
+        // Between two pieces of a body, either way: `--idle-timeout`, else as long as a backend
+        // has to start its answer.
+        let stall = balancer
+            .idle_timeout
+            .unwrap_or(up.settings.response_timeout);
+        let timeout = match grpc_deadline {
+            Some(grpc) => grpc.min(up.settings.response_timeout),
+            None => up.settings.response_timeout,
+        };
+        // An HTTP/2 stream without a body, to an HTTP/1.1 backend: the own hop, which the
+        // stream's own task runs (`h1::hop`).
+        if h1::hop::takes(up, &parts, has_body) {
+            let replayable = exchange::is_idempotent(&parts.method);
+            let attempts = Attempts::new(up, info.client, i, tried, replayable);
+            return self
+                .proxied_own(
+                    up,
+                    parts,
+                    info,
+                    line,
+                    attempts,
+                    (outcome, cookie_backend),
+                    timeout,
+                    stall,
+                )
+                .await;
+        }
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();
         // A copy to send again should a backend reset before answering: only for requests
@@ -996,11 +1023,6 @@ impl HttpServer {
                 parts.headers.clone(),
             )
         });
-        // Between two pieces of a body, either way: `--idle-timeout`, else as long as a backend
-        // has to start its answer.
-        let stall = balancer
-            .idle_timeout
-            .unwrap_or(up.settings.response_timeout);
         let upload = match body {
             Some(body) => Upload::new(
                 body,
@@ -1047,10 +1069,6 @@ impl HttpServer {
             // `response-timeout` counts from the request's end (a slow upload is the client's
             // time, bounded by the body's idle limit), as HAProxy's `timeout server` does.
             let uploaded = req.body_mut().when_sent();
-            let timeout = match grpc_deadline {
-                Some(grpc) => grpc.min(up.settings.response_timeout),
-                None => up.settings.response_timeout,
-            };
             let deadline = async move {
                 let _ = uploaded.await;
                 tokio::time::sleep(timeout).await;
@@ -1120,14 +1138,29 @@ impl HttpServer {
         // The answer's framing, by the same rule as the own path's (RFC 9112 §6.3): hyper's
         // client lets Transfer-Encoding win over a Content-Length beside it, but the field
         // would still reach the client, which may believe it instead.
-        if let Err(why) = exchange::response_framing(
+        let framing = exchange::response_framing(
             response.status(),
             &method,
             response
                 .headers()
                 .iter()
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        ) {
+        )
+        .and_then(|length| {
+            let coded = matches!(length, BodyLength::Chunked | BodyLength::UntilClose)
+                && exchange::other_coding(
+                    response
+                        .headers()
+                        .get_all(header::TRANSFER_ENCODING)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                );
+            match coded {
+                true => Err("a transfer coding the client would not be told of"),
+                false => Ok(length),
+            }
+        });
+        if let Err(why) = framing {
             tracing::warn!(client = %info.client, backend = %up.names[i],
                 "answer refused (502): {why}");
             drop(response);
@@ -1247,7 +1280,7 @@ impl HttpServer {
     }
 
     /// An answer of our own: counted, logged, with a one-line body.
-    fn local(&self, status: StatusCode, line: Line) -> Response<Download> {
+    pub(super) fn local(&self, status: StatusCode, line: Line) -> Response<Download> {
         self.counters.local(status);
         let text = local_text(status);
         let mut body = Download::text(text);
@@ -1472,7 +1505,7 @@ fn fit(req: &mut Request<Upload>, protocol: crate::backend::Protocol, tls: bool,
 /// cookie, which compress better. HTTP/1.1 allows one `Cookie` line (RFC 6265 §5.4), and a
 /// backend that reads only the first would lose the session kept in another: before an
 /// HTTP/1.1 hop they are joined with "; " (the affinity cookie has been taken out by then).
-fn join_cookies(headers: &mut hyper::HeaderMap) {
+pub(super) fn join_cookies(headers: &mut hyper::HeaderMap) {
     let mut crumbs = headers.get_all(header::COOKIE).iter();
     if crumbs.nth(1).is_none() {
         return;

@@ -276,6 +276,8 @@ pub enum Payload {
         file: tokio::fs::File,
         left: u64,
     },
+    /// A backend's body read from its HTTP/1.1 socket by the own hop (chapter 17).
+    Raw(Box<crate::http::h1::hop::RawBody>),
 }
 
 /// How much of a file is read per frame.
@@ -567,15 +569,26 @@ impl Body for Download {
             }
             Payload::Compressed(c) => c.poll(cx, this.tap.as_mut()),
             Payload::File { file, left } => poll_file(file, left, cx),
+            Payload::Raw(raw) => raw.poll_frame(cx),
         };
         let mut polled = match this.stall.as_mut() {
             Some(stall) => stall.check(polled, cx),
             None => polled,
         };
-        if let (Some(hide), Poll::Ready(Some(Ok(frame)))) = (&this.hide, &mut polled)
+        // A backend's trailers lose what `--hide-header` hides and what a trailer may not
+        // carry on (`forward::is_unfit_trailer`), on every path alike.
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
             && let Some(trailers) = frame.trailers_mut()
         {
-            for name in hide.iter() {
+            for name in this.hide.as_deref().unwrap_or_default() {
+                trailers.remove(name);
+            }
+            let unfit: Vec<_> = trailers
+                .keys()
+                .filter(|name| crate::http::forward::is_unfit_trailer(name.as_str()))
+                .cloned()
+                .collect();
+            for name in unfit {
                 trailers.remove(name);
             }
         }
@@ -602,6 +615,7 @@ impl Body for Download {
             Payload::Upstream(body) => body.is_end_stream(),
             Payload::Compressed(c) => c.encoder.is_none(),
             Payload::File { left, .. } => *left == 0,
+            Payload::Raw(raw) => raw.is_end_stream(),
         }
     }
 
@@ -612,6 +626,7 @@ impl Body for Download {
             Payload::Upstream(body) => body.size_hint(),
             Payload::Compressed(_) => SizeHint::default(),
             Payload::File { left, .. } => SizeHint::with_exact(*left),
+            Payload::Raw(raw) => raw.size_hint(),
         }
     }
 }

@@ -174,6 +174,18 @@ pub fn response_framing<'a>(
     })
 }
 
+/// Whether `Transfer-Encoding` values name a coding other than chunked (`gzip, chunked`).
+/// Only chunked is undone on the way to a client that frames the content anew (HTTP/2, or
+/// hyper's server): the content would reach it still coded, with nothing left to say so
+/// (RFC 9112 §6.1, RFC 9113 §8.2.2), so such an answer is the backend's error, 502.
+pub fn other_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    values.into_iter().any(|value| {
+        value
+            .split(|&b| b == b',')
+            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    })
+}
+
 /// A request target's form (RFC 9112 §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target<'a> {

@@ -86,6 +86,17 @@ pub fn is_hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
             })
 }
 
+/// Whether a field a backend sent in its trailers is one that cannot be acted on once the
+/// content has gone: what frames or routes a message (`Content-Length`, `Host`, the
+/// `PROTECTED` ones), `Trailer` itself, and the connection's own fields (RFC 9110 §6.5.1; on
+/// an HTTP/2 stream they are malformed, RFC 9113 §8.2.2). A client that believed a
+/// `Content-Length` there could frame what comes next differently from us: it is dropped.
+pub fn is_unfit_trailer(name: &str) -> bool {
+    is_hop_by_hop(name, &[])
+        || PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
+        || name.eq_ignore_ascii_case("trailer")
+}
+
 /// Whether a request (or response) asks to switch protocols: `Connection` lists `upgrade`
 /// and `Upgrade` names the protocol.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {

@@ -15,8 +15,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use tokio::sync::mpsc;
 
-/// A body fed from a channel, frame by frame: how a streaming client (or server) sends.
-pub struct Frames(mpsc::Receiver<Frame<Bytes>>);
+/// A body fed from a channel, frame by frame: how a streaming client (or server) sends. With
+/// `empty`, there is none: the request's HEADERS frame ends its stream.
+pub struct Frames {
+    frames: mpsc::Receiver<Frame<Bytes>>,
+    empty: bool,
+}
 
 impl Body for Frames {
     type Data = Bytes;
@@ -25,14 +29,33 @@ impl Body for Frames {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
+        self.frames.poll_recv(cx).map(|f| f.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.empty
     }
 }
 
 /// A body and the sender that feeds it.
 pub fn frames() -> (mpsc::Sender<Frame<Bytes>>, Frames) {
-    let (tx, rx) = mpsc::channel(16);
-    (tx, Frames(rx))
+    let (tx, frames) = mpsc::channel(16);
+    (
+        tx,
+        Frames {
+            frames,
+            empty: false,
+        },
+    )
+}
+
+/// No body at all, as a browser's `GET` has: `END_STREAM` on the HEADERS frame.
+pub fn empty() -> Frames {
+    let (_, frames) = mpsc::channel(1);
+    Frames {
+        frames,
+        empty: true,
+    }
 }
 
 /// A body of one piece, then the end.

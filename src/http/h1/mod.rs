@@ -52,6 +52,7 @@ use crate::http::forward;
 use crate::http::metrics::AffinityOutcome;
 use parse::{Framing, Head, Parsed, ParsedAnswer, parse, parse_answer};
 
+pub(in crate::http) mod hop;
 mod parse;
 pub(in crate::http) mod spare;
 
@@ -369,7 +370,7 @@ impl HttpServer {
             upstream.clear();
             let (failed, error) = match exchange(
                 &mut dialled,
-                Hints { client: conn, up },
+                Some(Hints { client: conn, up }),
                 out,
                 upstream,
                 &method,
@@ -474,10 +475,9 @@ impl HttpServer {
         // The head goes out with the first bytes of the body, in one write; the rest of the
         // body is written from the buffer it was read into.
         let mut head_sent = false;
-        // With `--hide-header`, a chunked answer's trailer section is held back (at most
-        // MAX_TRAILERS) and written without the hidden fields: a backend can name itself
-        // there as well as in its head.
-        let hiding = !up.settings.hide.is_empty();
+        // A chunked answer's trailer section is held back (at most MAX_TRAILERS) and written
+        // without the hidden fields (a backend can name itself there as well as in its head)
+        // and without those a trailer may not carry on (`forward::is_unfit_trailer`).
         let mut trailers: Option<Vec<u8>> = None;
         loop {
             let (take, done) = match &mut framing {
@@ -487,7 +487,7 @@ impl HttpServer {
                     *left -= take;
                     (take as usize, *left == 0)
                 }
-                Framing::Chunked(chunks) => match chunks.advance(upstream) {
+                Framing::Chunked(chunks) => match chunks.advance(upstream, |_, _| {}) {
                     Ok(take) => (take, chunks.done()),
                     // Bad from the first bytes, before the head went out: the client can
                     // still be told, with 502 (RFC 9112 §7.1: the backend's error).
@@ -517,7 +517,7 @@ impl HttpServer {
             // What of `upstream[..take]` is written now, and what comes after it.
             let mut emit = take;
             let mut tail: Option<Vec<u8>> = None;
-            if hiding && let Framing::Chunked(chunks) = &mut framing {
+            if let Framing::Chunked(chunks) = &mut framing {
                 // Held from where the section starts in this read, or from the read's start
                 // once it has started.
                 let from = match chunks.take_trailers_at() {
@@ -535,7 +535,10 @@ impl HttpServer {
                         break;
                     }
                     if done {
-                        tail = Some(without_hidden(held, |name| up.hides(name)));
+                        tail = Some(without_hidden(held, |name| {
+                            up.hides(name)
+                                || std::str::from_utf8(name).map_or(true, forward::is_unfit_trailer)
+                        }));
                     }
                 }
             }
@@ -750,11 +753,13 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// Sends `request` on `conn` and reads the answer's head into `buf` (with whatever of the
 /// body came with it). The backend has `response_timeout` to take the request, then as long
 /// again from the request's end to its answer's head (RFC 9110 leaves the timing to us; this
-/// is what HAProxy's `timeout server` and nginx's `proxy_read_timeout` count).
+/// is what HAProxy's `timeout server` and nginx's `proxy_read_timeout` count). A 103 Early
+/// Hints goes to `hints` when there is a client to pass it to at once (an HTTP/1.1 one), and
+/// is dropped otherwise.
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     conn: &mut Conn,
-    mut hints: Hints<'_>,
+    mut hints: Option<Hints<'_>>,
     request: &[u8],
     buf: &mut Vec<u8>,
     method: &Method,
@@ -807,7 +812,9 @@ async fn exchange(
                                 "101 to a request without Upgrade",
                             )));
                         }
-                        if answer.status == StatusCode::EARLY_HINTS {
+                        if answer.status == StatusCode::EARLY_HINTS
+                            && let Some(hints) = hints.as_mut()
+                        {
                             hints.pass_on(&answer, &buf[..len], kept).await;
                         }
                         // A 100 Continue is dropped: this path never sends `Expect` (such a

@@ -191,14 +191,21 @@ enum ChunkState {
 }
 
 impl Chunks {
-    /// How many bytes of `data` belong to the body; `Err` for a framing error.
-    pub(super) fn advance(&mut self, data: &[u8]) -> io::Result<usize> {
+    /// How many bytes of `data` belong to the body; `Err` for a framing error. `payload` is
+    /// told where, in `data`, the chunks' content lies (start and end of each piece): what a
+    /// recipient that is not HTTP/1.1 receives of the body (an HTTP/2 stream, chapter 17).
+    pub(super) fn advance(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(usize, usize),
+    ) -> io::Result<usize> {
         use ChunkState::*;
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad chunked framing");
         let mut i = 0;
         while i < data.len() && self.state != Done {
             if self.state == Data {
                 let take = (data.len() - i).min(self.left.min(usize::MAX as u64) as usize);
+                payload(i, i + take);
                 i += take;
                 self.left -= take as u64;
                 if self.left == 0 {
@@ -371,7 +378,7 @@ mod tests {
         let mut c = Chunks::default();
         let mut total = 0;
         for p in pieces {
-            total += c.advance(p)?;
+            total += c.advance(p, |_, _| {})?;
         }
         Ok((total, c.done()))
     }
@@ -389,6 +396,25 @@ mod tests {
         assert_eq!(chunks(&[&more]).unwrap(), (body.len(), true));
         assert_eq!(chunks(&[b"0\r\n\r\n"]).unwrap(), (5, true));
         assert_eq!(chunks(&[b"3\r\nab"]).unwrap(), (5, false));
+    }
+
+    /// The content the walker reports, wherever the body is cut, is the chunks' data alone:
+    /// what an HTTP/2 stream receives (chapter 17's own hop).
+    #[test]
+    fn the_content_of_a_chunked_body_is_found_however_it_is_cut() {
+        let body: &[u8] = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-sum: 1\r\n\r\n";
+        for cut in 0..body.len() {
+            let mut c = Chunks::default();
+            let mut content = Vec::new();
+            for piece in [&body[..cut], &body[cut..]] {
+                c.advance(piece, |start, end| {
+                    content.extend_from_slice(&piece[start..end])
+                })
+                .unwrap();
+            }
+            assert_eq!(content, b"hello0123456789abcdef", "cut at {cut}");
+            assert!(c.done());
+        }
     }
 
     /// RFC 9112 §7.1: what a decoding parser would refuse is refused here too, so the client
@@ -539,7 +565,7 @@ mod tests {
             while at < input.len() {
                 let step = 1 + (next() as usize) % 7;
                 let piece = &input[at..(at + step).min(input.len())];
-                match chunks.advance(piece) {
+                match chunks.advance(piece, |_, _| {}) {
                     Ok(n) => assert!(n <= piece.len()),
                     Err(_) => break,
                 }

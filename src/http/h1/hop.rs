@@ -1,0 +1,466 @@
+//! The own HTTP/1.1 hop for a request that arrived over HTTP/2 (chapter 17).
+//!
+//! Until this, an HTTP/2 stream's request went to its backend through hyper's HTTP/1 client.
+//! That means a channel to the backend connection's task, a `oneshot` back, and the answer's
+//! head parsed into hyper's map. The body then comes through another channel, and a copy of
+//! the request is kept in case it must be sent again. A `GET` through the balancer cost about
+//! 20 µs of CPU more than the 3.9 µs the own codec costs when it answers by itself (README
+//! chapter 17).
+//!
+//! This is chapter 12's backend half (`forward` in `h1/mod.rs`) for such a stream:
+//!
+//! * the same decisions: `Attempts` for the retries (RFC 9110 §9.2.2: only what is idempotent
+//!   goes again once written), [`exchange`] for the write, the timeouts and the answer's head,
+//!   `parse_answer` for its framing, decided once from the head as received (RFC 9112
+//!   §6.3);
+//! * the same pooled sockets (`Pool::take_raw`): one is reused only when its answer ended
+//!   exactly where its framing said, with nothing after it (RFC 9112 §9.3);
+//! * no second task: the HTTP/2 connection's task writes the request and reads the answer, and
+//!   the body is read from the backend's socket as the stream asks for it ([`RawBody`]);
+//! * HTTP/2 carries no chunked framing and no transfer codings. A chunked body is decoded here,
+//!   and its trailer section becomes the stream's trailers. An answer in any other transfer
+//!   coding is refused with 502: passed on without its `Transfer-Encoding`, its bytes would
+//!   reach the client as if they were the content (RFC 9112 §6.1, RFC 9113 §8.2.2).
+//!
+//! It takes a stream when chapter 12's path takes the configuration ([`super::takes`]: HTTP/1.1
+//! backends only, no cache, no routes, no compression) and the request has no body, which is
+//! most `GET`s. Bodies, gRPC calls among them, still go through hyper's client.
+//! `LB_HTTP_FAST=off` turns this off with the rest of the own HTTP/1 path, so that the same
+//! bytes can be run through both (`tests/12_exchange.rs`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode, Version};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::parse::Framing;
+use super::{AnswerFailed, MAX_TRAILERS, READ, exchange, field, spare};
+use crate::conn::Conn;
+use crate::http::balancer::{Attempts, ConnInfo, HttpServer, Line, Upstreams, join_cookies};
+use crate::http::body::{BoxError, Download, OnEnd, Payload};
+use crate::http::exchange::{Failure, other_coding};
+use crate::http::metrics::AffinityOutcome;
+use crate::http::pool::Pool;
+
+/// Whether the own hop carries this request: see the module's header.
+pub(in crate::http) fn takes(
+    up: &Upstreams,
+    head: &hyper::http::request::Parts,
+    has_body: bool,
+) -> bool {
+    head.version == Version::HTTP_2
+        && !has_body
+        && head.method != hyper::Method::CONNECT
+        && super::enabled()
+        && super::takes(up)
+}
+
+impl HttpServer {
+    /// Steps 4 to 6 of `proxied` for a request [`takes`] accepted, whose head has been through
+    /// the forwarding rules already: sent to backend `attempts.i` (or the ones after it, as
+    /// the attempts allow), and the answer's head with its body to come.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::http) async fn proxied_own(
+        &self,
+        up: &Arc<Upstreams>,
+        mut head: hyper::http::request::Parts,
+        info: &ConnInfo,
+        mut line: Line,
+        mut attempts: Attempts<'_>,
+        (mut outcome, cookie_backend): (AffinityOutcome, Option<usize>),
+        timeout: Duration,
+        stall: Duration,
+    ) -> Response<Download> {
+        let started = line.started;
+        // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1.
+        join_cookies(&mut head.headers);
+        let mut out = spare::buffer();
+        request_head(&mut out, &head);
+        let mut upstream = spare::buffer();
+        let mut kept = spare::fields();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until((started + timeout).into()));
+        let mut answered = None;
+        let mut retried = false;
+        while attempts.another() {
+            let i = attempts.i;
+            let backend = &up.backends[i];
+            let pooled = match attempts.may_reuse() {
+                true => backend.pool.take_raw(started),
+                false => None,
+            };
+            let (mut conn, fresh) = match pooled {
+                Some(conn) => (conn, false),
+                None => match Box::pin(up.balancer.dial_reporting(i, None)).await {
+                    Ok(conn) => {
+                        backend.pool.opened();
+                        crate::metrics::inc(&up.balancer.state(i).counters.connections);
+                        (conn, true)
+                    }
+                    Err(e) if attempts.dial_failed(&e) => continue,
+                    Err(_) => break,
+                },
+            };
+            let active = up.balancer.count_active_owned(i);
+            upstream.clear();
+            let (failed, error) = match exchange(
+                &mut conn,
+                // RFC 9110 §15.2 lets a 1xx go on; the own codec does not send them on a stream
+                // yet, so a 103 is dropped here, as hyper's HTTP/2 server drops it.
+                None,
+                &out,
+                &mut upstream,
+                &head.method,
+                match fresh || retried {
+                    false => started,
+                    true => Instant::now(),
+                },
+                timeout,
+                timer.as_mut(),
+                &mut kept,
+            )
+            .await
+            {
+                Ok(answer) => {
+                    answered = Some((answer, conn, active, i));
+                    break;
+                }
+                Err(AnswerFailed::Timeout) => (Failure::Timeout, None),
+                Err(AnswerFailed::Bad(e)) => (Failure::BadAnswer, Some(e)),
+                Err(AnswerFailed::Unsent(e)) => (Failure::Unsent, Some(e)),
+                Err(AnswerFailed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
+            };
+            drop(active);
+            if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
+                break;
+            }
+            retried = true;
+        }
+        spare::give_buffer(out);
+        let Some(((parsed, head_len), conn, active, i)) = answered else {
+            spare::give_buffer(upstream);
+            spare::give_fields(kept);
+            return self.local(attempts.status, line);
+        };
+        let name = &up.names[i];
+        let coded = matches!(parsed.framing, Framing::Chunked(_) | Framing::Close)
+            && other_coding(
+                kept[parsed.codings..]
+                    .iter()
+                    .map(|&(_, (start, end))| &upstream[start..end]),
+            );
+        if coded {
+            tracing::warn!(client = %info.client, backend = %name,
+                "answer refused (502): a transfer coding HTTP/2 cannot carry");
+            spare::give_fields(kept);
+            return self.local(StatusCode::BAD_GATEWAY, line);
+        }
+        line.answered_by(&mut outcome, cookie_backend, name, i);
+        let backend = Arc::clone(&up.backends[i]);
+        backend.counters.observe(parsed.status, started.elapsed());
+
+        // 5: the answer's head, as the client sees it. The buffer becomes the fields' values
+        // and the first piece of the body, without a copy.
+        let read = Bytes::from(upstream);
+        let mut headers = HeaderMap::with_capacity(kept.len() + 2);
+        let mut fields_ok = true;
+        for &(name, (start, end)) in &kept[..parsed.codings] {
+            let name = &read[name.0..name.1];
+            if up.hides(name) {
+                continue;
+            }
+            // Both were checked by `httparse` already, by the same grammar.
+            match (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(read.slice(start..end)),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.append(name, value);
+                }
+                _ => fields_ok = false,
+            }
+        }
+        spare::give_fields(kept);
+        if !fields_ok {
+            tracing::warn!(client = %info.client, backend = %name,
+                "answer refused (502): a field HTTP/2 cannot carry");
+            return self.local(StatusCode::BAD_GATEWAY, line);
+        }
+        // RFC 9110 §6.6.1: an answer forwarded without `Date` gets one.
+        if !headers.contains_key(header::DATE) {
+            let now = httpdate::fmt_http_date(SystemTime::now());
+            if let Ok(now) = HeaderValue::from_str(&now) {
+                headers.insert(header::DATE, now);
+            }
+        }
+        if let Some(n) = parsed.length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        for (name, value) in up.answer_fields(outcome, i, info.tls) {
+            headers.append(name, value.clone());
+        }
+        self.counters.affinity(outcome);
+
+        // 6: the body, read from the backend's socket as the stream takes it.
+        let body = RawBody {
+            conn: Some(conn),
+            first: read.slice(head_len..),
+            buf: Vec::new(),
+            framing: parsed.framing,
+            reusable: parsed.reusable,
+            trailers: None,
+            trailers_out: None,
+            ranges: Vec::new(),
+            ended: false,
+            pool: Arc::clone(&backend.pool),
+            backend: Arc::clone(name),
+        };
+        let status = parsed.status;
+        let on_end: OnEnd = Box::new(move |bytes, complete| {
+            // The request counts on its backend (least-connections) until its body is sent.
+            drop(active);
+            backend.counters.bytes(bytes);
+            line.log(status, bytes, complete);
+        });
+        let mut download = Download::new(Payload::Raw(Box::new(body)), Some(on_end));
+        download.set_stall(stall);
+        download.set_hide(Arc::clone(&up.hidden));
+        let mut response = Response::new(download);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// The request's head for an HTTP/1.1 backend, from a head that went through the forwarding
+/// rules: `Host` first (RFC 9112 §3.2 asks clients for that), then the fields. Its framing is
+/// written here, not copied: the request has no body, and a `Content-Length` the client sent
+/// was checked to be 0 against its DATA (RFC 9113 §8.1.1).
+fn request_head(out: &mut Vec<u8>, head: &hyper::http::request::Parts) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = head.headers.get(header::HOST) {
+        field(out, b"host", host.as_bytes());
+    }
+    for (name, value) in &head.headers {
+        if matches!(
+            *name,
+            header::HOST | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::TE
+        ) {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if head.headers.contains_key(header::CONTENT_LENGTH) {
+        field(out, b"content-length", b"0");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An answer's body as it comes from a backend's HTTP/1.1 socket, turned into a stream's
+/// frames: its content without chunked framing, then its trailers. When the body ended
+/// exactly where its framing said and nothing came after it, the socket goes back to the pool
+/// for the next request; otherwise it closes with this.
+pub struct RawBody {
+    conn: Option<Conn>,
+    /// What came with the answer's head: walked before the socket is read.
+    first: Bytes,
+    /// Where the socket is read into, once `first` is used up (zeroed once: no `unsafe`).
+    buf: Vec<u8>,
+    framing: Framing,
+    reusable: bool,
+    /// A chunked body's trailer section, held from its start to its end.
+    trailers: Option<Vec<u8>>,
+    /// The trailers, once parsed: the last frame.
+    trailers_out: Option<HeaderMap>,
+    /// Where the content lies in the piece being walked.
+    ranges: Vec<(usize, usize)>,
+    /// The body ended (or broke): nothing more is read.
+    ended: bool,
+    pool: Arc<Pool>,
+    backend: Arc<str>,
+}
+
+impl RawBody {
+    pub(in crate::http) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(trailers) = self.trailers_out.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let data = if !self.first.is_empty() {
+                let first = std::mem::take(&mut self.first);
+                match self.walk(&first) {
+                    Ok(()) => self.content(&first, Some(&first)),
+                    Err(e) => return Poll::Ready(Some(Err(self.broke(e)))),
+                }
+            } else {
+                let Some(conn) = self.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if self.buf.len() < READ {
+                    self.buf.resize(READ, 0);
+                }
+                let mut read = ReadBuf::new(&mut self.buf);
+                let n = match Pin::new(conn).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => read.filled().len(),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.broke(e)))),
+                };
+                if n == 0 {
+                    if matches!(self.framing, Framing::Close) {
+                        self.end(false);
+                        continue;
+                    }
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "answer cut off by the backend",
+                    );
+                    return Poll::Ready(Some(Err(self.broke(e))));
+                }
+                let buf = std::mem::take(&mut self.buf);
+                let walked = self.walk(&buf[..n]);
+                let data = walked.map(|()| self.content(&buf[..n], None));
+                self.buf = buf;
+                match data {
+                    Ok(data) => data,
+                    Err(e) => return Poll::Ready(Some(Err(self.broke(e)))),
+                }
+            };
+            if let Some(data) = data {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+        }
+    }
+
+    /// Walks `piece` by the answer's framing: `ranges` is where the content lies in it, and
+    /// at the body's end the socket's fate is settled and the trailers parsed.
+    fn walk(&mut self, piece: &[u8]) -> io::Result<()> {
+        self.ranges.clear();
+        let ranges = &mut self.ranges;
+        let (used, done) = match &mut self.framing {
+            Framing::None => (0, true),
+            Framing::Length(left) => {
+                let take = (piece.len() as u64).min(*left);
+                *left -= take;
+                ranges.push((0, take as usize));
+                (take as usize, *left == 0)
+            }
+            Framing::Close => {
+                ranges.push((0, piece.len()));
+                (piece.len(), false)
+            }
+            Framing::Chunked(chunks) => {
+                let used = chunks.advance(piece, |start, end| ranges.push((start, end)))?;
+                let from = match chunks.take_trailers_at() {
+                    Some(at) => {
+                        self.trailers = Some(Vec::new());
+                        at
+                    }
+                    None => 0,
+                };
+                if let Some(held) = self.trailers.as_mut() {
+                    held.extend_from_slice(&piece[from..used]);
+                    if held.len() > MAX_TRAILERS {
+                        return Err(io::Error::other("trailers too large"));
+                    }
+                }
+                (used, chunks.done())
+            }
+        };
+        if done {
+            if let Some(section) = self.trailers.take() {
+                let trailers = trailer_fields(&section)?;
+                self.trailers_out = (!trailers.is_empty()).then_some(trailers);
+            }
+            // RFC 9112 §9.3: bytes after the end of an answer are an answer nobody asked
+            // for; the next client on this socket would read them as its own.
+            self.end(used < piece.len());
+        }
+        Ok(())
+    }
+
+    /// The content `ranges` found in `piece`, as one frame's data; without a copy when it is
+    /// one range of `shared` (what came with the head, which `piece` is).
+    fn content(&self, piece: &[u8], shared: Option<&Bytes>) -> Option<Bytes> {
+        match self.ranges.as_slice() {
+            [] => None,
+            [(start, end)] if start == end => None,
+            &[(start, end)] => Some(match shared {
+                Some(shared) => shared.slice(start..end),
+                None => Bytes::copy_from_slice(&piece[start..end]),
+            }),
+            ranges => {
+                let mut data = Vec::with_capacity(ranges.iter().map(|(s, e)| e - s).sum());
+                for &(start, end) in ranges {
+                    data.extend_from_slice(&piece[start..end]);
+                }
+                (!data.is_empty()).then(|| Bytes::from(data))
+            }
+        }
+    }
+
+    /// The body is over: the socket goes back to the pool if it may carry another request.
+    fn end(&mut self, extra: bool) {
+        self.ended = true;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && !extra
+        {
+            self.pool.put_raw(conn, Instant::now());
+        }
+    }
+
+    /// The body broke: logged, the socket closed, the stream ended with the error.
+    fn broke(&mut self, e: io::Error) -> BoxError {
+        tracing::warn!(backend = %self.backend, "answer cut off: {e}");
+        self.ended = true;
+        self.conn = None;
+        Box::new(e)
+    }
+
+    pub(in crate::http) fn is_end_stream(&self) -> bool {
+        self.ended && self.trailers_out.is_none()
+    }
+
+    pub(in crate::http) fn size_hint(&self) -> SizeHint {
+        match (&self.framing, self.ended) {
+            (_, true) => SizeHint::with_exact(0),
+            (Framing::Length(left), false) => SizeHint::with_exact(*left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A trailer section (field lines and the empty line, checked by the chunk walker already)
+/// as the stream's trailers. `Download` then removes the hidden ones and those a trailer may
+/// not carry on (`forward::is_unfit_trailer`), as it does for hyper's path.
+fn trailer_fields(section: &[u8]) -> io::Result<HeaderMap> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad trailer section");
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let fields = match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err(bad()),
+    };
+    let mut map = HeaderMap::new();
+    for f in fields.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| bad())?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
