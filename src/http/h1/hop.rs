@@ -159,15 +159,17 @@ impl HttpServer {
             tracing::warn!(client = %info.client, backend = %name,
                 "answer refused (502): a transfer coding HTTP/2 cannot carry");
             spare::give_fields(kept);
+            spare::give_buffer(upstream);
             return self.local(StatusCode::BAD_GATEWAY, line);
         }
         line.answered_by(&mut outcome, cookie_backend, name, i);
         let backend = Arc::clone(&up.backends[i]);
         backend.counters.observe(parsed.status, started.elapsed());
 
-        // 5: the answer's head, as the client sees it. The buffer becomes the fields' values
-        // and the first piece of the body, without a copy.
-        let read = Bytes::from(upstream);
+        // 5: the answer's head, as the client sees it. The fields' values share one copy of
+        // the head; the read buffer goes on to the body, and back to the spare list after it
+        // (turned into the values' `Bytes`, it would be a 16 KiB allocation per answer).
+        let read = Bytes::copy_from_slice(&upstream[..head_len]);
         let mut headers = HeaderMap::with_capacity(kept.len() + 2);
         let mut fields_ok = true;
         for &(name, (start, end)) in &kept[..parsed.codings] {
@@ -190,6 +192,7 @@ impl HttpServer {
         if !fields_ok {
             tracing::warn!(client = %info.client, backend = %name,
                 "answer refused (502): a field HTTP/2 cannot carry");
+            spare::give_buffer(upstream);
             return self.local(StatusCode::BAD_GATEWAY, line);
         }
         // RFC 9110 §6.6.1: an answer forwarded without `Date` gets one.
@@ -210,8 +213,8 @@ impl HttpServer {
         // 6: the body, read from the backend's socket as the stream takes it.
         let body = RawBody {
             conn: Some(conn),
-            first: read.slice(head_len..),
-            buf: Vec::new(),
+            first: (head_len, upstream.len()),
+            buf: upstream,
             framing: parsed.framing,
             reusable: parsed.reusable,
             trailers: None,
@@ -272,9 +275,11 @@ fn request_head(out: &mut Vec<u8>, head: &hyper::http::request::Parts) {
 /// for the next request; otherwise it closes with this.
 pub struct RawBody {
     conn: Option<Conn>,
-    /// What came with the answer's head: walked before the socket is read.
-    first: Bytes,
-    /// Where the socket is read into, once `first` is used up (zeroed once: no `unsafe`).
+    /// Where in `buf` the bytes that came with the answer's head are: walked before the
+    /// socket is read.
+    first: (usize, usize),
+    /// The buffer the head was read into; then where the socket is read into (zeroed once, to
+    /// its full length: no `unsafe`). Back to the spare list when the body is dropped.
     buf: Vec<u8>,
     framing: Framing,
     reusable: bool,
@@ -302,48 +307,64 @@ impl RawBody {
             if self.ended {
                 return Poll::Ready(None);
             }
-            let data = if !self.first.is_empty() {
-                let first = std::mem::take(&mut self.first);
-                match self.walk(&first) {
-                    Ok(()) => self.content(&first, Some(&first)),
-                    Err(e) => return Poll::Ready(Some(Err(self.broke(e)))),
+            // Taken out while walked: the walk settles the rest of `self`.
+            let mut buf = std::mem::take(&mut self.buf);
+            let piece = match self.first {
+                (start, end) if start < end => {
+                    self.first = (0, 0);
+                    start..end
                 }
-            } else {
-                let Some(conn) = self.conn.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                if self.buf.len() < READ {
-                    self.buf.resize(READ, 0);
-                }
-                let mut read = ReadBuf::new(&mut self.buf);
-                let n = match Pin::new(conn).poll_read(cx, &mut read) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(())) => read.filled().len(),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.broke(e)))),
-                };
-                if n == 0 {
-                    if matches!(self.framing, Framing::Close) {
+                _ => match self.read(&mut buf, cx) {
+                    Poll::Pending => {
+                        self.buf = buf;
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(0)) if matches!(self.framing, Framing::Close) => {
+                        self.buf = buf;
                         self.end(false);
                         continue;
                     }
-                    let e = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "answer cut off by the backend",
-                    );
-                    return Poll::Ready(Some(Err(self.broke(e))));
-                }
-                let buf = std::mem::take(&mut self.buf);
-                let walked = self.walk(&buf[..n]);
-                let data = walked.map(|()| self.content(&buf[..n], None));
-                self.buf = buf;
-                match data {
-                    Ok(data) => data,
-                    Err(e) => return Poll::Ready(Some(Err(self.broke(e)))),
-                }
+                    Poll::Ready(Ok(0)) => {
+                        self.buf = buf;
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "answer cut off by the backend",
+                        );
+                        return Poll::Ready(Some(Err(self.broke(e))));
+                    }
+                    Poll::Ready(Ok(n)) => 0..n,
+                    Poll::Ready(Err(e)) => {
+                        self.buf = buf;
+                        return Poll::Ready(Some(Err(self.broke(e))));
+                    }
+                },
+            };
+            let walked = self.walk(&buf[piece.clone()]);
+            let data = walked.map(|()| self.content(&buf[piece]));
+            self.buf = buf;
+            let data = match data {
+                Ok(data) => data,
+                Err(e) => return Poll::Ready(Some(Err(self.broke(e)))),
             };
             if let Some(data) = data {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
+        }
+    }
+
+    /// Reads the backend's socket into `buf`, the whole of it (zeroed to its length once).
+    fn read(&mut self, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if buf.len() < READ {
+            buf.resize(READ, 0);
+        }
+        let mut read = ReadBuf::new(buf);
+        match Pin::new(conn).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         }
     }
 
@@ -394,16 +415,12 @@ impl RawBody {
         Ok(())
     }
 
-    /// The content `ranges` found in `piece`, as one frame's data; without a copy when it is
-    /// one range of `shared` (what came with the head, which `piece` is).
-    fn content(&self, piece: &[u8], shared: Option<&Bytes>) -> Option<Bytes> {
+    /// The content `ranges` found in `piece`, as one frame's data.
+    fn content(&self, piece: &[u8]) -> Option<Bytes> {
         match self.ranges.as_slice() {
             [] => None,
             [(start, end)] if start == end => None,
-            &[(start, end)] => Some(match shared {
-                Some(shared) => shared.slice(start..end),
-                None => Bytes::copy_from_slice(&piece[start..end]),
-            }),
+            &[(start, end)] => Some(Bytes::copy_from_slice(&piece[start..end])),
             ranges => {
                 let mut data = Vec::with_capacity(ranges.iter().map(|(s, e)| e - s).sum());
                 for &(start, end) in ranges {
@@ -443,6 +460,12 @@ impl RawBody {
             (Framing::Length(left), false) => SizeHint::with_exact(*left),
             _ => SizeHint::default(),
         }
+    }
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        spare::give_buffer(std::mem::take(&mut self.buf));
     }
 }
 

@@ -1042,10 +1042,10 @@ impl Connection {
             stream.abort = None;
             stream.answered = true;
             let (parts, body) = response.into_parts();
-            let mut block = Vec::new();
-            message::answer_block(&mut block, parts.status, &parts.headers);
             let end = stream.head || body.is_end_stream();
-            frame::write_headers(&mut self.out, id, &block, end, self.peer_max_frame as u32);
+            frame::encode_headers(&mut self.out, id, end, self.peer_max_frame as u32, |out| {
+                message::answer_block(out, parts.status, &parts.headers)
+            });
             if end {
                 stream.local_done = true;
                 self.maybe_close(id);

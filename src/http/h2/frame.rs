@@ -382,6 +382,34 @@ pub fn write_data(out: &mut Vec<u8>, stream: u32, data: &[u8], end_stream: bool)
 /// A header block as HEADERS, then as many CONTINUATION frames as frames of `max_frame`
 /// bytes need (§6.2, §6.10). Nothing may come between them on the connection, so they are
 /// written together.
+/// [`write_headers`] for a block `encode` writes straight into `out`, after room for the
+/// frame's head: no block of its own to allocate and copy, per answer. A block larger than
+/// one frame (rare: a few KiB of fields) is moved out and split as `write_headers` does.
+pub fn encode_headers(
+    out: &mut Vec<u8>,
+    stream: u32,
+    end_stream: bool,
+    max_frame: u32,
+    encode: impl FnOnce(&mut Vec<u8>),
+) {
+    let at = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    encode(out);
+    let len = out.len() - at - HEADER_LEN;
+    if len > max_frame as usize {
+        let block = out.split_off(at + HEADER_LEN);
+        out.truncate(at);
+        return write_headers(out, stream, &block, end_stream, max_frame);
+    }
+    let mut flags = flag::END_HEADERS;
+    if end_stream {
+        flags |= flag::END_STREAM;
+    }
+    let len = (len as u32).to_be_bytes();
+    out[at..at + 5].copy_from_slice(&[len[1], len[2], len[3], kind::HEADERS, flags]);
+    out[at + 5..at + HEADER_LEN].copy_from_slice(&(stream & MAX_WINDOW).to_be_bytes());
+}
+
 pub fn write_headers(
     out: &mut Vec<u8>,
     stream: u32,
@@ -594,6 +622,21 @@ mod tests {
         );
         assert_eq!(error_code(&[0, 0]), Internal);
         assert_eq!(error_code(&[0, 0, 0, 0xb]), EnhanceYourCalm);
+    }
+
+    #[test]
+    fn a_block_encoded_in_place_is_framed_as_a_block_written_whole() {
+        for size in [0usize, 1, 300, DEFAULT_MAX_FRAME_SIZE as usize, 40_000] {
+            let block: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            for end in [false, true] {
+                let (mut whole, mut in_place) = (b"before".to_vec(), b"before".to_vec());
+                write_headers(&mut whole, 5, &block, end, DEFAULT_MAX_FRAME_SIZE);
+                encode_headers(&mut in_place, 5, end, DEFAULT_MAX_FRAME_SIZE, |out| {
+                    out.extend_from_slice(&block)
+                });
+                assert!(whole == in_place, "{size} bytes, end {end}");
+            }
+        }
     }
 
     #[test]
