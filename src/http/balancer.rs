@@ -51,7 +51,7 @@ use super::body::{self, Download, Inbound, Payload, Upload};
 use super::cache::Cache;
 use super::compress;
 use super::early_hints::EarlyHints;
-use super::exchange::{self, BodyLength, Failure, Next};
+use super::exchange::{self, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
 use super::grpc;
@@ -1138,29 +1138,14 @@ impl HttpServer {
         // The answer's framing, by the same rule as the own path's (RFC 9112 §6.3): hyper's
         // client lets Transfer-Encoding win over a Content-Length beside it, but the field
         // would still reach the client, which may believe it instead.
-        let framing = exchange::response_framing(
+        if let Err(why) = exchange::response_framing(
             response.status(),
             &method,
             response
                 .headers()
                 .iter()
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        )
-        .and_then(|length| {
-            let coded = matches!(length, BodyLength::Chunked | BodyLength::UntilClose)
-                && exchange::other_coding(
-                    response
-                        .headers()
-                        .get_all(header::TRANSFER_ENCODING)
-                        .iter()
-                        .map(HeaderValue::as_bytes),
-                );
-            match coded {
-                true => Err("a transfer coding the client would not be told of"),
-                false => Ok(length),
-            }
-        });
-        if let Err(why) = framing {
+        ) {
             tracing::warn!(client = %info.client, backend = %up.names[i],
                 "answer refused (502): {why}");
             drop(response);

@@ -91,6 +91,8 @@ struct Framing {
     chunked_last: bool,
     /// `chunked` appears other than last, or more than once.
     chunked_misplaced: bool,
+    /// A coding other than chunked is named (`gzip, chunked`).
+    other_coding: bool,
 }
 
 fn framing<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Framing {
@@ -118,6 +120,10 @@ fn framing<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Framin
         .collect();
     f.chunked_last = chunked.len() == 1 && chunked[0] + 1 == codings.len();
     f.chunked_misplaced = !chunked.is_empty() && !f.chunked_last;
+    // Empty list items are allowed (RFC 9110 §5.6.1) and name nothing.
+    f.other_coding = codings
+        .iter()
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
     f
 }
 
@@ -167,22 +173,15 @@ pub fn response_framing<'a>(
         return Ok(BodyLength::Empty);
     }
     Ok(match (f.coded, length) {
+        // Only chunked is undone on the way: hyper's server and HTTP/2 (RFC 9113 §8.2.2) frame
+        // the content anew, and it would reach the client still coded, with nothing left to
+        // say so (RFC 9112 §6.1). nginx refuses the same ("upstream sent unknown
+        // Transfer-Encoding"); so do both paths, for every client alike.
+        (true, _) if f.other_coding => return Err("a transfer coding other than chunked"),
         (true, _) if f.chunked_last => BodyLength::Chunked,
         (true, _) | (false, None) => BodyLength::UntilClose,
         (false, Some(0)) => BodyLength::Empty,
         (false, Some(n)) => BodyLength::Length(n),
-    })
-}
-
-/// Whether `Transfer-Encoding` values name a coding other than chunked (`gzip, chunked`).
-/// Only chunked is undone on the way to a client that frames the content anew (HTTP/2, or
-/// hyper's server): the content would reach it still coded, with nothing left to say so
-/// (RFC 9112 §6.1, RFC 9113 §8.2.2), so such an answer is the backend's error, 502.
-pub fn other_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    values.into_iter().any(|value| {
-        value
-            .split(|&b| b == b',')
-            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
     })
 }
 
@@ -501,13 +500,27 @@ mod tests {
         );
         assert_eq!(f(ok, &get, &[]), Ok(BodyLength::UntilClose));
         assert_eq!(
-            f(ok, &get, &[("transfer-encoding", "gzip, chunked")]),
+            f(ok, &get, &[("transfer-encoding", "chunked")]),
             Ok(BodyLength::Chunked)
         );
+        // An empty list item names nothing (RFC 9110 §5.6.1).
         assert_eq!(
-            f(ok, &get, &[("transfer-encoding", "gzip")]),
-            Ok(BodyLength::UntilClose)
+            f(ok, &get, &[("transfer-encoding", ", chunked")]),
+            Ok(BodyLength::Chunked)
         );
+        // Only chunked is undone on the way (RFC 9112 §6.1): another coding is 502, where
+        // RFC 9112 §6.3 would read `gzip` alone until the close.
+        for coded in ["gzip, chunked", "gzip", "chunked\u{ff}"] {
+            assert!(
+                f(ok, &get, &[("transfer-encoding", coded)]).is_err(),
+                "{coded}"
+            );
+            assert_eq!(
+                f(ok, &Method::HEAD, &[("transfer-encoding", coded)]),
+                Ok(BodyLength::Empty),
+                "HEAD {coded}"
+            );
+        }
         assert_eq!(
             f(ok, &Method::HEAD, &[("content-length", "1000")]),
             Ok(BodyLength::Empty)

@@ -18,7 +18,7 @@
 //! | [`pool`] | keep-alive connections to each backend |
 //! | [`metrics`] | per-request counters and the latency histogram |
 //! | [`balancer`] | the per-request balancer: pick, send (through hyper), retry, upgrade, answer errors |
-//! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions |
+//! | `h1` | the own HTTP/1 codec for the common request: wire work over the same decisions; and (`h1/hop.rs`) the own HTTP/1.1 hop to a backend for an HTTP/2 stream without a body |
 //! | [`h2`] | chapter 17: HTTP/2 from clients (ALPN `h2`, or `--h2c`), each stream a request through the shared decisions, with the HTTP/2 attacks bounded: the own codec (`h2/`: frames, HPACK, heads, the connection), or hyper's server with `LB_H2_OWN=off` |
 //! | [`grpc`] | chapter 17: gRPC calls: our failures as gRPC statuses, the call's deadline as ours |
 //! | `early_hints` | a backend's `103 Early Hints` to the client on hyper's path, written under hyper's server |

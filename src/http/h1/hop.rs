@@ -19,8 +19,7 @@
 //!   the body is read from the backend's socket as the stream asks for it ([`RawBody`]);
 //! * HTTP/2 carries no chunked framing and no transfer codings. A chunked body is decoded here,
 //!   and its trailer section becomes the stream's trailers. An answer in any other transfer
-//!   coding is refused with 502: passed on without its `Transfer-Encoding`, its bytes would
-//!   reach the client as if they were the content (RFC 9112 §6.1, RFC 9113 §8.2.2).
+//!   coding was refused with 502 when its head was read (`exchange::response_framing`).
 //!
 //! It takes a stream when chapter 12's path takes the configuration ([`super::takes`]: HTTP/1.1
 //! backends only, no cache, no routes, no compression) and the request has no body, which is
@@ -45,7 +44,7 @@ use super::{AnswerFailed, MAX_TRAILERS, READ, exchange, field, spare};
 use crate::conn::Conn;
 use crate::http::balancer::{Attempts, ConnInfo, HttpServer, Line, Upstreams, join_cookies};
 use crate::http::body::{BoxError, Download, OnEnd, Payload};
-use crate::http::exchange::{Failure, other_coding};
+use crate::http::exchange::Failure;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
@@ -149,19 +148,6 @@ impl HttpServer {
             return self.local(attempts.status, line);
         };
         let name = &up.names[i];
-        let coded = matches!(parsed.framing, Framing::Chunked(_) | Framing::Close)
-            && other_coding(
-                kept[parsed.codings..]
-                    .iter()
-                    .map(|&(_, (start, end))| &upstream[start..end]),
-            );
-        if coded {
-            tracing::warn!(client = %info.client, backend = %name,
-                "answer refused (502): a transfer coding HTTP/2 cannot carry");
-            spare::give_fields(kept);
-            spare::give_buffer(upstream);
-            return self.local(StatusCode::BAD_GATEWAY, line);
-        }
         line.answered_by(&mut outcome, cookie_backend, name, i);
         let backend = Arc::clone(&up.backends[i]);
         backend.counters.observe(parsed.status, started.elapsed());
