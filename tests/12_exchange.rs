@@ -751,6 +751,39 @@ fn bytes_a_backend_sends_out_of_turn_never_reach_the_next_h2_stream() {
     }
 }
 
+/// RFC 9110 §6.4.1: an answer without content (204, 304, an answer to `HEAD`) ends with its
+/// head, and so does its stream (`END_STREAM` on its HEADERS): nothing waits for a body the
+/// backend will never send, and its connection carries the next request.
+#[test]
+fn answers_without_content_end_their_h2_stream_at_once() {
+    for fast in PATHS {
+        let b = backend(|path, conn, events| {
+            let answer: &[u8] = match path {
+                "/204" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                "/304" => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+                "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                _ => return plain(path, conn, events),
+            };
+            conn.write_all(answer).is_ok()
+        });
+        let lb = h2_lb(fast, &b, &["--response-timeout", "60"]);
+        for (method, path, status) in [
+            ("GET", "/204", 204),
+            ("GET", "/304", 304),
+            ("HEAD", "/head", 200),
+        ] {
+            let r = h2_request(&lb, method, path).expect("an answer");
+            assert_eq!(
+                (r.status, r.content.len()),
+                (status, 0),
+                "{fast} {method} {path}"
+            );
+        }
+        let r = h2_request(&lb, "GET", "/next").expect("an answer");
+        assert_eq!(r.content, b"next", "{fast}");
+    }
+}
+
 /// RFC 9110 §9.2.2 and RFC 9112 §9.3.1: a `POST` without a body is still not idempotent. A
 /// backend that reads it on a kept-alive connection and closes without answering gets it once,
 /// and the client 502; a `GET` in the same case goes again, on a new connection, and is

@@ -197,9 +197,10 @@ impl HttpServer {
         self.counters.affinity(outcome);
 
         // 6: the body, read from the backend's socket as the stream takes it.
-        let body = RawBody {
+        let after_head = upstream.len();
+        let mut body = RawBody {
             conn: Some(conn),
-            first: (head_len, upstream.len()),
+            first: (head_len, after_head),
             buf: upstream,
             framing: parsed.framing,
             reusable: parsed.reusable,
@@ -210,6 +211,11 @@ impl HttpServer {
             pool: Arc::clone(&backend.pool),
             backend: Arc::clone(name),
         };
+        // No content (a 204, a 304, an answer to HEAD): the answer ended with its head, and the
+        // stream ends with its HEADERS. Anything after the head is an answer nobody asked for.
+        if matches!(body.framing, Framing::None) {
+            body.end(head_len < after_head);
+        }
         let status = parsed.status;
         let on_end: OnEnd = Box::new(move |bytes, complete| {
             // The request counts on its backend (least-connections) until its body is sent.
