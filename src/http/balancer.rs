@@ -838,7 +838,10 @@ impl HttpServer {
         let answers_itself =
             route.is_some_and(|k| !matches!(up.settings.routes[k].target, RoutedTarget::Pool));
         match up.cache.clone() {
-            Some(cache) if !answers_itself => self.cached(&up, &cache, req, info).await,
+            // Boxed: the cache's state is the largest of a request's, and inline it would size
+            // every request's future for it (7 KiB a stream over HTTP/2, where each is boxed),
+            // cache or not.
+            Some(cache) if !answers_itself => Box::pin(self.cached(&up, &cache, req, info)).await,
             _ => self.proxied(&up, req.map(Some), info, None).await,
         }
     }

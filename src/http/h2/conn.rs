@@ -44,7 +44,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use futures_util::future::{AbortHandle, Abortable, Aborted};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, Stream as _};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{HeaderMap, Response, StatusCode};
@@ -81,7 +81,9 @@ const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600)
 /// A request body the own codec receives: what the client sent on a stream, handed on to the
 /// backend as it goes. The connection puts DATA in; [`HttpServer::request`]'s upload takes it
 /// out, and what it takes is what the client is allowed to send again.
-pub struct RecvBody(Arc<Mutex<Recv>>);
+/// A request's body as the stream's task reads it; `None` for a request that has none
+/// (END_STREAM on its HEADERS, most `GET`s): nothing to share, so nothing allocated.
+pub struct RecvBody(Option<Arc<Mutex<Recv>>>);
 
 #[derive(Default)]
 struct Recv {
@@ -123,7 +125,10 @@ impl Body for RecvBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut recv = lock(&self.0);
+        let Some(recv) = &self.0 else {
+            return Poll::Ready(None);
+        };
+        let mut recv = lock(recv);
         if let Some(why) = recv.failed {
             return Poll::Ready(Some(Err(Box::new(BrokenStream(why)))));
         }
@@ -146,20 +151,42 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let recv = lock(&self.0);
+        let Some(recv) = &self.0 else {
+            return true;
+        };
+        let recv = lock(recv);
         recv.ended && recv.chunks.is_empty() && recv.trailers.is_none() && recv.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match lock(&self.0).length {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+        match self.0.as_ref().map(|recv| lock(recv).length) {
+            None => SizeHint::with_exact(0),
+            Some(Some(n)) => SizeHint::with_exact(n),
+            Some(None) => SizeHint::default(),
         }
     }
 }
 
 /// An answer being made: the stream's id and the response, unless the stream was reset.
-type Answering = Pin<Box<dyn Future<Output = Result<(u32, Response<Download>), Aborted>> + Send>>;
+type Answering = Abortable<Tagged>;
+
+/// A stream's answer, with the stream's id. One box per stream, the request's own future
+/// (kilobytes): boxed where it starts, rather than built here and copied into a box, which
+/// showed as `memmove` in the profile; and no second box around it for the answers' queue,
+/// whose futures are all of this one type.
+struct Tagged {
+    id: u32,
+    answer: Pin<Box<dyn Future<Output = Response<Download>> + Send>>,
+}
+
+impl Future for Tagged {
+    type Output = (u32, Response<Download>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        self.answer.as_mut().poll(cx).map(|response| (id, response))
+    }
+}
 
 /// One stream, from its request's head until both sides have ended it.
 struct Stream {
@@ -821,23 +848,18 @@ impl Connection {
                 ..Recv::default()
             }))
         });
-        let body = match &recv {
-            Some(recv) => RecvBody(Arc::clone(recv)),
-            None => RecvBody(Arc::new(Mutex::new(Recv {
-                ended: true,
-                ..Recv::default()
-            }))),
-        };
+        let body = RecvBody(recv.clone());
         let head_only = request.method() == hyper::Method::HEAD;
         let request = request.map(|()| Inbound::Own(body));
         let (server, info) = (Arc::clone(&self.server), Arc::clone(&self.info));
         let (abort, registration) = AbortHandle::new_pair();
-        // The request's future is large (kilobytes): boxed where it starts, rather than built
-        // here and copied into the answers' box, which showed as `memmove` in the profile.
-        let answer = async move { (id, Box::pin(server.request(request, &info)).await) };
+        let answer = Tagged {
+            id,
+            answer: Box::pin(async move { server.request(request, &info).await }),
+        };
         self.answers
             .get_or_insert_with(FuturesUnordered::new)
-            .push(Box::pin(Abortable::new(answer, registration)));
+            .push(Abortable::new(answer, registration));
         self.streams.insert(
             id,
             Stream {
