@@ -48,6 +48,9 @@ use crate::http::exchange::Failure;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
+/// What the hop's buffers start at: under glibc's per-thread cache limit (1,032 bytes).
+const SMALL: usize = 1000;
+
 /// Whether the own hop carries this request: see the module's header.
 pub(in crate::http) fn takes(
     up: &Upstreams,
@@ -80,9 +83,13 @@ impl HttpServer {
         let started = line.started;
         // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1.
         join_cookies(&mut head.headers);
-        let mut out = spare::buffer();
+        // Buffers of the allocator's smallest kind (per thread, no lock): a request head and
+        // an answer's head with a small body fit, and they grow when they do not. Taking 16 KiB
+        // ones from `spare` ran its list dry with hundreds of streams in flight, and each
+        // request then paid a large allocation and its release.
+        let mut out = Vec::with_capacity(SMALL);
         request_head(&mut out, &head);
-        let mut upstream = spare::buffer();
+        let mut upstream = Vec::with_capacity(SMALL);
         let mut kept = spare::fields();
         let mut timer = std::pin::pin!(tokio::time::sleep_until((started + timeout).into()));
         let mut answered = None;
@@ -141,9 +148,8 @@ impl HttpServer {
             }
             retried = true;
         }
-        spare::give_buffer(out);
+        drop(out);
         let Some(((parsed, head_len), conn, active, i)) = answered else {
-            spare::give_buffer(upstream);
             spare::give_fields(kept);
             return self.local(attempts.status, line);
         };
@@ -153,8 +159,7 @@ impl HttpServer {
         backend.counters.observe(parsed.status, started.elapsed());
 
         // 5: the answer's head, as the client sees it. The fields' values share one copy of
-        // the head; the read buffer goes on to the body, and back to the spare list after it
-        // (turned into the values' `Bytes`, it would be a 16 KiB allocation per answer).
+        // the head; the read buffer goes on to the body.
         let read = Bytes::copy_from_slice(&upstream[..head_len]);
         let mut headers = HeaderMap::with_capacity(kept.len() + 2);
         let mut fields_ok = true;
@@ -178,7 +183,6 @@ impl HttpServer {
         if !fields_ok {
             tracing::warn!(client = %info.client, backend = %name,
                 "answer refused (502): a field HTTP/2 cannot carry");
-            spare::give_buffer(upstream);
             return self.local(StatusCode::BAD_GATEWAY, line);
         }
         // RFC 9110 §6.6.1: an answer forwarded without `Date` gets one.
@@ -270,8 +274,8 @@ pub struct RawBody {
     /// Where in `buf` the bytes that came with the answer's head are: walked before the
     /// socket is read.
     first: (usize, usize),
-    /// The buffer the head was read into; then where the socket is read into (zeroed once, to
-    /// its full length: no `unsafe`). Back to the spare list when the body is dropped.
+    /// The buffer the head was read into; then where the socket is read into (taken from the
+    /// spare list, or zeroed to its full length once: no `unsafe`), and back to it after.
     buf: Vec<u8>,
     framing: Framing,
     reusable: bool,
@@ -350,6 +354,7 @@ impl RawBody {
             return Poll::Ready(Ok(0));
         };
         if buf.len() < READ {
+            *buf = spare::buffer();
             buf.resize(READ, 0);
         }
         let mut read = ReadBuf::new(buf);
@@ -456,8 +461,11 @@ impl RawBody {
 }
 
 impl Drop for RawBody {
+    /// A buffer a large body grew to full size is kept for the next one.
     fn drop(&mut self) {
-        spare::give_buffer(std::mem::take(&mut self.buf));
+        if self.buf.capacity() >= READ {
+            spare::give_buffer(std::mem::take(&mut self.buf));
+        }
     }
 }
 

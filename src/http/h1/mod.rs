@@ -830,7 +830,11 @@ async fn exchange(
                     Err(e) => return Err(AnswerFailed::Bad(e)),
                 }
             }
-            buf.reserve(READ);
+            // Room for a read: what the buffer has, unless that is little (a small buffer is
+            // read into as it is; one that fills grows).
+            if buf.capacity() - buf.len() < READ / 4 {
+                buf.reserve(READ);
+            }
             match conn.read_buf(buf).await {
                 Ok(0) if buf.is_empty() => {
                     return Err(AnswerFailed::NoAnswer(io::Error::new(
