@@ -784,6 +784,47 @@ fn answers_without_content_end_their_h2_stream_at_once() {
     }
 }
 
+/// A backend that answers too late is 504 for an HTTP/2 stream too (`--response-timeout`);
+/// one that stops in the middle of its body has its stream reset at `--idle-timeout` (the
+/// client cannot be given a complete answer) and its connection closed, and the balancer
+/// serves the next stream as usual.
+#[test]
+fn a_backend_that_stalls_is_cut_off_from_an_h2_stream() {
+    for fast in PATHS {
+        let b = backend(|path, conn, events| match path {
+            "/late" => {
+                thread::sleep(Duration::from_millis(1500));
+                plain(path, conn, events)
+            }
+            "/stall" => {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello");
+                true
+            }
+            _ => plain(path, conn, events),
+        });
+        let lb = h2_lb(
+            fast,
+            &b,
+            &["--idle-timeout", "0.5", "--response-timeout", "1"],
+        );
+        let r = h2_request(&lb, "GET", "/late").expect("an answer");
+        assert_eq!(r.status, 504, "LB_HTTP_FAST={fast}");
+        assert!(
+            h2_request(&lb, "GET", "/stall").is_none(),
+            "LB_HTTP_FAST={fast}: a stalled body must not end as if complete"
+        );
+        // Both backend connections closed: the late one's and the stalled one's.
+        b.wait_event("closed");
+        b.wait_event("closed");
+        let r = h2_request(&lb, "GET", "/after").expect("an answer");
+        assert_eq!(
+            (r.status, r.content.as_slice()),
+            (200, &b"after"[..]),
+            "{fast}"
+        );
+    }
+}
+
 /// RFC 9110 §9.2.2 and RFC 9112 §9.3.1: a `POST` without a body is still not idempotent. A
 /// backend that reads it on a kept-alive connection and closes without answering gets it once,
 /// and the client 502; a `GET` in the same case goes again, on a new connection, and is
