@@ -9,10 +9,10 @@
 //!
 //! This is chapter 12's backend half (`forward` in `h1/mod.rs`) for such a stream:
 //!
-//! * the same decisions: `Attempts` for the retries (RFC 9110 §9.2.2: only what is idempotent
-//!   goes again once written), [`exchange`] for the write, the timeouts and the answer's head,
-//!   `parse_answer` for its framing, decided once from the head as received (RFC 9112
-//!   §6.3);
+//! * the same code for the decisions: `send` in `h1/mod.rs`, which chapter 12's path calls
+//!   too, with `Attempts` for the retries (RFC 9110 §9.2.2: only what is idempotent goes again
+//!   once written), `exchange` for the write, the timeouts and the answer's head, and
+//!   `parse_answer` for its framing, decided once from the head as received (RFC 9112 §6.3);
 //! * the same pooled sockets (`Pool::take_raw`): one is reused only when its answer ended
 //!   exactly where its framing said, with nothing after it (RFC 9112 §9.3);
 //! * no second task: the HTTP/2 connection's task writes the request and reads the answer, and
@@ -40,11 +40,10 @@ use hyper::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::parse::Framing;
-use super::{AnswerFailed, MAX_TRAILERS, READ, exchange, field, spare};
+use super::{MAX_TRAILERS, READ, field, send, spare};
 use crate::conn::Conn;
 use crate::http::balancer::{Attempts, ConnInfo, HttpServer, Line, Upstreams, join_cookies};
 use crate::http::body::{BoxError, Download, OnEnd, Payload};
-use crate::http::exchange::Failure;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
@@ -92,62 +91,22 @@ impl HttpServer {
         let mut upstream = Vec::with_capacity(SMALL);
         let mut kept = spare::fields();
         let mut timer = std::pin::pin!(tokio::time::sleep_until((started + timeout).into()));
-        let mut answered = None;
-        let mut retried = false;
-        while attempts.another() {
-            let i = attempts.i;
-            let backend = &up.backends[i];
-            let pooled = match attempts.may_reuse() {
-                true => backend.pool.take_raw(started),
-                false => None,
-            };
-            let (mut conn, fresh) = match pooled {
-                Some(conn) => (conn, false),
-                None => match Box::pin(up.balancer.dial_reporting(i, None)).await {
-                    Ok(conn) => {
-                        backend.pool.opened();
-                        crate::metrics::inc(&up.balancer.state(i).counters.connections);
-                        (conn, true)
-                    }
-                    Err(e) if attempts.dial_failed(&e) => continue,
-                    Err(_) => break,
-                },
-            };
-            let active = up.balancer.count_active_owned(i);
-            upstream.clear();
-            let (failed, error) = match exchange(
-                &mut conn,
-                // RFC 9110 §15.2 lets a 1xx go on; the own codec does not send them on a stream
-                // yet, so a 103 is dropped here, as hyper's HTTP/2 server drops it.
-                None,
-                &out,
-                &mut upstream,
-                &head.method,
-                match fresh || retried {
-                    false => started,
-                    true => Instant::now(),
-                },
-                timeout,
-                timer.as_mut(),
-                &mut kept,
-            )
-            .await
-            {
-                Ok(answer) => {
-                    answered = Some((answer, conn, active, i));
-                    break;
-                }
-                Err(AnswerFailed::Timeout) => (Failure::Timeout, None),
-                Err(AnswerFailed::Bad(e)) => (Failure::BadAnswer, Some(e)),
-                Err(AnswerFailed::Unsent(e)) => (Failure::Unsent, Some(e)),
-                Err(AnswerFailed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
-            };
-            drop(active);
-            if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
-                break;
-            }
-            retried = true;
-        }
+        // RFC 9110 §15.2 lets a 1xx go on; the own codec does not send them on a stream yet,
+        // so a 103 is dropped (no client to pass it to), as hyper's HTTP/2 server drops it.
+        let answered = send(
+            up,
+            &mut attempts,
+            |i| up.balancer.count_active_owned(i),
+            None,
+            &out,
+            &mut upstream,
+            &mut kept,
+            &head.method,
+            started,
+            timeout,
+            timer.as_mut(),
+        )
+        .await;
         drop(out);
         let Some(((parsed, head_len), conn, active, i)) = answered else {
             spare::give_fields(kept);

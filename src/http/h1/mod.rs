@@ -342,65 +342,20 @@ impl HttpServer {
         // exchange's rule allows (`Attempts`, as on hyper's path).
         let replayable = exchange::is_idempotent(&method) && body == 0;
         let mut attempts = Attempts::new(up, info.client, i, tried, replayable);
-        let mut answered = None;
-        let mut retried = false;
-        while attempts.another() {
-            let i = attempts.i;
-            let backend = &up.backends[i];
-            let pooled = match attempts.may_reuse() {
-                true => backend.pool.take_raw(started),
-                false => None,
-            };
-            let (mut dialled, fresh) = match pooled {
-                Some(conn) => (conn, false),
-                // Boxed: a dial (a TLS handshake, for a TLS backend) is the largest state of
-                // a request, and inline it would size the connection's task for all its idle
-                // time; dials are rare once the pool is warm, so the allocation is too.
-                None => match Box::pin(up.balancer.dial_reporting(i, None)).await {
-                    Ok(conn) => {
-                        backend.pool.opened();
-                        crate::metrics::inc(&up.balancer.state(i).counters.connections);
-                        (conn, true)
-                    }
-                    Err(e) if attempts.dial_failed(&e) => continue,
-                    Err(_) => break,
-                },
-            };
-            let active = balancer.count_active(i);
-            upstream.clear();
-            let (failed, error) = match exchange(
-                &mut dialled,
-                Some(Hints { client: conn, up }),
-                out,
-                upstream,
-                &method,
-                // From the head's arrival (a clock read already made) on a pooled
-                // connection's first try; after a dial or a failed try, from now.
-                match fresh || retried {
-                    false => started,
-                    true => Instant::now(),
-                },
-                up.settings.response_timeout,
-                timer.as_mut(),
-                kept,
-            )
-            .await
-            {
-                Ok(answer) => {
-                    answered = Some((answer, dialled, active, i));
-                    break;
-                }
-                Err(AnswerFailed::Timeout) => (Failure::Timeout, None),
-                Err(AnswerFailed::Bad(e)) => (Failure::BadAnswer, Some(e)),
-                Err(AnswerFailed::Unsent(e)) => (Failure::Unsent, Some(e)),
-                Err(AnswerFailed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
-            };
-            drop(active);
-            if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
-                break;
-            }
-            retried = true;
-        }
+        let answered = send(
+            up,
+            &mut attempts,
+            |i| balancer.count_active(i),
+            Some(conn),
+            out,
+            upstream,
+            kept,
+            &method,
+            started,
+            up.settings.response_timeout,
+            timer.as_mut(),
+        )
+        .await;
         let Some((answer, mut backend_conn, active, i)) = answered else {
             return self
                 .answer_locally(conn, attempts.status, line, false)
@@ -747,6 +702,91 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         if n == 0 {
             return &buf[at..];
         }
+    }
+}
+
+/// Step 4 for both of this path's callers (a client's HTTP/1 request, and an HTTP/2 stream's
+/// hop): `request` sent to backend `attempts.i` on a pooled connection when there is one,
+/// else on a new one; after a failure, what the exchange's rule allows (`Attempts`, as on
+/// hyper's path). The answer's head is read into `upstream`. `Some`: that head, the connection
+/// it came on, the backend's count of requests in flight (`count`'s guard, held from the send
+/// on), and which backend; `None` when no attempt is left (`attempts.status` says what the
+/// client gets). A 103 goes to `client` when there is one (see [`exchange`]).
+///
+/// A plain `fn` around an `async move` block: an `async fn` keeps each argument twice in its
+/// state (as the argument, and as the local it is moved into), and this state is part of every
+/// HTTP/1 client connection's task, idle or not (README chapter 12: memory per idle client).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn send<G>(
+    up: &Upstreams,
+    attempts: &mut Attempts<'_>,
+    count: impl Fn(usize) -> G,
+    mut client: Option<&mut Conn>,
+    request: &[u8],
+    upstream: &mut Vec<u8>,
+    kept: &mut Vec<(Span, Span)>,
+    method: &Method,
+    started: Instant,
+    response_timeout: std::time::Duration,
+    mut timer: Pin<&mut Sleep>,
+) -> impl Future<Output = Option<((ParsedAnswer, usize), Conn, G, usize)>> {
+    async move {
+        let mut retried = false;
+        while attempts.another() {
+            let i = attempts.i;
+            let backend = &up.backends[i];
+            let pooled = match attempts.may_reuse() {
+                true => backend.pool.take_raw(started),
+                false => None,
+            };
+            let (mut dialled, fresh) = match pooled {
+                Some(conn) => (conn, false),
+                // Boxed: a dial (a TLS handshake, for a TLS backend) is the largest state of a
+                // request, and inline it would size the connection's task for all its idle time;
+                // dials are rare once the pool is warm, so the allocation is too.
+                None => match Box::pin(up.balancer.dial_reporting(i, None)).await {
+                    Ok(conn) => {
+                        backend.pool.opened();
+                        crate::metrics::inc(&up.balancer.state(i).counters.connections);
+                        (conn, true)
+                    }
+                    Err(e) if attempts.dial_failed(&e) => continue,
+                    Err(_) => return None,
+                },
+            };
+            let active = count(i);
+            upstream.clear();
+            let (failed, error) = match exchange(
+                &mut dialled,
+                client.as_deref_mut().map(|client| Hints { client, up }),
+                request,
+                upstream,
+                method,
+                // From the head's arrival (a clock read already made) on a pooled connection's
+                // first try; after a dial or a failed try, from now.
+                match fresh || retried {
+                    false => started,
+                    true => Instant::now(),
+                },
+                response_timeout,
+                timer.as_mut(),
+                kept,
+            )
+            .await
+            {
+                Ok(answer) => return Some((answer, dialled, active, i)),
+                Err(AnswerFailed::Timeout) => (Failure::Timeout, None),
+                Err(AnswerFailed::Bad(e)) => (Failure::BadAnswer, Some(e)),
+                Err(AnswerFailed::Unsent(e)) => (Failure::Unsent, Some(e)),
+                Err(AnswerFailed::NoAnswer(e)) => (Failure::NoAnswer, Some(e)),
+            };
+            drop(active);
+            if !attempts.failed(failed, !fresh, error.as_ref().map(|e| e as _)) {
+                return None;
+            }
+            retried = true;
+        }
+        None
     }
 }
 
