@@ -56,13 +56,35 @@ pub trait Fields {
     }
 }
 
+/// How many distinct names a map may have for [`absent`] to look through them rather than ask
+/// the map.
+const SCAN: usize = 24;
+
+/// Whether `map` certainly has no field named `name`, found by comparing the names it has.
+///
+/// A map asked by a `&str` first parses the name (against the table of standard names) and
+/// hashes it; the rules ask mostly for fields that are not there (hop-by-hop ones, which an
+/// HTTP/2 request cannot even carry, old `X-Forwarded-*`), a dozen times a request. A few
+/// comparisons of lengths and bytes cost less: with them, `Forwarding::apply` and
+/// `strip_hop_by_hop` went from about 5,700 instructions a request to 2,000 (callgrind, an
+/// HTTP/2 `GET` through the own hop, chapter 17).
+fn absent(map: &HeaderMap, name: &str) -> bool {
+    map.keys_len() <= SCAN && !map.keys().any(|k| k.as_str() == name)
+}
+
 impl Fields for HeaderMap {
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+        (!absent(self, name))
+            .then(|| self.get_all(name))
+            .into_iter()
+            .flatten()
+            .map(HeaderValue::as_bytes)
     }
 
     fn remove(&mut self, name: &str) {
-        HeaderMap::remove(self, name);
+        if !absent(self, name) {
+            HeaderMap::remove(self, name);
+        }
     }
 
     fn append(&mut self, name: HeaderName, value: HeaderValue) {
@@ -93,7 +115,11 @@ impl Fields for HeaderMap {
     }
 
     fn copy(&mut self, from: &str, to: HeaderName) {
-        match self.get(from).cloned() {
+        let value = match absent(self, from) {
+            true => None,
+            false => self.get(from).cloned(),
+        };
+        match value {
             Some(value) => HeaderMap::insert(self, to, value),
             None => HeaderMap::remove(self, to),
         };

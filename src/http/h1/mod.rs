@@ -870,9 +870,10 @@ async fn exchange(
                     Err(e) => return Err(AnswerFailed::Bad(e)),
                 }
             }
-            // Room for a read: what the buffer has, unless that is little (a small buffer is
-            // read into as it is; one that fills grows).
-            if buf.capacity() - buf.len() < READ / 4 {
+            // Room for a read: what the buffer has, unless a quarter of it or less is left. A
+            // small buffer (the HTTP/2 hop's) is read into as it is, as most answers fit in it;
+            // growing it up front cost every request a large allocation and its copy.
+            if buf.capacity() - buf.len() <= buf.capacity() / 4 {
                 buf.reserve(READ);
             }
             match conn.read_buf(buf).await {

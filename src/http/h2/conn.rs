@@ -432,6 +432,11 @@ impl Connection {
                 tracing::debug!(client = %self.info.client, "closing an HTTP/2 connection: draining");
                 self.go_away(ErrorCode::NoError);
             }
+            if self.out.capacity() == 0 && !self.streams.is_empty() {
+                // Answers are coming: a whole buffer now, not one grown from nothing (a
+                // reallocation at each doubling) as their frames are written.
+                self.out = spare::buffer();
+            }
             self.poll_answers(cx);
             self.grant_windows(cx);
             self.pump_bodies(cx);
