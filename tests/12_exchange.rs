@@ -688,6 +688,57 @@ fn a_chunked_answer_reaches_an_h2_stream_decoded_with_its_trailers() {
     }
 }
 
+/// RFC 9113 §8.2.1 and §8.2.2: an HTTP/1.1 backend's fields reach an HTTP/2 client with their
+/// names in lower case (`Content-Type` from most servers), repeated ones kept apart, and
+/// without what only meant something to the backend's connection (`Connection`, what it
+/// names, `Keep-Alive`) or what `--hide-header` hides. A backend's `Date` passes as it is; an
+/// answer without one gets ours (RFC 9110 §6.6.1). The own hop writes these fields straight
+/// into the stream's header block (`h1::hop::AnswerFields`), hyper's client into a map.
+#[test]
+fn an_answers_fields_reach_an_h2_stream_as_http2_spells_them() {
+    let long = "X-A-Field-Name-Longer-Than-Thirty-Two-Bytes";
+    for fast in PATHS {
+        let b = backend(move |path, conn, _| {
+            let date = match path {
+                "/dated" => "Date: Mon, 07 Dec 2026 00:00:00 GMT\r\n",
+                _ => "",
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{long}: v\r\n\
+                 Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nConnection: X-Drop\r\nX-Drop: gone\r\n\
+                 Keep-Alive: timeout=5\r\nX-Backend: b1\r\n{date}Content-Length: 2\r\n\r\nok"
+            );
+            conn.write_all(answer.as_bytes()).is_ok()
+        });
+        let lb = h2_lb(fast, &b, &["--hide-header", "x-backend"]);
+        let r = h2_request(&lb, "GET", "/dated").expect("an answer");
+        assert_eq!(
+            (r.status, r.content.as_slice()),
+            (200, &b"ok"[..]),
+            "{fast}"
+        );
+        let f = &r.fields;
+        assert_eq!(f.get("content-type").unwrap(), "text/plain", "{fast}");
+        assert_eq!(f.get(long.to_lowercase()).unwrap(), "v", "{fast}");
+        let cookies: Vec<_> = f.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{fast}");
+        for gone in ["connection", "x-drop", "keep-alive", "x-backend"] {
+            assert!(f.get(gone).is_none(), "{fast}: {gone} in {f:?}");
+        }
+        assert_eq!(f.get("content-length").unwrap(), "2", "{fast}");
+        assert_eq!(f.get_all("date").iter().count(), 1, "{fast}");
+        assert_eq!(
+            f.get("date").unwrap(),
+            "Mon, 07 Dec 2026 00:00:00 GMT",
+            "{fast}"
+        );
+        let r = h2_request(&lb, "GET", "/undated").expect("an answer");
+        let date = r.fields.get("date");
+        let date = date.unwrap_or_else(|| panic!("{fast}: no date in {:?}", r.fields));
+        assert!(date.to_str().unwrap().ends_with(" GMT"), "{fast}: {date:?}");
+    }
+}
+
 /// RFC 9112 §6.3 and §6.1: an answer whose framing two readers could read two ways is the
 /// backend's error, 502, for an HTTP/2 client as for an HTTP/1.1 one. So is a transfer coding
 /// other than chunked: HTTP/2 cannot say it (RFC 9113 §8.2.2), and its bytes would reach the

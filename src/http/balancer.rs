@@ -1011,6 +1011,8 @@ impl HttpServer {
                     (outcome, cookie_backend),
                     timeout,
                     stall,
+                    // The own HTTP/2 codec takes the answer's fields as its header block.
+                    matches!(body, Some(Inbound::Own(_))),
                 )
                 .await;
         }

@@ -31,7 +31,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -44,6 +44,8 @@ use super::{MAX_TRAILERS, READ, field, send, spare};
 use crate::conn::Conn;
 use crate::http::balancer::{Attempts, ConnInfo, HttpServer, Line, Upstreams, join_cookies};
 use crate::http::body::{BoxError, Download, OnEnd, Payload};
+use crate::http::exchange;
+use crate::http::h2::hpack;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
@@ -78,6 +80,7 @@ impl HttpServer {
         (mut outcome, cookie_backend): (AffinityOutcome, Option<usize>),
         timeout: Duration,
         stall: Duration,
+        encoded: bool,
     ) -> Response<Download> {
         let started = line.started;
         // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1.
@@ -117,25 +120,13 @@ impl HttpServer {
         let backend = Arc::clone(&up.backends[i]);
         backend.counters.observe(parsed.status, started.elapsed());
 
-        // 5: the answer's head, as the client sees it. The fields' values share one copy of
-        // the head; the read buffer goes on to the body.
-        let read = Bytes::copy_from_slice(&upstream[..head_len]);
-        let mut headers = HeaderMap::with_capacity(kept.len() + 2);
+        // 5: the answer's head, as the client sees it: a map for hyper's HTTP/2 server, or,
+        // for the own codec, the header block itself (`encoded`).
+        let mut fields = AnswerFields::new(encoded, &upstream[..head_len], kept.len() + 2);
         let mut fields_ok = true;
-        for &(name, (start, end)) in &kept[..parsed.codings] {
-            let name = &read[name.0..name.1];
-            if up.hides(name) {
-                continue;
-            }
-            // Both were checked by `httparse` already, by the same grammar.
-            match (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_maybe_shared(read.slice(start..end)),
-            ) {
-                (Ok(name), Ok(value)) => {
-                    headers.append(name, value);
-                }
-                _ => fields_ok = false,
+        for &(name, value) in &kept[..parsed.codings] {
+            if !up.hides(&upstream[name.0..name.1]) {
+                fields_ok &= fields.read(&upstream[..head_len], name, value);
             }
         }
         spare::give_fields(kept);
@@ -145,23 +136,27 @@ impl HttpServer {
             return self.local(StatusCode::BAD_GATEWAY, line);
         }
         // RFC 9110 §6.6.1: an answer forwarded without `Date` gets one.
-        if !headers.contains_key(header::DATE) {
-            let now = httpdate::fmt_http_date(SystemTime::now());
-            if let Ok(now) = HeaderValue::from_str(&now) {
-                headers.insert(header::DATE, now);
-            }
+        if !fields.has_date
+            && let Ok(now) = HeaderValue::from_bytes(&exchange::date_now())
+        {
+            fields.add(header::DATE, &now);
         }
         if let Some(n) = parsed.length {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            fields.add(header::CONTENT_LENGTH, &HeaderValue::from(n));
         }
         for (name, value) in up.answer_fields(outcome, i, info.tls) {
-            headers.append(name, value.clone());
+            fields.add(name, value);
         }
         self.counters.affinity(outcome);
 
         // 6: the body, read from the backend's socket as the stream takes it.
         let after_head = upstream.len();
+        let (headers, block) = match fields.out {
+            Out::Map { map, .. } => (map, Vec::new()),
+            Out::Block(block) => (HeaderMap::new(), block),
+        };
         let mut body = RawBody {
+            block,
             conn: Some(conn),
             first: (head_len, after_head),
             buf: upstream,
@@ -193,6 +188,83 @@ impl HttpServer {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
+    }
+}
+
+/// Where an answer's fields go on their way to an HTTP/2 client.
+///
+/// hyper's HTTP/2 server takes a map. The own codec (chapter 17) takes the HPACK block its
+/// HEADERS frame carries, and the hop writes it here directly from the fields where they were
+/// read: a map built only to be walked and encoded again cost about 4,000 instructions an
+/// answer, most of them its allocations, the names' parsing and hashing, and their drops.
+/// Either way a field is what the client gets only if HTTP/2 can carry it (RFC 9113 §8.2.1:
+/// a name in lower case, no control character in a value, which `httparse` saw to); the
+/// framing fields and those HTTP/2 forbids (§8.2.2) were set apart by `parse_answer` already.
+struct AnswerFields {
+    out: Out,
+    /// A `Date` came from the backend.
+    has_date: bool,
+}
+
+enum Out {
+    /// The map, and one copy of the head that its values share.
+    Map {
+        map: HeaderMap,
+        read: Bytes,
+    },
+    Block(Vec<u8>),
+}
+
+impl AnswerFields {
+    fn new(encoded: bool, head: &[u8], fields: usize) -> AnswerFields {
+        let out = match encoded {
+            true => Out::Block(Vec::with_capacity(head.len() + 64)),
+            false => Out::Map {
+                map: HeaderMap::with_capacity(fields),
+                read: Bytes::copy_from_slice(head),
+            },
+        };
+        AnswerFields {
+            out,
+            has_date: false,
+        }
+    }
+
+    /// A field of the backend's head: whether HTTP/2 can carry it.
+    fn read(&mut self, head: &[u8], (n0, n1): (usize, usize), (v0, v1): (usize, usize)) -> bool {
+        let (name, value) = (&head[n0..n1], &head[v0..v1]);
+        self.has_date |= name.eq_ignore_ascii_case(b"date");
+        match &mut self.out {
+            // Both were checked by `httparse` already, by the same grammar.
+            Out::Map { map, read } => match (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(read.slice(v0..v1)),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    map.append(name, value);
+                    true
+                }
+                _ => false,
+            },
+            // `httparse`'s tables are the same rules (a token for a name; tab, space, visible
+            // characters and obs-text for a value), and no lenient option is on.
+            Out::Block(block) => {
+                hpack::encode_field_lowercase(block, name, value);
+                true
+            }
+        }
+    }
+
+    /// A field of the balancer's own.
+    fn add(&mut self, name: HeaderName, value: &HeaderValue) {
+        match &mut self.out {
+            Out::Map { map, .. } => {
+                map.append(name, value.clone());
+            }
+            Out::Block(block) => {
+                hpack::encode_field(block, name.as_str().as_bytes(), value.as_bytes())
+            }
+        }
     }
 }
 
@@ -229,6 +301,9 @@ fn request_head(out: &mut Vec<u8>, head: &hyper::http::request::Parts) {
 /// exactly where its framing said and nothing came after it, the socket goes back to the pool
 /// for the next request; otherwise it closes with this.
 pub struct RawBody {
+    /// The answer's fields as an HPACK block, for the own HTTP/2 codec: its HEADERS frame
+    /// carries them as they are ([`AnswerFields`]). Empty otherwise.
+    block: Vec<u8>,
     conn: Option<Conn>,
     /// Where in `buf` the bytes that came with the answer's head are: walked before the
     /// socket is read.
@@ -404,6 +479,11 @@ impl RawBody {
         self.ended = true;
         self.conn = None;
         Box::new(e)
+    }
+
+    /// The answer's fields, encoded already: taken once, by the codec writing the head.
+    pub(in crate::http) fn take_block(&mut self) -> Option<Vec<u8>> {
+        (!self.block.is_empty()).then(|| std::mem::take(&mut self.block))
     }
 
     pub(in crate::http) fn is_end_stream(&self) -> bool {

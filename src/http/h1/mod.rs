@@ -37,7 +37,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
@@ -391,11 +391,7 @@ impl HttpServer {
         // RFC 9110 §6.6.1: a recipient with a clock forwards a response without `Date` with
         // one (hyper's server adds it too).
         if !dated {
-            field(
-                out,
-                b"date",
-                httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-            );
+            field(out, b"date", &exchange::date_now());
         }
         // The framing, written by us from what was decided on the head as received: the
         // length, or the codings the body passes on in (RFC 9112 §6.1).
@@ -607,7 +603,7 @@ impl HttpServer {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\ndate: ");
-        out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        out.extend_from_slice(&exchange::date_now());
         out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
         out.extend_from_slice(text.len().to_string().as_bytes());
         if close {

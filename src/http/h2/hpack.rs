@@ -400,6 +400,25 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// [`encode_field`] for a name as an HTTP/1 backend may spell it (`Content-Type`), written in
+/// lower case as HTTP/2 requires (RFC 9113 §8.2.1), without a copy of the name.
+pub fn encode_field_lowercase(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    // Every name of the static table fits.
+    let mut lower = [0u8; 32];
+    if let Some(room) = lower.get_mut(..name.len()) {
+        room.copy_from_slice(name);
+        room.make_ascii_lowercase();
+        return encode_field(out, room, value);
+    }
+    out.push(0x00);
+    encode_integer(out, 0x00, 7, name.len());
+    let at = out.len();
+    out.extend_from_slice(name);
+    out[at..].make_ascii_lowercase();
+    encode_integer(out, 0x00, 7, value.len());
+    out.extend_from_slice(value);
+}
+
 /// Writes `:status`: one byte for the seven statuses the static table holds, a literal with
 /// its indexed name otherwise.
 pub fn encode_status(out: &mut Vec<u8>, status: u16) {
@@ -612,6 +631,27 @@ mod tests {
         }
         assert_eq!(static_name(b""), None);
         assert_eq!(static_name(b"x-forwarded-for"), None);
+    }
+
+    /// A name in any case is written as its lower-case spelling would be, short (from the
+    /// static table) or long (a literal).
+    #[test]
+    fn names_are_written_in_lower_case() {
+        let long = "X-A-Name-Longer-Than-Thirty-Two-Bytes";
+        for name in [
+            "Content-Type",
+            "content-type",
+            "X-Custom",
+            long,
+            &long.to_lowercase(),
+        ] {
+            let (mut mixed, mut lower) = (Vec::new(), Vec::new());
+            encode_field_lowercase(&mut mixed, name.as_bytes(), b"v");
+            encode_field(&mut lower, name.to_lowercase().as_bytes(), b"v");
+            assert_eq!(mixed, lower, "{name}");
+            let fields = decode(&mut Decoder::new(DEFAULT_TABLE_SIZE), &mixed).unwrap();
+            assert_eq!(fields[0].0, name.to_lowercase());
+        }
     }
 
     fn fields(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -264,6 +264,11 @@ impl Head {
 /// list). The `HeaderMap`'s names are lowercase already, as HTTP/2 requires (§8.2.1).
 pub fn answer_block(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
     hpack::encode_status(out, status.as_u16());
+    // RFC 9110 §6.6.1: an answer forwarded without `Date` gets one (hyper's HTTP/2 server
+    // adds it too; the own hop adds it as it writes the fields).
+    if !headers.contains_key(hyper::header::DATE) {
+        hpack::encode_field(out, b"date", &crate::http::exchange::date_now());
+    }
     let named: Vec<&[u8]> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -452,11 +457,24 @@ mod tests {
             ("upgrade", "h2c"),
             ("proxy-connection", "close"),
             ("x-served-by", "b1"),
+            ("date", "Mon, 07 Dec 2026 00:00:00 GMT"),
         ] {
             headers.append(n, HeaderValue::from_static(v));
         }
+        assert_eq!(
+            decoded(&headers),
+            [
+                ":status: 200",
+                "content-type: text/plain",
+                "x-served-by: b1",
+                "date: Mon, 07 Dec 2026 00:00:00 GMT",
+            ]
+        );
+    }
+
+    fn decoded(headers: &HeaderMap) -> Vec<String> {
         let mut block = Vec::new();
-        answer_block(&mut block, StatusCode::OK, &headers);
+        answer_block(&mut block, StatusCode::OK, headers);
         let mut decoded = Vec::new();
         hpack::Decoder::new(hpack::DEFAULT_TABLE_SIZE)
             .decode(&block, |n, v| {
@@ -467,13 +485,15 @@ mod tests {
                 ))
             })
             .unwrap();
-        assert_eq!(
-            decoded,
-            [
-                ":status: 200",
-                "content-type: text/plain",
-                "x-served-by: b1"
-            ]
-        );
+        decoded
+    }
+
+    /// RFC 9110 §6.6.1: an answer forwarded without `Date` gets one, once.
+    #[test]
+    fn an_answer_without_a_date_gets_one() {
+        let got = decoded(&HeaderMap::new());
+        assert_eq!(got.len(), 2, "{got:?}");
+        let date = got[1].strip_prefix("date: ").expect("a date");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
     }
 }
