@@ -40,7 +40,7 @@ use hyper::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::parse::Framing;
-use super::{MAX_TRAILERS, READ, field, send, spare};
+use super::{MAX_TRAILERS, READ, field, itoa, send, spare};
 use crate::conn::Conn;
 use crate::http::balancer::{Attempts, ConnInfo, HttpServer, Line, Upstreams, join_cookies};
 use crate::http::body::{BoxError, Download, OnEnd, Payload};
@@ -49,8 +49,7 @@ use crate::http::h2::hpack;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
-/// What the hop's buffers start at: under glibc's per-thread cache limit (1,032 bytes).
-const SMALL: usize = 1000;
+use super::SMALL;
 
 /// Whether the own hop carries this request: see the module's header.
 pub(in crate::http) fn takes(
@@ -85,14 +84,21 @@ impl HttpServer {
         let started = line.started;
         // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1.
         join_cookies(&mut head.headers);
-        // Buffers of the allocator's smallest kind (per thread, no lock): a request head and
-        // an answer's head with a small body fit, and they grow when they do not. Taking 16 KiB
-        // ones from `spare` ran its list dry with hundreds of streams in flight, and each
-        // request then paid a large allocation and its release.
+        // A buffer of the allocator's smallest kind (per thread, no lock): a request head fits,
+        // and it grows when it does not. Taking 16 KiB ones from `spare` ran its list dry with
+        // hundreds of streams in flight, and each request then paid a large allocation and its
+        // release.
         let mut out = Vec::with_capacity(SMALL);
         request_head(&mut out, &head);
-        let mut upstream = Vec::with_capacity(SMALL);
-        let mut kept = spare::fields();
+        // What the request needs while it waits for its answer: the bytes to send again (RFC
+        // 9110 §9.2.2 allows it for some) and the method (the answer's framing depends on it).
+        // The head goes now. With hundreds of streams waiting, what each holds through the
+        // wait is what the allocator's per-thread cache (seven blocks of a size) cannot keep:
+        // freed in the same turn as made, the next stream's head reuses it. The answer's
+        // buffer and field list are taken when its head comes, for the same reason.
+        let method = head.method.clone();
+        drop(head);
+        let (mut upstream, mut kept) = (Vec::new(), Vec::new());
         let mut timer = std::pin::pin!(tokio::time::sleep_until((started + timeout).into()));
         // RFC 9110 §15.2 lets a 1xx go on; the own codec does not send them on a stream yet,
         // so a 103 is dropped (no client to pass it to), as hyper's HTTP/2 server drops it.
@@ -104,7 +110,7 @@ impl HttpServer {
             &out,
             &mut upstream,
             &mut kept,
-            &head.method,
+            &method,
             started,
             timeout,
             timer.as_mut(),
@@ -142,7 +148,7 @@ impl HttpServer {
             fields.add(header::DATE, &now);
         }
         if let Some(n) = parsed.length {
-            fields.add(header::CONTENT_LENGTH, &HeaderValue::from(n));
+            fields.length(n);
         }
         for (name, value) in up.answer_fields(outcome, i, info.tls) {
             fields.add(name, value);
@@ -251,6 +257,18 @@ impl AnswerFields {
             Out::Block(block) => {
                 hpack::encode_field_lowercase(block, name, value);
                 true
+            }
+        }
+    }
+
+    /// `Content-Length`, as framed by us.
+    fn length(&mut self, n: u64) {
+        match &mut self.out {
+            Out::Map { map, .. } => {
+                map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Out::Block(block) => {
+                hpack::encode_field(block, b"content-length", itoa(n, &mut [0; 20]))
             }
         }
     }

@@ -60,6 +60,8 @@ pub(in crate::http) mod spare;
 const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 /// What one read asks for at least.
 const READ: usize = 16 * 1024;
+/// The HTTP/2 hop's buffers (`hop`): under glibc's per-thread cache limit (1,032 bytes).
+const SMALL: usize = 1000;
 /// What one read of a big answer's body may grow to.
 const MAX_READ: usize = 256 * 1024;
 
@@ -841,6 +843,10 @@ async fn exchange(
     let read = async {
         loop {
             if !buf.is_empty() {
+                if kept.capacity() == 0 {
+                    // The HTTP/2 hop's list, taken only now (`hop::proxied_own`).
+                    *kept = spare::fields();
+                }
                 match parse_answer(buf, method, kept) {
                     Ok(Some((answer, len))) if answer.status.is_informational() => {
                         if answer.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -867,9 +873,12 @@ async fn exchange(
                 }
             }
             // Room for a read: what the buffer has, unless a quarter of it or less is left. A
-            // small buffer (the HTTP/2 hop's) is read into as it is, as most answers fit in it;
-            // growing it up front cost every request a large allocation and its copy.
-            if buf.capacity() - buf.len() <= buf.capacity() / 4 {
+            // small buffer (the HTTP/2 hop's, made only now that there is an answer to read) is
+            // read into as it is, as most answers fit in it; growing it up front cost every
+            // request a large allocation and its copy.
+            if buf.capacity() == 0 {
+                buf.reserve(SMALL);
+            } else if buf.capacity() - buf.len() <= buf.capacity() / 4 {
                 buf.reserve(READ);
             }
             match conn.read_buf(buf).await {
