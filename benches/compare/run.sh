@@ -12,6 +12,7 @@
 #   benches/compare/run.sh --edge                # cache, static, gzip beside nginx (chapter 16)
 #   benches/compare/run.sh --cache-rss           # the cache's real memory against its bound (chapter 16)
 #   benches/compare/run.sh --syscalls [--http|--tls]  # system calls per request and connection (issues 19, 31)
+#   benches/compare/run.sh --instructions [--workload h1] [--http-lb-b OLD]  # callgrind's count per request (chapter 17)
 #
 # Everything runs on 127.0.0.1; every process it starts is stopped by PID at the end.
 set -euo pipefail
@@ -36,6 +37,9 @@ fi
 if [ "${1:-}" = "--edge" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/edge.py --help
 fi
+if [ "${1:-}" = "--instructions" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    exec python3 benches/compare/instructions.py --help
+fi
 if [ "${1:-}" = "--etcd" ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
     exec python3 benches/compare/etcd.py --help
 fi
@@ -58,6 +62,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 [ "${1:-}" != "--etcd" ] || command -v etcd >/dev/null || missing+=(etcd-server)
 [ "${1:-}" != "--h2" ] || command -v h2load >/dev/null || missing+=(nghttp2-client)
+[ "${1:-}" != "--instructions" ] || command -v h2load >/dev/null || missing+=(nghttp2-client)
+[ "${1:-}" != "--instructions" ] || command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -93,6 +99,11 @@ if [ "${1:-}" = "--h2" ]; then
     shift
     cargo build --release --bin http-lb --bin dummy-server >&2
     exec python3 benches/compare/h2.py "$@"
+fi
+if [ "${1:-}" = "--instructions" ]; then
+    shift
+    cargo build --release --bin http-lb --bin dummy-server >&2
+    exec python3 benches/compare/instructions.py "$@"
 fi
 if [ "${1:-}" = "--http" ]; then
     shift
