@@ -282,11 +282,13 @@ impl Body for Upload {
 pub enum Payload {
     Upstream(Incoming),
     Full(Option<Bytes>),
-    /// A backend's body compressed on the way (chapter 16).
-    Compressed(Compressing),
+    /// A backend's body compressed on the way (chapter 16). Boxed, as the file below: every
+    /// answer's body is as large as its largest kind, and it is moved from function to
+    /// function and kept in each HTTP/2 stream's entry.
+    Compressed(Box<Compressing>),
     /// A file from a static folder (chapter 16): `left` bytes from where it was opened.
     File {
-        file: tokio::fs::File,
+        file: Box<tokio::fs::File>,
         left: u64,
     },
     /// A backend's body read from its HTTP/1.1 socket by the own hop (chapter 17).
@@ -299,7 +301,10 @@ const FILE_CHUNK: usize = 64 * 1024;
 impl Payload {
     /// `len` bytes of `file`, from its current position.
     pub fn file(file: tokio::fs::File, len: u64) -> Payload {
-        Payload::File { file, left: len }
+        Payload::File {
+            file: Box::new(file),
+            left: len,
+        }
     }
 }
 
@@ -473,7 +478,8 @@ pub struct Download {
     sent: u64,
     ended: bool,
     on_end: Option<OnEnd>,
-    tap: Option<Tap>,
+    /// Boxed: only an answer the cache stores has one.
+    tap: Option<Box<Tap>>,
     /// The backend's idle limit in the middle of its body.
     stall: Option<Stall>,
     /// Fields removed from the backend's trailers (`--hide-header`, as from its head).
@@ -547,7 +553,7 @@ impl Download {
 
     /// Copies the backend's bytes (before any compression) for the cache.
     pub fn set_tap(&mut self, tap: Tap) {
-        self.tap = Some(tap);
+        self.tap = Some(Box::new(tap));
     }
 
     pub fn set_on_end(&mut self, on_end: OnEnd) {
@@ -589,7 +595,7 @@ impl Body for Download {
                 }
                 polled
             }
-            Payload::Compressed(c) => c.poll(cx, this.tap.as_mut()),
+            Payload::Compressed(c) => c.poll(cx, this.tap.as_deref_mut()),
             Payload::File { file, left } => poll_file(file, left, cx),
             Payload::Raw(raw) => raw.poll_frame(cx),
         };

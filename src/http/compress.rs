@@ -62,11 +62,11 @@ impl Wanted {
         match self.coding.map(|coding| (coding, Encoder::new(coding))) {
             Some((coding, Ok(encoder))) => {
                 encode_headers(&mut head.headers, coding);
-                Payload::Compressed(Compressing::new(
+                Payload::Compressed(Box::new(Compressing::new(
                     body,
                     encoder,
                     std::sync::Arc::clone(tally),
-                ))
+                )))
             }
             _ => Payload::Upstream(body),
         }
