@@ -658,3 +658,16 @@ impl Body for Download {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every answer's body is moved from function to function and kept in each HTTP/2
+    /// stream's entry: the kinds that are large, and rare, are boxed (chapter 17).
+    #[test]
+    fn an_answers_body_stays_small() {
+        let size = std::mem::size_of::<Download>();
+        assert!(size <= 144, "Download is {size} bytes");
+    }
+}
