@@ -19,7 +19,13 @@
 //!   the body is read from the backend's socket as the stream asks for it ([`RawBody`]);
 //! * HTTP/2 carries no chunked framing and no transfer codings. A chunked body is decoded here,
 //!   and its trailer section becomes the stream's trailers. An answer in any other transfer
-//!   coding was refused with 502 when its head was read (`exchange::response_framing`).
+//!   coding was refused with 502 when its head was read (`exchange::response_framing`);
+//! * for the own HTTP/2 codec, the answer's fields go from where they were read straight into
+//!   the HEADERS frame's HPACK block ([`AnswerFields`]), with no field map in between;
+//! * what a stream keeps while it waits for its backend is only what it needs then: the
+//!   request's bytes (for a retry) and its method. Its head goes once written, and the answer's
+//!   buffers come with the answer (README chapter 17: glibc's per-thread cache and hundreds of
+//!   streams in flight).
 //!
 //! It takes a stream when chapter 12's path takes the configuration ([`super::takes`]: HTTP/1.1
 //! backends only, no cache, no routes, no compression) and the request has no body, which is
