@@ -23,10 +23,10 @@
 //! * **each failure is one status**, in one place ([`Failure::status`]): the client's errors
 //!   are 4xx, the backend's 5xx.
 
-use hyper::{Method, StatusCode};
-
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::{Method, StatusCode};
 
 /// Fields that `Connection` can never remove (RFC 9110 §7.6.1 lets a sender name any field
 /// as hop-by-hop, but these frame and route the message, so naming them is an attack, not a
@@ -410,6 +410,29 @@ pub fn after(failure: Failure, reused: bool, replayable: bool) -> Next {
     }
 }
 
+thread_local! {
+    /// The `Date` of the current second, and that second.
+    static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+}
+
+/// Now as a `Date` value (RFC 9110 §5.6.7's IMF-fixdate), which a recipient with a clock adds
+/// to an answer it forwards without one (§6.6.1). Formatted once a second on each thread, as
+/// hyper's server does, rather than for every answer.
+pub fn date_now() -> [u8; 29] {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let (at, text) = date.get();
+        if at == second && at != 0 {
+            return text;
+        }
+        // IMF-fixdate is 29 bytes until the year 9999.
+        let text = <[u8; 29]>::try_from(httpdate::fmt_http_date(now).as_bytes()).unwrap_or(text);
+        date.set((second, text));
+        text
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,27 +663,4 @@ mod tests {
         assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
         assert!(is_idempotent(&Method::PUT) && is_idempotent(&Method::GET));
     }
-}
-
-thread_local! {
-    /// The `Date` of the current second, and that second.
-    static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
-}
-
-/// Now as a `Date` value (RFC 9110 §5.6.7's IMF-fixdate), which a recipient with a clock adds
-/// to an answer it forwards without one (§6.6.1). Formatted once a second on each thread, as
-/// hyper's server does, rather than for every answer.
-pub fn date_now() -> [u8; 29] {
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|date| {
-        let (at, text) = date.get();
-        if at == second && at != 0 {
-            return text;
-        }
-        // IMF-fixdate is 29 bytes until the year 9999.
-        let text = <[u8; 29]>::try_from(httpdate::fmt_http_date(now).as_bytes()).unwrap_or(text);
-        date.set((second, text));
-        text
-    })
 }

@@ -164,8 +164,8 @@ impl HttpServer {
         // 6: the body, read from the backend's socket as the stream takes it.
         let after_head = upstream.len();
         let (headers, block) = match fields.out {
-            Out::Map { map, .. } => (map, Vec::new()),
-            Out::Block(block) => (HeaderMap::new(), block),
+            Out::Map { map, .. } => (map, None),
+            Out::Block(block) => (HeaderMap::new(), Some(block)),
         };
         let mut body = RawBody {
             block,
@@ -326,8 +326,9 @@ fn request_head(out: &mut Vec<u8>, head: &hyper::http::request::Parts) {
 /// for the next request; otherwise it closes with this.
 pub struct RawBody {
     /// The answer's fields as an HPACK block, for the own HTTP/2 codec: its HEADERS frame
-    /// carries them as they are ([`AnswerFields`]). Empty otherwise.
-    block: Vec<u8>,
+    /// carries them as they are ([`AnswerFields`]). `None` for hyper's server, which takes
+    /// the response's map.
+    block: Option<Vec<u8>>,
     conn: Option<Conn>,
     /// Where in `buf` the bytes that came with the answer's head are: walked before the
     /// socket is read.
@@ -507,7 +508,7 @@ impl RawBody {
 
     /// The answer's fields, encoded already: taken once, by the codec writing the head.
     pub(in crate::http) fn take_block(&mut self) -> Option<Vec<u8>> {
-        (!self.block.is_empty()).then(|| std::mem::take(&mut self.block))
+        self.block.take()
     }
 
     pub(in crate::http) fn is_end_stream(&self) -> bool {

@@ -44,6 +44,10 @@ pub(super) fn fields() -> Vec<(Span, Span)> {
 }
 
 pub(super) fn give_fields(mut fields: Vec<(Span, Span)>) {
+    // One never taken (the HTTP/2 hop's, when no answer came) is not worth keeping.
+    if fields.capacity() == 0 {
+        return;
+    }
     fields.clear();
     FIELDS.with(|f| {
         let mut free = f.borrow_mut();

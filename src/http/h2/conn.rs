@@ -258,8 +258,8 @@ pub(in crate::http) enum Ended {
 /// every byte of its largest state (about 5 KiB for a stream's), to memory just allocated and
 /// so not in the cache, though a future that has not started holds only its captures. Called
 /// after the allocation, `make` writes the future into the box itself (the compiler passes
-/// the box as the place for the result): about 500 instructions a stream less in callgrind, and the
-/// largest `memcpy` left in a `perf` profile of `h2load` gone.
+/// the box as the place for the result): about 500 instructions a stream less in callgrind,
+/// and the largest `memcpy` left in a `perf` profile of `h2load` gone.
 fn boxed_in_place<F: Future + Send + 'static>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
@@ -487,11 +487,6 @@ impl Connection {
                 self.stopped = true;
                 tracing::debug!(client = %self.info.client, "closing an HTTP/2 connection: draining");
                 self.go_away(ErrorCode::NoError);
-            }
-            if self.out.capacity() == 0 && !self.streams.is_empty() {
-                // Answers are coming: a whole buffer now, not one grown from nothing (a
-                // reallocation at each doubling) as their frames are written.
-                self.out = spare::buffer();
             }
             self.poll_answers(cx);
             self.grant_windows(cx);
@@ -1126,6 +1121,12 @@ impl Connection {
             let (parts, mut body) = response.into_parts();
             let end = stream.head || body.is_end_stream();
             let block = body.take_block();
+            if self.out.capacity() == 0 {
+                // Frames to write: a whole buffer now, not one grown from nothing (a
+                // reallocation at each doubling) as they are written. Taken only here, so that a
+                // stream that waits long (a gRPC stream, say) costs no buffer meanwhile.
+                self.out = spare::buffer();
+            }
             frame::encode_headers(&mut self.out, id, end, self.peer_max_frame as u32, |out| {
                 match block {
                     Some(block) => {
