@@ -270,7 +270,16 @@ def table(rows, targets):
             rps = statistics.median(x[0] for x in s)
             cpu = statistics.median(c / n for _, n, c in s)
             unit = "calls" if workload == "grpc" else "req"
-            cells.append(f"{rps:,.0f} {unit}/s, {cpu * 1e6:.1f} µs CPU/{unit.rstrip('s')}")
+            cell = f"{rps:,.0f} {unit}/s, {cpu * 1e6:.1f} µs CPU/{unit.rstrip('s')}"
+            # Each round runs the targets one after the other: the ratio of a target's CPU to
+            # the first target's in the same round moves less with the machine's phases than
+            # either median does.
+            ref = samples.get(targets[0], [])
+            pairs = [x[2] / x[1] / (r[2] / r[1]) for x, r in zip(samples.get(t, []), ref)
+                     if x is not None and r is not None and r[2] > 0]
+            if t != targets[0] and len(pairs) > 1:
+                cell += f" ({statistics.median(pairs):.2f}× {targets[0]}, paired)"
+            cells.append(cell)
         out.append(f"| {workload} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -309,7 +318,8 @@ def main():
         bench.procs.stop_all()
     header = (f"{time.strftime('%Y-%m-%d')}, pinned (one worker on CPU 1, the load on CPU 0), "
               f"{opts.rounds} rounds of {opts.seconds} s (h2load -c 50 -m 10), medians; CPU is "
-              f"the proxy's own.")
+              f"the proxy's own. Paired: the median, over the rounds, of a target's CPU per "
+              f"request over {opts.targets[0]}'s in the same round.")
     text = header + "\n\n" + table(rows, opts.targets) + "\n"
     print(text)
     if opts.out:
