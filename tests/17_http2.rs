@@ -1130,6 +1130,149 @@ fn cookie_crumbs_are_joined_for_an_http1_backend() {
     assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{}", seen[0]);
 }
 
+/// What an HTTP/1.1 backend reads of an HTTP/2 request, both ways: the own hop, which writes the
+/// head from the fields as they decoded (no map), and hyper's client (`LB_HTTP_FAST=off`),
+/// which writes it from the map. The same rules hold on both: `Host` from `:authority` (RFC
+/// 9113 §8.3.1), and `X-Forwarded-Host` from it; the cookie crumbs joined
+/// (§8.2.3); `TE` gone (hop-by-hop, RFC 9110 §7.6.1); `Content-Length: 0` as ours; the
+/// client's own claims about its address replaced (`X-Real-IP`) or dropped. Then heads the hop
+/// leaves to the longer way (a `Host` that differs from `:authority`, two of them, a path
+/// with characters it does not write as they came) are judged the same on both paths.
+#[test]
+fn a_get_reaches_an_http1_backend_alike_on_both_paths() {
+    use lb::http::h2::hpack;
+    let head = |fields: &[(&str, &str)]| {
+        let mut block = Vec::new();
+        for (n, v) in fields {
+            hpack::encode_field(&mut block, n.as_bytes(), v.as_bytes());
+        }
+        block
+    };
+    let get = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "t:8080"),
+    ];
+    let plain: Vec<(&str, &str)> = get
+        .iter()
+        .copied()
+        .chain([
+            (":path", "/p/a%20b?q=1&r=(2)"),
+            ("accept", "*/*"),
+            ("cookie", "a=1"),
+            ("host", "T:8080"),
+            ("te", "trailers"),
+            ("content-length", "0"),
+            ("x-client-ip", "10.9.9.9"),
+            ("x-real-ip", "10.9.9.9"),
+            ("cookie", "b=2"),
+            ("x-two", "1"),
+            ("x-two", "2"),
+        ])
+        .collect();
+    let path = |p: &'static str| -> Vec<(&'static str, &'static str)> {
+        get.iter().copied().chain([(":path", p)]).collect()
+    };
+    let mut seen_by_path = Vec::new();
+    for fast in ["on", "off"] {
+        let (backend, seen) = recording_backend();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--h2c",
+            "--health-interval",
+            "0",
+            "--affinity",
+            "none",
+            "--backend",
+            &backend.to_string(),
+        ];
+        let lb = Proc::start_env(LB, &args, 2, &[("LB_HTTP_FAST", fast)]);
+        let ask = |fields: &[(&str, &str)]| {
+            let mut s = raw_h2(lb.addr());
+            assert!(send(
+                &mut s,
+                &frame(HEADERS, END_HEADERS | END_STREAM, 1, &head(fields))
+            ));
+            stream_1_ends(&mut s)
+        };
+        assert_eq!(ask(&plain), Ended::Answered(200), "LB_HTTP_FAST={fast}");
+        let got = seen.lock().unwrap().remove(0);
+        let mut lines: Vec<&str> = got.lines().collect();
+        assert_eq!(
+            lines[0], "GET /p/a%20b?q=1&r=(2) HTTP/1.1",
+            "LB_HTTP_FAST={fast}"
+        );
+        // The own hop writes `Host` first, as RFC 9112 §3.2 asks of a user agent; hyper's
+        // client writes the map's order (the client's first `accept` before it).
+        if fast == "on" {
+            assert_eq!(lines[1], "host: t:8080", "{got}");
+        }
+        let mut fields: Vec<String> = lines
+            .drain(1..)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                format!("{}:{}", n.to_ascii_lowercase(), v)
+            })
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "accept: */*",
+                "content-length: 0",
+                "cookie: a=1; b=2",
+                "host: t:8080",
+                "x-forwarded-for: 127.0.0.1",
+                "x-forwarded-host: t:8080",
+                "x-forwarded-proto: http",
+                "x-real-ip: 127.0.0.1",
+                "x-two: 1",
+                "x-two: 2",
+            ],
+            "LB_HTTP_FAST={fast}: {got}"
+        );
+        seen_by_path.push(fields);
+
+        // Left to the longer way, and judged there: §8.3.1's Host against :authority, RFC
+        // 9110 §7.2's one Host; a path `http`'s parser takes (and cuts at `#`).
+        let mut other_host = plain[..4].to_vec();
+        other_host.push(("host", "elsewhere"));
+        let mut two_hosts = plain[..4].to_vec();
+        two_hosts.extend([("host", "t:8080"), ("host", "t:8080")]);
+        for fields in [&other_host, &two_hosts] {
+            assert_eq!(
+                ask(fields),
+                Ended::Answered(400),
+                "LB_HTTP_FAST={fast}: {fields:?}"
+            );
+        }
+        assert!(seen.lock().unwrap().is_empty(), "LB_HTTP_FAST={fast}");
+        for (p, reached) in [
+            ("/json/{\"a\"}", "/json/{\"a\"}"),
+            ("/frag#x", "/frag"),
+            ("/sp ace", ""),
+        ] {
+            let ended = ask(&path(p));
+            if reached.is_empty() {
+                assert_eq!(ended, Ended::Answered(400), "LB_HTTP_FAST={fast}: {p}");
+                assert!(seen.lock().unwrap().is_empty(), "LB_HTTP_FAST={fast}: {p}");
+                continue;
+            }
+            assert_eq!(ended, Ended::Answered(200), "LB_HTTP_FAST={fast}: {p}");
+            let got = seen.lock().unwrap().remove(0);
+            assert!(
+                got.starts_with(&format!("GET {reached} HTTP/1.1\r\n")),
+                "LB_HTTP_FAST={fast}: {got}"
+            );
+        }
+    }
+    assert_eq!(seen_by_path[0], seen_by_path[1]);
+}
+
 /// An HTTP/1.1 backend that answers each request with its body (framed by `Content-Length`).
 fn echo_backend() -> SocketAddr {
     spawn_per_connection(|mut conn| {

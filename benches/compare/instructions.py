@@ -123,6 +123,10 @@ class Run:
         dumps = sorted(f for f in os.listdir(self.work) if f.startswith(f"callgrind.{label}."))
         if not dumps:
             raise RuntimeError("callgrind wrote no dump")
+        if self.opts.save:
+            os.makedirs(self.opts.save, exist_ok=True)
+            shutil.copy(os.path.join(self.work, dumps[0]),
+                        os.path.join(self.opts.save, f"callgrind.{label}"))
         costs = self_costs(os.path.join(self.work, dumps[0]))
         return {k: v / self.opts.requests for k, v in costs.items()}
 
@@ -137,6 +141,9 @@ def main():
     ap.add_argument("--http-lb", default=os.path.join(CARGO_TARGET, "release/http-lb"))
     ap.add_argument("--http-lb-b", help="a second build, counted the same way: an A/B test")
     ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
+    ap.add_argument("--save", metavar="DIR",
+                    help="keep the callgrind dumps in DIR (callgrind.a, callgrind.b), for "
+                    "callgrind_annotate --inclusive=yes or kcachegrind")
     opts = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "h2load"]:
         if not shutil.which(tool):

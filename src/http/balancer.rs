@@ -983,10 +983,12 @@ impl HttpServer {
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // The target's authority becomes `Host` (RFC 9112 §3.2.2 for an absolute form; an
+        // HTTP/2 request's `:authority`, RFC 9113 §8.3.1) before `X-Forwarded-Host` copies it.
+        origin_form(&mut parts.uri, &mut parts.headers);
         up.settings
             .forwarding
             .apply(&mut parts.headers, &info.forwarded_for, info.tls);
-        origin_form(&mut parts.uri, &mut parts.headers);
         // Between two pieces of a body, either way: `--idle-timeout`, else as long as a backend
         // has to start its answer.
         let stall = balancer
@@ -1001,10 +1003,12 @@ impl HttpServer {
         if h1::hop::takes(up, &parts, has_body) {
             let replayable = exchange::is_idempotent(&parts.method);
             let attempts = Attempts::new(up, info.client, i, tried, replayable);
+            let (out, method) = h1::hop::written(parts);
             return self
                 .proxied_own(
                     up,
-                    parts,
+                    out,
+                    method,
                     info,
                     line,
                     attempts,

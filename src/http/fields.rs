@@ -199,16 +199,23 @@ impl Fields for ReadFields<'_> {
         self.remove_all(&[name]);
     }
 
-    /// One pass over the fields for all of `names`, not one per name.
+    /// One pass over the fields for all of `names`, not one per name; and a look before
+    /// the list is rewritten, since the rules mostly remove what is not there (a dozen names
+    /// a request: `Vec::retain` on every one was 1,700 instructions of an HTTP/2 `GET`).
     fn remove_all(&mut self, names: &[&str]) {
         let buf = self.buf;
+        // Lengths first: most names differ in theirs.
         let named = |n: &[u8]| {
             names
                 .iter()
-                .any(|name| n.eq_ignore_ascii_case(name.as_bytes()))
+                .any(|name| name.len() == n.len() && n.eq_ignore_ascii_case(name.as_bytes()))
         };
-        self.read.retain(|&((n0, n1), _)| !named(&buf[n0..n1]));
-        self.added.retain(|(n, _)| !named(n.as_str().as_bytes()));
+        if self.read.iter().any(|&((n0, n1), _)| named(&buf[n0..n1])) {
+            self.read.retain(|&((n0, n1), _)| !named(&buf[n0..n1]));
+        }
+        if self.added.iter().any(|(n, _)| named(n.as_str().as_bytes())) {
+            self.added.retain(|(n, _)| !named(n.as_str().as_bytes()));
+        }
     }
 
     fn append(&mut self, name: HeaderName, value: HeaderValue) {

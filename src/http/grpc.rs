@@ -26,15 +26,18 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .map(HeaderValue::as_bytes)
-        .is_some_and(|v| {
-            let v = v
-                .split(|&b| b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            v.eq_ignore_ascii_case(b"application/grpc")
-                || (v.len() > 17 && v[..17].eq_ignore_ascii_case(b"application/grpc+"))
-        })
+        .is_some_and(is_grpc_type)
+}
+
+/// Whether a `Content-Type` value is gRPC's (see [`is_grpc`]).
+pub fn is_grpc_type(value: &[u8]) -> bool {
+    let v = value
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    v.eq_ignore_ascii_case(b"application/grpc")
+        || (v.len() > 17 && v[..17].eq_ignore_ascii_case(b"application/grpc+"))
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`); `None` for

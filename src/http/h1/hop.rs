@@ -48,10 +48,15 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::parse::Framing;
 use super::{MAX_TRAILERS, READ, field, itoa, send, spare};
 use crate::conn::Conn;
-use crate::http::balancer::{Attempts, ConnInfo, HttpServer, Line, Upstreams, join_cookies};
+use crate::http::balancer::{
+    Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, join_cookies,
+};
 use crate::http::body::{BoxError, Download, OnEnd, Payload};
 use crate::http::exchange;
+use crate::http::fields::ReadFields;
+use crate::http::forward;
 use crate::http::h2::hpack;
+use crate::http::h2::message::Plain;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
@@ -71,14 +76,112 @@ pub(in crate::http) fn takes(
 }
 
 impl HttpServer {
-    /// Steps 4 to 6 of `proxied` for a request [`takes`] accepted, whose head has been through
-    /// the forwarding rules already: sent to backend `attempts.i` (or the ones after it, as
-    /// the attempts allow), and the answer's head with its body to come.
+    /// An HTTP/2 request the own codec decoded into a [`Plain`] head: all of `proxied` that
+    /// such a request goes through, on the head as it decoded, with no map. The configuration
+    /// is one [`takes`] accepts (so no route, cache, compression or assign mode to apply), and
+    /// the head passed the exchange's checks as it was made plain; the rest is chapter 12's
+    /// path: the backend chosen ([`Upstreams::choose`]: the affinity cookie taken out), the
+    /// hop-by-hop fields dropped and `X-Forwarded-*` set (RFC 9110 §7.6), on [`ReadFields`],
+    /// the head written, then [`HttpServer::proxied_own`].
+    pub(in crate::http) async fn proxied_plain(
+        &self,
+        up: Arc<Upstreams>,
+        plain: Plain,
+        info: &ConnInfo,
+    ) -> Response<Download> {
+        self.counters.path(true, true);
+        let started = Instant::now();
+        let Plain {
+            method,
+            target,
+            text,
+            fields,
+        } = plain;
+        let target = std::str::from_utf8(&text[target.0..target.1]).unwrap_or("/");
+        let mut line = Line {
+            client: info.client,
+            method: method.clone(),
+            // Copied only when the access log is on, as `proxied` does.
+            path: match tracing::enabled!(target: "access", tracing::Level::INFO) {
+                true => target.to_owned(),
+                false => String::new(),
+            },
+            backend: None,
+            affinity: AffinityOutcome::Off,
+            started,
+        };
+        let mut headers = ReadFields::new(&text, fields, Vec::new());
+        let Chosen {
+            pick,
+            outcome,
+            cookie: cookie_backend,
+        } = up.choose(&mut headers, info.client.ip(), &[]);
+        line.affinity = outcome;
+        let Some(i) = pick else {
+            tracing::warn!(client = %info.client, "no backend is up: 503");
+            return self.local(StatusCode::SERVICE_UNAVAILABLE, line);
+        };
+        if outcome == AffinityOutcome::Redispatch {
+            tracing::info!(client = %info.client, backend = %up.names[i],
+                "affinity cookie named a backend that is down or gone: redispatched");
+        }
+        forward::strip_hop_by_hop(&mut headers, false);
+        up.settings
+            .forwarding
+            .apply(&mut headers, &info.forwarded_for, info.tls);
+        let mut out = Vec::with_capacity(SMALL);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut length = false;
+        for (name, value) in headers.iter() {
+            // The framing is ours: no body, so a `Content-Length` (checked to be 0) says 0.
+            if name == b"content-length" {
+                length = true;
+            } else {
+                field(&mut out, name, value);
+            }
+        }
+        if length {
+            field(&mut out, b"content-length", b"0");
+        }
+        out.extend_from_slice(b"\r\n");
+        let (read, _) = headers.into_lists();
+        spare::give_fields(read);
+        drop(text);
+        let stall = up
+            .balancer
+            .idle_timeout
+            .unwrap_or(up.settings.response_timeout);
+        let timeout = up.settings.response_timeout;
+        let replayable = exchange::is_idempotent(&method);
+        let attempts = Attempts::new(&up, info.client, i, Vec::new(), replayable);
+        self.proxied_own(
+            &up,
+            out,
+            method,
+            info,
+            line,
+            attempts,
+            (outcome, cookie_backend),
+            timeout,
+            stall,
+            true,
+        )
+        .await
+    }
+
+    /// Steps 4 to 6 of `proxied` for a request [`takes`] accepted, whose head went through the
+    /// forwarding rules and was written out as `out` ([`request_head`], or `proxied_plain`'s):
+    /// sent to backend `attempts.i` (or the ones after it, as the attempts allow), and the
+    /// answer's head with its body to come.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::http) async fn proxied_own(
         &self,
         up: &Arc<Upstreams>,
-        mut head: hyper::http::request::Parts,
+        out: Vec<u8>,
+        method: hyper::Method,
         info: &ConnInfo,
         mut line: Line,
         mut attempts: Attempts<'_>,
@@ -88,22 +191,12 @@ impl HttpServer {
         encoded: bool,
     ) -> Response<Download> {
         let started = line.started;
-        // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1.
-        join_cookies(&mut head.headers);
-        // A buffer of the allocator's smallest kind (per thread, no lock): a request head fits,
-        // and it grows when it does not. Taking 16 KiB ones from `spare` ran its list dry with
-        // hundreds of streams in flight, and each request then paid a large allocation and its
-        // release.
-        let mut out = Vec::with_capacity(SMALL);
-        request_head(&mut out, &head);
-        // What the request needs while it waits for its answer: the bytes to send again (RFC
-        // 9110 §9.2.2 allows it for some) and the method (the answer's framing depends on it).
-        // The head goes now. With hundreds of streams waiting, what each holds through the
-        // wait is what the allocator's per-thread cache (seven blocks of a size) cannot keep:
-        // freed in the same turn as made, the next stream's head reuses it. The answer's
-        // buffer and field list are taken when its head comes, for the same reason.
-        let method = head.method.clone();
-        drop(head);
+        // What the request needs while it waits for its answer is only `out` (the bytes to
+        // send again, which RFC 9110 §9.2.2 allows for some) and the method (the answer's
+        // framing depends on it). With hundreds of streams waiting, what each holds through
+        // the wait is what the allocator's per-thread cache (seven blocks of a size) cannot
+        // keep: the head was freed in the same turn as made, and the answer's buffer and field
+        // list are taken when its head comes, for the same reason.
         let (mut upstream, mut kept) = (Vec::new(), Vec::new());
         let mut timer = std::pin::pin!(tokio::time::sleep_until((started + timeout).into()));
         // RFC 9110 §15.2 lets a 1xx go on; the own codec does not send them on a stream yet,
@@ -293,9 +386,22 @@ impl AnswerFields {
 }
 
 /// The request's head for an HTTP/1.1 backend, from a head that went through the forwarding
-/// rules: `Host` first (RFC 9112 §3.2 asks clients for that), then the fields. Its framing is
+/// rules, and its method: `Host` first (RFC 9112 §3.2 asks clients for that), then the fields. Its framing is
 /// written here, not copied: the request has no body, and a `Content-Length` the client sent
 /// was checked to be 0 against its DATA (RFC 9113 §8.1.1).
+pub(in crate::http) fn written(mut head: hyper::http::request::Parts) -> (Vec<u8>, hyper::Method) {
+    // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1 (hyper's
+    // server hands them on apart).
+    join_cookies(&mut head.headers);
+    // A buffer of the allocator's smallest kind (per thread, no lock): a request head fits,
+    // and it grows when it does not. Taking 16 KiB ones from `spare` ran its list dry with
+    // hundreds of streams in flight, and each request then paid a large allocation and its
+    // release.
+    let mut out = Vec::with_capacity(SMALL);
+    request_head(&mut out, &head);
+    (out, head.method)
+}
+
 fn request_head(out: &mut Vec<u8>, head: &hyper::http::request::Parts) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');

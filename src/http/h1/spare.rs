@@ -37,13 +37,13 @@ pub fn give_buffer(mut buf: Vec<u8>) {
 }
 
 /// A list for a request head's fields.
-pub(super) fn fields() -> Vec<(Span, Span)> {
+pub(in crate::http) fn fields() -> Vec<(Span, Span)> {
     FIELDS
         .with(|f| f.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(32))
 }
 
-pub(super) fn give_fields(mut fields: Vec<(Span, Span)>) {
+pub(in crate::http) fn give_fields(mut fields: Vec<(Span, Span)>) {
     // One never taken (the HTTP/2 hop's, when no answer came) is not worth keeping.
     if fields.capacity() == 0 {
         return;

@@ -55,7 +55,7 @@ use super::frame::{self, ErrorCode, Fault, Head, Window, flag, kind, setting};
 use super::message::{self, Malformed};
 use super::{CONNECTION_WINDOW, PREFACE, STREAM_WINDOW, hpack};
 use crate::conn::Conn;
-use crate::http::balancer::{ConnInfo, HttpServer};
+use crate::http::balancer::{ConnInfo, HttpServer, Upstreams};
 use crate::http::body::{BoxError, Download, Inbound};
 use crate::http::exchange;
 use crate::http::h1::spare;
@@ -876,6 +876,18 @@ impl Connection {
         if self.streams.len() >= self.max_streams as usize {
             return Err(Fault::Stream(id, ErrorCode::RefusedStream));
         }
+        // The common request (a `GET`, say) goes to the own HTTP/1.1 hop with its head as it
+        // decoded: no map (`Head::plain`). Any other, to `HttpServer::request` as a request.
+        if let Some(up) = self.plain_hop()
+            && let Some(plain) = head.plain(end_stream)
+        {
+            let head_only = plain.method == hyper::Method::HEAD;
+            let (server, info) = (Arc::clone(&self.server), Arc::clone(&self.info));
+            let answer =
+                boxed_in_place(move || async move { server.proxied_plain(up, plain, &info).await });
+            self.open(id, answer, None, end_stream, head_only);
+            return Ok(());
+        }
         let started = Instant::now();
         let request = match head.into_request() {
             Ok(request) => request,
@@ -907,14 +919,33 @@ impl Connection {
         let head_only = request.method() == hyper::Method::HEAD;
         let request = request.map(|()| Inbound::Own(body));
         let (server, info) = (Arc::clone(&self.server), Arc::clone(&self.info));
+        let answer = boxed_in_place(move || async move { server.request(request, &info).await });
+        self.open(id, answer, recv, end_stream, head_only);
+        Ok(())
+    }
+
+    /// The configuration, when the own hop takes requests under it (`h1::hop::takes`).
+    fn plain_hop(&self) -> Option<Arc<Upstreams>> {
+        if !crate::http::h1::enabled() {
+            return None;
+        }
+        let up = self.server.upstreams();
+        crate::http::h1::takes(&up).then_some(up)
+    }
+
+    /// A stream, with the future making its answer.
+    fn open(
+        &mut self,
+        id: u32,
+        answer: Pin<Box<dyn Future<Output = Response<Download>> + Send>>,
+        recv: Option<Arc<Mutex<Recv>>>,
+        end_stream: bool,
+        head_only: bool,
+    ) {
         let (abort, registration) = AbortHandle::new_pair();
-        let answer = Tagged {
-            id,
-            answer: boxed_in_place(move || async move { server.request(request, &info).await }),
-        };
         self.answers
             .get_or_insert_with(FuturesUnordered::new)
-            .push(Abortable::new(answer, registration));
+            .push(Abortable::new(Tagged { id, answer }, registration));
         self.streams.insert(
             id,
             Stream {
@@ -932,7 +963,6 @@ impl Connection {
                 local_done: false,
             },
         );
-        Ok(())
     }
 
     /// A malformed request (§8.1.1): never forwarded; answered with its status, and the
