@@ -5,8 +5,9 @@
 //! trait, and run on either of two heads:
 //!
 //! * hyper's [`HeaderMap`], on hyper's path: every field parsed into a map;
-//! * [`ReadFields`], on the balancer's own HTTP/1 path (`http::h1`): the fields stay where
-//!   they were read, in the client's buffer, as positions; what the rules add or copy is kept
+//! * [`ReadFields`], on the balancer's own HTTP/1 path (`http::h1`), and for an HTTP/2
+//!   request the own codec hands to its HTTP/1.1 hop (`h1::hop`, chapter 17): the fields stay
+//!   where they were read (or decoded), as positions; what the rules add or copy is kept
 //!   beside them, and the head is written out from both. No field is copied into a map and out
 //!   again, which is most of what a map costs a small request (chapter 12 measured it: about a
 //!   microsecond, a sixth of the path's own CPU per request).

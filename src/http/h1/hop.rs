@@ -20,6 +20,10 @@
 //! * HTTP/2 carries no chunked framing and no transfer codings. A chunked body is decoded here,
 //!   and its trailer section becomes the stream's trailers. An answer in any other transfer
 //!   coding was refused with 502 when its head was read (`exchange::response_framing`);
+//! * for the own HTTP/2 codec, the request's fields come as they decoded from HPACK, in one
+//!   buffer, and chapter 12's rules run on them there ([`ReadFields`]; `proxied_plain`): no map
+//!   is built for the request either. Its head passed the exchange's checks as it was made
+//!   plain (`h2::message::Head::plain`); anything unusual took hyper's way (`proxied`);
 //! * for the own HTTP/2 codec, the answer's fields go from where they were read straight into
 //!   the HEADERS frame's HPACK block ([`AnswerFields`]), with no field map in between;
 //! * what a stream keeps while it waits for its backend is only what it needs then: the

@@ -9,10 +9,17 @@
 //! it) is how requests were smuggled through HTTP/2 front ends in 2021. A request that breaks
 //! one is *malformed* (§8.1.1): never forwarded, and answered `400`, then its stream reset.
 //!
-//! The request this builds is the one hyper's HTTP/2 server hands on: an absolute target
-//! (`http://authority/path`) when `:authority` is there, version HTTP/2, its fields in a map.
-//! So [`HttpServer::request`](crate::http::balancer::HttpServer)'s checks (RFC 9110's target
-//! and `Host` rules, the framing fields) run on it as on any other.
+//! The fields are kept as they decode, in one buffer, and go one of two ways:
+//!
+//! * the common request (no body, a plain `http(s)` target, every exchange check passed) goes
+//!   to the own HTTP/1.1 hop as it is ([`Plain`]): chapter 12's rules run on the fields where
+//!   they are, and no map is built (a map and its edits were about a fifth of an HTTP/2 `GET`'s
+//!   instructions);
+//! * any other becomes the request hyper's HTTP/2 server hands on: an absolute target
+//!   (`http://authority/path`) when `:authority` is there, version HTTP/2, its fields in a map
+//!   whose values share the buffer. So
+//!   [`HttpServer::request`](crate::http::balancer::HttpServer)'s checks (RFC 9110's target and
+//!   `Host` rules, the framing fields) run on it as on any other, and refuse what is wrong.
 
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
