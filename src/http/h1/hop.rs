@@ -114,7 +114,7 @@ impl HttpServer {
             affinity: AffinityOutcome::Off,
             started,
         };
-        let mut headers = ReadFields::new(&text, fields, Vec::new());
+        let mut headers = ReadFields::new(&text, fields, spare::added());
         let Chosen {
             pick,
             outcome,
@@ -151,8 +151,9 @@ impl HttpServer {
             field(&mut out, b"content-length", b"0");
         }
         out.extend_from_slice(b"\r\n");
-        let (read, _) = headers.into_lists();
+        let (read, added) = headers.into_lists();
         spare::give_fields(read);
+        spare::give_added(added);
         drop(text);
         let stall = up
             .balancer
@@ -452,12 +453,21 @@ pub struct RawBody {
     trailers: Option<Vec<u8>>,
     /// The trailers, once parsed: the last frame.
     trailers_out: Option<HeaderMap>,
-    /// Where the content lies in the piece being walked.
+    /// Where the content lies in a chunked piece being walked (one range, by length or to the
+    /// close, needs no list: [`Content::One`]).
     ranges: Vec<(usize, usize)>,
     /// The body ended (or broke): nothing more is read.
     ended: bool,
     pool: Arc<Pool>,
     backend: Arc<str>,
+}
+
+/// Where a piece's content is, as `RawBody::walk` found it.
+enum Content {
+    None,
+    One(usize, usize),
+    /// In `RawBody::ranges`.
+    Ranges,
 }
 
 impl RawBody {
@@ -505,7 +515,7 @@ impl RawBody {
                 },
             };
             let walked = self.walk(&buf[piece.clone()]);
-            let data = walked.map(|()| self.content(&buf[piece]));
+            let data = walked.map(|content| self.content(&buf[piece], content));
             self.buf = buf;
             let data = match data {
                 Ok(data) => data,
@@ -536,22 +546,24 @@ impl RawBody {
 
     /// Walks `piece` by the answer's framing: `ranges` is where the content lies in it, and
     /// at the body's end the socket's fate is settled and the trailers parsed.
-    fn walk(&mut self, piece: &[u8]) -> io::Result<()> {
-        self.ranges.clear();
+    fn walk(&mut self, piece: &[u8]) -> io::Result<Content> {
         let ranges = &mut self.ranges;
+        let mut content = Content::None;
         let (used, done) = match &mut self.framing {
             Framing::None => (0, true),
             Framing::Length(left) => {
                 let take = (piece.len() as u64).min(*left);
                 *left -= take;
-                ranges.push((0, take as usize));
+                content = Content::One(0, take as usize);
                 (take as usize, *left == 0)
             }
             Framing::Close => {
-                ranges.push((0, piece.len()));
+                content = Content::One(0, piece.len());
                 (piece.len(), false)
             }
             Framing::Chunked(chunks) => {
+                ranges.clear();
+                content = Content::Ranges;
                 let used = chunks.advance(piece, |start, end| ranges.push((start, end)))?;
                 let from = match chunks.take_trailers_at() {
                     Some(at) => {
@@ -578,12 +590,17 @@ impl RawBody {
             // for; the next client on this socket would read them as its own.
             self.end(used < piece.len());
         }
-        Ok(())
+        Ok(content)
     }
 
-    /// The content `ranges` found in `piece`, as one frame's data.
-    fn content(&self, piece: &[u8]) -> Option<Bytes> {
-        match self.ranges.as_slice() {
+    /// The content `walk` found in `piece`, as one frame's data.
+    fn content(&self, piece: &[u8], content: Content) -> Option<Bytes> {
+        let ranges = match content {
+            Content::None => return None,
+            Content::One(start, end) => &[(start, end)][..],
+            Content::Ranges => self.ranges.as_slice(),
+        };
+        match ranges {
             [] => None,
             [(start, end)] if start == end => None,
             &[(start, end)] => Some(Bytes::copy_from_slice(&piece[start..end])),

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 
 use super::{READ, Scratch, Span};
+use crate::http::fields::AddedList;
 
 pub const KEEP: usize = 64;
 
@@ -14,6 +15,7 @@ thread_local! {
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static FIELDS: RefCell<Vec<Vec<(Span, Span)>>> = const { RefCell::new(Vec::new()) };
     static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+    static ADDED: RefCell<Vec<AddedList>> = const { RefCell::new(Vec::new()) };
 }
 
 pub fn buffer() -> Vec<u8> {
@@ -53,6 +55,27 @@ pub(in crate::http) fn give_fields(mut fields: Vec<(Span, Span)>) {
         let mut free = f.borrow_mut();
         if free.len() < KEEP {
             free.push(fields);
+        }
+    });
+}
+
+/// A list for the fields the forwarding rules add (the HTTP/2 hop's; chapter 12's path keeps
+/// one in its [`Scratch`]).
+pub(super) fn added() -> AddedList {
+    ADDED
+        .with(|a| a.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(8))
+}
+
+/// Keeps `added` (emptied, as `ReadFields::into_lists` gives it) for the next request.
+pub(super) fn give_added(added: AddedList) {
+    if added.capacity() == 0 {
+        return;
+    }
+    ADDED.with(|a| {
+        let mut free = a.borrow_mut();
+        if free.len() < KEEP {
+            free.push(added);
         }
     });
 }
