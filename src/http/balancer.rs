@@ -1378,7 +1378,9 @@ fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
 fn check_request<B>(req: &Request<B>) -> Result<(), exchange::Refused> {
     let uri = req.uri();
     let form = match (uri.scheme(), uri.authority()) {
-        (Some(_), authority) => exchange::Target::Absolute(authority.map_or("", |a| a.as_str())),
+        (Some(_), authority) => {
+            exchange::Target::Absolute(authority.map_or(&b""[..], |a| a.as_str().as_bytes()))
+        }
         (None, Some(_)) => exchange::Target::Authority,
         (None, None) if uri.path() == "*" => exchange::Target::Asterisk,
         (None, None) => exchange::Target::Origin,

@@ -194,7 +194,7 @@ pub enum Target<'a> {
     /// `/path?query`
     Origin,
     /// `http://authority/path`: the authority as written (userinfo included, to be refused).
-    Absolute(&'a str),
+    Absolute(&'a [u8]),
     /// `host:port`: only `CONNECT` uses it.
     Authority,
     /// `*`: only `OPTIONS` uses it.
@@ -219,7 +219,7 @@ impl<'a> Target<'a> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
             if scheme_ok {
                 let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-                return Target::Absolute(&rest[..end]);
+                return Target::Absolute(rest[..end].as_bytes());
             }
             return Target::Invalid;
         }
@@ -253,8 +253,7 @@ pub fn check_target<'a>(
         Target::Absolute(authority) => {
             // RFC 9110 §4.2.4: userinfo in an http(s) URI is an error; forwarded, it would
             // become the Host the backend reads.
-            if authority.contains('@') || !valid_host(authority.as_bytes()) || authority.is_empty()
-            {
+            if authority.contains(&b'@') || !valid_host(authority) || authority.is_empty() {
                 return Err(bad("invalid authority in the request target"));
             }
         }

@@ -101,13 +101,13 @@ impl HttpServer {
             text,
             fields,
         } = plain;
-        let target = std::str::from_utf8(&text[target.0..target.1]).unwrap_or("/");
+        let target = &text[target.0..target.1];
         let mut line = Line {
             client: info.client,
             method: method.clone(),
             // Copied only when the access log is on, as `proxied` does.
             path: match tracing::enabled!(target: "access", tracing::Level::INFO) {
-                true => target.to_owned(),
+                true => String::from_utf8_lossy(target).into_owned(),
                 false => String::new(),
             },
             backend: None,
@@ -136,7 +136,7 @@ impl HttpServer {
         let mut out = Vec::with_capacity(SMALL);
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(target);
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut length = false;
         for (name, value) in headers.iter() {

@@ -309,7 +309,7 @@ impl Head {
         }
         let text = &self.text;
         let bytes = |(start, end): Span| &text[start..end];
-        let host = std::str::from_utf8(bytes(authority)).unwrap_or("@");
+        let host = bytes(authority);
         let hosts = self
             .fields
             .iter()
@@ -317,9 +317,10 @@ impl Head {
             .map(|&(_, v)| bytes(v));
         let checked = exchange::check_target(method, Target::Absolute(host), hosts, false).is_ok()
             && !host.is_empty()
-            && self.fields.iter().all(|&(n, v)| {
-                bytes(n) != b"host" || bytes(v).eq_ignore_ascii_case(host.as_bytes())
-            });
+            && self
+                .fields
+                .iter()
+                .all(|&(n, v)| bytes(n) != b"host" || bytes(v).eq_ignore_ascii_case(host));
         // A body's length other than none: §8.1.1 makes it malformed without DATA.
         let framing =
             exchange::request_framing(self.fields.iter().map(|&(n, v)| (bytes(n), bytes(v))));
@@ -455,9 +456,16 @@ fn is_field_name(name: &[u8]) -> bool {
 /// RFC 9110 §5.5's field value as `HeaderValue` takes it: visible characters, space, tab and
 /// obs-text; no other control character.
 fn is_field_value(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+    const VALUE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = (b >= 0x20 && b != 0x7f) || b == b'\t' as usize;
+            b += 1;
+        }
+        t
+    };
+    value.iter().all(|&b| VALUE[b as usize])
 }
 
 /// A `:path` the own hop writes as it came: from the root, of RFC 3986's unreserved and
