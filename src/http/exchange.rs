@@ -219,7 +219,7 @@ impl<'a> Target<'a> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
             if scheme_ok {
                 let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-                return Target::Absolute(rest[..end].as_bytes());
+                return Target::Absolute(&rest.as_bytes()[..end]);
             }
             return Target::Invalid;
         }
