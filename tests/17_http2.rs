@@ -1277,6 +1277,48 @@ fn a_get_reaches_an_http1_backend_alike_on_both_paths() {
     assert_eq!(seen_by_path[0], seen_by_path[1]);
 }
 
+/// The own codec holds ready frames a turn or three while other answers are on their way
+/// (`Connection::hold`, so that several go out in one write), but never waits for them: an
+/// answer on a connection whose other stream waits on a backend that does not answer comes
+/// at once, and the slow one after it when its backend answers.
+#[test]
+fn an_answer_is_not_held_for_a_slow_stream_on_its_connection() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(released));
+    let backend = spawn_per_connection(move |mut conn| {
+        while let Some((head, _)) = read_request(&mut conn) {
+            if head.starts_with("GET /slow ") {
+                // Bounded: a test that fails does not leave this thread behind for long.
+                let _ = released.lock().unwrap().recv_timeout(2 * PATIENCE);
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if conn.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
+    let get = |path: &str| {
+        Request::get(format!("http://{}{path}", lb.addr()))
+            .body(empty())
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let mut send = h2c(lb.addr()).await;
+        let slow = tokio::spawn(send.send_request(get("/slow")));
+        for _ in 0..3 {
+            let fast = tokio::time::timeout(PATIENCE, send.send_request(get("/fast")))
+                .await
+                .expect("the fast answer was held for the slow one");
+            assert_eq!(fast.unwrap().status(), 200);
+        }
+        assert!(!slow.is_finished());
+        release.send(()).unwrap();
+        let slow = tokio::time::timeout(PATIENCE, slow).await.unwrap();
+        assert_eq!(slow.unwrap().unwrap().status(), 200);
+    });
+}
+
 /// An HTTP/1.1 backend that answers each request with its body (framed by `Content-Length`).
 fn echo_backend() -> SocketAddr {
     spawn_per_connection(|mut conn| {

@@ -60,6 +60,9 @@ use crate::http::body::{BoxError, Download, Inbound};
 use crate::http::exchange;
 use crate::http::h1::spare;
 
+/// How many turns of the runtime ready frames may wait for other answers (`Connection::hold`).
+const HOLDS: u8 = 3;
+
 /// Bytes of frames we may owe the client before we stop reading it and stop taking answers'
 /// bodies: what a client that does not read can make us hold, beyond one frame in progress.
 pub const HIGH_WATER: usize = 64 * 1024;
@@ -355,6 +358,8 @@ pub(in crate::http) struct Connection {
     timeout: std::time::Duration,
     /// The server began to drain, and this connection was told (GOAWAY).
     stopped: bool,
+    /// Turns the frames in `out` have waited for more answers ([`Connection::hold`]).
+    holds: u8,
 }
 
 impl Connection {
@@ -421,6 +426,7 @@ impl Connection {
             progress_at: now,
             timeout,
             stopped: false,
+            holds: 0,
         }
     }
 
@@ -491,6 +497,9 @@ impl Connection {
             self.poll_answers(cx);
             self.grant_windows(cx);
             self.pump_bodies(cx);
+            if self.hold(cx) {
+                return Poll::Pending;
+            }
             match self.poll_flush(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Ended::Broken(e.to_string())),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
@@ -547,6 +556,33 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Whether the frames ready in `out` wait a little: while other streams' answers are on
+    /// their way, the task lets the runtime look at its sockets again first (tokio's
+    /// `yield_now` wakes it after the driver's next poll), up to [`HOLDS`] times, so that
+    /// answers that came meanwhile go out in the same write.
+    ///
+    /// This is what an event loop that writes at the end of its turn does (HAProxy's), and it
+    /// matters more than it seems: each write to a client on loopback carries the client's
+    /// TCP receive and its wake-up, in our time and the client's. Under `h2load -c 50 -m 10`
+    /// we wrote once per 2.5 answers, HAProxy once per 6, and `h2load` itself spent 4.7 µs a
+    /// request against us and 3.5 against HAProxy. Held, about 1.3 writes fewer per ten
+    /// answers, and 5 % less CPU a request in all (README chapter 17). A connection with
+    /// nothing else in flight writes at once: holding could only delay it.
+    fn hold(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.holds >= HOLDS
+            || self.written != 0
+            || self.out.is_empty()
+            || self.failing.is_some()
+            || self.answers.as_ref().is_none_or(|a| a.is_empty())
+        {
+            self.holds = 0;
+            return false;
+        }
+        self.holds += 1;
+        let mut turn = std::pin::pin!(tokio::task::yield_now());
+        turn.as_mut().poll(cx).is_pending()
     }
 
     /// A connection with no stream open keeps no answers' queue: idle connections are most of
