@@ -398,7 +398,8 @@ impl Balancer {
     }
 
     /// One active probe: connect (and TLS), and for `check=http` a `GET /health` that must be
-    /// answered 2xx, for `check=grpc` gRPC's health check (chapter 17).
+    /// answered 2xx (in HTTP/2 to an HTTP/2 backend), for `check=grpc` gRPC's health check
+    /// (chapter 17).
     async fn probe(&self, i: usize) -> Result<(), String> {
         let backend = &self.backends[i];
         metrics::inc(&self.states[i].counters.probes);
@@ -414,6 +415,10 @@ impl Balancer {
             HealthCheck::Grpc => {
                 let spec = backend.spec();
                 return crate::health::grpc_check(conn, &spec.addr.to_string(), spec.tls).await;
+            }
+            HealthCheck::Http if backend.spec().protocol.is_h2() => {
+                let spec = backend.spec();
+                return crate::health::http_check_h2(conn, &spec.addr.to_string(), spec.tls).await;
             }
             HealthCheck::Http => {}
         }

@@ -10,8 +10,8 @@
 //!   client's retry per cooldown instead of one per connection.
 //! * **Active**: a probe every interval, whether or not clients come: a TCP connect (with the
 //!   TLS handshake for a TLS backend), or `GET /health` expecting a 2xx for a backend with
-//!   `check=http`, or gRPC's own health protocol for an HTTP/2 backend with `check=grpc`
-//!   ([`grpc_check`], chapter 17). `fall` failed probes in a row mark it down, `rise` good ones
+//!   `check=http` (in HTTP/2 for an HTTP/2 backend: [`http_check_h2`]), or gRPC's own health
+//!   protocol for an HTTP/2 backend with `check=grpc` ([`grpc_check`], chapter 17). `fall` failed probes in a row mark it down, `rise` good ones
 //!   mark it up again.
 //!   Thresholds keep one lost probe from flapping a backend in and out.
 //!
@@ -272,19 +272,63 @@ impl Health {
     }
 }
 
+/// An HTTP/2 connection on `conn` for one probe: hyper's client, and its connection's task,
+/// stopped when the guard is dropped (the probe's answer read, or given up on).
+async fn h2_probe(
+    conn: crate::conn::Conn,
+) -> Result<
+    (
+        hyper::client::conn::http2::SendRequest<String>,
+        crate::balancer::AbortOnDrop,
+    ),
+    String,
+> {
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(conn),
+    )
+    .await
+    .map_err(|e| format!("no HTTP/2: {e}"))?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((send, crate::balancer::AbortOnDrop(task)))
+}
+
+/// `check=http` on an HTTP/2 backend (`h2://`, `h2c://`): the same `GET /health`, answered
+/// 2xx, as HTTP/1.1's (`Balancer::probe`), in HTTP/2 frames. A server that speaks only
+/// HTTP/2 would read HTTP/1.1's request as a broken preface (RFC 9113 §3.4).
+pub async fn http_check_h2(
+    conn: crate::conn::Conn,
+    authority: &str,
+    tls: bool,
+) -> Result<(), String> {
+    let (mut send, _task) = h2_probe(conn).await?;
+    let scheme = if tls { "https" } else { "http" };
+    let request = hyper::Request::get(format!("{scheme}://{authority}/health"))
+        .header("user-agent", "tcp-lb-health-check")
+        .body(String::new())
+        .map_err(|e| e.to_string())?;
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| format!("GET /health failed: {e}"))?;
+    match response.status().is_success() {
+        true => Ok(()),
+        false => Err(format!(
+            "GET /health answered `HTTP/2 {}`",
+            response.status()
+        )),
+    }
+}
+
 /// `check=grpc` (chapter 17): gRPC's health protocol on `conn`, over HTTP/2. One call to
 /// `grpc.health.v1.Health/Check` with an empty request (the whole server, not one service);
 /// the backend is up when the answer is `SERVING` with `grpc-status: 0`. `authority` and `tls`
 /// make the call's `:authority` and `:scheme`.
 pub async fn grpc_check(conn: crate::conn::Conn, authority: &str, tls: bool) -> Result<(), String> {
     use hyper::body::Body;
-    let (mut send, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(conn),
-    )
-    .await
-    .map_err(|e| format!("no HTTP/2: {e}"))?;
-    let task = tokio::spawn(connection);
+    let (mut send, _task) = h2_probe(conn).await?;
     let scheme = if tls { "https" } else { "http" };
     let request = hyper::Request::post(format!(
         "{scheme}://{authority}/grpc.health.v1.Health/Check"
@@ -295,49 +339,44 @@ pub async fn grpc_check(conn: crate::conn::Conn, authority: &str, tls: bool) -> 
     // One gRPC message: not compressed, length 0 (an empty HealthCheckRequest).
     .body(String::from("\0\0\0\0\0"))
     .map_err(|e| e.to_string())?;
-    let result = async {
-        let response = send
-            .send_request(request)
-            .await
-            .map_err(|e| format!("the health call failed: {e}"))?;
-        if response.status() != hyper::StatusCode::OK {
-            return Err(format!("the health call answered {}", response.status()));
-        }
-        let mut status = response.headers().get("grpc-status").cloned();
-        let mut body = response.into_body();
-        let mut message = Vec::new();
-        while let Some(frame) =
-            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-        {
-            let frame = frame.map_err(|e| format!("the health answer broke off: {e}"))?;
-            match frame.into_data() {
-                // One small message is all there is to read; a larger answer is not one.
-                Ok(data) if message.len() + data.len() <= 1024 => message.extend_from_slice(&data),
-                Ok(_) => return Err("the health answer is too long".to_owned()),
-                Err(frame) => {
-                    if let Some(s) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                        status = Some(s.clone());
-                    }
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the health call failed: {e}"))?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(format!("the health call answered {}", response.status()));
+    }
+    let mut status = response.headers().get("grpc-status").cloned();
+    let mut body = response.into_body();
+    let mut message = Vec::new();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| format!("the health answer broke off: {e}"))?;
+        match frame.into_data() {
+            // One small message is all there is to read; a larger answer is not one.
+            Ok(data) if message.len() + data.len() <= 1024 => message.extend_from_slice(&data),
+            Ok(_) => return Err("the health answer is too long".to_owned()),
+            Err(frame) => {
+                if let Some(s) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                    status = Some(s.clone());
                 }
             }
         }
-        match status.as_ref().map(|s| s.as_bytes()) {
-            Some(b"0") => {}
-            Some(other) => {
-                return Err(format!("grpc-status {}", String::from_utf8_lossy(other)));
-            }
-            None => return Err("the health answer has no grpc-status".to_owned()),
-        }
-        match serving_status(&message) {
-            Some(1) => Ok(()),
-            Some(2) => Err("NOT_SERVING".to_owned()),
-            Some(n) => Err(format!("health status {n}, not SERVING")),
-            None => Err("the health answer is not a HealthCheckResponse".to_owned()),
-        }
     }
-    .await;
-    task.abort();
-    result
+    match status.as_ref().map(|s| s.as_bytes()) {
+        Some(b"0") => {}
+        Some(other) => {
+            return Err(format!("grpc-status {}", String::from_utf8_lossy(other)));
+        }
+        None => return Err("the health answer has no grpc-status".to_owned()),
+    }
+    match serving_status(&message) {
+        Some(1) => Ok(()),
+        Some(2) => Err("NOT_SERVING".to_owned()),
+        Some(n) => Err(format!("health status {n}, not SERVING")),
+        None => Err("the health answer is not a HealthCheckResponse".to_owned()),
+    }
 }
 
 /// The `status` of a HealthCheckResponse in one gRPC message (its 5-byte prefix, then the

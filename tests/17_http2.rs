@@ -55,6 +55,13 @@ fn grpc_backend_counting(name: &'static str, streams: u32) -> (SocketAddr, Arc<A
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let hanging = Arc::clone(&hanging);
                         async move {
+                            if req.uri().path() == "/health" {
+                                // Unhealthy to `check=http`, asked in HTTP/2.
+                                let (_, body) = frames();
+                                let mut response = Response::new(body);
+                                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                return Ok(response);
+                            }
                             if req.uri().path().ends_with("/Hang") {
                                 // Never answers: the call's deadline must end it.
                                 hanging.fetch_add(1, Ordering::SeqCst);
@@ -838,6 +845,42 @@ fn grpc_health_checks_mark_a_backend_that_is_not_serving_down() {
     });
     let plain = format!("127.0.0.1:{},check=grpc", dummy.addr().port());
     assert_one_line_error(LB, &["--backend", &plain], &["check=grpc", "HTTP/2"]);
+}
+
+/// `check=http` on an HTTP/2 backend (chapter 8's check, chapter 17's protocol): `GET /health`
+/// in HTTP/2 frames, which an HTTP/2-only server can read (RFC 9113 §3.4: HTTP/1.1 would be a
+/// broken preface). The dummy server answers 200 and stays up; the echo server answers 503 and
+/// is marked down, with the status it gave in the log, and gets no request.
+#[test]
+fn an_http_check_asks_an_http2_backend_in_http2() {
+    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let echo = grpc_backend("echo");
+    let (good, bad) = (
+        format!("h2c://{},check=http", dummy.addr()),
+        format!("h2c://{echo},check=http"),
+    );
+    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
+    args.extend(["--backend", &good, "--backend", &bad, "--affinity", "none"]);
+    args.extend(["--health-interval", "0.2", "--fall", "1"]);
+    let lb = Proc::start(LB, &args, 2);
+    let log = lb.wait_stderr("backend down", 1);
+    assert!(
+        log.contains(&format!("h2c://{echo}"))
+            && log.contains("GET /health answered `HTTP/2 503 Service Unavailable`"),
+        "{log}"
+    );
+    let mut downs = log.lines().filter(|l| l.contains("backend down"));
+    assert!(downs.all(|l| l.contains(&echo.to_string())), "{log}");
+    runtime().block_on(async {
+        for _ in 0..4 {
+            let mut send = h2c(lb.addr()).await;
+            let request = Request::get(format!("http://{}/", lb.addr()))
+                .body(whole(b""))
+                .unwrap();
+            let response = send.send_request(request).await.unwrap();
+            assert_eq!(response.headers()["x-served-by"], "server1");
+        }
+    });
 }
 
 /// Pooled and multiplexed HTTP/2 to backends: requests share a backend's connection while it

@@ -370,15 +370,6 @@ impl Setup {
         }
         if let Some(b) = backends
             .iter()
-            .find(|b| b.spec().protocol.is_h2() && b.spec().check == HealthCheck::Http)
-        {
-            anyhow::bail!(
-                "backend {b}: check=http asks GET /health in HTTP/1.1, which an HTTP/2-only \
-                 server refuses; check it with gRPC's health protocol (check=grpc) or by TCP"
-            );
-        }
-        if let Some(b) = backends
-            .iter()
             .find(|b| !b.spec().protocol.is_h2() && b.spec().check == HealthCheck::Grpc)
         {
             anyhow::bail!(
