@@ -1304,7 +1304,13 @@ fn a_get_reaches_an_http1_backend_alike_on_both_paths() {
         ] {
             let ended = ask(&path(p));
             if reached.is_empty() {
-                assert_eq!(ended, Ended::Answered(400), "LB_HTTP_FAST={fast}: {p}");
+                // Malformed (RFC 9113 §8.1.1): the own codec answers 400; hyper's server
+                // (`LB_H2_OWN=off`) resets the stream with PROTOCOL_ERROR, which §8.1.1 allows.
+                let refused = match std::env::var("LB_H2_OWN").is_ok_and(|v| v == "off") {
+                    true => Ended::Reset(1),
+                    false => Ended::Answered(400),
+                };
+                assert_eq!(ended, refused, "LB_HTTP_FAST={fast}: {p}");
                 assert!(seen.lock().unwrap().is_empty(), "LB_HTTP_FAST={fast}: {p}");
                 continue;
             }
@@ -1360,6 +1366,113 @@ fn an_answer_is_not_held_for_a_slow_stream_on_its_connection() {
         let slow = tokio::time::timeout(PATIENCE, slow).await.unwrap();
         assert_eq!(slow.unwrap().unwrap().status(), 200);
     });
+}
+
+/// The next HEADERS frame on `s` (others skipped): its flags, stream and fields.
+fn next_headers(
+    s: &mut std::net::TcpStream,
+    decoder: &mut lb::http::h2::hpack::Decoder,
+) -> (u8, u32, Vec<(String, String)>) {
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).expect("a frame");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).expect("a frame's payload");
+        if head[3] == HEADERS {
+            let mut fields = Vec::new();
+            decoder
+                .decode(&payload, |n, v| {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    fields.push((text(n), text(v)));
+                })
+                .unwrap();
+            return (head[4], stream, fields);
+        }
+    }
+}
+
+/// RFC 9110 §15.2 (a proxy forwards a 1xx it did not ask for) and RFC 9113 §8.1 (1xx HEADERS
+/// frames come before the final answer's): a backend's `103 Early Hints` reaches an HTTP/2
+/// client while the backend is still preparing its answer, as a HEADERS frame without
+/// END_STREAM, less its hidden fields, and the answer follows on the same stream. On the own
+/// hop and on hyper's client (`LB_HTTP_FAST=off`); hyper's HTTP/2 server cannot send one, so
+/// with `LB_H2_OWN=off` the answer comes alone.
+#[test]
+fn early_hints_reach_an_h2_stream_before_its_answer() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(released));
+    let backend = spawn_per_connection(move |mut conn| {
+        while let Some((head, _)) = read_request(&mut conn) {
+            if head.starts_with("GET /hinted ") {
+                let hint = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
+                             X-Secret: 1\r\n\r\n";
+                if conn.write_all(hint).is_err() {
+                    return;
+                }
+                // Bounded: a test that fails does not leave this thread behind for long.
+                let _ = released.lock().unwrap().recv_timeout(2 * PATIENCE);
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if conn.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let hyper_server = std::env::var("LB_H2_OWN").is_ok_and(|v| v == "off");
+    for fast in ["on", "off"] {
+        let args = ["--affinity", "none", "--hide-header", "x-secret"];
+        let mut all = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
+        all.extend(["--health-interval", "0", "--backend"]);
+        let backend = backend.to_string();
+        all.push(&backend);
+        all.extend(args);
+        let lb = Proc::start_env(LB, &all, 2, &[("LB_HTTP_FAST", fast)]);
+        let mut s = raw_h2(lb.addr());
+        if hyper_server {
+            release.send(()).unwrap();
+        }
+        let mut block = vec![0x82, 0x86, 0x01, 0x01, b't'];
+        lb::http::h2::hpack::encode_field(&mut block, b":path", b"/hinted");
+        s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .unwrap();
+        let mut decoder = lb::http::h2::hpack::Decoder::new(4096);
+        let (flags, stream, fields) = next_headers(&mut s, &mut decoder);
+        let field = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        if !hyper_server {
+            // The hint, while the backend waits to be released.
+            assert_eq!(stream, 1);
+            assert_eq!(flags & END_STREAM, 0, "LB_HTTP_FAST={fast}");
+            assert_eq!(field(&fields, ":status").as_deref(), Some("103"));
+            assert_eq!(
+                field(&fields, "link").as_deref(),
+                Some("</a.css>; rel=preload")
+            );
+            assert_eq!(field(&fields, "x-secret"), None, "{fields:?}");
+            release.send(()).unwrap();
+            let (_, stream, fields) = next_headers(&mut s, &mut decoder);
+            assert_eq!(stream, 1);
+            assert_eq!(
+                field(&fields, ":status").as_deref(),
+                Some("200"),
+                "{fields:?}"
+            );
+        } else {
+            // Dropped: the answer alone, once the backend is released.
+            assert_eq!(
+                field(&fields, ":status").as_deref(),
+                Some("200"),
+                "{fields:?}"
+            );
+        }
+    }
+    drop(release);
 }
 
 /// An HTTP/1.1 backend that answers each request with its body (framed by `Content-Length`).

@@ -50,7 +50,7 @@ use super::assign::{self, Mode};
 use super::body::{self, Download, Inbound, Payload, Upload};
 use super::cache::Cache;
 use super::compress;
-use super::early_hints::EarlyHints;
+use super::early_hints::{EarlyHints, StreamHints};
 use super::exchange::{self, Failure, Next};
 use super::fields::Fields;
 use super::forward::{self, ClientAddr, Forwarding};
@@ -861,11 +861,13 @@ impl HttpServer {
         let upgrade = forward::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
+        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client. An own HTTP/2 stream's go to its
+        // connection (`early_hints::StreamHints`).
         let hinting = info
             .hints
             .as_ref()
             .filter(|_| parts.version == Version::HTTP_11);
+        let stream_hints = parts.extensions.remove::<StreamHints>();
         let mut line = Line {
             client: info.client,
             method: parts.method.clone(),
@@ -1017,6 +1019,7 @@ impl HttpServer {
                     stall,
                     // The own HTTP/2 codec takes the answer's fields as its header block.
                     matches!(body, Some(Inbound::Own(_))),
+                    stream_hints,
                 )
                 .await;
         }
@@ -1072,6 +1075,11 @@ impl HttpServer {
                 let (open, up) = (Arc::clone(open), Arc::clone(up));
                 hyper::ext::on_informational(&mut req, move |hint| {
                     EarlyHints::hint(&open, hint.status(), hint.headers(), &up.settings.hide);
+                });
+            } else if let Some(stream) = &stream_hints {
+                let (stream, up) = (stream.clone(), Arc::clone(up));
+                hyper::ext::on_informational(&mut req, move |hint| {
+                    stream.hint_map(hint.status(), hint.headers(), &up.settings.hide);
                 });
             }
             let active = balancer.count_active_owned(i);

@@ -25,9 +25,17 @@
 //!
 //! Each request opens the queue with a number of its own, so a late hint from a backend
 //! already given up on (a timeout) cannot land before the next request's answer.
+//!
+//! The own HTTP/2 codec (chapter 17) is simpler: RFC 9113 §8.1 lets any number of 1xx
+//! `HEADERS` frames come on a stream before its final answer's, and the codec writes frames
+//! itself. A stream's hints are encoded as the client will see them and queued for its
+//! connection ([`StreamHints`]), from the own hop as it reads the backend's answer or from
+//! hyper's client's callback; the connection writes what is queued before it takes any
+//! stream's final answer, so a hint can never follow the answer it came before.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -35,6 +43,7 @@ use hyper::header::{HeaderMap, HeaderName};
 use tokio::io::AsyncWrite;
 
 use super::forward;
+use super::h2::hpack;
 
 /// Bytes of hints that may wait for a client that does not read: past it, a hint is dropped
 /// (a hint is advice; a backend that sends them without end must not grow our memory).
@@ -183,6 +192,123 @@ impl EarlyHints {
             queued.waker = Some(cx.waker().clone());
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// One HTTP/2 connection's hints on their way to its streams (the own codec's); see the
+/// module's header. Made with the connection's first stream.
+#[derive(Default)]
+pub(in crate::http) struct StreamQueue {
+    /// Something is queued: most connections never get a hint, and look at this alone.
+    pending: AtomicBool,
+    /// The connection's waker is in `queued`.
+    registered: AtomicBool,
+    queued: Mutex<StreamQueued>,
+}
+
+#[derive(Default)]
+struct StreamQueued {
+    /// Each hint's stream, and its header block (`:status` first).
+    blocks: Vec<(u32, Vec<u8>)>,
+    /// The blocks' bytes: past [`MAX_QUEUED`], a hint is dropped.
+    bytes: usize,
+    /// The connection's task, woken when a hint comes from another task (hyper's client's).
+    /// Kept: a connection is polled by one task all its life.
+    waker: Option<Waker>,
+}
+
+/// Where a hint for stream `id` goes: its connection's [`StreamQueue`].
+#[derive(Clone)]
+pub(in crate::http) struct StreamHints {
+    queue: Arc<StreamQueue>,
+    id: u32,
+}
+
+impl StreamQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamQueued> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hints of stream `id`.
+    pub(in crate::http) fn stream(self: &Arc<Self>, id: u32) -> StreamHints {
+        StreamHints {
+            queue: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// The hints queued since the last look, oldest first, into `into` (emptied first);
+    /// the task polling `cx` is woken by the next one.
+    pub(in crate::http) fn take(&self, into: &mut Vec<(u32, Vec<u8>)>, cx: &Context<'_>) {
+        into.clear();
+        if !self.pending.load(Ordering::Acquire) && self.registered.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut queued = self.lock();
+        std::mem::swap(&mut queued.blocks, into);
+        queued.bytes = 0;
+        self.pending.store(false, Ordering::Relaxed);
+        if !queued
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queued.waker = Some(cx.waker().clone());
+        }
+        self.registered.store(true, Ordering::Relaxed);
+    }
+}
+
+impl StreamHints {
+    /// A `103` from the own hop: its fields as the client gets them (hop-by-hop and framing
+    /// fields were set apart by the parser, hidden ones are left out by the caller), names in
+    /// any case.
+    pub(in crate::http) fn hint<'a>(&self, fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+        let mut block = Vec::with_capacity(128);
+        hpack::encode_status(&mut block, hyper::StatusCode::EARLY_HINTS.as_u16());
+        for (name, value) in fields {
+            hpack::encode_field_lowercase(&mut block, name, value);
+        }
+        self.queue(block);
+    }
+
+    /// A 1xx from hyper's client (`hyper::ext::on_informational`): a `103` is queued less its
+    /// hop-by-hop fields (which HTTP/2 forbids, RFC 9113 §8.2.2) and the `hidden` ones, as
+    /// from a final answer; another 1xx is dropped, as [`EarlyHints::hint`] drops it.
+    pub(in crate::http) fn hint_map(
+        &self,
+        status: hyper::StatusCode,
+        fields: &HeaderMap,
+        hidden: &[HeaderName],
+    ) {
+        if status != hyper::StatusCode::EARLY_HINTS {
+            return;
+        }
+        let mut fields = fields.clone();
+        forward::strip_hop_by_hop(&mut fields, false);
+        for name in hidden {
+            fields.remove(name);
+        }
+        self.hint(
+            fields
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+        );
+    }
+
+    fn queue(&self, block: Vec<u8>) {
+        let mut queued = self.queue.lock();
+        // A hint is advice: one more than a client that does not read can hold is dropped.
+        if queued.bytes + block.len() > MAX_QUEUED {
+            return;
+        }
+        queued.bytes += block.len();
+        queued.blocks.push((self.id, block));
+        // Set under the lock, so `take` cannot miss it.
+        self.queue.pending.store(true, Ordering::Release);
+        if let Some(waker) = &queued.waker {
+            waker.wake_by_ref();
+        }
     }
 }
 

@@ -50,12 +50,13 @@ use hyper::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::parse::Framing;
-use super::{MAX_TRAILERS, READ, field, itoa, send, spare};
+use super::{HintsTo, MAX_TRAILERS, READ, field, itoa, send, spare};
 use crate::conn::Conn;
 use crate::http::balancer::{
     Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, join_cookies,
 };
 use crate::http::body::{BoxError, Download, OnEnd, Payload};
+use crate::http::early_hints::StreamHints;
 use crate::http::exchange;
 use crate::http::fields::ReadFields;
 use crate::http::forward;
@@ -92,6 +93,7 @@ impl HttpServer {
         up: Arc<Upstreams>,
         plain: Plain,
         info: &ConnInfo,
+        hints: StreamHints,
     ) -> Response<Download> {
         self.counters.path(true, true);
         let started = Instant::now();
@@ -173,6 +175,7 @@ impl HttpServer {
             timeout,
             stall,
             true,
+            Some(hints),
         )
         .await
     }
@@ -194,6 +197,7 @@ impl HttpServer {
         timeout: Duration,
         stall: Duration,
         encoded: bool,
+        hints: Option<StreamHints>,
     ) -> Response<Download> {
         let started = line.started;
         // What the request needs while it waits for its answer is only `out` (the bytes to
@@ -204,13 +208,14 @@ impl HttpServer {
         // list are taken when its head comes, for the same reason.
         let (mut upstream, mut kept) = (Vec::new(), Vec::new());
         let mut timer = std::pin::pin!(tokio::time::sleep_until((started + timeout).into()));
-        // RFC 9110 §15.2 lets a 1xx go on; the own codec does not send them on a stream yet,
-        // so a 103 is dropped (no client to pass it to), as hyper's HTTP/2 server drops it.
+        // RFC 9110 §15.2: a proxy forwards a 1xx it did not ask for. The own codec's stream
+        // takes a 103 as a HEADERS frame (`hints`); hyper's HTTP/2 server cannot send one
+        // (its pull request 4114), so there it is dropped.
         let answered = send(
             up,
             &mut attempts,
             |i| up.balancer.count_active_owned(i),
-            None,
+            hints.as_ref().map(HintsTo::Stream),
             &out,
             &mut upstream,
             &mut kept,

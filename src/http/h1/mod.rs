@@ -46,6 +46,7 @@ use tokio::time::Sleep;
 
 use super::balancer::{Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, local_text};
 use crate::conn::Conn;
+use crate::http::early_hints::StreamHints;
 use crate::http::exchange::{self, Failure};
 use crate::http::fields::{ReadFields, Span, Value};
 use crate::http::forward;
@@ -100,7 +101,8 @@ enum AnswerFailed {
     Timeout,
 }
 
-/// Where a `103 Early Hints` goes while the final answer is awaited: the client, at once.
+/// Where a `103 Early Hints` goes while the final answer is awaited: the client, at once (an
+/// HTTP/1.1 one), or the own HTTP/2 codec's stream, through its connection's queue.
 ///
 /// RFC 9110 §15.2: a proxy forwards a 1xx answer it did not ask for itself, except to an
 /// HTTP/1.0 client (which cannot read one; such a request never takes this path). Early Hints
@@ -110,13 +112,43 @@ enum AnswerFailed {
 /// were left out while parsing, hidden ones (`--hide-header`) are removed. hyper's path passes
 /// them on too, under hyper's server (`http::early_hints`); never stored either way.
 struct Hints<'a> {
-    client: &'a mut Conn,
+    to: HintsTo<'a>,
     up: &'a Upstreams,
+}
+
+/// The two places a hint can go (see [`Hints`]).
+enum HintsTo<'a> {
+    Client(&'a mut Conn),
+    Stream(&'a StreamHints),
+}
+
+impl HintsTo<'_> {
+    fn reborrow(&mut self) -> HintsTo<'_> {
+        match self {
+            HintsTo::Client(client) => HintsTo::Client(client),
+            HintsTo::Stream(stream) => HintsTo::Stream(stream),
+        }
+    }
 }
 
 impl Hints<'_> {
     async fn pass_on(&mut self, hint: &ParsedAnswer, head: &[u8], kept: &[(Span, Span)]) {
         let bytes = |(start, end): Span| &head[start..end];
+        let client = match &mut self.to {
+            HintsTo::Client(client) => client,
+            HintsTo::Stream(stream) => {
+                // RFC 9113 §8.1: a 1xx is a HEADERS frame before the answer's; no reason
+                // phrase (§8.3.2 has none).
+                let up = self.up;
+                stream.hint(
+                    kept[..hint.codings]
+                        .iter()
+                        .map(|&(name, value)| (bytes(name), bytes(value)))
+                        .filter(|(name, _)| !up.hides(name)),
+                );
+                return;
+            }
+        };
         let mut out = Vec::with_capacity(head.len());
         out.extend_from_slice(b"HTTP/1.1 103 ");
         out.extend_from_slice(bytes(hint.reason));
@@ -128,7 +160,7 @@ impl Hints<'_> {
         }
         out.extend_from_slice(b"\r\n");
         // A client that is gone is found out when the final answer is written.
-        let _ = write_flushed(self.client, &out).await;
+        let _ = write_flushed(client, &out).await;
     }
 }
 
@@ -348,7 +380,7 @@ impl HttpServer {
             up,
             &mut attempts,
             |i| balancer.count_active(i),
-            Some(conn),
+            Some(HintsTo::Client(conn)),
             out,
             upstream,
             kept,
@@ -709,7 +741,7 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// hyper's path). The answer's head is read into `upstream`. `Some`: that head, the connection
 /// it came on, the backend's count of requests in flight (`count`'s guard, held from the send
 /// on), and which backend; `None` when no attempt is left (`attempts.status` says what the
-/// client gets). A 103 goes to `client` when there is one (see [`exchange`]).
+/// client gets). A 103 goes to `hints` when there is a place for it (see [`exchange`]).
 ///
 /// A plain `fn` around an `async move` block: an `async fn` keeps each argument twice in its
 /// state (as the argument, and as the local it is moved into), and this state is part of every
@@ -719,7 +751,7 @@ fn send<G>(
     up: &Upstreams,
     attempts: &mut Attempts<'_>,
     count: impl Fn(usize) -> G,
-    mut client: Option<&mut Conn>,
+    mut hints: Option<HintsTo<'_>>,
     request: &[u8],
     upstream: &mut Vec<u8>,
     kept: &mut Vec<(Span, Span)>,
@@ -756,7 +788,10 @@ fn send<G>(
             upstream.clear();
             let (failed, error) = match exchange(
                 &mut dialled,
-                client.as_deref_mut().map(|client| Hints { client, up }),
+                hints.as_mut().map(|to| Hints {
+                    to: to.reborrow(),
+                    up,
+                }),
                 request,
                 upstream,
                 method,
@@ -792,8 +827,8 @@ fn send<G>(
 /// body came with it). The backend has `response_timeout` to take the request, then as long
 /// again from the request's end to its answer's head (RFC 9110 leaves the timing to us; this
 /// is what HAProxy's `timeout server` and nginx's `proxy_read_timeout` count). A 103 Early
-/// Hints goes to `hints` when there is a client to pass it to at once (an HTTP/1.1 one), and
-/// is dropped otherwise.
+/// Hints goes to `hints` when there is a place to pass it on at once (an HTTP/1.1 client, an
+/// own HTTP/2 stream), and is dropped otherwise.
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     conn: &mut Conn,

@@ -33,7 +33,10 @@
 //!   [`STREAM_WINDOW`] per stream, [`CONNECTION_WINDOW`] in all; the client is given more only
 //!   as the backend takes them;
 //! * no stream open for `--header-timeout`: `GOAWAY NO_ERROR`, then the close; a write that
-//!   makes no progress for as long ends the connection.
+//!   makes no progress for as long ends the connection;
+//! * a backend's `103 Early Hints`, passed on as HEADERS before its stream's answer (RFC 9110
+//!   §15.2, RFC 9113 §8.1): 64 KiB of them queued at most, and none written past
+//!   [`HIGH_WATER`] (a backend that sends hints without end; a hint is advice).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -57,6 +60,7 @@ use super::{CONNECTION_WINDOW, PREFACE, STREAM_WINDOW, hpack};
 use crate::conn::Conn;
 use crate::http::balancer::{ConnInfo, HttpServer, Upstreams};
 use crate::http::body::{BoxError, Download, Inbound};
+use crate::http::early_hints::{StreamHints, StreamQueue};
 use crate::http::exchange;
 use crate::http::h1::spare;
 
@@ -360,6 +364,9 @@ pub(in crate::http) struct Connection {
     stopped: bool,
     /// Turns the frames in `out` have waited for more answers ([`Connection::hold`]).
     holds: u8,
+    /// Where the streams' backends' `103 Early Hints` wait to be written (made with the first
+    /// stream; `early_hints`).
+    hints: Option<Arc<StreamQueue>>,
 }
 
 impl Connection {
@@ -427,6 +434,7 @@ impl Connection {
             timeout,
             stopped: false,
             holds: 0,
+            hints: None,
         }
     }
 
@@ -920,8 +928,10 @@ impl Connection {
         {
             let head_only = plain.method == hyper::Method::HEAD;
             let (server, info) = (Arc::clone(&self.server), Arc::clone(&self.info));
-            let answer =
-                boxed_in_place(move || async move { server.proxied_plain(up, plain, &info).await });
+            let hints = self.hints(id);
+            let answer = boxed_in_place(move || async move {
+                server.proxied_plain(up, plain, &info, hints).await
+            });
             self.open(id, answer, None, end_stream, head_only);
             return Ok(());
         }
@@ -954,11 +964,42 @@ impl Connection {
         });
         let body = RecvBody(recv.clone());
         let head_only = request.method() == hyper::Method::HEAD;
-        let request = request.map(|()| Inbound::Own(body));
+        let mut request = request.map(|()| Inbound::Own(body));
+        request.extensions_mut().insert(self.hints(id));
         let (server, info) = (Arc::clone(&self.server), Arc::clone(&self.info));
         let answer = boxed_in_place(move || async move { server.request(request, &info).await });
         self.open(id, answer, recv, end_stream, head_only);
         Ok(())
+    }
+
+    /// Where stream `id`'s hints go.
+    fn hints(&mut self, id: u32) -> StreamHints {
+        self.hints.get_or_insert_with(Arc::default).stream(id)
+    }
+
+    /// The hints the streams' backends sent since the last look, each as a HEADERS frame
+    /// before its stream's answer (RFC 9113 §8.1), so called before any answer is taken. A
+    /// hint for a stream that is gone or answered already, or one more than a client that
+    /// does not read can hold ([`HIGH_WATER`]), is dropped: a hint is advice.
+    fn write_hints(&mut self, cx: &Context<'_>) {
+        let Some(queue) = &self.hints else { return };
+        let mut hints = Vec::new();
+        queue.take(&mut hints, cx);
+        for (id, block) in hints {
+            let Some(stream) = self.streams.get(&id) else {
+                continue;
+            };
+            if stream.answered || self.failing.is_some() || self.out.len() >= HIGH_WATER {
+                continue;
+            }
+            if self.out.capacity() == 0 {
+                self.out = spare::buffer();
+            }
+            let max_frame = self.peer_max_frame as u32;
+            frame::encode_headers(&mut self.out, id, false, max_frame, |out| {
+                out.extend_from_slice(&block)
+            });
+        }
     }
 
     /// The configuration, when the own hop takes requests under it (`h1::hop::takes`).
@@ -1177,6 +1218,8 @@ impl Connection {
             return;
         };
         while let Poll::Ready(Some(made)) = Pin::new(&mut answers).poll_next(cx) {
+            // Hints that came while the streams were polled, this one's among them, go first.
+            self.write_hints(cx);
             let Ok((id, response)) = made else {
                 continue;
             };
@@ -1210,6 +1253,7 @@ impl Connection {
                 stream.body = Some(body);
             }
         }
+        self.write_hints(cx);
         self.answers = Some(answers);
     }
 
