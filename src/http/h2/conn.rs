@@ -4,7 +4,7 @@
 //! hyper's server runs a connection as a task that owns the frames and a task per stream that
 //! owns its request, with the `h2` crate's shared state between them behind a lock. Here one
 //! task does all of it: it reads frames, turns each request's head into a request for
-//! [`HttpServer::request`] (the decisions every codec shares), polls the requests being
+//! `HttpServer::request` (the decisions every codec shares), polls the requests being
 //! answered side by side in one `FuturesUnordered` (only those woken are polled), and writes
 //! each answer's frames as its body and the client's windows allow. What it keeps per
 //! connection is a map of the open streams and an HPACK table; its read buffer comes from the
@@ -86,7 +86,7 @@ pub const MAX_REFUSED_STREAMS: usize = 1024;
 const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// A request body the own codec receives: what the client sent on a stream, handed on to the
-/// backend as it goes. The connection puts DATA in; [`HttpServer::request`]'s upload takes it
+/// backend as it goes. The connection puts DATA in; `HttpServer::request`'s upload takes it
 /// out, and what it takes is what the client is allowed to send again. `None` for a request
 /// that has none (END_STREAM on its HEADERS, most `GET`s): nothing to share, nothing allocated.
 pub struct RecvBody(Option<Arc<Mutex<Recv>>>);
