@@ -10,6 +10,9 @@ Each target accepts HTTP/2 in clear text by prior knowledge (http-lb `--h2c`, ng
 `listen ... http2`, HAProxy's `bind ... proto h2`) and balances round robin over the same two
 dummy servers, without an affinity cookie (nginx has none). `http-lb-hyper` is the same
 binary with `LB_H2_OWN=off`: hyper's HTTP/2 server in place of the own codec (chapter 17).
+`http-lb-b` is another build (`--http-lb-b PATH`), for an A/B test of a change:
+
+    h2.py --targets http-lb,http-lb-b --http-lb-b /tmp/lb-before --workloads h2load --rounds 9
 
 Workloads:
   h2load   h2load -c 50 -m 10: 50 connections, 10 streams each at once, GET / to HTTP/1.1
@@ -43,7 +46,7 @@ from compare import Procs, cpu_seconds, family, free_port, log, rss_kib, wait_po
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARGO_TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-TARGETS = ["haproxy", "nginx", "http-lb", "http-lb-hyper"]
+TARGETS = ["haproxy", "nginx", "http-lb", "http-lb-hyper", "http-lb-b"]
 WORKLOADS = ["h2load", "grpc", "idle"]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -143,7 +146,8 @@ class Bench:
                                  cpu=1, stderr=logfile)
         else:
             # Idle HTTP/2 connections are kept as long as the others keep them.
-            cmd = [self.opts.http_lb, "--listen", f"127.0.0.1:{port}", "--h2c",
+            binary = self.opts.http_lb_b if target == "http-lb-b" else self.opts.http_lb
+            cmd = [binary, "--listen", f"127.0.0.1:{port}", "--h2c",
                    "--health-interval", "0", "--workers", "1", "--affinity", "none",
                    "--header-timeout", "120"]
             scheme = "h2c://" if grpc else ""
@@ -293,6 +297,8 @@ def main():
                     help="idle HTTP/2 client connections for the idle workload")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--http-lb", default=os.path.join(CARGO_TARGET, "release/http-lb"))
+    ap.add_argument("--http-lb-b", help="a second build, target http-lb-b: an A/B test "
+                    "(--targets http-lb,http-lb-b gives b's CPU over a's, paired)")
     ap.add_argument("--dummy", default=os.path.join(CARGO_TARGET, "release/dummy-server"))
     ap.add_argument("--out", help="also write the table (markdown) to this file")
     opts = ap.parse_args()
@@ -306,6 +312,8 @@ def main():
     for t in opts.targets:
         if t not in TARGETS:
             sys.exit(f"error: unknown target {t}; known: {', '.join(TARGETS)}")
+    if "http-lb-b" in opts.targets and not opts.http_lb_b:
+        sys.exit("error: target http-lb-b needs --http-lb-b PATH (a second build)")
     for tool in ["taskset", "h2load", "haproxy", "nginx"]:
         if not shutil.which(tool):
             sys.exit(f"error: {tool} is not installed (benches/compare/run.sh --h2 installs it)")
