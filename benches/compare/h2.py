@@ -169,6 +169,8 @@ class Bench:
         url = f"http://127.0.0.1:{port}/" + ("echo.Echo/Unary" if grpc else "")
         cmd = ["taskset", "-c", "0", "h2load", "-c", "50", "-m", "10", "-t", "1",
                "-D", str(self.opts.seconds), url]
+        if self.opts.rps:
+            cmd[-1:-1] = ["--rps", str(self.opts.rps)]
         if grpc:
             data = os.path.join(self.work, "message")
             with open(data, "wb") as f:
@@ -296,6 +298,8 @@ def main():
     ap.add_argument("--idle", type=int, default=1000,
                     help="idle HTTP/2 client connections for the idle workload")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--rps", type=int, help="requests a second per h2load client (50 of them): "
+                    "every target at the same rate, below its limit, instead of as fast as it goes")
     ap.add_argument("--http-lb", default=os.path.join(CARGO_TARGET, "release/http-lb"))
     ap.add_argument("--http-lb-b", help="a second build, target http-lb-b: an A/B test "
                     "(--targets http-lb,http-lb-b gives b's CPU over a's, paired)")
