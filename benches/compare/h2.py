@@ -16,7 +16,9 @@ binary with `LB_H2_OWN=off`: hyper's HTTP/2 server in place of the own codec (ch
 
 Workloads:
   h2load   h2load -c 50 -m 10: 50 connections, 10 streams each at once, GET / to HTTP/1.1
-           backends kept alive: requests/s and the proxy's CPU per request.
+           backends kept alive: requests/s and the proxy's CPU per request. As fast as each
+           proxy goes (a closed loop, where a slower proxy gets bigger batches), or with
+           --rps N at the same rate for all (N requests a second per connection).
   grpc     the same load as unary gRPC calls (`POST /echo.Echo/Unary`, content-type
            application/grpc, one 5-byte message) to the dummy servers over HTTP/2 (http-lb
            `h2c://`, nginx `grpc_pass`, HAProxy `proto h2` on the server line): calls/s and CPU
@@ -329,7 +331,8 @@ def main():
     finally:
         bench.procs.stop_all()
     header = (f"{time.strftime('%Y-%m-%d')}, pinned (one worker on CPU 1, the load on CPU 0), "
-              f"{opts.rounds} rounds of {opts.seconds} s (h2load -c 50 -m 10), medians; CPU is "
+              f"{opts.rounds} rounds of {opts.seconds} s (h2load -c 50 -m 10"
+              f"{f' --rps {opts.rps}' if opts.rps else ''}), medians; CPU is "
               f"the proxy's own. Paired: the median, over the rounds, of a target's CPU per "
               f"request over {opts.targets[0]}'s in the same round.")
     text = header + "\n\n" + table(rows, opts.targets) + "\n"
