@@ -329,6 +329,27 @@ impl Upstreams {
         }
     }
 
+    /// Logs a pick that the affinity cookie could not make (chapter 12), on every path.
+    pub(super) fn log_redispatch(&self, outcome: AffinityOutcome, i: usize, client: SocketAddr) {
+        if outcome == AffinityOutcome::Redispatch {
+            tracing::info!(%client, backend = %self.names[i],
+                "affinity cookie named a backend that is down or gone: redispatched");
+        }
+    }
+
+    /// Chapter 12's rules on a head the own codecs pass on as it was read: the hop-by-hop
+    /// fields go (RFC 9110 §7.6.1), `X-Forwarded-*` are set (§7.6).
+    pub(super) fn forward_read(
+        &self,
+        headers: &mut super::fields::ReadFields<'_>,
+        info: &ConnInfo,
+    ) {
+        forward::strip_hop_by_hop(headers, false);
+        self.settings
+            .forwarding
+            .apply(headers, &info.forwarded_for, info.tls);
+    }
+
     /// Whether `--hide-header` names `name`.
     pub(super) fn hides(&self, name: &[u8]) -> bool {
         self.settings
@@ -945,10 +966,7 @@ impl HttpServer {
             unread(info);
             return self.local(StatusCode::SERVICE_UNAVAILABLE, line);
         };
-        if outcome == AffinityOutcome::Redispatch {
-            tracing::info!(client = %info.client, backend = %up.names[i],
-                "affinity cookie named a backend that is down or gone: redispatched");
-        }
+        up.log_redispatch(outcome, i, info.client);
         if up.settings.mode == Mode::Assign {
             unread(info);
             // A client whose server stopped answering says which (`?exclude=NAME`): it gets

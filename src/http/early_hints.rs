@@ -118,25 +118,17 @@ impl EarlyHints {
     }
 
     /// Called by hyper's client, on the backend connection's task, for each 1xx of the
-    /// request `open` was made for: a `103` is queued as the client will see it (hop-by-hop
-    /// fields and the `hidden` ones removed, as from a final answer), and the client's task
-    /// woken.
-    /// Another 1xx is dropped: `100 Continue` answers an `Expect` hyper's server has answered
-    /// itself, and `102` is deprecated (RFC 9110 §15.2).
+    /// request `open` was made for: a `103` is queued as the client will see it
+    /// ([`passed_on`]), and the client's task woken; another 1xx is dropped.
     pub(super) fn hint(
         open: &Open,
         status: hyper::StatusCode,
         fields: &HeaderMap,
         hidden: &[HeaderName],
     ) {
-        if status != hyper::StatusCode::EARLY_HINTS {
+        let Some(fields) = passed_on(status, fields, hidden) else {
             return;
-        }
-        let mut fields = fields.clone();
-        forward::strip_hop_by_hop(&mut fields, false);
-        for name in hidden {
-            fields.remove(name);
-        }
+        };
         let mut bytes = b"HTTP/1.1 103 Early Hints\r\n".to_vec();
         for (name, value) in &fields {
             bytes.extend_from_slice(name.as_str().as_bytes());
@@ -193,6 +185,26 @@ impl EarlyHints {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// What of a 1xx from hyper's client the client gets: a `103`'s fields less the hop-by-hop
+/// ones and the `hidden` ones, as a final answer's; nothing of another 1xx (`100 Continue`
+/// answers an `Expect` hyper's server has answered itself, and `102` is deprecated, RFC 9110
+/// §15.2).
+fn passed_on(
+    status: hyper::StatusCode,
+    fields: &HeaderMap,
+    hidden: &[HeaderName],
+) -> Option<HeaderMap> {
+    if status != hyper::StatusCode::EARLY_HINTS {
+        return None;
+    }
+    let mut fields = fields.clone();
+    forward::strip_hop_by_hop(&mut fields, false);
+    for name in hidden {
+        fields.remove(name);
+    }
+    Some(fields)
 }
 
 /// One HTTP/2 connection's hints on their way to its streams (the own codec's); see the
@@ -272,23 +284,18 @@ impl StreamHints {
         self.queue(block);
     }
 
-    /// A 1xx from hyper's client (`hyper::ext::on_informational`): a `103` is queued less its
-    /// hop-by-hop fields (which HTTP/2 forbids, RFC 9113 §8.2.2) and the `hidden` ones, as
-    /// from a final answer; another 1xx is dropped, as [`EarlyHints::hint`] drops it.
+    /// A 1xx from hyper's client (`hyper::ext::on_informational`): a `103` is queued as the
+    /// client will see it ([`passed_on`]: HTTP/2 forbids the hop-by-hop fields, RFC 9113
+    /// §8.2.2); another 1xx is dropped.
     pub(in crate::http) fn hint_map(
         &self,
         status: hyper::StatusCode,
         fields: &HeaderMap,
         hidden: &[HeaderName],
     ) {
-        if status != hyper::StatusCode::EARLY_HINTS {
+        let Some(fields) = passed_on(status, fields, hidden) else {
             return;
-        }
-        let mut fields = fields.clone();
-        forward::strip_hop_by_hop(&mut fields, false);
-        for name in hidden {
-            fields.remove(name);
-        }
+        };
         self.hint(
             fields
                 .iter()

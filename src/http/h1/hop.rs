@@ -59,7 +59,6 @@ use crate::http::body::{BoxError, Download, OnEnd, Payload};
 use crate::http::early_hints::StreamHints;
 use crate::http::exchange;
 use crate::http::fields::ReadFields;
-use crate::http::forward;
 use crate::http::h2::hpack;
 use crate::http::h2::message::Plain;
 use crate::http::metrics::AffinityOutcome;
@@ -127,14 +126,8 @@ impl HttpServer {
             tracing::warn!(client = %info.client, "no backend is up: 503");
             return self.local(StatusCode::SERVICE_UNAVAILABLE, line);
         };
-        if outcome == AffinityOutcome::Redispatch {
-            tracing::info!(client = %info.client, backend = %up.names[i],
-                "affinity cookie named a backend that is down or gone: redispatched");
-        }
-        forward::strip_hop_by_hop(&mut headers, false);
-        up.settings
-            .forwarding
-            .apply(&mut headers, &info.forwarded_for, info.tls);
+        up.log_redispatch(outcome, i, info.client);
+        up.forward_read(&mut headers, info);
         let mut out = Vec::with_capacity(SMALL);
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');

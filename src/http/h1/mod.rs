@@ -343,17 +343,11 @@ impl HttpServer {
                 .await
                 .map(|keep| keep.then(Instant::now));
         };
-        if outcome == AffinityOutcome::Redispatch {
-            tracing::info!(client = %info.client, backend = %up.names[i],
-                "affinity cookie named a backend that is down or gone: redispatched");
-        }
+        up.log_redispatch(outcome, i, info.client);
 
         // 3: what the backend is sent, head and body in one buffer. Its framing is ours: the
         // length decided from the head as received, whatever `Connection` named.
-        forward::strip_hop_by_hop(&mut headers, false);
-        up.settings
-            .forwarding
-            .apply(&mut headers, &info.forwarded_for, info.tls);
+        up.forward_read(&mut headers, info);
         out.clear();
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
