@@ -802,6 +802,21 @@ fn grpc_call_talks_to_the_dummy_servers_through_the_balancer() {
     assert_one_line_error(bin!("grpc-call"), &[&no_method], &["method"]);
 }
 
+/// A balancer over the dummy server and the echo server, both HTTP/2 in clear text, both
+/// checked with `check=CHECK` every 0.2 s and marked down at the first failure.
+fn checked_lb(check: &str) -> (Proc, Proc, SocketAddr) {
+    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
+    let echo = grpc_backend("echo");
+    let (good, bad) = (
+        format!("h2c://{},check={check}", dummy.addr()),
+        format!("h2c://{echo},check={check}"),
+    );
+    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
+    args.extend(["--backend", &good, "--backend", &bad, "--affinity", "none"]);
+    args.extend(["--health-interval", "0.2", "--fall", "1"]);
+    (Proc::start(LB, &args, 2), dummy, echo)
+}
+
 /// `check=grpc` (chapter 17): gRPC's health protocol, `grpc.health.v1.Health/Check`, probes an
 /// HTTP/2 backend. The dummy server answers SERVING and stays up; a gRPC server that answers
 /// the call but not SERVING (this test's echo server answers an empty message: UNKNOWN) is
@@ -809,16 +824,7 @@ fn grpc_call_talks_to_the_dummy_servers_through_the_balancer() {
 /// one-line error.
 #[test]
 fn grpc_health_checks_mark_a_backend_that_is_not_serving_down() {
-    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
-    let echo = grpc_backend("echo");
-    let (good, bad) = (
-        format!("h2c://{},check=grpc", dummy.addr()),
-        format!("h2c://{echo},check=grpc"),
-    );
-    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
-    args.extend(["--backend", &good, "--backend", &bad, "--affinity", "none"]);
-    args.extend(["--health-interval", "0.2", "--fall", "1"]);
-    let lb = Proc::start(LB, &args, 2);
+    let (lb, dummy, echo) = checked_lb("grpc");
     eventually("the echo server marked down", PATIENCE, || {
         let (_, metrics) = admin_get(lb.addrs[1], "/metrics");
         let up = |addr: String| {
@@ -853,16 +859,7 @@ fn grpc_health_checks_mark_a_backend_that_is_not_serving_down() {
 /// is marked down, with the status it gave in the log, and gets no request.
 #[test]
 fn an_http_check_asks_an_http2_backend_in_http2() {
-    let dummy = Proc::start(bin!("dummy-server"), &["--listen", "127.0.0.1:0"], 1);
-    let echo = grpc_backend("echo");
-    let (good, bad) = (
-        format!("h2c://{},check=http", dummy.addr()),
-        format!("h2c://{echo},check=http"),
-    );
-    let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
-    args.extend(["--backend", &good, "--backend", &bad, "--affinity", "none"]);
-    args.extend(["--health-interval", "0.2", "--fall", "1"]);
-    let lb = Proc::start(LB, &args, 2);
+    let (lb, _dummy, echo) = checked_lb("http");
     let log = lb.wait_stderr("backend down", 1);
     assert!(
         log.contains(&format!("h2c://{echo}"))
