@@ -823,7 +823,7 @@ impl HttpServer {
     /// [`HttpServer::request`] past the counting.
     async fn answer(
         self: &Arc<Self>,
-        req: Request<Inbound>,
+        mut req: Request<Inbound>,
         info: &ConnInfo,
     ) -> Response<Download> {
         // The exchange's rules on the head as received, before the cache keys on it or a field
@@ -847,6 +847,7 @@ impl HttpServer {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
+        one_length(req.headers_mut());
         // One configuration for the whole request, cache, routes and backends alike: a reload
         // that lands meanwhile applies from the next request on.
         let up = self.upstreams();
@@ -1389,27 +1390,54 @@ impl Line {
     }
 }
 
-/// The request's `Content-Length`, when it has a valid one.
+/// The request's `Content-Length`, when it has a valid one (in one field line or several).
 fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    exchange::declared_length(
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| (&b"content-length"[..], v.as_bytes())),
+    )
+}
+
+/// RFC 9110 §8.6 lets a recipient take field lines that repeat one length, or a length with
+/// leading zeros (`005`), as the one length they name; the exchange does. The next hop is sent
+/// that length alone, in its plain form, as the own paths write it: a backend that read the
+/// lines its own way (the first, the last, or an error) is what a desync needs.
+fn one_length(headers: &mut hyper::HeaderMap) {
+    let Some(n) = content_length(headers) else {
+        return;
+    };
+    // One value of digits alone, without a leading zero, is `n` as written.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = values.next().is_some_and(|v| {
+        let v = v.as_bytes();
+        v.iter().all(u8::is_ascii_digit) && (v == b"0" || v.first() != Some(&b'0'))
+    }) && values.next().is_none();
+    if !plain {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }
 
 /// [`exchange::check_target`] and [`exchange::request_framing`] on a head hyper parsed.
 fn check_request<B>(req: &Request<B>) -> Result<(), exchange::Refused> {
     let uri = req.uri();
     let form = match (uri.scheme(), uri.authority()) {
+        // RFC 9113 §8.3.1: an `http(s)` request's `:path` is `*` for OPTIONS alone. hyper's
+        // HTTP/2 server lets `PUT *` through, and it would reach a backend as `PUT * HTTP/1.1`.
+        (Some(_), _) if uri.path() == "*" && req.method() != Method::OPTIONS => {
+            exchange::Target::Invalid
+        }
         (Some(_), authority) => {
             exchange::Target::Absolute(authority.map_or(&b""[..], |a| a.as_str().as_bytes()))
         }
         (None, Some(_)) => exchange::Target::Authority,
         (None, None) if uri.path() == "*" => exchange::Target::Asterisk,
-        (None, None) => exchange::Target::Origin,
+        (None, None) if uri.path().starts_with('/') => exchange::Target::Origin,
+        // RFC 9112 §3.2.1: an origin form is an absolute path. hyper's HTTP/2 server lets a
+        // request with an empty `:scheme` and no `:path` through (RFC 9113 §8.3.1 makes it
+        // malformed), and it would reach a backend as `GET  HTTP/1.1`.
+        (None, None) => exchange::Target::Invalid,
     };
     let hosts = req
         .headers()

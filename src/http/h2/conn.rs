@@ -943,10 +943,15 @@ impl Connection {
                 return Ok(());
             }
         };
-        let length = request
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| exchange::content_length(v.as_bytes()));
+        // The length the exchange will read from the fields (two lines of 5 are 5, RFC 9110
+        // §8.6), which the DATA must match (§8.1.1): a backend is sent that length.
+        let length = exchange::declared_length(
+            request
+                .headers()
+                .get_all(hyper::header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| (&b"content-length"[..], v.as_bytes())),
+        );
         if end_stream && length.is_some_and(|n| n > 0) {
             // §8.1.1: a length its DATA (none) cannot match.
             let malformed = Malformed {

@@ -315,8 +315,12 @@ impl Head {
             .iter()
             .filter(|&&(n, _)| bytes(n) == b"host")
             .map(|&(_, v)| bytes(v));
+        // `http`'s authority parser refuses a percent escape, which RFC 3986 allows in a host
+        // (and `exchange::valid_host` too): such a request takes the longer way, and is
+        // refused there, as before.
         let checked = exchange::check_target(method, Target::Absolute(host), hosts, false).is_ok()
             && !host.is_empty()
+            && !host.contains(&b'%')
             && self
                 .fields
                 .iter()
