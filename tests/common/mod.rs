@@ -559,6 +559,121 @@ pub fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     Some((head, body))
 }
 
+/// Seeded noise, so that a failure replays: xorshift64.
+pub struct Noise(pub u64);
+
+impl Noise {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `seed` with a few bytes changed, inserted or cut.
+    pub fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+        let mut bytes = seed.to_vec();
+        for _ in 0..1 + self.next() % 4 {
+            let at = (self.next() as usize) % (bytes.len() + 1);
+            match self.next() % 3 {
+                0 if at < bytes.len() => bytes[at] = self.next() as u8,
+                1 => bytes.insert(at, self.next() as u8),
+                _ => bytes.truncate(at.max(1)),
+            }
+        }
+        bytes
+    }
+}
+
+/// Reads one request from a backend connection as a strict server would (a length, or
+/// chunks decoded), normalised for comparison: the request line, then the fields with
+/// lower-case names in sorted order, then the body. `None` when the connection ends or the
+/// request is not one a server could read.
+pub fn strict_request(conn: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? != 1 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let line = lines.next()?.to_owned();
+    let mut fields: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap_or((l, ""));
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let value = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let body = if value("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let mut size = Vec::new();
+            while !size.ends_with(b"\r\n") {
+                if conn.read(&mut byte).ok()? != 1 {
+                    return None;
+                }
+                size.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&size[..size.len() - 2]).into_owned();
+            let n = usize::from_str_radix(text.split(';').next()?.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            conn.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body
+    } else {
+        let n: usize = value("content-length").map_or(Some(0), |v| v.parse().ok())?;
+        let mut body = vec![0; n];
+        conn.read_exact(&mut body).ok()?;
+        body
+    };
+    // How the body was framed is each path's own choice (hyper chunks what it did not read
+    // whole; an empty body may or may not say `content-length: 0`): the body is compared,
+    // not its framing fields.
+    fields.retain(|(n, _)| n != "transfer-encoding" && n != "content-length");
+    fields.sort();
+    let fields: Vec<String> = fields.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+    Some(format!(
+        "{line}\n{}\n\n{}",
+        fields.join("\n"),
+        String::from_utf8_lossy(&body)
+    ))
+}
+
+/// A backend that reads requests strictly, records each, and answers each with `answer(path)`
+/// then, when it asks, closes.
+pub fn strict_backend(answer: fn(&str) -> Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let addr = spawn_per_connection(move |mut conn| {
+        while let Some(request) = strict_request(&mut conn) {
+            let path = request.split(' ').nth(1).unwrap_or("/").to_owned();
+            record.lock().unwrap().push(request);
+            let mut bytes = answer(path.trim_start_matches('/'));
+            let close = bytes.ends_with(b"CLOSE");
+            if close {
+                bytes.truncate(bytes.len() - 5);
+            }
+            if conn.write_all(&bytes).is_err() || close {
+                return;
+            }
+        }
+    });
+    (addr, seen)
+}
+
 /// True when the peer closes `stream` (EOF or reset) without sending anything.
 pub fn closed_without_data(stream: &mut impl Read) -> bool {
     let mut buf = [0u8; 64];
