@@ -732,6 +732,59 @@ fn streams_reset_while_carried_count_against_the_budget() {
     still_serves_calls(lb.addr());
 }
 
+/// RFC 9113 §5.1: a stream the client resets (RST_STREAM) is closed, and what was being done for
+/// it is given up then and there, within the reset budget too: the backend's call is cancelled
+/// (the own codec drops the stream's future at once), the other streams go on, and so does the
+/// connection.
+#[test]
+fn a_reset_stream_is_given_up_at_its_backend_and_the_connection_goes_on() {
+    let (backend, hanging) = grpc_backend_counting("grpc1", 200);
+    let lb = h2c_lb(&[format!("h2c://{backend}")], &["--affinity", "none"]);
+    let mut s = raw_h2(lb.addr());
+    // `:method POST`, `:scheme http`, `:path /echo.Echo/Hang`, `:authority t`: a call the
+    // backend never answers.
+    let mut block = vec![0x83, 0x86, 0x04, 15];
+    block.extend_from_slice(b"/echo.Echo/Hang");
+    block.extend_from_slice(&[0x01, 0x01, b't']);
+    let mut opens = Vec::new();
+    for stream in [1u32, 3, 5] {
+        opens.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &block));
+    }
+    send(&mut s, &opens);
+    eventually("the calls reach the backend", PATIENCE, || {
+        hanging.load(Ordering::SeqCst) == 3
+    });
+    let mut resets = frame(RST_STREAM, 0, 1, &8u32.to_be_bytes());
+    resets.extend(frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+    send(&mut s, &resets);
+    // Streams 1 and 5 given up at the backend; 3 still waits there.
+    eventually(
+        "the reset calls are cancelled at the backend",
+        PATIENCE,
+        || hanging.load(Ordering::SeqCst) == 1,
+    );
+    // The connection still answers: a PING gets its acknowledgement (§6.7).
+    send(&mut s, &frame(PING, 0, 0, b"stillok!"));
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head)
+            .expect("a frame before the PING's acknowledgement");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).expect("a frame's payload");
+        assert_ne!(head[3], GOAWAY, "the connection was closed");
+        if head[3] == PING && head[4] & 1 == 1 {
+            assert_eq!(payload, b"stillok!");
+            break;
+        }
+    }
+    assert_eq!(
+        hanging.load(Ordering::SeqCst),
+        1,
+        "stream 3 was given up too"
+    );
+}
+
 /// [`still_serves`] for a gRPC backend.
 fn still_serves_calls(addr: SocketAddr) {
     runtime().block_on(async {

@@ -64,8 +64,6 @@ use crate::http::h2::message::Plain;
 use crate::http::metrics::AffinityOutcome;
 use crate::http::pool::Pool;
 
-use super::SMALL;
-
 /// Whether the own hop carries this request: see the module's header.
 pub(in crate::http) fn takes(
     up: &Upstreams,
@@ -128,7 +126,7 @@ impl HttpServer {
         };
         up.log_redispatch(outcome, i, info.client);
         up.forward_read(&mut headers, info);
-        let mut out = Vec::with_capacity(SMALL);
+        let mut out = spare::small();
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(target);
@@ -149,7 +147,7 @@ impl HttpServer {
         let (read, added) = headers.into_lists();
         spare::give_fields(read);
         spare::give_added(added);
-        drop(text);
+        spare::give_small(text);
         let stall = up
             .balancer
             .idle_timeout
@@ -218,9 +216,10 @@ impl HttpServer {
             timer.as_mut(),
         )
         .await;
-        drop(out);
+        spare::give_small(out);
         let Some(((parsed, head_len), conn, active, i)) = answered else {
             spare::give_fields(kept);
+            spare::give_small(upstream);
             return self.local(attempts.status, line);
         };
         let name = &up.names[i];
@@ -396,11 +395,10 @@ pub(in crate::http) fn written(mut head: hyper::http::request::Parts) -> (Vec<u8
     // RFC 9113 §8.2.3: an HTTP/2 client's cookie crumbs become one line for HTTP/1.1 (hyper's
     // server hands them on apart).
     join_cookies(&mut head.headers);
-    // A buffer of the allocator's smallest kind (per thread, no lock): a request head fits,
-    // and it grows when it does not. Taking 16 KiB ones from `spare` ran its list dry with
-    // hundreds of streams in flight, and each request then paid a large allocation and its
-    // release.
-    let mut out = Vec::with_capacity(SMALL);
+    // A small buffer (`spare::small`): a request head fits, and it grows when it does not.
+    // Taking 16 KiB ones from `spare` ran their list dry with hundreds of streams in flight,
+    // and each request then paid a large allocation and its release.
+    let mut out = spare::small();
     request_head(&mut out, &head);
     (out, head.method)
 }
@@ -650,10 +648,13 @@ impl RawBody {
 }
 
 impl Drop for RawBody {
-    /// A buffer a large body grew to full size is kept for the next one.
+    /// The buffer is kept for the next answer: a small one as taken, or one a large body grew
+    /// to full size.
     fn drop(&mut self) {
-        if self.buf.capacity() >= READ {
-            spare::give_buffer(std::mem::take(&mut self.buf));
+        let buf = std::mem::take(&mut self.buf);
+        match buf.capacity() >= READ {
+            true => spare::give_buffer(buf),
+            false => spare::give_small(buf),
         }
     }
 }

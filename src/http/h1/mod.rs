@@ -906,7 +906,15 @@ async fn exchange(
             // read into as it is, as most answers fit in it; growing it up front cost every
             // request a large allocation and its copy.
             if buf.capacity() == 0 {
-                buf.reserve(SMALL);
+                // The HTTP/2 hop's buffer is taken once the answer is there to read, not while
+                // the stream waits for it: what hundreds of waiting streams hold is what the
+                // allocator's caches cannot keep (`spare::small`).
+                if let Conn::Plain(tcp) = &*conn
+                    && let Err(e) = tcp.readable().await
+                {
+                    return Err(AnswerFailed::NoAnswer(e));
+                }
+                *buf = spare::small();
             } else if buf.capacity() - buf.len() <= buf.capacity() / 4 {
                 buf.reserve(READ);
             }

@@ -47,7 +47,6 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, Stream as _};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{HeaderMap, Response, StatusCode};
@@ -173,24 +172,40 @@ impl Body for RecvBody {
     }
 }
 
-/// An answer being made: the stream's id and the response, unless the stream was reset.
-type Answering = Abortable<Tagged>;
-
-/// A stream's answer, with the stream's id. One box per stream: the request's own future
-/// (about 5 KiB, copied into it once, which shows as `memcpy` in a profile; its size is that
-/// of the largest state a request goes through), and no second box around it for the answers'
-/// queue, whose futures are all of this one type.
+/// A stream's answer being made, with the stream's id: the answers' queue holds these.
+///
+/// One box per stream for the request's own future (about 5 KiB, written into its box where it
+/// is made, [`boxed_in_place`]), and no second box around it for the queue, whose futures are
+/// all of this one type. A reset stream's future is dropped at once by [`Connection::abort`]
+/// (with what it held: a backend's connection, its place in a count of requests in flight);
+/// the entry left, now empty, is woken through the waker it kept, so the queue lets it go at
+/// its next poll. This is what `futures`' `Abortable` does, without its shared state: one
+/// allocation and its atomics a stream, for the walk over at most `max_streams` entries a
+/// reset costs here.
 struct Tagged {
     id: u32,
-    answer: Pin<Box<dyn Future<Output = Response<Download>> + Send>>,
+    answer: Option<Pin<Box<dyn Future<Output = Response<Download>> + Send>>>,
+    waker: Option<Waker>,
 }
 
 impl Future for Tagged {
-    type Output = (u32, Response<Download>);
+    /// `None`: the stream was reset.
+    type Output = (u32, Option<Response<Download>>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let id = self.id;
-        self.answer.as_mut().poll(cx).map(|response| (id, response))
+        let this = &mut *self;
+        let Some(answer) = this.answer.as_mut() else {
+            return Poll::Ready((this.id, None));
+        };
+        match answer.as_mut().poll(cx) {
+            Poll::Ready(response) => Poll::Ready((this.id, Some(response))),
+            Poll::Pending => {
+                if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    this.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -206,8 +221,8 @@ struct Stream {
     received: u64,
     /// What we may still send on it (the client's window).
     send: Window,
-    /// While the answer is being made.
-    abort: Option<AbortHandle>,
+    /// While the answer is being made (its future is in the answers' queue).
+    making: bool,
     /// While the answer's body goes out, and a piece of it the windows held back.
     body: Option<Download>,
     pending: Option<Bytes>,
@@ -330,7 +345,7 @@ pub(in crate::http) struct Connection {
     streams: HashMap<u32, Stream, StreamIds>,
     /// None while no stream is open ([`Connection::shrink_when_idle`]; the streams' table is
     /// let go in `close_stream`): an idle connection holds neither.
-    answers: Option<FuturesUnordered<Answering>>,
+    answers: Option<FuturesUnordered<Tagged>>,
     /// A body stopped taking because of [`HIGH_WATER`].
     full: bool,
     /// Boxed: CONTINUATION is rare, and the room would be paid by every connection.
@@ -471,11 +486,9 @@ impl Connection {
     /// The socket, once [`Connection::run`] is over; whatever is still being answered is
     /// dropped with the connection.
     pub(in crate::http) fn finish(mut self) -> Conn {
-        for (_, stream) in self.streams.drain() {
-            if let Some(abort) = stream.abort {
-                abort.abort();
-            }
-        }
+        // Whatever is still being answered stops now, not when the connection's task ends.
+        self.answers = None;
+        self.streams.clear();
         if self.read.capacity() > 0 {
             spare::give_buffer(std::mem::take(&mut self.read));
         }
@@ -546,11 +559,8 @@ impl Connection {
                 Poll::Ready(Ok(0)) => {
                     self.read_closed = true;
                     // The client is gone: nothing it asked for can reach it.
-                    for (_, stream) in self.streams.drain() {
-                        if let Some(abort) = stream.abort {
-                            abort.abort();
-                        }
-                    }
+                    self.answers = None;
+                    self.streams.clear();
                 }
                 Poll::Ready(Ok(_)) => {
                     if let Err(fault) = self.take_frames() {
@@ -1025,10 +1035,13 @@ impl Connection {
         end_stream: bool,
         head_only: bool,
     ) {
-        let (abort, registration) = AbortHandle::new_pair();
         self.answers
             .get_or_insert_with(FuturesUnordered::new)
-            .push(Abortable::new(Tagged { id, answer }, registration));
+            .push(Tagged {
+                id,
+                answer: Some(answer),
+                waker: None,
+            });
         self.streams.insert(
             id,
             Stream {
@@ -1038,7 +1051,7 @@ impl Connection {
                 ungranted: 0,
                 received: 0,
                 send: Window::new(self.peer_initial_window),
-                abort: Some(abort),
+                making: true,
                 body: None,
                 pending: None,
                 answered: false,
@@ -1178,8 +1191,8 @@ impl Connection {
         let Some(stream) = self.streams.remove(&id) else {
             return;
         };
-        if let Some(abort) = stream.abort {
-            abort.abort();
+        if stream.making {
+            self.abort(id);
         }
         if let Some(recv) = stream.recv {
             let mut shared = lock(&recv);
@@ -1216,6 +1229,20 @@ impl Connection {
         self.close_stream(id);
     }
 
+    /// Stream `id`'s answer stops being made: its future is dropped now, and its entry leaves
+    /// the queue at the queue's next poll (see [`Tagged`]).
+    fn abort(&mut self, id: u32) {
+        let Some(answers) = self.answers.as_mut() else {
+            return;
+        };
+        if let Some(entry) = answers.iter_mut().find(|entry| entry.id == id) {
+            entry.answer = None;
+            if let Some(waker) = entry.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
     /// Answers made since the last look: their heads go out.
     fn poll_answers(&mut self, cx: &mut Context<'_>) {
         // Taken out while polled: closing a stream below needs the whole connection.
@@ -1225,13 +1252,13 @@ impl Connection {
         while let Poll::Ready(Some(made)) = Pin::new(&mut answers).poll_next(cx) {
             // Hints that came while the streams were polled, this one's among them, go first.
             self.write_hints(cx);
-            let Ok((id, response)) = made else {
+            let (id, Some(response)) = made else {
                 continue;
             };
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
-            stream.abort = None;
+            stream.making = false;
             stream.answered = true;
             let (parts, mut body) = response.into_parts();
             let end = stream.head || body.is_end_stream();

@@ -159,8 +159,9 @@ impl Head {
 
     fn keep(&mut self, bytes: &[u8]) -> Span {
         if self.text.capacity() == 0 {
-            // Most heads fit; one allocation of the allocator's small kind.
-            self.text.reserve(512);
+            // Most heads fit; the own hop gives it back once its head for the backend is
+            // written.
+            self.text = spare::small();
         }
         let start = self.text.len();
         self.text.extend_from_slice(bytes);
