@@ -51,11 +51,12 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::parse::Framing;
 use super::{HintsTo, MAX_TRAILERS, READ, field, itoa, send, spare};
+use crate::balancer::OwnedActive;
 use crate::conn::Conn;
 use crate::http::balancer::{
-    Attempts, Chosen, ConnInfo, HttpServer, Line, Upstreams, join_cookies,
+    Attempts, BackendHttp, Chosen, ConnInfo, HttpServer, Line, Upstreams, join_cookies,
 };
-use crate::http::body::{BoxError, Download, OnEnd, Payload};
+use crate::http::body::{BoxError, Download, Payload};
 use crate::http::early_hints::StreamHints;
 use crate::http::exchange;
 use crate::http::fields::ReadFields;
@@ -275,6 +276,7 @@ impl HttpServer {
             ended: false,
             pool: Arc::clone(&backend.pool),
             backend: Arc::clone(name),
+            done: None,
         };
         // No content (a 204, a 304, an answer to HEAD): the answer ended with its head, and the
         // stream ends with its HEADERS. Anything after the head is an answer nobody asked for.
@@ -282,13 +284,13 @@ impl HttpServer {
             body.end(head_len < after_head);
         }
         let status = parsed.status;
-        let on_end: OnEnd = Box::new(move |bytes, complete| {
-            // The request counts on its backend (least-connections) until its body is sent.
-            drop(active);
-            backend.counters.bytes(bytes);
-            line.log(status, bytes, complete);
+        body.done = Some(Done {
+            active,
+            backend,
+            line,
+            status,
         });
-        let mut download = Download::new(Payload::Raw(Box::new(body)), Some(on_end));
+        let mut download = Download::new(Payload::Raw(Box::new(body)), None);
         download.set_stall(stall);
         download.set_hide(Arc::clone(&up.hidden));
         let mut response = Response::new(download);
@@ -456,6 +458,18 @@ pub struct RawBody {
     ended: bool,
     pool: Arc<Pool>,
     backend: Arc<str>,
+    /// What is done when the body is (`Download` calls [`RawBody::done`] where it would call
+    /// an `OnEnd`): kept in the body's own box, since a closure's box was one more allocation a
+    /// request, held as long.
+    done: Option<Done>,
+}
+
+/// The end of a request carried by the hop: see [`RawBody::done`].
+struct Done {
+    active: OwnedActive,
+    backend: Arc<BackendHttp>,
+    line: Line,
+    status: StatusCode,
 }
 
 /// Where a piece's content is, as `RawBody::walk` found it.
@@ -636,6 +650,23 @@ impl RawBody {
 
     pub(in crate::http) fn is_end_stream(&self) -> bool {
         self.ended && self.trailers_out.is_none()
+    }
+
+    /// The body is done, with `sent` bytes of it sent and `complete` if it ended (rather than
+    /// the client going away first): the request stops counting on its backend
+    /// (least-connections), and its access-log line is written.
+    pub(in crate::http) fn done(&mut self, sent: u64, complete: bool) {
+        if let Some(Done {
+            active,
+            backend,
+            line,
+            status,
+        }) = self.done.take()
+        {
+            drop(active);
+            backend.counters.bytes(sent);
+            line.log(status, sent, complete);
+        }
     }
 
     pub(in crate::http) fn size_hint(&self) -> SizeHint {

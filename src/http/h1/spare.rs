@@ -24,10 +24,25 @@ thread_local! {
     static ADDED: RefCell<Vec<AddedList>> = const { RefCell::new(Vec::new()) };
 }
 
+type List<T> = std::thread::LocalKey<RefCell<Vec<T>>>;
+
+/// One kept in `list`, or a new one.
+fn take<T>(list: &'static List<T>, new: impl FnOnce() -> T) -> T {
+    list.with(|l| l.borrow_mut().pop()).unwrap_or_else(new)
+}
+
+/// Keeps `item` in `list` unless it holds `max` already.
+fn keep<T>(list: &'static List<T>, item: T, max: usize) {
+    list.with(|l| {
+        let mut free = l.borrow_mut();
+        if free.len() < max {
+            free.push(item);
+        }
+    });
+}
+
 pub fn buffer() -> Vec<u8> {
-    BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(READ))
+    take(&BUFFERS, || Vec::with_capacity(READ))
 }
 
 /// Keeps `buf` for another connection, unless it grew past the usual size (a large head).
@@ -36,12 +51,7 @@ pub fn give_buffer(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    BUFFERS.with(|b| {
-        let mut free = b.borrow_mut();
-        if free.len() < KEEP {
-            free.push(buf);
-        }
-    });
+    keep(&BUFFERS, buf, KEEP);
 }
 
 /// A buffer of [`SMALL`] bytes: an HTTP/2 stream's request head as it decoded, the head the
@@ -53,9 +63,7 @@ pub fn give_buffer(mut buf: Vec<u8>) {
 /// came from the arena's bins (about 300 instructions each, and as many to give back, against
 /// 20 here). Like HAProxy's pools, a list per kind of object a stream uses, bounded per thread.
 pub(in crate::http) fn small() -> Vec<u8> {
-    SMALLS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(SMALL))
+    take(&SMALLS, || Vec::with_capacity(SMALL))
 }
 
 /// Keeps `buf` for another stream, unless it did not come from [`small`] or grew (a large
@@ -65,19 +73,12 @@ pub(in crate::http) fn give_small(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    SMALLS.with(|b| {
-        let mut free = b.borrow_mut();
-        if free.len() < KEEP_SMALL {
-            free.push(buf);
-        }
-    });
+    keep(&SMALLS, buf, KEEP_SMALL);
 }
 
 /// A list for a request head's fields.
 pub(in crate::http) fn fields() -> Vec<(Span, Span)> {
-    FIELDS
-        .with(|f| f.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(32))
+    take(&FIELDS, || Vec::with_capacity(32))
 }
 
 pub(in crate::http) fn give_fields(mut fields: Vec<(Span, Span)>) {
@@ -86,20 +87,13 @@ pub(in crate::http) fn give_fields(mut fields: Vec<(Span, Span)>) {
         return;
     }
     fields.clear();
-    FIELDS.with(|f| {
-        let mut free = f.borrow_mut();
-        if free.len() < KEEP {
-            free.push(fields);
-        }
-    });
+    keep(&FIELDS, fields, KEEP);
 }
 
 /// A list for the fields the forwarding rules add (the HTTP/2 hop's; chapter 12's path keeps
 /// one in its [`Scratch`]).
 pub(super) fn added() -> AddedList {
-    ADDED
-        .with(|a| a.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(8))
+    take(&ADDED, || Vec::with_capacity(8))
 }
 
 /// Keeps `added` (emptied, as `ReadFields::into_lists` gives it) for the next request.
@@ -107,35 +101,23 @@ pub(super) fn give_added(added: AddedList) {
     if added.capacity() == 0 {
         return;
     }
-    ADDED.with(|a| {
-        let mut free = a.borrow_mut();
-        if free.len() < KEEP {
-            free.push(added);
-        }
-    });
+    keep(&ADDED, added, KEEP);
 }
 
 pub(super) fn scratch() -> Scratch {
-    SCRATCH
-        .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(|| Scratch {
-            out: Vec::with_capacity(READ),
-            upstream: Vec::with_capacity(READ),
-            kept: Vec::with_capacity(32),
-            added: Vec::with_capacity(8),
-        })
+    take(&SCRATCH, || Scratch {
+        out: Vec::with_capacity(READ),
+        upstream: Vec::with_capacity(READ),
+        kept: Vec::with_capacity(32),
+        added: Vec::with_capacity(8),
+    })
 }
 
 pub(super) fn give_scratch(scratch: Scratch) {
     if scratch.out.capacity() > 2 * READ || scratch.upstream.capacity() > 2 * READ {
         return;
     }
-    SCRATCH.with(|s| {
-        let mut free = s.borrow_mut();
-        if free.len() < KEEP {
-            free.push(scratch);
-        }
-    });
+    keep(&SCRATCH, scratch, KEEP);
 }
 
 #[cfg(test)]
