@@ -202,6 +202,44 @@ fn h2c_clients_are_balanced_per_stream_with_affinity() {
     assert_eq!(h2_requests(&metrics), 12);
 }
 
+/// A stream the own hop carries ends as any other request does: once its answer's body is
+/// sent, its access-log line is written (with its status, bytes and backend) and the bytes
+/// count on its backend. The hop keeps this end in its body's own box (`RawBody::done`), not in
+/// a closure of `Download`'s: without the call, neither happens.
+#[test]
+fn a_stream_the_own_hop_carries_is_logged_and_counted_when_its_body_ends() {
+    let (_dummy, backends) = dummies(1);
+    let backend = backends[1].clone();
+    let lb = h2c_lb(std::slice::from_ref(&backend), &["--affinity", "none"]);
+    let addr = lb.addr();
+    let body = runtime().block_on(async {
+        let mut send = h2c(addr).await;
+        let request = Request::get(format!("http://{addr}/own-hop"))
+            .body(whole(b""))
+            .unwrap();
+        let response = send.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        collect(response.into_body()).await.0
+    });
+    assert!(!body.is_empty());
+    let log = lb.wait_stderr("end=done", 1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=/own-hop"))
+        .unwrap_or_else(|| panic!("no access-log line for the stream:\n{log}"));
+    for part in [
+        "method=GET".to_owned(),
+        "status=200".to_owned(),
+        format!("bytes={}", body.len()),
+        format!("backend={backend}"),
+    ] {
+        assert!(line.contains(&part), "{part} not in {line}");
+    }
+    let (_, metrics) = admin_get(lb.addrs[1], "/metrics");
+    let sent = format!("httplb_backend_response_bytes_total{{backend=\"{backend}\"}}");
+    assert_eq!(metric(&metrics, &sent), body.len() as u64, "{metrics}");
+}
+
 /// RFC 9113 §3.2 and RFC 7301: over TLS, a client that offers `h2` in ALPN gets it; one that
 /// offers only `http/1.1` gets that. Without `--h2c`, a clear-text preface is not answered in
 /// HTTP/2.
