@@ -8,7 +8,11 @@ Started by benches/compare/run.sh --h2, which installs the tools and builds http
 
 Each target accepts HTTP/2 in clear text by prior knowledge (http-lb `--h2c`, nginx 1.22's
 `listen ... http2`, HAProxy's `bind ... proto h2`) and balances round robin over the same two
-dummy servers, without an affinity cookie (nginx has none). `http-lb-hyper` is the same
+dummy servers, without an affinity cookie (nginx has none). Each adds the four fields
+http-lb adds to a request (X-Forwarded-For, -Proto, -Host and X-Real-IP), so each writes, and
+each backend reads, the same; the dummy server echoes a request's fields in its answer, so
+the answers are the same size too (before 2026-12-07 the peers added X-Forwarded-For alone,
+and carried answers 65 bytes shorter). `http-lb-hyper` is the same
 binary with `LB_H2_OWN=off`: hyper's HTTP/2 server in place of the own codec (chapter 17).
 `http-lb-b` is another build (`--http-lb-b PATH`), for an A/B test of a change:
 
@@ -70,6 +74,11 @@ defaults
   timeout http-request 10s
 frontend f
   bind 127.0.0.1:{listen} proto h2
+  # The fields http-lb adds to every request (chapter 12), so that each proxy writes as much
+  # and each backend reads (and the dummy server echoes back) the same.
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Real-IP %[src]
   default_backend b
 backend b
   balance roundrobin
@@ -79,10 +88,15 @@ backend b
 
 def nginx_config(listen, backends, grpc, prefix):
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in backends)
-    location = ("grpc_pass grpc://b;" if grpc else
-                'proxy_pass http://b;\n      proxy_http_version 1.1;\n'
-                '      proxy_set_header Connection "";\n'
-                '      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;')
+    # The fields http-lb adds to every request (chapter 12), as in haproxy_config.
+    fields = ["X-Forwarded-For $proxy_add_x_forwarded_for", "X-Forwarded-Proto $scheme",
+              "X-Forwarded-Host $http_host", "X-Real-IP $remote_addr"]
+    if grpc:
+        location = "grpc_pass grpc://b;" + "".join(f"\n      grpc_set_header {f};" for f in fields)
+    else:
+        location = ('proxy_pass http://b;\n      proxy_http_version 1.1;\n'
+                    '      proxy_set_header Connection "";'
+                    + "".join(f"\n      proxy_set_header {f};" for f in fields))
     return f"""daemon off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
