@@ -12,7 +12,7 @@ dummy servers, without an affinity cookie (nginx has none). Each adds the four f
 http-lb adds to a request (X-Forwarded-For, -Proto, -Host and X-Real-IP), so each writes, and
 each backend reads, the same; the dummy server echoes a request's fields in its answer, so
 the answers are the same size too (before 2026-12-07 the peers added X-Forwarded-For alone,
-and carried answers 65 bytes shorter). `http-lb-hyper` is the same
+and carried answers about 80 bytes shorter). `http-lb-hyper` is the same
 binary with `LB_H2_OWN=off`: hyper's HTTP/2 server in place of the own codec (chapter 17).
 `http-lb-b` is another build (`--http-lb-b PATH`), for an A/B test of a change:
 
