@@ -458,15 +458,16 @@ pub struct RawBody {
     ended: bool,
     pool: Arc<Pool>,
     backend: Arc<str>,
-    /// What is done when the body is (`Download` calls [`RawBody::done`] where it would call
-    /// an `OnEnd`): kept in the body's own box, since a closure's box was one more allocation a
-    /// request, held as long.
+    /// What happens when the body ends (`Download` calls [`RawBody::done`] where it would
+    /// call an `OnEnd`): kept in the body's own box, since a closure's box was one more
+    /// allocation a request, held as long.
     done: Option<Done>,
 }
 
 /// The end of a request carried by the hop: see [`RawBody::done`].
 struct Done {
     active: OwnedActive,
+    /// Where its bytes count (`RawBody::backend` is only the backend's name, for its logs).
     backend: Arc<BackendHttp>,
     line: Line,
     status: StatusCode,
