@@ -78,19 +78,21 @@ pub fn runtime(step: &Step, common: &Common) -> anyhow::Result<tokio::runtime::R
         .and_then(|path| Config::load(path).ok()?.workers);
     let flag = step.production.as_ref().and_then(|p| p.workers);
     let workers = flag.map(usize::from).or(configured);
-    match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        // Chapter 17: HTTP/2 frames held for the moment a thread would sleep go out then.
+        .on_thread_park(crate::http::h2::held::at_park)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))
 }
 
 /// Starts the balancer the flags and config describe, and serves until Ctrl-C or SIGTERM.

@@ -639,6 +639,8 @@ impl HttpServer {
         entry: Entry,
     ) {
         let started = Instant::now();
+        // A connection accepted is work on this thread (chapter 17's held frames).
+        crate::http::h2::held::busy();
         // Boxed, as in `Server::run` (chapter 11, step 9): admission is over before the first
         // request, but inline it would size the task for the connection's whole life. Taken
         // apart inside the block, so that the whole of it (the PROXY header's origin too)

@@ -40,6 +40,7 @@
 
 pub mod conn;
 pub mod frame;
+pub mod held;
 pub mod hpack;
 pub mod message;
 

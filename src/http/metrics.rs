@@ -99,6 +99,9 @@ impl HttpCounters {
     /// A request read by an own codec (`own`) or hyper's, over HTTP/2 (`h2`, chapter 17) or
     /// HTTP/1.
     pub fn path(&self, own: bool, h2: bool) {
+        // A request read is work on this thread: HTTP/2 frames held for a lull wait only so
+        // much of it (chapter 17).
+        crate::http::h2::held::busy();
         let i = match (own, h2) {
             (true, false) => 0,
             (false, false) => 1,

@@ -54,6 +54,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::frame::{self, ErrorCode, Fault, Head, Window, flag, kind, setting};
+use super::held::{self, Hold};
 use super::message::{self, Malformed};
 use super::{CONNECTION_WINDOW, PREFACE, STREAM_WINDOW, hpack};
 use crate::conn::Conn;
@@ -63,8 +64,9 @@ use crate::http::early_hints::{StreamHints, StreamQueue};
 use crate::http::exchange;
 use crate::http::h1::spare;
 
-/// How many turns of the runtime ready frames may wait for other answers (`Connection::hold`).
-const HOLDS: u8 = 3;
+/// Frames past this many bytes go out at once: holding them for more ([`held`]) saves no write
+/// worth the wait.
+const HOLD_BYTES: usize = 16 * 1024;
 
 /// Bytes of frames we may owe the client before we stop reading it and stop taking answers'
 /// bodies: what a client that does not read can make us hold, beyond one frame in progress.
@@ -377,8 +379,8 @@ pub(in crate::http) struct Connection {
     timeout: std::time::Duration,
     /// The server began to drain, and this connection was told (GOAWAY).
     stopped: bool,
-    /// Turns the frames in `out` have waited for more answers ([`Connection::hold`]).
-    holds: u8,
+    /// Whether the frames in `out` wait for the runtime to park ([`Connection::holding`]).
+    hold: Hold,
     /// Where the streams' backends' `103 Early Hints` wait to be written (made with the first
     /// stream; `early_hints`).
     hints: Option<Arc<StreamQueue>>,
@@ -448,7 +450,7 @@ impl Connection {
             progress_at: now,
             timeout,
             stopped: false,
-            holds: 0,
+            hold: Hold::default(),
             hints: None,
         }
     }
@@ -509,6 +511,7 @@ impl Connection {
         {
             self.fault(fault);
         }
+        held::busy();
         loop {
             if !self.stopped && stop.as_mut().poll(cx).is_ready() {
                 self.stopped = true;
@@ -518,12 +521,12 @@ impl Connection {
             self.poll_answers(cx);
             self.grant_windows(cx);
             self.pump_bodies(cx);
-            if self.hold(cx) {
-                return Poll::Pending;
-            }
-            match self.poll_flush(cx) {
-                Poll::Ready(Err(e)) => return Poll::Ready(Ended::Broken(e.to_string())),
-                Poll::Ready(Ok(())) | Poll::Pending => {}
+            let holding = self.holding();
+            if !holding {
+                match self.poll_flush(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Ended::Broken(e.to_string())),
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                }
             }
             if let Some(why) = &self.failing {
                 // A connection error: what could be written of the GOAWAY is; a client that
@@ -544,7 +547,7 @@ impl Connection {
                     false => Ended::Clean,
                 });
             }
-            if self.poll_timer(cx, timer.as_mut()) {
+            if self.poll_timer(cx, timer.as_mut(), holding) {
                 continue;
             }
             if self.failing.is_some() {
@@ -553,6 +556,9 @@ impl Connection {
             // Read only while what we owe the client is within bounds.
             if self.read_closed || self.out.len() - self.written > HIGH_WATER {
                 self.shrink_when_idle();
+                if holding {
+                    self.hold.wait(cx.waker());
+                }
                 return Poll::Pending;
             }
             match self.poll_read(cx) {
@@ -570,38 +576,30 @@ impl Connection {
                 Poll::Ready(Err(e)) => return Poll::Ready(Ended::Broken(e.to_string())),
                 Poll::Pending => {
                     self.shrink_when_idle();
+                    if holding {
+                        self.hold.wait(cx.waker());
+                    }
                     return Poll::Pending;
                 }
             }
         }
     }
 
-    /// Whether the frames ready in `out` wait a little: while other streams' answers are on
-    /// their way, the task lets the runtime look at its sockets again first (tokio's
-    /// `yield_now` wakes it after the driver's next poll), up to [`HOLDS`] times, so that
-    /// answers that came meanwhile go out in the same write.
-    ///
-    /// This is what an event loop that writes at the end of its turn does (HAProxy's), and it
-    /// matters more than it seems: each write to a client on loopback carries the client's
-    /// TCP receive and its wake-up, in our time and the client's. Under `h2load -c 50 -m 10`
-    /// we wrote to the client once per 2.5 answers, HAProxy once per 6, and `h2load` itself
-    /// spent 4.5 to 4.8 µs a request on us against 3.5 on HAProxy. Held, 1.27 `sendto` a
-    /// request instead of 1.40, and our CPU a request over HAProxy's 1.02 instead of 1.04 to
-    /// 1.09 (README chapter 17). A connection with nothing else in flight writes at once:
-    /// holding could only delay it.
-    fn hold(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.holds >= HOLDS
-            || self.written != 0
+    /// Whether the frames ready in `out` wait for the runtime to park ([`held`]): read what
+    /// the client sent meanwhile, and let other connections' answers come, then write when
+    /// the thread has nothing else to do, with the other connections' writes. Not once a write
+    /// is under way (it finishes first), past [`HOLD_BYTES`], or for a GOAWAY that ends the
+    /// connection.
+    fn holding(&mut self) -> bool {
+        if self.written != 0
             || self.out.is_empty()
+            || self.out.len() >= HOLD_BYTES
             || self.failing.is_some()
-            || self.answers.as_ref().is_none_or(|a| a.is_empty())
         {
-            self.holds = 0;
+            self.hold.clear();
             return false;
         }
-        self.holds += 1;
-        let mut turn = std::pin::pin!(tokio::task::yield_now());
-        turn.as_mut().poll(cx).is_pending()
+        self.hold.may_wait()
     }
 
     /// A connection with no stream open keeps no answers' queue: idle connections are most of
@@ -616,8 +614,14 @@ impl Connection {
 
     /// The one timer: a write that makes no progress, or no stream open, for `timeout`.
     /// True when it fired and changed something.
-    fn poll_timer(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> bool {
-        let stalled = self.written < self.out.len();
+    fn poll_timer(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut timer: Pin<&mut Sleep>,
+        holding: bool,
+    ) -> bool {
+        // Frames held are not a client that does not read: their write has not begun.
+        let stalled = !holding && self.written < self.out.len();
         let at = if stalled {
             self.progress_at + self.timeout
         } else if self.streams.is_empty() && !self.going_away {
