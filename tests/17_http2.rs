@@ -125,11 +125,19 @@ impl Drop for Held {
     }
 }
 
+/// `http-lb --h2c` in front of `backends`, with its admin listener (the second address).
+///
+/// With one worker unless `extra` says otherwise, as the benchmarks run it: the own codec then
+/// holds ready frames until the thread would sleep (`h2::held`), which the multi-thread
+/// runtime never does; the tests over TLS below keep the multi-thread runtime.
 fn h2c_lb(backends: &[String], extra: &[&str]) -> Proc {
     let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--h2c"];
     args.extend(["--health-interval", "0"]);
     for b in backends {
         args.extend(["--backend", b.as_str()]);
+    }
+    if !extra.contains(&"--workers") {
+        args.extend(["--workers", "1"]);
     }
     args.extend_from_slice(extra);
     Proc::start(LB, &args, 2)
@@ -1430,10 +1438,11 @@ fn a_get_reaches_an_http1_backend_alike_on_both_paths() {
     assert_eq!(seen_by_path[0], seen_by_path[1]);
 }
 
-/// The own codec holds ready frames a turn or three while other answers are on their way
-/// (`Connection::hold`, so that several go out in one write), but never waits for them: an
+/// With one worker, the own codec holds ready frames until the thread would sleep (`h2::held`,
+/// so that the connections' writes go out together), but never waits for other answers: an
 /// answer on a connection whose other stream waits on a backend that does not answer comes
-/// at once, and the slow one after it when its backend answers.
+/// at once, and the slow one after it when its backend answers. The same with the
+/// multi-thread runtime, where nothing is held.
 #[test]
 fn an_answer_is_not_held_for_a_slow_stream_on_its_connection() {
     let (release, released) = std::sync::mpsc::channel::<()>();
@@ -1450,26 +1459,31 @@ fn an_answer_is_not_held_for_a_slow_stream_on_its_connection() {
             }
         }
     });
-    let lb = h2c_lb(&[backend.to_string()], &["--affinity", "none"]);
-    let get = |path: &str| {
-        Request::get(format!("http://{}{path}", lb.addr()))
-            .body(empty())
-            .unwrap()
-    };
-    runtime().block_on(async {
-        let mut send = h2c(lb.addr()).await;
-        let slow = tokio::spawn(send.send_request(get("/slow")));
-        for _ in 0..3 {
-            let fast = tokio::time::timeout(PATIENCE, send.send_request(get("/fast")))
-                .await
-                .expect("the fast answer was held for the slow one");
-            assert_eq!(fast.unwrap().status(), 200);
-        }
-        assert!(!slow.is_finished());
-        release.send(()).unwrap();
-        let slow = tokio::time::timeout(PATIENCE, slow).await.unwrap();
-        assert_eq!(slow.unwrap().unwrap().status(), 200);
-    });
+    for workers in ["1", "2"] {
+        let lb = h2c_lb(
+            &[backend.to_string()],
+            &["--affinity", "none", "--workers", workers],
+        );
+        let get = |path: &str| {
+            Request::get(format!("http://{}{path}", lb.addr()))
+                .body(empty())
+                .unwrap()
+        };
+        runtime().block_on(async {
+            let mut send = h2c(lb.addr()).await;
+            let slow = tokio::spawn(send.send_request(get("/slow")));
+            for _ in 0..3 {
+                let fast = tokio::time::timeout(PATIENCE, send.send_request(get("/fast")))
+                    .await
+                    .expect("the fast answer was held for the slow one");
+                assert_eq!(fast.unwrap().status(), 200, "--workers {workers}");
+            }
+            assert!(!slow.is_finished(), "--workers {workers}");
+            release.send(()).unwrap();
+            let slow = tokio::time::timeout(PATIENCE, slow).await.unwrap();
+            assert_eq!(slow.unwrap().unwrap().status(), 200, "--workers {workers}");
+        });
+    }
 }
 
 /// The next HEADERS frame on `s` (others skipped): its flags, stream and fields.
