@@ -6,13 +6,15 @@
 //! task does all of it: it reads frames, turns each request's head into a request for
 //! `HttpServer::request` (the decisions every codec shares), polls the requests being
 //! answered side by side in one `FuturesUnordered` (only those woken are polled), and writes
-//! each answer's frames as its body and the client's windows allow. What it keeps per
-//! connection is a map of the open streams and an HPACK table; its read buffer comes from the
-//! per-thread spare list of chapter 12's codec and goes back whenever nothing is left in it,
-//! and its write buffer is dropped whenever it is empty, so an idle connection holds neither.
-//! Nor does it hold the answers' queue, and its timer and drain wait live in its task
-//! (`h2::serve_own`): an idle connection is its task (896 bytes), its socket's registration
-//! and its addresses, 1.6 KiB in all (the README's chapter 17 says where each byte went).
+//! each answer's frames as its body and the client's windows allow; with one worker, when the
+//! thread has nothing else to run, beside the other connections' writes ([`held`]). What it
+//! keeps per connection is a map of the open streams and an HPACK table; its read buffer comes
+//! from the per-thread spare list of chapter 12's codec and goes back whenever nothing is left
+//! in it, and its write buffer is dropped whenever it is empty, so an idle connection holds
+//! neither. Nor does it hold the answers' queue, and its timer and drain wait live in its
+//! task (`h2::serve_own`): an idle connection is its task (896 bytes), its socket's
+//! registration and its addresses, 1.6 KiB in all (the README's chapter 17 says where each
+//! byte went).
 //!
 //! The bounds, each with the attack it answers (the README's chapter 17 table):
 //!
