@@ -380,7 +380,8 @@ fn the_response_timeout_starts_when_the_request_has_been_sent() {
 /// is the backend's error. Before its head is sent: 502. After (a bad chunk mid-body): the
 /// client's connection closes, since it cannot be told where the answer ends, and the next
 /// client is served as usual. `Connection: Content-Length` from a backend changes nothing: the
-/// client gets the length, and its connection stays usable. A transfer coding other than
+/// client gets the length, and its connection stays usable; a length written `010` (twice)
+/// reaches it as `10`, once. A transfer coding other than
 /// chunked is 502 too (RFC 9112 §6.1): hyper's path frames the content anew and would pass it
 /// on still coded, with nothing to say so, so neither path passes it (nginx refuses it too).
 #[test]
@@ -392,6 +393,7 @@ fn an_answer_framed_ambiguously_never_reaches_the_client_as_framed() {
                 "/bad-length" => b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello",
                 "/gzip" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
                 "/unframed" => b"HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 5\r\n\r\nhello",
+                "/zeros" => b"HTTP/1.1 200 OK\r\ncontent-length: 010\r\ncontent-length: 10\r\n\r\n0123456789",
                 "/lf-in-extension" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x\nhello\r\n0\r\n\r\n",
                 "/empty-size" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n0\r\n\r\n",
                 "/two-sizes" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 5\r\nhello\r\n0\r\n\r\n",
@@ -411,6 +413,17 @@ fn an_answer_framed_ambiguously_never_reaches_the_client_as_framed() {
         assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{fast}");
         assert_eq!(r.header("content-length"), Some("5"));
         assert_eq!(get_on(&mut s, "/next").text(), "next", "{fast}");
+        // RFC 9110 §8.6: `010` is ten, but not to a client that parses it as C's `strtol` does
+        // in base 0; both paths write the length they read as one plain number.
+        let r = get(lb.addr(), "/zeros");
+        assert_eq!(r.text(), "0123456789", "{fast}");
+        let lengths: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .collect();
+        assert_eq!(lengths.len(), 1, "LB_HTTP_FAST={fast}: {:?}", r.headers);
+        assert_eq!(lengths[0].1, "10", "LB_HTTP_FAST={fast}");
         for path in ["/lf-in-extension", "/empty-size", "/two-sizes"] {
             let mut s = client(&lb);
             write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

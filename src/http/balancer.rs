@@ -1191,6 +1191,15 @@ impl HttpServer {
             drop(active);
             return self.local(StatusCode::BAD_GATEWAY, line);
         }
+        // The length the client reads is the one decided here, written as one plain number,
+        // as the own hop writes it: hyper's server passed `Content-Length: 010` on as it came,
+        // which RFC 9110 §8.6 allows (10) and a client parsing with C's `strtol` in base 0
+        // reads as 8, then takes the rest of the body for the next answer.
+        if let Some(n) = content_length(response.headers()) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
         line.answered_by(&mut outcome, cookie_backend, &up.names[i], i);
         let backend = Arc::clone(&up.backends[i]);
         backend
@@ -1392,7 +1401,7 @@ impl Line {
     }
 }
 
-/// The request's `Content-Length`, when it has a valid one (in one field line or several).
+/// A message's `Content-Length`, when it has a valid one (in one field line or several).
 fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
     exchange::declared_length(
         headers
