@@ -557,11 +557,7 @@ impl Connection {
             }
             // Read only while what we owe the client is within bounds.
             if self.read_closed || self.out.len() - self.written > HIGH_WATER {
-                self.shrink_when_idle();
-                if holding {
-                    self.hold.wait(cx.waker());
-                }
-                return Poll::Pending;
+                return self.wait(cx, holding);
             }
             match self.poll_read(cx) {
                 Poll::Ready(Ok(0)) => {
@@ -576,13 +572,7 @@ impl Connection {
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Ended::Broken(e.to_string())),
-                Poll::Pending => {
-                    self.shrink_when_idle();
-                    if holding {
-                        self.hold.wait(cx.waker());
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.wait(cx, holding),
             }
         }
     }
@@ -602,6 +592,17 @@ impl Connection {
             return false;
         }
         self.hold.may_wait()
+    }
+
+    /// The loop's only ways back to the runtime with nothing ended: frames `holding` must have
+    /// the connection's waker on the thread's list ([`Hold::wait`]), or nothing would write
+    /// them.
+    fn wait(&mut self, cx: &mut Context<'_>, holding: bool) -> Poll<Ended> {
+        self.shrink_when_idle();
+        if holding {
+            self.hold.wait(cx.waker());
+        }
+        Poll::Pending
     }
 
     /// A connection with no stream open keeps no answers' queue: idle connections are most of
